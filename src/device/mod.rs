@@ -1,0 +1,481 @@
+//! Devices, buffers, streams, events and the kernel executors.
+//!
+//! This module (with `src/capi`) is the only place that holds `unsafe` code. Every executor
+//! launches a kernel the same way: module (the kernel's source file, e.g. `ckpt/bitmask`),
+//! kernel name, grid, block, dynamic shared-memory bytes, and an array of pointers to the
+//! argument values, as `cuLaunchKernel` takes it.
+
+pub mod args;
+pub mod cuda;
+pub mod hip;
+pub mod simt;
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use args::KernelArgs;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// The order in which the host SIMT runtime runs the fibers of a block between barriers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// Thread 0, 1, 2, ... every time.
+    InOrder,
+    /// A seeded permutation of the fibers, drawn afresh at every barrier.
+    Shuffled(u64),
+}
+
+/// Configuration of the host SIMT executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SimtConfig {
+    /// 32 runs the CUDA sources; 64 runs the HIP (wave64) sources.
+    pub wave: u32,
+    pub schedule: Schedule,
+    /// OS threads that run blocks in parallel; 0 = one per available core.
+    pub workers: usize,
+}
+
+impl Default for SimtConfig {
+    fn default() -> Self {
+        SimtConfig { wave: 32, schedule: Schedule::InOrder, workers: 0 }
+    }
+}
+
+/// Which executor a [`Device`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// An NVIDIA GPU through the CUDA driver (cudarc), running the PTX tessera embeds.
+    Cuda(usize),
+    /// An AMD GPU through libamdhip64, running the embedded code objects.
+    Hip(usize),
+    /// The host SIMT runtime: the kernel sources compiled for the CPU, run with fibers.
+    Simt(SimtConfig),
+    /// The native CPU path: the pure-Rust reference implementations (parallel, no kernels).
+    Cpu,
+}
+
+impl Backend {
+    /// True when ops run by launching kernels (CUDA, HIP, SIMT), false for the native CPU path.
+    pub fn runs_kernels(&self) -> bool {
+        !matches!(self, Backend::Cpu)
+    }
+
+    /// Short name used in errors, tables and `--backend` (`cuda`, `hip`, `simt`, `cpu`).
+    pub fn family(&self) -> &'static str {
+        match self {
+            Backend::Cuda(_) => "cuda",
+            Backend::Hip(_) => "hip",
+            Backend::Simt(_) => "simt",
+            Backend::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Cuda(i) => write!(f, "cuda:{i}"),
+            Backend::Hip(i) => write!(f, "hip:{i}"),
+            Backend::Simt(c) => {
+                write!(f, "simt-w{}", c.wave)?;
+                match c.schedule {
+                    Schedule::InOrder => Ok(()),
+                    Schedule::Shuffled(s) => write!(f, "-shuffle{s}"),
+                }
+            }
+            Backend::Cpu => f.write_str("cpu"),
+        }
+    }
+}
+
+/// Launch geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// A 1-D launch of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
+        LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes }
+    }
+}
+
+/// What an executor must provide. Implemented by `cuda::CudaExec`, `hip::HipExec` and
+/// `simt::SimtExec`; the CPU path has no executor.
+pub(crate) trait Exec: Send + Sync {
+    fn backend(&self) -> Backend;
+    /// Human description (device name, architecture, wave size).
+    fn describe(&self) -> String;
+    /// Allocate `bytes` of device memory. `label` names the buffer in fault reports.
+    fn alloc(&self, bytes: usize, label: &str) -> Result<Box<dyn RawMem>>;
+    /// Launch `kernel` from `module` (its source file stem, e.g. `ckpt/bitmask`).
+    fn launch(&self, module: &str, kernel: &str, cfg: &LaunchConfig, args: &KernelArgs) -> Result<()>;
+    /// Wait for all queued work.
+    fn synchronize(&self) -> Result<()>;
+    /// Names of the kernels this executor can launch.
+    fn kernel_names(&self) -> Vec<String>;
+    /// Record a timing event on the executor's stream.
+    fn record_event(&self) -> Result<Box<dyn RawEvent>>;
+    /// Device-to-device copy of `bytes` bytes (used for the bandwidth ceiling).
+    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()>;
+}
+
+/// Device memory owned by an executor (or host memory for SIMT/CPU).
+pub(crate) trait RawMem: Send + Sync {
+    /// The address passed to kernels as a pointer argument.
+    fn addr(&self) -> u64;
+    fn len_bytes(&self) -> usize;
+    /// Copy `src` into the buffer at byte `offset`. Bounds are checked by the caller.
+    fn write(&mut self, offset: usize, src: &[u8]) -> Result<()>;
+    /// Copy from byte `offset` of the buffer into `dst`. Bounds are checked by the caller.
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()>;
+    /// The bytes, when they live in host memory (SIMT and CPU).
+    fn host(&self) -> Option<&[u8]>;
+    fn host_mut(&mut self) -> Option<&mut [u8]>;
+}
+
+/// A recorded point in an executor's stream.
+pub(crate) trait RawEvent: Send + Sync {
+    /// Milliseconds from `self` to `later` (which must be recorded after).
+    fn elapsed_ms(&self, later: &dyn RawEvent) -> Result<f32>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Host-memory event used by SIMT and CPU: wall-clock time, measured on the CPU.
+pub(crate) struct HostEvent(pub Instant);
+
+impl RawEvent for HostEvent {
+    fn elapsed_ms(&self, later: &dyn RawEvent) -> Result<f32> {
+        let later = later
+            .as_any()
+            .downcast_ref::<HostEvent>()
+            .ok_or_else(|| Error::invalid("event", "events come from different executors"))?;
+        Ok(later.0.saturating_duration_since(self.0).as_secs_f32() * 1e3)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Plain host memory, 256-byte aligned, for the CPU path.
+pub(crate) struct HostMem {
+    words: Vec<u128>,
+    bytes: usize,
+}
+
+impl HostMem {
+    pub(crate) fn new(bytes: usize) -> Self {
+        HostMem { words: vec![0u128; bytes.div_ceil(16)], bytes }
+    }
+}
+
+impl RawMem for HostMem {
+    fn addr(&self) -> u64 {
+        self.words.as_ptr() as u64
+    }
+    fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+    fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
+        self.host_mut().expect("host")[offset..offset + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        dst.copy_from_slice(&self.host().expect("host")[offset..offset + dst.len()]);
+        Ok(())
+    }
+    fn host(&self) -> Option<&[u8]> {
+        Some(&bytemuck::cast_slice(&self.words)[..self.bytes])
+    }
+    fn host_mut(&mut self) -> Option<&mut [u8]> {
+        let n = self.bytes;
+        Some(&mut bytemuck::cast_slice_mut(&mut self.words)[..n])
+    }
+}
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+struct DeviceInner {
+    id: u64,
+    backend: Backend,
+    exec: Option<Box<dyn Exec>>,
+}
+
+/// A place where ops run: a GPU (CUDA or HIP), the host SIMT executor, or the native CPU path.
+/// Cheap to clone; clones are the same device.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.inner.backend)
+    }
+}
+
+impl Device {
+    fn from_exec(exec: Box<dyn Exec>) -> Device {
+        let backend = exec.backend();
+        Device {
+            inner: Arc::new(DeviceInner {
+                id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+                backend,
+                exec: Some(exec),
+            }),
+        }
+    }
+
+    /// CUDA, then HIP, then the native CPU path. Never fails and never panics.
+    pub fn best() -> Device {
+        if let Ok(d) = Device::cuda(0) {
+            return d;
+        }
+        if let Ok(d) = Device::hip(0) {
+            return d;
+        }
+        Device::cpu()
+    }
+
+    /// The `ordinal`-th NVIDIA GPU. An error (never a panic) when there is no driver or GPU.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::from_exec(Box::new(cuda::CudaExec::new(ordinal)?)))
+    }
+
+    /// The `ordinal`-th AMD GPU. An error when libamdhip64 cannot be opened, no GPU is present,
+    /// or the crate was built without the `hip` feature.
+    pub fn hip(ordinal: usize) -> Result<Device> {
+        Ok(Device::from_exec(Box::new(hip::HipExec::new(ordinal)?)))
+    }
+
+    /// The host SIMT executor with wave32 and the in-order schedule.
+    pub fn simt() -> Device {
+        Device::simt_with(SimtConfig::default()).expect("wave32 SIMT is always built")
+    }
+
+    /// The host SIMT executor with a given wave size (32 or 64) and schedule.
+    pub fn simt_with(config: SimtConfig) -> Result<Device> {
+        Ok(Device::from_exec(Box::new(simt::SimtExec::new(config)?)))
+    }
+
+    /// The native CPU path (pure-Rust reference implementations, parallel with rayon).
+    pub fn cpu() -> Device {
+        Device {
+            inner: Arc::new(DeviceInner {
+                id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+                backend: Backend::Cpu,
+                exec: None,
+            }),
+        }
+    }
+
+    /// Which executor this is.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Human description.
+    pub fn describe(&self) -> String {
+        match &self.inner.exec {
+            Some(e) => e.describe(),
+            None => format!("native CPU path ({} threads)", rayon::current_num_threads()),
+        }
+    }
+
+    /// True when both handles are the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        self.inner.id == other.inner.id
+    }
+
+    /// Kernel names this device can launch (empty for the CPU path).
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.inner.exec.as_ref().map(|e| e.kernel_names()).unwrap_or_default()
+    }
+
+    /// Wait for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner.exec {
+            Some(e) => e.synchronize(),
+            None => Ok(()),
+        }
+    }
+
+    /// The stream ops on this device are queued on.
+    pub fn default_stream(&self) -> Stream {
+        Stream { device: self.clone() }
+    }
+
+    pub(crate) fn exec(&self, op: &'static str) -> Result<&dyn Exec> {
+        self.inner
+            .exec
+            .as_deref()
+            .ok_or_else(|| Error::invalid(op, "the CPU path launches no kernels"))
+    }
+
+    /// Launch a kernel. Ops call this after validating their inputs.
+    pub(crate) fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()> {
+        self.exec("launch")?.launch(module, kernel, cfg, args)
+    }
+
+    /// Allocate an uninitialised-contents buffer of `len` elements. On the host SIMT executor the
+    /// contents are poisoned (0xFF) and guarded by red zones.
+    pub fn alloc<T: DType>(&self, len: usize, label: &str) -> Result<DeviceBuffer<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::invalid("alloc", format!("{len} elements overflow usize")))?;
+        let mem: Box<dyn RawMem> = match &self.inner.exec {
+            Some(e) => e.alloc(bytes, label)?,
+            None => Box::new(HostMem::new(bytes)),
+        };
+        Ok(DeviceBuffer { mem, len, device: self.clone(), _t: PhantomData })
+    }
+
+    /// Allocate and upload `data`.
+    pub fn upload<T: DType>(&self, data: &[T], label: &str) -> Result<DeviceBuffer<T>> {
+        let mut b = self.alloc::<T>(data.len(), label)?;
+        b.upload(data)?;
+        Ok(b)
+    }
+}
+
+/// A typed buffer in a device's memory. Upload and download are explicit.
+pub struct DeviceBuffer<T: DType> {
+    mem: Box<dyn RawMem>,
+    len: usize,
+    device: Device,
+    _t: PhantomData<T>,
+}
+
+impl<T: DType> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer<{}>[{}] on {}", T::KIND, self.len, self.device.backend())
+    }
+}
+
+impl<T: DType> DeviceBuffer<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device that owns this buffer.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Copy `data` (exactly `len()` elements) into the buffer.
+    pub fn upload(&mut self, data: &[T]) -> Result<()> {
+        if data.len() != self.len {
+            return Err(Error::invalid(
+                "upload",
+                format!("buffer holds {} elements, data has {}", self.len, data.len()),
+            ));
+        }
+        self.mem.write(0, bytemuck::cast_slice(data))
+    }
+
+    /// Copy the buffer to a new host vector.
+    pub fn download(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); self.len];
+        self.mem.read(0, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// Copy the first `n` elements to the host.
+    pub fn download_prefix(&self, n: usize) -> Result<Vec<T>> {
+        if n > self.len {
+            return Err(Error::invalid("download", format!("prefix {n} > length {}", self.len)));
+        }
+        let mut out = vec![T::zeroed(); n];
+        self.mem.read(0, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// The elements as a host slice, when the buffer lives in host memory (CPU, SIMT).
+    pub fn host_slice(&self) -> Option<&[T]> {
+        self.mem.host().map(bytemuck::cast_slice)
+    }
+
+    /// Mutable host view, when the buffer lives in host memory (CPU, SIMT).
+    pub fn host_slice_mut(&mut self) -> Option<&mut [T]> {
+        self.mem.host_mut().map(bytemuck::cast_slice_mut)
+    }
+
+    /// The address kernels receive for this buffer.
+    pub(crate) fn addr(&self) -> u64 {
+        self.mem.addr()
+    }
+
+    pub(crate) fn raw(&self) -> &dyn RawMem {
+        &*self.mem
+    }
+
+    pub(crate) fn raw_mut(&mut self) -> &mut dyn RawMem {
+        &mut *self.mem
+    }
+}
+
+/// An ordered queue of work on a device. Tessera's ops run on the device's default stream.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    device: Device,
+}
+
+impl Stream {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Wait for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize()
+    }
+
+    /// Record an event at the current point of the stream.
+    pub fn record(&self) -> Result<Event> {
+        let raw: Box<dyn RawEvent> = match &self.device.inner.exec {
+            Some(e) => e.record_event()?,
+            None => Box::new(HostEvent(Instant::now())),
+        };
+        Ok(Event { raw, backend: self.device.backend() })
+    }
+}
+
+/// A recorded point in a stream, for timing. On a GPU it is a device event (GPU time); on SIMT
+/// and CPU it is the host clock (CPU time, never to be reported as GPU performance).
+pub struct Event {
+    raw: Box<dyn RawEvent>,
+    backend: Backend,
+}
+
+impl Event {
+    /// Milliseconds between this event and `later`.
+    pub fn elapsed_ms(&self, later: &Event) -> Result<f32> {
+        if self.backend.family() != later.backend.family() {
+            return Err(Error::invalid("event", "events come from different devices"));
+        }
+        self.raw.elapsed_ms(&*later.raw)
+    }
+
+    /// True when the time was measured on a GPU.
+    pub fn is_gpu_time(&self) -> bool {
+        matches!(self.backend, Backend::Cuda(_) | Backend::Hip(_))
+    }
+}
