@@ -64,6 +64,8 @@ pub trait Float: DType + PartialEq {
     /// Unsigned integer type of the same width as the float.
     type Bits: bytemuck::Pod + Eq + Copy + std::fmt::Debug + Send + Sync;
     fn to_f64(self) -> f64;
+    /// Exact widening to f32 (every f16 and bf16 value is an f32 value).
+    fn to_f32(self) -> f32;
     fn from_f64(x: f64) -> Self;
     fn to_bits(self) -> Self::Bits;
 }
@@ -88,6 +90,9 @@ dtype!(i32, I32);
 dtype!(i64, I64);
 
 impl Float for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
     type Bits = u32;
     fn to_f64(self) -> f64 {
         self as f64
@@ -100,6 +105,9 @@ impl Float for f32 {
     }
 }
 impl Float for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
     type Bits = u16;
     fn to_f64(self) -> f64 {
         f16::to_f64(self)
@@ -112,6 +120,9 @@ impl Float for f16 {
     }
 }
 impl Float for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
     type Bits = u16;
     fn to_f64(self) -> f64 {
         bf16::to_f64(self)

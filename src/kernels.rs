@@ -29,7 +29,9 @@ pub fn ptx_entries(ptx: &str) -> Vec<&str> {
     ptx.lines()
         .filter_map(|l| {
             let l = l.trim_start();
-            let rest = l.strip_prefix(".visible .entry ").or_else(|| l.strip_prefix(".entry "))?;
+            let rest = l
+                .strip_prefix(".visible .entry ")
+                .or_else(|| l.strip_prefix(".entry "))?;
             Some(rest.split(['(', ' ']).next().unwrap_or(rest))
         })
         .collect()
@@ -37,7 +39,11 @@ pub fn ptx_entries(ptx: &str) -> Vec<&str> {
 
 /// PTX of `module` for the best architecture not above `sm` (e.g. 90 picks sm_90a, 80 sm_80).
 pub fn ptx_for(module: &str, sm: u32) -> Option<&'static PtxEntry> {
-    let want = if sm >= 90 { ["sm_90a", "sm_80"].as_slice() } else { ["sm_80"].as_slice() };
+    let want = if sm >= 90 {
+        ["sm_90a", "sm_80"].as_slice()
+    } else {
+        ["sm_80"].as_slice()
+    };
     want.iter()
         .find_map(|arch| PTX.iter().find(|e| e.module == module && e.arch == *arch))
 }

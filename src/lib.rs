@@ -12,13 +12,17 @@
 //! assert_eq!(back.download().unwrap(), vec![1.0, 2.5, 3.0]);
 //! ```
 
+pub mod bench;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod ops;
 pub mod reference;
+pub mod verify;
 
-pub use device::{Backend, Device, DeviceBuffer, Event, LaunchConfig, Schedule, SimtConfig, Stream};
+pub use device::{
+    Backend, Device, DeviceBuffer, Event, LaunchConfig, Schedule, SimtConfig, Stream,
+};
 pub use dtype::{DType, DTypeKind, Float};
 pub use error::{Error, Result};

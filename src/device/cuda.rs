@@ -1,23 +1,322 @@
-//! PLACEHOLDER executor, replaced by the real one.
-use crate::device::*;
-use crate::error::{Error, Result};
+//! The CUDA executor: cudarc's driver API, loaded at run time (no toolkit at build time, no
+//! driver needed unless a CUDA device is asked for). Loads the embedded PTX of a kernel file once,
+//! on first use, and launches by name with `cuLaunchKernel`.
 
-pub(crate) struct CudaExec;
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+
+use crate::device::{Backend, Exec, KernelArgs, LaunchConfig, RawEvent, RawMem};
+use crate::error::{Error, Result};
+use crate::kernels;
+
+const B: &str = "cuda";
+
+fn drv(call: &str, e: result::DriverError) -> Error {
+    Error::driver(B, call, format!("{e:?}"))
+}
+
+/// True when the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: is_culib_present only tries to dlopen the driver library by its known names and
+    // drops the handle; it has no preconditions.
+    unsafe { sys::is_culib_present() }
+}
+
+struct Module {
+    raw: sys::CUmodule,
+    arch: &'static str,
+    functions: HashMap<String, sys::CUfunction>,
+}
+
+pub(crate) struct CudaExec {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    sm: u32,
+    name: String,
+    modules: Mutex<HashMap<String, Module>>,
+}
+
+// SAFETY: the raw CUmodule/CUfunction handles are only used under the `modules` mutex with the
+// context bound to the calling thread; the driver API is thread-safe for these handles.
+unsafe impl Send for CudaExec {}
+// SAFETY: as above; all mutation goes through the mutex.
+unsafe impl Sync for CudaExec {}
 
 impl CudaExec {
-    #[allow(dead_code)]
-    pub(crate) fn new(_: impl Sized) -> Result<Self> {
-        Err(Error::Unsupported { what: "cuda".into(), msg: "not yet built".into() })
+    pub(crate) fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::DeviceUnavailable {
+                backend: B,
+                msg: "the CUDA driver library (libcuda.so) cannot be loaded".into(),
+            });
+        }
+        let count = CudaContext::device_count().map_err(|e| Error::DeviceUnavailable {
+            backend: B,
+            msg: format!("cuInit/cuDeviceGetCount failed: {e:?}"),
+        })?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::DeviceUnavailable {
+                backend: B,
+                msg: format!("no device {ordinal}: {count} CUDA device(s) present"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| drv("cuCtx (primary) retain", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| drv("cuDeviceGetAttribute", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        let stream = ctx.default_stream();
+        Ok(CudaExec {
+            ctx,
+            stream,
+            ordinal,
+            sm: (major * 10 + minor) as u32,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("cuCtxSetCurrent", e))
+    }
+
+    fn function(&self, module: &str, kernel: &str) -> Result<sys::CUfunction> {
+        let mut mods = self
+            .modules
+            .lock()
+            .map_err(|_| Error::driver(B, "module cache", "poisoned"))?;
+        if !mods.contains_key(module) {
+            let entry = kernels::ptx_for(module, self.sm).ok_or_else(|| {
+                Error::kernel(
+                    B,
+                    kernel,
+                    format!("no PTX embedded for module {module} (sm_{})", self.sm),
+                )
+            })?;
+            let src = CString::new(entry.ptx)
+                .map_err(|_| Error::kernel(B, kernel, "embedded PTX contains a NUL byte"))?;
+            // SAFETY: `src` is a NUL-terminated PTX image that outlives the call; the context is
+            // bound to this thread.
+            let raw = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
+                .map_err(|e| drv(&format!("cuModuleLoadData({module}, {})", entry.arch), e))?;
+            mods.insert(
+                module.to_string(),
+                Module {
+                    raw,
+                    arch: entry.arch,
+                    functions: HashMap::new(),
+                },
+            );
+        }
+        let m = mods.get_mut(module).expect("inserted above");
+        if let Some(f) = m.functions.get(kernel) {
+            return Ok(*f);
+        }
+        let cname =
+            CString::new(kernel).map_err(|_| Error::kernel(B, kernel, "name has a NUL byte"))?;
+        // SAFETY: m.raw is a live module of this context; cname is NUL-terminated.
+        let f = unsafe { result::module::get_function(m.raw, cname) }.map_err(|e| {
+            Error::kernel(
+                B,
+                kernel,
+                format!("not in module {module} ({}): {e:?}", m.arch),
+            )
+        })?;
+        m.functions.insert(kernel.to_string(), f);
+        Ok(f)
+    }
+}
+
+impl Drop for CudaExec {
+    fn drop(&mut self) {
+        if self.bind().is_err() {
+            return;
+        }
+        if let Ok(mods) = self.modules.lock() {
+            for m in mods.values() {
+                // SAFETY: each module was loaded in this context and is unloaded once, here.
+                let _ = unsafe { result::module::unload(m.raw) };
+            }
+        }
+    }
+}
+
+struct CudaMem {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+}
+
+impl Drop for CudaMem {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: ptr was returned by cuMemAlloc in this context and is freed once.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+impl RawMem for CudaMem {
+    fn addr(&self) -> u64 {
+        self.ptr
+    }
+    fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("cuCtxSetCurrent", e))?;
+        // SAFETY: the caller checked offset + src.len() <= bytes; the allocation is live.
+        unsafe { result::memcpy_htod_sync(self.ptr + offset as u64, src) }
+            .map_err(|e| drv("cuMemcpyHtoD", e))
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("cuCtxSetCurrent", e))?;
+        // SAFETY: the caller checked offset + dst.len() <= bytes; the allocation is live. The
+        // synchronous copy waits for prior work on the legacy default stream we launch on.
+        unsafe { result::memcpy_dtoh_sync(dst, self.ptr + offset as u64) }
+            .map_err(|e| drv("cuMemcpyDtoH", e))
+    }
+    fn host(&self) -> Option<&[u8]> {
+        None
+    }
+    fn host_mut(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+}
+
+struct CudaEventRaw {
+    ev: sys::CUevent,
+}
+// SAFETY: CUevent handles may be used from any thread with the context bound.
+unsafe impl Send for CudaEventRaw {}
+// SAFETY: as above; the event is only read after recording.
+unsafe impl Sync for CudaEventRaw {}
+
+impl Drop for CudaEventRaw {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by cuEventCreate and is destroyed once.
+        let _ = unsafe { result::event::destroy(self.ev) };
+    }
+}
+
+impl RawEvent for CudaEventRaw {
+    fn elapsed_ms(&self, later: &dyn RawEvent) -> Result<f32> {
+        let later = later
+            .as_any()
+            .downcast_ref::<CudaEventRaw>()
+            .ok_or_else(|| Error::invalid("event", "events come from different executors"))?;
+        // SAFETY: both events are live and were recorded; synchronize waits for `later`.
+        unsafe {
+            result::event::synchronize(later.ev).map_err(|e| drv("cuEventSynchronize", e))?;
+            result::event::elapsed(self.ev, later.ev).map_err(|e| drv("cuEventElapsedTime", e))
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
 impl Exec for CudaExec {
-    fn backend(&self) -> Backend { Backend::Cpu }
-    fn describe(&self) -> String { String::new() }
-    fn alloc(&self, _: usize, _: &str) -> Result<Box<dyn RawMem>> { unimplemented!() }
-    fn launch(&self, _: &str, _: &str, _: &LaunchConfig, _: &KernelArgs) -> Result<()> { unimplemented!() }
-    fn synchronize(&self) -> Result<()> { Ok(()) }
-    fn kernel_names(&self) -> Vec<String> { vec![] }
-    fn record_event(&self) -> Result<Box<dyn RawEvent>> { unimplemented!() }
-    fn copy(&self, _: &mut dyn RawMem, _: &dyn RawMem, _: usize) -> Result<()> { unimplemented!() }
+    fn backend(&self) -> Backend {
+        Backend::Cuda(self.ordinal)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (sm_{}), CUDA driver via cudarc, PTX: {}",
+            self.name,
+            self.sm,
+            kernels::PTX_ORIGIN
+        )
+    }
+
+    fn alloc(&self, bytes: usize, _label: &str) -> Result<Box<dyn RawMem>> {
+        self.bind()?;
+        // cuMemAlloc rejects 0 bytes; a 1-byte allocation gives empty buffers a valid address.
+        // SAFETY: plain allocation in the bound context.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
+            .map_err(|e| drv(&format!("cuMemAlloc({bytes} bytes)"), e))?;
+        Ok(Box::new(CudaMem {
+            ctx: self.ctx.clone(),
+            ptr,
+        }))
+    }
+
+    fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()> {
+        self.bind()?;
+        let f = self.function(module, kernel)?;
+        let mut params = args.pointers();
+        // SAFETY: `f` is a function of a live module; `params` points at argument values that
+        // live as long as `args`, and the op that built `args` matched the kernel's signature;
+        // every pointer argument is a live allocation of this context.
+        unsafe {
+            result::launch_kernel(
+                f,
+                (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+                (cfg.block[0], cfg.block[1], cfg.block[2]),
+                cfg.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| Error::kernel(B, kernel, format!("cuLaunchKernel: {e:?}")))?;
+        // Surface asynchronous faults at the op that caused them.
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::kernel(B, kernel, format!("execution failed: {e:?}")))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| drv("cuStreamSynchronize", e))
+    }
+
+    fn kernel_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = kernels::PTX
+            .iter()
+            .filter(|e| e.arch == "sm_80")
+            .flat_map(|e| kernels::ptx_entries(e.ptx))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn record_event(&self) -> Result<Box<dyn RawEvent>> {
+        self.bind()?;
+        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|e| drv("cuEventCreate", e))?;
+        // SAFETY: ev is a fresh event; the stream belongs to the bound context.
+        unsafe { result::event::record(ev, self.stream.cu_stream()) }
+            .map_err(|e| drv("cuEventRecord", e))?;
+        Ok(Box::new(CudaEventRaw { ev }))
+    }
+
+    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both are allocations of this context of at least `bytes` bytes (checked by
+        // the caller); the copy is ordered on our stream.
+        unsafe { result::memcpy_dtod_async(dst.addr(), src.addr(), bytes, self.stream.cu_stream()) }
+            .map_err(|e| drv("cuMemcpyDtoDAsync", e))
+    }
 }

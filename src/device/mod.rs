@@ -41,7 +41,11 @@ pub struct SimtConfig {
 
 impl Default for SimtConfig {
     fn default() -> Self {
-        SimtConfig { wave: 32, schedule: Schedule::InOrder, workers: 0 }
+        SimtConfig {
+            wave: 32,
+            schedule: Schedule::InOrder,
+            workers: 0,
+        }
     }
 }
 
@@ -103,7 +107,11 @@ pub struct LaunchConfig {
 impl LaunchConfig {
     /// A 1-D launch of `blocks` blocks of `threads` threads.
     pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
-        LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes }
+        LaunchConfig {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes,
+        }
     }
 }
 
@@ -116,7 +124,13 @@ pub(crate) trait Exec: Send + Sync {
     /// Allocate `bytes` of device memory. `label` names the buffer in fault reports.
     fn alloc(&self, bytes: usize, label: &str) -> Result<Box<dyn RawMem>>;
     /// Launch `kernel` from `module` (its source file stem, e.g. `ckpt/bitmask`).
-    fn launch(&self, module: &str, kernel: &str, cfg: &LaunchConfig, args: &KernelArgs) -> Result<()>;
+    fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()>;
     /// Wait for all queued work.
     fn synchronize(&self) -> Result<()>;
     /// Names of the kernels this executor can launch.
@@ -131,7 +145,6 @@ pub(crate) trait Exec: Send + Sync {
 pub(crate) trait RawMem: Send + Sync {
     /// The address passed to kernels as a pointer argument.
     fn addr(&self) -> u64;
-    fn len_bytes(&self) -> usize;
     /// Copy `src` into the buffer at byte `offset`. Bounds are checked by the caller.
     fn write(&mut self, offset: usize, src: &[u8]) -> Result<()>;
     /// Copy from byte `offset` of the buffer into `dst`. Bounds are checked by the caller.
@@ -172,16 +185,16 @@ pub(crate) struct HostMem {
 
 impl HostMem {
     pub(crate) fn new(bytes: usize) -> Self {
-        HostMem { words: vec![0u128; bytes.div_ceil(16)], bytes }
+        HostMem {
+            words: vec![0u128; bytes.div_ceil(16)],
+            bytes,
+        }
     }
 }
 
 impl RawMem for HostMem {
     fn addr(&self) -> u64 {
         self.words.as_ptr() as u64
-    }
-    fn len_bytes(&self) -> usize {
-        self.bytes
     }
     fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
         self.host_mut().expect("host")[offset..offset + src.len()].copy_from_slice(src);
@@ -296,7 +309,11 @@ impl Device {
 
     /// Kernel names this device can launch (empty for the CPU path).
     pub fn kernel_names(&self) -> Vec<String> {
-        self.inner.exec.as_ref().map(|e| e.kernel_names()).unwrap_or_default()
+        self.inner
+            .exec
+            .as_ref()
+            .map(|e| e.kernel_names())
+            .unwrap_or_default()
     }
 
     /// Wait for all queued work.
@@ -309,7 +326,9 @@ impl Device {
 
     /// The stream ops on this device are queued on.
     pub fn default_stream(&self) -> Stream {
-        Stream { device: self.clone() }
+        Stream {
+            device: self.clone(),
+        }
     }
 
     pub(crate) fn exec(&self, op: &'static str) -> Result<&dyn Exec> {
@@ -340,7 +359,12 @@ impl Device {
             Some(e) => e.alloc(bytes, label)?,
             None => Box::new(HostMem::new(bytes)),
         };
-        Ok(DeviceBuffer { mem, len, device: self.clone(), _t: PhantomData })
+        Ok(DeviceBuffer {
+            mem,
+            len,
+            device: self.clone(),
+            _t: PhantomData,
+        })
     }
 
     /// Allocate and upload `data`.
@@ -361,7 +385,13 @@ pub struct DeviceBuffer<T: DType> {
 
 impl<T: DType> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer<{}>[{}] on {}", T::KIND, self.len, self.device.backend())
+        write!(
+            f,
+            "DeviceBuffer<{}>[{}] on {}",
+            T::KIND,
+            self.len,
+            self.device.backend()
+        )
     }
 }
 
@@ -385,7 +415,11 @@ impl<T: DType> DeviceBuffer<T> {
         if data.len() != self.len {
             return Err(Error::invalid(
                 "upload",
-                format!("buffer holds {} elements, data has {}", self.len, data.len()),
+                format!(
+                    "buffer holds {} elements, data has {}",
+                    self.len,
+                    data.len()
+                ),
             ));
         }
         self.mem.write(0, bytemuck::cast_slice(data))
@@ -398,13 +432,21 @@ impl<T: DType> DeviceBuffer<T> {
         Ok(out)
     }
 
-    /// Copy the first `n` elements to the host.
-    pub fn download_prefix(&self, n: usize) -> Result<Vec<T>> {
-        if n > self.len {
-            return Err(Error::invalid("download", format!("prefix {n} > length {}", self.len)));
+    /// Copy `len` elements starting at element `start` to the host.
+    pub fn download_range(&self, start: usize, len: usize) -> Result<Vec<T>> {
+        if start.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::invalid(
+                "download",
+                format!(
+                    "range {start}..{start}+{len} is outside {} elements",
+                    self.len
+                ),
+            ));
         }
-        let mut out = vec![T::zeroed(); n];
-        self.mem.read(0, bytemuck::cast_slice_mut(&mut out))?;
+        let mut out = vec![T::zeroed(); len];
+        let size = std::mem::size_of::<T>();
+        self.mem
+            .read(start * size, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
@@ -418,17 +460,30 @@ impl<T: DType> DeviceBuffer<T> {
         self.mem.host_mut().map(bytemuck::cast_slice_mut)
     }
 
+    /// Device-to-device copy of all of `src` into `self` (same device, same length).
+    pub fn copy_from(&mut self, src: &DeviceBuffer<T>) -> Result<()> {
+        if !self.device.same(&src.device) || self.len != src.len {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "copy needs the same device and length ({} vs {} elements)",
+                    src.len, self.len
+                ),
+            ));
+        }
+        let bytes = self.len * std::mem::size_of::<T>();
+        match &self.device.inner.exec {
+            Some(e) => e.copy(&mut *self.mem, &*src.mem, bytes),
+            None => {
+                let s = src.mem.host().expect("cpu memory is host memory");
+                self.mem.write(0, &s[..bytes])
+            }
+        }
+    }
+
     /// The address kernels receive for this buffer.
     pub(crate) fn addr(&self) -> u64 {
         self.mem.addr()
-    }
-
-    pub(crate) fn raw(&self) -> &dyn RawMem {
-        &*self.mem
-    }
-
-    pub(crate) fn raw_mut(&mut self) -> &mut dyn RawMem {
-        &mut *self.mem
     }
 }
 
@@ -454,7 +509,10 @@ impl Stream {
             Some(e) => e.record_event()?,
             None => Box::new(HostEvent(Instant::now())),
         };
-        Ok(Event { raw, backend: self.device.backend() })
+        Ok(Event {
+            raw,
+            backend: self.device.backend(),
+        })
     }
 }
 
@@ -469,7 +527,10 @@ impl Event {
     /// Milliseconds between this event and `later`.
     pub fn elapsed_ms(&self, later: &Event) -> Result<f32> {
         if self.backend.family() != later.backend.family() {
-            return Err(Error::invalid("event", "events come from different devices"));
+            return Err(Error::invalid(
+                "event",
+                "events come from different devices",
+            ));
         }
         self.raw.elapsed_ms(&*later.raw)
     }

@@ -1,1 +1,5 @@
+//! Pure-Rust reference implementations: the oracle every executor is tested against, and the
+//! native CPU path (`Device::cpu()`). Straightforward code, parallel with rayon where CPU users
+//! need the speed.
+
 pub mod bitmask;

@@ -1,0 +1,193 @@
+//! `tessera verify`: run every op on every executor present against the reference, and report a
+//! row per (op, dtype, executor, size) with the error (or "exact") and pass/fail.
+
+use half::{bf16, f16};
+use serde::Serialize;
+
+use crate::device::{Device, Schedule, SimtConfig};
+use crate::dtype::Float;
+use crate::error::Result;
+use crate::ops::bitmask;
+use crate::reference::bitmask as reference;
+
+/// One line of the verify table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub op: String,
+    pub dtype: String,
+    pub executor: String,
+    pub sizes: String,
+    /// "exact" for bit-exact ops, or the relative L2 error.
+    pub error: String,
+    pub pass: bool,
+    /// Why it failed (the mismatch, or the error the op returned).
+    pub detail: String,
+}
+
+/// Which executors `verify` runs: every one that is present, or only those of one family.
+pub fn executors(filter: Option<&str>) -> Vec<(Device, &'static str)> {
+    let mut out = Vec::new();
+    let want = |f: &str| filter.is_none_or(|x| x == f);
+    if want("cuda") {
+        if let Ok(d) = Device::cuda(0) {
+            out.push((d, "cuda"));
+        }
+    }
+    if want("hip") {
+        if let Ok(d) = Device::hip(0) {
+            out.push((d, "hip"));
+        }
+    }
+    if want("simt") {
+        for (wave, schedule) in [
+            (32, Schedule::InOrder),
+            (32, Schedule::Shuffled(0x5eed_0001)),
+            (64, Schedule::InOrder),
+            (64, Schedule::Shuffled(0x5eed_0002)),
+        ] {
+            if let Ok(d) = Device::simt_with(SimtConfig {
+                wave,
+                schedule,
+                workers: 0,
+            }) {
+                out.push((d, "simt"));
+            }
+        }
+    }
+    if want("cpu") {
+        out.push((Device::cpu(), "cpu"));
+    }
+    out
+}
+
+/// A deterministic generator (splitmix64) so verify needs no RNG crate and is reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A base tensor and a new one where about `frac` of the elements changed, some by a few units in
+/// the last place (as consecutive checkpoints do), plus NaN and -0.0 patterns.
+pub fn checkpoint_pair<T: Float>(n: usize, frac: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let mut r = Rng(seed);
+    let base: Vec<T> = (0..n)
+        .map(|_| T::from_f64((r.unit() - 0.5) * 0.2))
+        .collect();
+    let new = base
+        .iter()
+        .map(|&b| {
+            if r.unit() >= frac {
+                return b;
+            }
+            match r.next_u64() % 16 {
+                0 => T::from_f64(f64::NAN),
+                1 => T::from_f64(-0.0),
+                2..=9 => T::from_f64(b.to_f64() * (1.0 + (r.unit() - 0.5) * 0.02)),
+                _ => T::from_f64((r.unit() - 0.5) * 0.2),
+            }
+        })
+        .collect();
+    (base, new)
+}
+
+fn bits<T: Float>(v: &[T]) -> Vec<T::Bits> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Check sparsify and densify of one dtype on one device at size `n` and threshold `tau`.
+fn check_bitmask<T: Float>(dev: &Device, n: usize, tau: f32, seed: u64) -> (Row, Row) {
+    let (base, new) = checkpoint_pair::<T>(n, 0.23, seed);
+    let (ref_mask, ref_vals) = reference::sparsify(&base, &new, tau);
+    let ref_dense = reference::densify(&base, &ref_mask, &ref_vals);
+    let row = |op: &str, r: std::result::Result<(), String>| Row {
+        op: op.into(),
+        dtype: T::KIND.name().into(),
+        executor: dev.backend().to_string(),
+        sizes: format!("n={n} tau={tau}"),
+        error: "exact".into(),
+        pass: r.is_ok(),
+        detail: r.err().unwrap_or_default(),
+    };
+    // Independent of the reference: every mask bit agrees with the elementwise rule.
+    let rule_ok = (0..n).all(|i| {
+        (ref_mask[i / 32] >> (i % 32) & 1 == 1) == reference::changed(base[i], new[i], tau)
+    });
+
+    let run = || -> Result<(Vec<u32>, Vec<T>, Vec<T>)> {
+        let b = dev.upload(&base, "base")?;
+        let x = dev.upload(&new, "new")?;
+        let s = bitmask::sparsify(&b, &x, tau)?;
+        let d = bitmask::densify(&b, &s)?;
+        Ok((s.mask.download()?, s.values.download()?, d.download()?))
+    };
+    match run() {
+        Err(e) => (
+            row("bitmask.sparsify", Err(e.to_string())),
+            row("bitmask.densify", Err(e.to_string())),
+        ),
+        Ok((mask, vals, dense)) => {
+            let sp = if !rule_ok {
+                Err("reference mask disagrees with the elementwise rule".to_string())
+            } else if mask != ref_mask {
+                let i = mask
+                    .iter()
+                    .zip(&ref_mask)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(mask.len().min(ref_mask.len()));
+                Err(format!("mask differs from the reference at word {i}"))
+            } else if bits(&vals) != bits(&ref_vals) {
+                Err(format!(
+                    "values differ ({} vs {} reference)",
+                    vals.len(),
+                    ref_vals.len()
+                ))
+            } else {
+                Ok(())
+            };
+            let dn = if bits(&dense) != bits(&ref_dense) {
+                Err("densified tensor differs from the reference".to_string())
+            } else if tau == 0.0 && bits(&dense) != bits(&new) {
+                Err("lossless round trip is not exact".to_string())
+            } else {
+                Ok(())
+            };
+            (row("bitmask.sparsify", sp), row("bitmask.densify", dn))
+        }
+    }
+}
+
+/// Sizes verify uses: edge cases and a size spanning many blocks.
+pub const SIZES: &[usize] = &[0, 1, 33, 8191, 100_003, (1 << 20) + 17];
+
+/// Run every check on the given devices.
+pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (dev, _) in devices {
+        for (k, &n) in SIZES.iter().enumerate() {
+            for &tau in &[0.0f32, 1e-3] {
+                let seed = 0x7e55_e7a0 + k as u64;
+                let pairs = [
+                    check_bitmask::<f32>(dev, n, tau, seed),
+                    check_bitmask::<f16>(dev, n, tau, seed),
+                    check_bitmask::<bf16>(dev, n, tau, seed),
+                ];
+                for (a, b) in pairs {
+                    rows.push(a);
+                    rows.push(b);
+                }
+            }
+        }
+    }
+    rows
+}
