@@ -22,7 +22,9 @@ pub struct KernelSource {
 /// Every `cuda/**/*.cu` except the SIMT runtime's own folder, sorted by module name.
 pub fn kernel_sources(root: &Path) -> Vec<KernelSource> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -40,7 +42,10 @@ pub fn kernel_sources(root: &Path) -> Vec<KernelSource> {
         .filter(|p| !p.starts_with(cuda.join("simt")))
         .map(|p| {
             let rel = p.strip_prefix(&cuda).unwrap().with_extension("");
-            KernelSource { module: rel.to_string_lossy().replace('\\', "/"), path: p }
+            KernelSource {
+                module: rel.to_string_lossy().replace('\\', "/"),
+                path: p,
+            }
         })
         .collect();
     out.sort_by(|a, b| a.module.cmp(&b.module));

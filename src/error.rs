@@ -19,12 +19,20 @@ pub enum Error {
 
     /// A driver, runtime or library call failed.
     #[error("{backend}: {call} failed: {msg}")]
-    Driver { backend: &'static str, call: String, msg: String },
+    Driver {
+        backend: &'static str,
+        call: String,
+        msg: String,
+    },
 
     /// A kernel launch failed, or the host SIMT runtime caught a fault in it (divergent barrier,
     /// red-zone overwrite, argument mismatch). The message names the kernel and what it did.
     #[error("{backend}: kernel {kernel}: {msg}")]
-    Kernel { backend: &'static str, kernel: String, msg: String },
+    Kernel {
+        backend: &'static str,
+        kernel: String,
+        msg: String,
+    },
 
     /// The op or kernel is not built for this executor (e.g. HIP without the `hip` feature).
     #[error("{what} is not available: {msg}")]
@@ -32,7 +40,11 @@ pub enum Error {
 
     /// An I/O error with the path or stream it concerned.
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A file or stream that does not hold what it claims to (bad magic, checksum, truncation).
     #[error("{context}: {msg}")]
@@ -42,16 +54,31 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(op: &'static str, msg: impl fmt::Display) -> Self {
-        Error::InvalidArgument { op, msg: msg.to_string() }
+        Error::InvalidArgument {
+            op,
+            msg: msg.to_string(),
+        }
     }
 
     /// Shorthand for [`Error::Kernel`].
-    pub fn kernel(backend: &'static str, kernel: impl Into<String>, msg: impl fmt::Display) -> Self {
-        Error::Kernel { backend, kernel: kernel.into(), msg: msg.to_string() }
+    pub fn kernel(
+        backend: &'static str,
+        kernel: impl Into<String>,
+        msg: impl fmt::Display,
+    ) -> Self {
+        Error::Kernel {
+            backend,
+            kernel: kernel.into(),
+            msg: msg.to_string(),
+        }
     }
 
     /// Shorthand for [`Error::Driver`].
     pub fn driver(backend: &'static str, call: impl Into<String>, msg: impl fmt::Display) -> Self {
-        Error::Driver { backend, call: call.into(), msg: msg.to_string() }
+        Error::Driver {
+            backend,
+            call: call.into(),
+            msg: msg.to_string(),
+        }
     }
 }

@@ -62,7 +62,10 @@ impl KernelArgs {
 
     /// The pointer array. The pointers stay valid while `self` is alive and unmodified.
     pub fn pointers(&self) -> Vec<*mut c_void> {
-        self.slots.iter().map(|s| s.0.as_ptr() as *mut c_void).collect()
+        self.slots
+            .iter()
+            .map(|s| s.0.as_ptr() as *mut c_void)
+            .collect()
     }
 
     /// The bytes of argument `i` (for tests and for executors that pack a flat buffer).

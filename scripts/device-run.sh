@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (see scripts/device-check.sh): verify, the tests and the benches
+# from the staged binaries, each bounded in time, results under $OUT. Never changes GPU settings.
+set -uo pipefail
+stage=.device-stage
+OUT="${OUT:-/tmp/tessera-out}"
+mkdir -p "$OUT"
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+} > "$OUT/device.txt"
+
+timeout 60 "$stage/tessera" info --json > "$OUT/info.json" 2> "$OUT/info.err"
+timeout 120 "$stage/tessera" verify --backend cuda --json > "$OUT/verify-cuda.json" 2> "$OUT/verify-cuda.err"
+echo "verify-cuda rc=$?" >> "$OUT/summary.txt"
+for t in "$stage"/tests/*; do
+  name=$(basename "$t")
+  timeout 150 "$t" --test-threads 4 > "$OUT/test-$name.txt" 2>&1
+  echo "test $name rc=$?" >> "$OUT/summary.txt"
+done
+timeout 120 "$stage/tessera" bench --backend cuda --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
+echo "bench rc=$?" >> "$OUT/summary.txt"
+for b in "$stage"/benches/*; do
+  timeout 90 "$b" --bench > "$OUT/criterion-$(basename "$b").txt" 2>&1
+  echo "criterion $(basename "$b") rc=$?" >> "$OUT/summary.txt"
+done
+cat "$OUT/summary.txt"
