@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Regenerates the committed PTX (ptx/<module>.<arch>.ptx for sm_80 and sm_90a) from every
+# cuda/**/*.cu except cuda/simt, with the pinned nvcc and exactly the command build/ptx.rs runs:
+#   cd <crate root> && nvcc -ptx -arch=<arch> $(build/nvcc-flags.txt) -I cuda -o <out> cuda/<module>.cu
+# Stale files (kernels that no longer exist) are deleted.
+#
+# Usage: scripts/regen-ptx.sh [OUT_DIR]     (default: ptx/)
+# nvcc: $NVCC when it is the pinned version, else scripts/install-toolchains.sh provides it.
+# TESSERA_ALLOW_ANY_NVCC=1 accepts another nvcc version (the output will not match CI).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PINNED="13.0.88"
+ARCHS=(sm_80 sm_90a)
+cd "$ROOT"
+DEST="${1:-ptx}"
+
+nvcc_version() { "$1" --version 2>/dev/null | sed -n 's/.*, V\([0-9.]*\).*/\1/p' | head -n1; }
+
+if [ -z "${NVCC:-}" ] || [ "$(nvcc_version "$NVCC")" != "$PINNED" ]; then
+  # shellcheck disable=SC1090
+  source <(bash "$ROOT/scripts/install-toolchains.sh" 2>/dev/null)
+fi
+have="$(nvcc_version "$NVCC")"
+if [ "$have" != "$PINNED" ] && [ "${TESSERA_ALLOW_ANY_NVCC:-0}" != 1 ]; then
+  echo "regen-ptx: $NVCC is nvcc $have, the committed PTX needs $PINNED (scripts/install-toolchains.sh)" >&2
+  exit 1
+fi
+
+mapfile -t FLAGS < <(sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' build/nvcc-flags.txt | grep -v -e '^#' -e '^$')
+mapfile -t SOURCES < <(find cuda -name '*.cu' -not -path 'cuda/simt/*' | LC_ALL=C sort)
+
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+for src in "${SOURCES[@]}"; do
+  module="${src#cuda/}"
+  module="${module%.cu}"
+  mkdir -p "$TMP/$(dirname "$module")"
+  for arch in "${ARCHS[@]}"; do
+    out="$TMP/$module.$arch.ptx"
+    "$NVCC" -ptx "-arch=$arch" "${FLAGS[@]}" -I cuda -o "$out" "$src"
+    if grep -qF "$ROOT" "$out"; then
+      echo "regen-ptx: $out contains the checkout path $ROOT; PTX would not be reproducible" >&2
+      exit 1
+    fi
+  done
+done
+
+# Replace DEST wholesale so stale PTX disappears.
+rm -rf "$DEST"
+mkdir -p "$DEST"
+cp -R "$TMP/." "$DEST/"
+n="$(find "$DEST" -name '*.ptx' | wc -l)"
+echo "regen-ptx: wrote $n PTX files for ${#SOURCES[@]} kernel sources into $DEST/ (nvcc $have)"
