@@ -338,8 +338,11 @@ impl Device {
             .ok_or_else(|| Error::invalid(op, "the CPU path launches no kernels"))
     }
 
-    /// Launch a kernel. Ops call this after validating their inputs.
-    pub(crate) fn launch(
+    /// Launch a kernel by name: the raw launch path. Ops call it after validating their inputs,
+    /// and runtime tests (tests/simt_runtime.rs) call it directly. `module` is the kernel's source
+    /// file stem (e.g. `ckpt/bitmask`); the arguments are not checked against the kernel except by
+    /// the host SIMT executor, so a wrong buffer or length is as unsafe as it is on a GPU.
+    pub fn launch(
         &self,
         module: &str,
         kernel: &str,

@@ -1,23 +1,413 @@
-//! PLACEHOLDER executor, replaced by the real one.
-use crate::device::*;
+//! The host SIMT executor: the kernel sources compiled for the CPU (`cuda/simt`, built by
+//! `build/simt.rs` into one static library per warp width) and run with one fiber per GPU thread.
+//!
+//! Launches are synchronous. Memory is host memory with red zones: every allocation has
+//! [`RED_ZONE`] bytes of a known pattern before and after it (the payload starts poisoned with
+//! 0xFF), the executor keeps a registry of its live allocations, and after every launch it checks
+//! every red zone; an overwrite is an [`Error::Kernel`] naming the buffer and the byte offset.
+
+use std::alloc::Layout;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use crate::device::{
+    Backend, Exec, HostEvent, KernelArgs, LaunchConfig, RawEvent, RawMem, Schedule, SimtConfig,
+};
 use crate::error::{Error, Result};
 
-pub(crate) struct SimtExec;
+/// Bytes of guard pattern before and after every SIMT allocation.
+pub(crate) const RED_ZONE: usize = 256;
+/// Alignment of every SIMT allocation's payload (as on a GPU, where allocations are 256-aligned).
+const ALIGN: usize = 256;
+
+type LaunchFn = unsafe extern "C" fn(
+    kernel: *const c_char,
+    grid: *const u32,
+    block: *const u32,
+    shared_bytes: u32,
+    params: *mut *mut c_void,
+    param_sizes: *const usize,
+    nparams: usize,
+    schedule: c_int,
+    seed: u64,
+    workers: u32,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int;
+type CountFn = unsafe extern "C" fn() -> usize;
+type NameFn = unsafe extern "C" fn(usize) -> *const c_char;
+
+extern "C" {
+    fn tessera_simt_w32_launch(
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: u32,
+        params: *mut *mut c_void,
+        param_sizes: *const usize,
+        nparams: usize,
+        schedule: c_int,
+        seed: u64,
+        workers: u32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn tessera_simt_w32_kernel_count() -> usize;
+    fn tessera_simt_w32_kernel_name(i: usize) -> *const c_char;
+    fn tessera_simt_w64_launch(
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: u32,
+        params: *mut *mut c_void,
+        param_sizes: *const usize,
+        nparams: usize,
+        schedule: c_int,
+        seed: u64,
+        workers: u32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn tessera_simt_w64_kernel_count() -> usize;
+    fn tessera_simt_w64_kernel_name(i: usize) -> *const c_char;
+}
+
+/// The C entry points of one wave's library.
+struct WaveLib {
+    launch: LaunchFn,
+    count: CountFn,
+    name: NameFn,
+}
+
+const W32: WaveLib = WaveLib {
+    launch: tessera_simt_w32_launch,
+    count: tessera_simt_w32_kernel_count,
+    name: tessera_simt_w32_kernel_name,
+};
+const W64: WaveLib = WaveLib {
+    launch: tessera_simt_w64_launch,
+    count: tessera_simt_w64_kernel_count,
+    name: tessera_simt_w64_kernel_name,
+};
+
+/// The guard byte at index `i` of a red zone.
+fn pattern(i: usize) -> u8 {
+    0xA5 ^ (i as u8).wrapping_mul(0x1D)
+}
+
+/// One host allocation: `RED_ZONE` guard bytes, the payload, `RED_ZONE` guard bytes.
+struct Region {
+    base: NonNull<u8>,
+    layout: Layout,
+    len: usize,
+    label: String,
+}
+
+// SAFETY: the region owns its heap block exclusively; the raw pointer is only dereferenced through
+// `&self`/`&mut SimtMem` accessors (payload) and by the red-zone check (guard bytes only).
+unsafe impl Send for Region {}
+// SAFETY: shared access only reads the guard bytes or hands out `&[u8]` of the payload.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(len: usize, label: &str) -> Result<Region> {
+        let size = len
+            .checked_add(2 * RED_ZONE)
+            .ok_or_else(|| Error::invalid("alloc", format!("{len} bytes overflow usize")))?;
+        let layout = Layout::from_size_align(size, ALIGN)
+            .map_err(|e| Error::invalid("alloc", format!("{len} bytes: {e}")))?;
+        // SAFETY: `layout` has a nonzero size (at least 2 * RED_ZONE).
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let base = NonNull::new(raw).ok_or_else(|| {
+            Error::driver(
+                "simt",
+                "alloc",
+                format!("out of host memory allocating {len} bytes for {label:?}"),
+            )
+        })?;
+        // SAFETY: `base` points to `size` writable bytes just allocated.
+        let all = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), size) };
+        for (i, b) in all[..RED_ZONE].iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        all[RED_ZONE..RED_ZONE + len].fill(0xFF);
+        for (i, b) in all[RED_ZONE + len..].iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        Ok(Region {
+            base,
+            layout,
+            len,
+            label: label.to_string(),
+        })
+    }
+
+    fn payload(&self) -> *mut u8 {
+        // SAFETY: RED_ZONE < layout.size(), so the offset stays inside the allocation.
+        unsafe { self.base.as_ptr().add(RED_ZONE) }
+    }
+
+    /// Checks both red zones; repairs them and describes the overwrite when one was hit.
+    fn check(&self) -> Option<String> {
+        // SAFETY: the guard bytes [0, RED_ZONE) and [RED_ZONE + len, size) belong to this
+        // allocation and are never handed out as Rust references (only the payload is).
+        let (front, back) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.base.as_ptr(), RED_ZONE),
+                std::slice::from_raw_parts_mut(self.payload().add(self.len), RED_ZONE),
+            )
+        };
+        let bad_front: Vec<usize> = (0..RED_ZONE).filter(|&i| front[i] != pattern(i)).collect();
+        let bad_back: Vec<usize> = (0..RED_ZONE).filter(|&i| back[i] != pattern(i)).collect();
+        let mut msgs = Vec::new();
+        if let (Some(&last), Some(&first)) = (bad_back.last(), bad_back.first()) {
+            msgs.push(format!(
+                "red zone after buffer {:?} ({} bytes) overwritten: {} byte(s) at offsets {}..{} past its end (buffer bytes {}..{})",
+                self.label,
+                self.len,
+                bad_back.len(),
+                first,
+                last + 1,
+                self.len + first,
+                self.len + last + 1
+            ));
+        }
+        if let (Some(&far), Some(&near)) = (bad_front.first(), bad_front.last()) {
+            msgs.push(format!(
+                "red zone before buffer {:?} ({} bytes) overwritten: {} byte(s) from {} to {} bytes before its start",
+                self.label,
+                self.len,
+                bad_front.len(),
+                RED_ZONE - near,
+                RED_ZONE - far
+            ));
+        }
+        if msgs.is_empty() {
+            return None;
+        }
+        for (i, b) in front.iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        for (i, b) in back.iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        Some(msgs.join("; "))
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base` was allocated with exactly `layout` in `Region::new` and is freed once.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+    }
+}
+
+/// A SIMT buffer: host memory guarded by red zones, registered (weakly) with its executor.
+struct SimtMem {
+    region: Arc<Region>,
+}
+
+impl SimtMem {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the payload is `len` initialised bytes owned by the region, alive while `self` is.
+        unsafe { std::slice::from_raw_parts(self.region.payload(), self.region.len) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; `&mut self` is the only Rust handle to the payload (the registry only
+        // reads guard bytes).
+        unsafe { std::slice::from_raw_parts_mut(self.region.payload(), self.region.len) }
+    }
+}
+
+impl RawMem for SimtMem {
+    fn addr(&self) -> u64 {
+        self.region.payload() as u64
+    }
+    fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
+        self.bytes_mut()[offset..offset + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        dst.copy_from_slice(&self.bytes()[offset..offset + dst.len()]);
+        Ok(())
+    }
+    fn host(&self) -> Option<&[u8]> {
+        Some(self.bytes())
+    }
+    fn host_mut(&mut self) -> Option<&mut [u8]> {
+        Some(self.bytes_mut())
+    }
+}
+
+/// The host SIMT executor for one warp width and schedule.
+pub(crate) struct SimtExec {
+    config: SimtConfig,
+    lib: &'static WaveLib,
+    workers: u32,
+    live: Mutex<Vec<Weak<Region>>>,
+}
 
 impl SimtExec {
-    #[allow(dead_code)]
-    pub(crate) fn new(_: impl Sized) -> Result<Self> {
-        Err(Error::Unsupported { what: "simt".into(), msg: "not yet built".into() })
+    pub(crate) fn new(config: SimtConfig) -> Result<Self> {
+        let lib = match config.wave {
+            32 => &W32,
+            64 => &W64,
+            w => return Err(Error::invalid(
+                "simt",
+                format!(
+                    "wave size {w} is not supported (32 runs the CUDA sources, 64 the HIP ones)"
+                ),
+            )),
+        };
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(SimtExec {
+            config,
+            lib,
+            workers: u32::try_from(workers).unwrap_or(u32::MAX),
+            live: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Checks (and repairs) the red zones of every live allocation.
+    fn check_red_zones(&self) -> Option<String> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        let msgs: Vec<String> = live
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter_map(|r| r.check())
+            .collect();
+        (!msgs.is_empty()).then(|| msgs.join("; "))
     }
 }
 
 impl Exec for SimtExec {
-    fn backend(&self) -> Backend { Backend::Cpu }
-    fn describe(&self) -> String { String::new() }
-    fn alloc(&self, _: usize, _: &str) -> Result<Box<dyn RawMem>> { unimplemented!() }
-    fn launch(&self, _: &str, _: &str, _: &LaunchConfig, _: &KernelArgs) -> Result<()> { unimplemented!() }
-    fn synchronize(&self) -> Result<()> { Ok(()) }
-    fn kernel_names(&self) -> Vec<String> { vec![] }
-    fn record_event(&self) -> Result<Box<dyn RawEvent>> { unimplemented!() }
-    fn copy(&self, _: &mut dyn RawMem, _: &dyn RawMem, _: usize) -> Result<()> { unimplemented!() }
+    fn backend(&self) -> Backend {
+        Backend::Simt(self.config)
+    }
+
+    fn describe(&self) -> String {
+        let schedule = match self.config.schedule {
+            Schedule::InOrder => "in-order schedule".to_string(),
+            Schedule::Shuffled(s) => format!("shuffled schedule (seed {s})"),
+        };
+        format!(
+            "host SIMT executor, wave{}, {schedule}, {} workers, {} kernels",
+            self.config.wave,
+            self.workers,
+            self.kernel_names().len()
+        )
+    }
+
+    fn alloc(&self, bytes: usize, label: &str) -> Result<Box<dyn RawMem>> {
+        let region = Arc::new(Region::new(bytes, label)?);
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&region));
+        Ok(Box::new(SimtMem { region }))
+    }
+
+    fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()> {
+        let name = CString::new(kernel)
+            .map_err(|_| Error::kernel("simt", kernel, "kernel name contains a NUL byte"))?;
+        let mut ptrs = args.pointers();
+        let sizes = args.sizes();
+        let (schedule, seed) = match self.config.schedule {
+            Schedule::InOrder => (0, 0),
+            Schedule::Shuffled(s) => (1, s),
+        };
+        let mut err = vec![0u8; 4096];
+        // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, grid/block are
+        // 3-element arrays, `ptrs`/`sizes` have `ptrs.len()` entries pointing at argument values
+        // that `args` keeps alive, and `err` is a writable buffer of `err.len()` bytes. The runtime
+        // checks the argument count and sizes against the kernel's C++ signature before calling it
+        // and never lets a C++ exception cross this boundary. The kernel itself dereferences the
+        // buffer addresses it was given, as on a GPU.
+        let rc = unsafe {
+            (self.lib.launch)(
+                name.as_ptr(),
+                cfg.grid.as_ptr(),
+                cfg.block.as_ptr(),
+                cfg.shared_bytes,
+                ptrs.as_mut_ptr(),
+                sizes.as_ptr(),
+                ptrs.len(),
+                schedule,
+                seed,
+                self.workers,
+                err.as_mut_ptr().cast::<c_char>(),
+                err.len(),
+            )
+        };
+        let fault = (rc != 0).then(|| {
+            let msg = CStr::from_bytes_until_nul(&err)
+                .map(|m| m.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| format!("launch failed with code {rc}"));
+            if rc == 1 {
+                format!("{msg} (launched from module {module})")
+            } else {
+                msg
+            }
+        });
+        let red = self.check_red_zones();
+        match (fault, red) {
+            (None, None) => Ok(()),
+            (Some(f), None) => Err(Error::kernel("simt", kernel, f)),
+            (None, Some(r)) => Err(Error::kernel("simt", kernel, r)),
+            (Some(f), Some(r)) => Err(Error::kernel("simt", kernel, format!("{f}; also {r}"))),
+        }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn kernel_names(&self) -> Vec<String> {
+        // SAFETY: the count function only reads the library's registry, built before main.
+        let n = unsafe { (self.lib.count)() };
+        (0..n)
+            .filter_map(|i| {
+                // SAFETY: `i` < count; the name is a static NUL-terminated string or null.
+                let p = unsafe { (self.lib.name)(i) };
+                // SAFETY: non-null names point at static C strings in the library.
+                (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+
+    fn record_event(&self) -> Result<Box<dyn RawEvent>> {
+        Ok(Box::new(HostEvent(Instant::now())))
+    }
+
+    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()> {
+        let s = src
+            .host()
+            .ok_or_else(|| Error::invalid("copy", "source is not host memory"))?;
+        let d = dst
+            .host_mut()
+            .ok_or_else(|| Error::invalid("copy", "destination is not host memory"))?;
+        if bytes > s.len() || bytes > d.len() {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "{bytes} bytes do not fit (source {} bytes, destination {} bytes)",
+                    s.len(),
+                    d.len()
+                ),
+            ));
+        }
+        d[..bytes].copy_from_slice(&s[..bytes]);
+        Ok(())
+    }
 }

@@ -1,0 +1,816 @@
+// simt.hpp: the host SIMT runtime. Included (through cuda/common/tessera.cuh) when TESSERA_SIMT is
+// defined; provides what CUDA kernel source needs to compile with g++ and run on the CPU.
+//
+// Model (see /work/shared/ARCHITECTURE.md §2):
+//   * every thread of a block is a fiber with its own mmap'd stack; the fibers of one block run on
+//     one OS thread, so `__shared__` is `static thread_local`; blocks run in parallel on workers;
+//   * a fiber runs until it reaches a barrier or warp collective, records where it waits and
+//     yields to the block's scheduler; when no fiber is runnable the scheduler completes warp
+//     collectives whose lanes have all arrived, then releases a block barrier that every thread
+//     reached at the same call site, else reports the divergence (kernel, block, thread);
+//   * schedules: in-order, or a seeded permutation of the runnable fibers at every round.
+//
+// Build contract (build/simt.rs): one translation unit per warp width includes this header, then
+// every kernel source inside an unnamed namespace, then entry.hpp, which defines the only external
+// symbols: tessera_simt_w<WAVE>_{launch,kernel_count,kernel_name,kernel_arity,warp_size}.
+// Everything here has internal linkage, so the wave32 and wave64 libraries link together.
+#ifndef TESSERA_SIMT_HPP
+#define TESSERA_SIMT_HPP
+
+#ifndef TESSERA_SIMT_WARP_SIZE
+#error "TESSERA_SIMT_WARP_SIZE must be defined (32 or 64)"
+#endif
+
+// Every standard header kernels may use is included here, outside the unnamed namespace the kernel
+// sources are included in.
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <math.h>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <stdint.h>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+// ---- CUDA qualifiers ------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __shared__ static thread_local
+#define __constant__ static
+#define __managed__
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define warpSize TESSERA_SIMT_WARP_SIZE
+
+#define TESSERA_SIMT_STR2(x) #x
+#define TESSERA_SIMT_STR(x) TESSERA_SIMT_STR2(x)
+
+// ---- vector types ---------------------------------------------------------------------------------
+namespace {
+#define TESSERA_SIMT_VEC2(name, T, al)                                                      \
+  struct __attribute__((aligned(al))) name { T x, y; };                                     \
+  __forceinline__ constexpr name make_##name(T x, T y) { return name{x, y}; }
+#define TESSERA_SIMT_VEC3(name, T)                                                          \
+  struct name { T x, y, z; };                                                               \
+  __forceinline__ constexpr name make_##name(T x, T y, T z) { return name{x, y, z}; }
+#define TESSERA_SIMT_VEC4(name, T, al)                                                      \
+  struct __attribute__((aligned(al))) name { T x, y, z, w; };                               \
+  __forceinline__ constexpr name make_##name(T x, T y, T z, T w) { return name{x, y, z, w}; }
+
+TESSERA_SIMT_VEC2(char2, signed char, 2)
+TESSERA_SIMT_VEC2(uchar2, unsigned char, 2)
+TESSERA_SIMT_VEC2(short2, short, 4)
+TESSERA_SIMT_VEC2(ushort2, unsigned short, 4)
+TESSERA_SIMT_VEC2(int2, int, 8)
+TESSERA_SIMT_VEC2(uint2, unsigned, 8)
+TESSERA_SIMT_VEC2(float2, float, 8)
+TESSERA_SIMT_VEC2(longlong2, long long, 16)
+TESSERA_SIMT_VEC2(ulonglong2, unsigned long long, 16)
+TESSERA_SIMT_VEC2(double2, double, 16)
+TESSERA_SIMT_VEC3(int3, int)
+TESSERA_SIMT_VEC3(uint3, unsigned)
+TESSERA_SIMT_VEC3(float3, float)
+TESSERA_SIMT_VEC4(char4, signed char, 4)
+TESSERA_SIMT_VEC4(uchar4, unsigned char, 4)
+TESSERA_SIMT_VEC4(short4, short, 8)
+TESSERA_SIMT_VEC4(ushort4, unsigned short, 8)
+TESSERA_SIMT_VEC4(int4, int, 16)
+TESSERA_SIMT_VEC4(uint4, unsigned, 16)
+TESSERA_SIMT_VEC4(float4, float, 16)
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+  constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+}  // namespace
+
+// ---- context switch -------------------------------------------------------------------------------
+// tessera_simt_switch(save, to): saves the callee-saved registers and the FP control words on the
+// current stack, stores the stack pointer in *save and resumes the context whose stack pointer is
+// `to`. It is an opaque call, so the compiler reloads memory after it returns. A new fiber's stack
+// is prepared so that the switch "returns" into the trampoline, which calls fn(arg) with the
+// function and argument taken from two restored callee-saved registers.
+#define TESSERA_SIMT_SYM_SWITCH "tessera_simt_w" TESSERA_SIMT_STR(TESSERA_SIMT_WARP_SIZE) "_switch"
+#define TESSERA_SIMT_SYM_TRAMP "tessera_simt_w" TESSERA_SIMT_STR(TESSERA_SIMT_WARP_SIZE) "_trampoline"
+
+extern "C" void tessera_simt_switch(void** save, void* to) __asm__(TESSERA_SIMT_SYM_SWITCH);
+extern "C" void tessera_simt_trampoline() __asm__(TESSERA_SIMT_SYM_TRAMP);
+
+#if defined(__x86_64__)
+__asm__(
+    ".text\n"
+    ".globl " TESSERA_SIMT_SYM_SWITCH "\n"
+    ".type " TESSERA_SIMT_SYM_SWITCH ",@function\n"
+    ".p2align 4\n" TESSERA_SIMT_SYM_SWITCH ":\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $16, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $16, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size " TESSERA_SIMT_SYM_SWITCH ", .-" TESSERA_SIMT_SYM_SWITCH "\n"
+    ".globl " TESSERA_SIMT_SYM_TRAMP "\n"
+    ".type " TESSERA_SIMT_SYM_TRAMP ",@function\n"
+    ".p2align 4\n" TESSERA_SIMT_SYM_TRAMP ":\n"
+    "  movq %r12, %rdi\n"
+    "  andq $-16, %rsp\n"
+    "  callq *%r13\n"
+    "  ud2\n"
+    ".size " TESSERA_SIMT_SYM_TRAMP ", .-" TESSERA_SIMT_SYM_TRAMP "\n");
+#elif defined(__aarch64__)
+// Untested: saves x19-x30, d8-d15 and FPCR (176-byte frame).
+__asm__(
+    ".text\n"
+    ".globl " TESSERA_SIMT_SYM_SWITCH "\n"
+    ".type " TESSERA_SIMT_SYM_SWITCH ",%function\n"
+    ".p2align 4\n" TESSERA_SIMT_SYM_SWITCH ":\n"
+    "  sub sp, sp, #176\n"
+    "  stp x19, x20, [sp, #0]\n"
+    "  stp x21, x22, [sp, #16]\n"
+    "  stp x23, x24, [sp, #32]\n"
+    "  stp x25, x26, [sp, #48]\n"
+    "  stp x27, x28, [sp, #64]\n"
+    "  stp x29, x30, [sp, #80]\n"
+    "  stp d8, d9, [sp, #96]\n"
+    "  stp d10, d11, [sp, #112]\n"
+    "  stp d12, d13, [sp, #128]\n"
+    "  stp d14, d15, [sp, #144]\n"
+    "  mrs x9, fpcr\n"
+    "  str x9, [sp, #160]\n"
+    "  mov x9, sp\n"
+    "  str x9, [x0]\n"
+    "  mov sp, x1\n"
+    "  ldr x9, [sp, #160]\n"
+    "  msr fpcr, x9\n"
+    "  ldp x19, x20, [sp, #0]\n"
+    "  ldp x21, x22, [sp, #16]\n"
+    "  ldp x23, x24, [sp, #32]\n"
+    "  ldp x25, x26, [sp, #48]\n"
+    "  ldp x27, x28, [sp, #64]\n"
+    "  ldp x29, x30, [sp, #80]\n"
+    "  ldp d8, d9, [sp, #96]\n"
+    "  ldp d10, d11, [sp, #112]\n"
+    "  ldp d12, d13, [sp, #128]\n"
+    "  ldp d14, d15, [sp, #144]\n"
+    "  add sp, sp, #176\n"
+    "  ret\n"
+    ".size " TESSERA_SIMT_SYM_SWITCH ", .-" TESSERA_SIMT_SYM_SWITCH "\n"
+    ".globl " TESSERA_SIMT_SYM_TRAMP "\n"
+    ".type " TESSERA_SIMT_SYM_TRAMP ",%function\n"
+    ".p2align 4\n" TESSERA_SIMT_SYM_TRAMP ":\n"
+    "  mov x0, x19\n"
+    "  blr x20\n"
+    "  brk #0\n"
+    ".size " TESSERA_SIMT_SYM_TRAMP ", .-" TESSERA_SIMT_SYM_TRAMP "\n");
+#else
+#error "the host SIMT runtime has a context switch for x86_64 and aarch64 only"
+#endif
+
+namespace tessera_simt {
+namespace {
+
+constexpr int kWave = TESSERA_SIMT_WARP_SIZE;
+static_assert(kWave == 32 || kWave == 64, "TESSERA_SIMT_WARP_SIZE must be 32 or 64");
+using lanemask = std::conditional_t<kWave == 64, unsigned long long, unsigned>;
+constexpr unsigned long long kFullMask = kWave == 64 ? ~0ull : 0xffffffffull;
+
+constexpr unsigned kMaxThreads = 1024;
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kGuardBytes = 4096;
+
+// ---- kernel registry ------------------------------------------------------------------------------
+using Thunk = void (*)(void (*fn)(), void** params);
+
+struct KernelEntry {
+  const char* name;
+  void (*fn)();
+  Thunk thunk;
+  std::vector<size_t> sizes;
+};
+
+std::vector<KernelEntry>& registry() {
+  static std::vector<KernelEntry> r;
+  return r;
+}
+
+template <typename T>
+inline T load_param(void* p) {
+  static_assert(std::is_trivially_copyable_v<T>, "kernel parameters must be trivially copyable");
+  T v;
+  std::memcpy(static_cast<void*>(&v), p, sizeof(T));
+  return v;
+}
+
+template <typename... A>
+struct Invoker {
+  template <size_t... I>
+  static void call(void (*fn)(A...), void** params, std::index_sequence<I...>) {
+    fn(load_param<std::decay_t<A>>(params[I])...);
+  }
+  static void run(void (*g)(), void** params) {
+    call(reinterpret_cast<void (*)(A...)>(g), params, std::index_sequence_for<A...>{});
+  }
+};
+
+struct Registrar {
+  template <typename... A>
+  Registrar(const char* name, void (*fn)(A...)) {
+    registry().push_back(KernelEntry{name, reinterpret_cast<void (*)()>(fn), &Invoker<A...>::run,
+                                     std::vector<size_t>{sizeof(std::decay_t<A>)...}});
+  }
+};
+
+// ---- fibers, workers -------------------------------------------------------------------------------
+enum class St : uint8_t { Ready, Bar, Warp, Exited };
+
+// One lane's part in a warp collective: inputs it deposits and the result it gets back. A warp
+// collective op sees every participating lane's slot at once (slots[lane], null for lanes outside
+// the group), which is what later fragment-level (tensor-core) emulation needs: gather all lanes'
+// `in`, compute, scatter into each lane's `out`.
+struct WarpSlot {
+  uint64_t value;
+  int64_t a, b;
+  const void* in;
+  void* out;
+  uint64_t result;
+};
+using WarpOp = void (*)(WarpSlot* const* slots, unsigned long long group, int lanes_in_warp);
+
+struct Fiber {
+  void* sp;
+  uint3 tid;
+  uint32_t linear;
+  St st;
+  // where it waits
+  const char* file;
+  int line;
+  const char* what;
+  // block barrier
+  int bar_kind;
+  int pred;
+  int bar_result;
+  // warp collective
+  WarpOp op;
+  unsigned long long mask;
+  WarpSlot* slot;
+};
+
+struct StackSet {
+  char* base = nullptr;
+  size_t prepared = 0;
+  static constexpr size_t kStride = kGuardBytes + kStackBytes;
+  void ensure(size_t n) {
+    if (!base) {
+      void* p = mmap(nullptr, kMaxThreads * kStride, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw std::runtime_error("mmap of fiber stacks failed");
+      base = static_cast<char*>(p);
+    }
+    for (; prepared < n; ++prepared) {
+      if (mprotect(base + prepared * kStride, kGuardBytes, PROT_NONE) != 0)
+        throw std::runtime_error("mprotect of a fiber stack guard page failed");
+    }
+  }
+  char* top(size_t i) const { return base + i * kStride + kStride; }
+};
+
+// Per-worker resources, pooled across launches so stacks are mapped once.
+struct WorkerRes {
+  StackSet stacks;
+  std::vector<Fiber> fibers = std::vector<Fiber>(kMaxThreads);
+  std::vector<uint32_t> ready, order;
+  unsigned char* dyn = nullptr;
+  size_t dyn_cap = 0;
+  ~WorkerRes() { std::free(dyn); }
+};
+
+std::mutex& pool_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::vector<WorkerRes*>& pool() {
+  static std::vector<WorkerRes*> p;
+  return p;
+}
+WorkerRes* acquire_res() {
+  {
+    std::lock_guard<std::mutex> g(pool_mutex());
+    if (!pool().empty()) {
+      WorkerRes* r = pool().back();
+      pool().pop_back();
+      return r;
+    }
+  }
+  return new WorkerRes();
+}
+void release_res(WorkerRes* r) {
+  std::lock_guard<std::mutex> g(pool_mutex());
+  pool().push_back(r);
+}
+
+struct Launch {
+  const KernelEntry* k;
+  void** params;
+  dim3 grid, block;
+  uint32_t shared_bytes;
+  int schedule;
+  uint64_t seed;
+  uint64_t nblocks;
+  uint32_t nthreads;
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex m;
+  std::string err;
+  void fail(const std::string& msg) {
+    std::lock_guard<std::mutex> g(m);
+    if (err.empty()) err = msg;
+    failed.store(true);
+  }
+};
+
+struct Worker {
+  Launch* L;
+  WorkerRes* res;
+  void* sched_sp = nullptr;
+  uint3 block_idx{0, 0, 0};
+  dim3 block_dim, grid_dim;
+  bool block_failed = false;
+  std::string block_err;
+  uint64_t rng = 0;
+  uint32_t mxcsr = 0x1f80;
+  uint16_t fpucw = 0x037f;
+};
+
+thread_local Worker* tl_w = nullptr;
+thread_local Fiber* tl_cur = nullptr;
+
+inline uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// ---- messages ---------------------------------------------------------------------------------------
+std::string short_file(const char* f) {
+  if (!f) return "?";
+  std::string s(f);
+  for (const char* root : {"/cuda/", "/hip/"}) {
+    size_t p = s.rfind(root);
+    if (p != std::string::npos) return s.substr(p + 1);
+  }
+  return s;
+}
+std::string site(const Fiber& f) { return short_file(f.file) + ":" + std::to_string(f.line); }
+std::string xyz(uint3 v) {
+  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+std::string hexmask(unsigned long long m) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x%llx", m);
+  return b;
+}
+std::string describe_wait(const Fiber& f) {
+  switch (f.st) {
+    case St::Exited: return "exited";
+    case St::Bar: return std::string("waits at ") + f.what + " at " + site(f);
+    case St::Warp: return std::string("waits at ") + f.what + " (mask " + hexmask(f.mask) + ") at " + site(f);
+    default: return "is runnable";
+  }
+}
+
+inline bool same_site(const Fiber& a, const Fiber& b) {
+  return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+}
+
+[[noreturn]] void fiber_main(void* arg);
+
+// ---- yielding from a fiber ----------------------------------------------------------------------------
+inline void yield_fiber(Fiber* f) {
+  Worker* w = tl_w;
+  __asm__ __volatile__("" ::: "memory");
+  tessera_simt_switch(&f->sp, w->sched_sp);
+  __asm__ __volatile__("" ::: "memory");
+}
+
+// kind: 0 plain, 1 count, 2 and, 3 or
+inline int block_barrier(const char* file, int line, int kind, int pred) {
+  static const char* const names[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and",
+                                      "__syncthreads_or"};
+  Fiber* f = tl_cur;
+  f->st = St::Bar;
+  f->file = file;
+  f->line = line;
+  f->what = names[kind];
+  f->bar_kind = kind;
+  f->pred = pred;
+  yield_fiber(f);
+  return f->bar_result;
+}
+
+// The generic warp collective: deposit `slot`, wait until every lane named in `mask` waits at the
+// same op with the same mask, then `op` runs once over all the group's slots.
+inline void warp_collective(WarpOp op, const char* name, unsigned long long mask, WarpSlot& slot,
+                            const char* file, int line) {
+  Fiber* f = tl_cur;
+  f->st = St::Warp;
+  f->file = file;
+  f->line = line;
+  f->what = name;
+  f->op = op;
+  f->mask = mask & kFullMask;
+  f->slot = &slot;
+  yield_fiber(f);
+}
+
+// ---- the block scheduler ---------------------------------------------------------------------------
+void fail_block(Worker& w, std::string msg) {
+  if (!w.block_failed) {
+    w.block_failed = true;
+    w.block_err = "block " + xyz(w.block_idx) + ": " + std::move(msg);
+  }
+}
+
+// Returns 0 to continue, 1 when every thread exited, -1 on an error (in w.block_err).
+int resolve(Worker& w) {
+  Launch& L = *w.L;
+  const uint32_t n = L.nthreads;
+  Fiber* fb = w.res->fibers.data();
+  auto& ready = w.res->ready;
+  uint32_t nexit = 0, nbar = 0, nwarp = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    switch (fb[i].st) {
+      case St::Exited: ++nexit; break;
+      case St::Bar: ++nbar; break;
+      case St::Warp: ++nwarp; break;
+      default: break;
+    }
+  }
+  // 1. warp collectives whose groups are complete
+  if (nwarp) {
+    for (uint32_t w0 = 0; w0 < n; w0 += kWave) {
+      const uint32_t lanes = std::min<uint32_t>(kWave, n - w0);
+      const unsigned long long exist = lanes >= 64 ? ~0ull : ((1ull << lanes) - 1);
+      unsigned long long waiting = 0;
+      for (uint32_t l = 0; l < lanes; ++l)
+        if (fb[w0 + l].st == St::Warp) waiting |= 1ull << l;
+      unsigned long long done = 0;
+      for (unsigned long long todo = waiting; todo; todo &= todo - 1) {
+        const int l = __builtin_ctzll(todo);
+        if (done & (1ull << l)) continue;
+        Fiber& f = fb[w0 + l];
+        const unsigned long long M = f.mask & exist;
+        if (!(M & (1ull << l))) {
+          fail_block(w, "thread " + xyz(f.tid) + " calls " + f.what + " at " + site(f) + " with mask " +
+                            hexmask(f.mask) + ", which does not include its own lane " + std::to_string(l));
+          return -1;
+        }
+        if (M & ~waiting) continue;
+        bool ok = true;
+        for (unsigned long long m = M; m; m &= m - 1) {
+          const Fiber& g = fb[w0 + __builtin_ctzll(m)];
+          if (g.op != f.op || (g.mask & exist) != M) { ok = false; break; }
+        }
+        if (!ok) continue;
+        WarpSlot* slots[64] = {};
+        for (unsigned long long m = M; m; m &= m - 1) {
+          const int k = __builtin_ctzll(m);
+          slots[k] = fb[w0 + k].slot;
+        }
+        f.op(slots, M, static_cast<int>(lanes));
+        for (unsigned long long m = M; m; m &= m - 1) {
+          const int k = __builtin_ctzll(m);
+          fb[w0 + k].st = St::Ready;
+          ready.push_back(w0 + k);
+        }
+        done |= M;
+      }
+    }
+    if (!ready.empty()) return 0;
+  }
+  if (nexit == n) return 1;
+  // 2. a block barrier every thread reached at the same site
+  if (nbar == n) {
+    bool same = true;
+    for (uint32_t i = 1; i < n && same; ++i) same = same_site(fb[i], fb[0]);
+    if (same) {
+      int count = 0;
+      for (uint32_t i = 0; i < n; ++i) count += fb[i].pred != 0;
+      int r = 0;
+      switch (fb[0].bar_kind) {
+        case 1: r = count; break;
+        case 2: r = count == static_cast<int>(n); break;
+        case 3: r = count != 0; break;
+        default: break;
+      }
+      for (uint32_t i = 0; i < n; ++i) {
+        fb[i].bar_result = r;
+        fb[i].st = St::Ready;
+        ready.push_back(i);
+      }
+      return 0;
+    }
+  }
+  // 3. no progress possible: name the divergence
+  if (nbar) {
+    uint32_t ref = 0;
+    while (fb[ref].st != St::Bar) ++ref;
+    uint32_t arrived = 0, other = n;
+    for (uint32_t i = 0; i < n; ++i) {
+      if (fb[i].st == St::Bar && same_site(fb[i], fb[ref])) {
+        ++arrived;
+      } else if (other == n) {
+        other = i;
+      }
+    }
+    const Fiber& o = fb[other];
+    std::string what = o.st == St::Exited ? "exited without reaching it" : describe_wait(o);
+    fail_block(w, std::string(fb[ref].what) + " at " + site(fb[ref]) + " reached by " + std::to_string(arrived) +
+                      " of " + std::to_string(n) + " threads; thread " + xyz(o.tid) + " " + what +
+                      " (every thread of a block must reach the same barrier)");
+    return -1;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    if (fb[i].st != St::Warp) continue;
+    const Fiber& f = fb[i];
+    const uint32_t w0 = i - i % kWave;
+    const uint32_t lanes = std::min<uint32_t>(kWave, n - w0);
+    const unsigned long long exist = lanes >= 64 ? ~0ull : ((1ull << lanes) - 1);
+    const unsigned long long M = f.mask & exist;
+    for (unsigned long long m = M; m; m &= m - 1) {
+      const Fiber& g = fb[w0 + __builtin_ctzll(m)];
+      if (g.st != St::Warp || g.op != f.op || (g.mask & exist) != M) {
+        fail_block(w, "thread " + xyz(f.tid) + " (warp " + std::to_string(i / kWave) + ", lane " +
+                          std::to_string(i % kWave) + ") waits at " + f.what + " (mask " + hexmask(f.mask) +
+                          ") at " + site(f) + "; lane " + std::to_string(__builtin_ctzll(m)) + " (thread " +
+                          xyz(g.tid) + ") " + describe_wait(g) +
+                          " (every lane named in the mask must reach the same collective)");
+        return -1;
+      }
+    }
+  }
+  fail_block(w, "threads wait at warp collectives that cannot complete");
+  return -1;
+}
+
+void init_fiber_stack(Worker& w, Fiber& f, char* top) {
+  auto* sp = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15)) - 256);
+#if defined(__x86_64__)
+  // [mxcsr|fpucw][r15][r14][r13=fn][r12=arg][rbx][rbp][ret=trampoline]
+  sp -= 10;  // 80 bytes, keeps sp 16-aligned
+  std::memset(sp, 0, 80);
+  std::memcpy(reinterpret_cast<char*>(sp), &w.mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(sp) + 4, &w.fpucw, 2);
+  sp[2] = 0;                                                      // r15
+  sp[3] = 0;                                                      // r14
+  sp[4] = reinterpret_cast<uint64_t>(&fiber_main);                // r13
+  sp[5] = reinterpret_cast<uint64_t>(&f);                         // r12
+  sp[6] = 0;                                                      // rbx
+  sp[7] = 0;                                                      // rbp
+  sp[8] = reinterpret_cast<uint64_t>(&tessera_simt_trampoline);  // return address
+#else
+  sp -= 22;  // 176 bytes
+  std::memset(sp, 0, 176);
+  sp[0] = reinterpret_cast<uint64_t>(&f);                         // x19
+  sp[1] = reinterpret_cast<uint64_t>(&fiber_main);                // x20
+  sp[11] = reinterpret_cast<uint64_t>(&tessera_simt_trampoline);  // x30
+  uint64_t fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  sp[20] = fpcr;
+#endif
+  f.sp = sp;
+}
+
+// Runs block `b`; false (with w.block_err) on an error.
+bool run_block(Worker& w, uint64_t b) {
+  Launch& L = *w.L;
+  const uint32_t n = L.nthreads;
+  const uint64_t gx = L.grid.x, gy = L.grid.y;
+  w.block_idx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
+                      static_cast<unsigned>(b / (gx * gy))};
+  w.block_failed = false;
+  w.block_err.clear();
+  if (L.shared_bytes) std::memset(w.res->dyn, 0xff, L.shared_bytes);
+  Fiber* fb = w.res->fibers.data();
+  auto& ready = w.res->ready;
+  ready.clear();
+  const unsigned bx = L.block.x, by = L.block.y;
+  for (uint32_t i = 0; i < n; ++i) {
+    Fiber& f = fb[i];
+    f.tid = uint3{i % bx, (i / bx) % by, i / (bx * by)};
+    f.linear = i;
+    f.st = St::Ready;
+    f.file = nullptr;
+    f.line = 0;
+    f.what = "";
+    init_fiber_stack(w, f, w.res->stacks.top(i));
+    ready.push_back(i);
+  }
+  uint64_t s = L.seed;
+  w.rng = splitmix64(s) ^ b;
+  w.rng = splitmix64(w.rng);
+  auto& order = w.res->order;
+  for (;;) {
+    if (L.schedule == 1) {
+      for (size_t i = ready.size(); i > 1; --i) {
+        const size_t j = splitmix64(w.rng) % i;
+        std::swap(ready[i - 1], ready[j]);
+      }
+    }
+    order.swap(ready);
+    ready.clear();
+    for (uint32_t i : order) {
+      Fiber* f = &fb[i];
+      tl_cur = f;
+      tessera_simt_switch(&w.sched_sp, f->sp);
+      if (w.block_failed) {
+        tl_cur = nullptr;
+        return false;
+      }
+    }
+    tl_cur = nullptr;
+    const int r = resolve(w);
+    if (r > 0) return true;
+    if (r < 0) return false;
+  }
+}
+
+[[noreturn]] void fiber_main(void* arg) {
+  Fiber* f = static_cast<Fiber*>(arg);
+  Worker* w = tl_w;
+  try {
+    w->L->k->thunk(w->L->k->fn, w->L->params);
+  } catch (const std::exception& e) {
+    fail_block(*w, "thread " + xyz(f->tid) + " raised: " + e.what());
+  } catch (...) {
+    fail_block(*w, "thread " + xyz(f->tid) + " raised an unknown C++ exception");
+  }
+  f->st = St::Exited;
+  tessera_simt_switch(&f->sp, w->sched_sp);
+  __builtin_trap();
+}
+
+void work(Launch& L) {
+  WorkerRes* res = acquire_res();
+  try {
+    res->stacks.ensure(L.nthreads);
+    if (L.shared_bytes > res->dyn_cap) {
+      std::free(res->dyn);
+      res->dyn = static_cast<unsigned char*>(std::aligned_alloc(256, (L.shared_bytes + 255) / 256 * 256));
+      if (!res->dyn) throw std::bad_alloc();
+      res->dyn_cap = (L.shared_bytes + 255) / 256 * 256;
+    }
+    Worker w;
+    w.L = &L;
+    w.res = res;
+    w.grid_dim = L.grid;
+    w.block_dim = L.block;
+#if defined(__x86_64__)
+    w.mxcsr = __builtin_ia32_stmxcsr();
+    __asm__ __volatile__("fnstcw %0" : "=m"(w.fpucw));
+#endif
+    tl_w = &w;
+    while (!L.failed.load(std::memory_order_relaxed)) {
+      const uint64_t b = L.next.fetch_add(1);
+      if (b >= L.nblocks) break;
+      if (!run_block(w, b)) L.fail(w.block_err);
+    }
+    tl_w = nullptr;
+  } catch (const std::exception& e) {
+    tl_w = nullptr;
+    L.fail(std::string("runtime error: ") + e.what());
+  }
+  release_res(res);
+}
+
+// Returns 0, or an error code with the message in err: 1 unknown kernel, 2 argument mismatch,
+// 3 bad launch configuration, 4 fault in the kernel.
+int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
+           void** params, const size_t* sizes, size_t nparams, int schedule, uint64_t seed, uint32_t workers,
+           std::string& err) {
+  const KernelEntry* k = nullptr;
+  for (const auto& e : registry())
+    if (std::strcmp(e.name, name) == 0) k = &e;
+  if (!k) {
+    err = std::string("no such kernel in the wave") + TESSERA_SIMT_STR(TESSERA_SIMT_WARP_SIZE) +
+          " host SIMT build (is its source under cuda/" + (kWave == 64 ? ", with a hip/ entry file" : "") +
+          " and exported with TESSERA_EXPORT?)";
+    return 1;
+  }
+  if (nparams != k->sizes.size()) {
+    err = "kernel takes " + std::to_string(k->sizes.size()) + " arguments, launch passed " + std::to_string(nparams);
+    return 2;
+  }
+  for (size_t i = 0; i < nparams; ++i) {
+    if (sizes[i] != k->sizes[i]) {
+      err = "argument " + std::to_string(i) + " (counting from 0) is " + std::to_string(sizes[i]) +
+            " bytes, kernel expects " + std::to_string(k->sizes[i]);
+      return 2;
+    }
+    if (!params[i]) {
+      err = "argument " + std::to_string(i) + " pointer is null";
+      return 2;
+    }
+  }
+  const uint64_t nthreads = uint64_t(block[0]) * block[1] * block[2];
+  if (nthreads == 0 || nthreads > kMaxThreads) {
+    err = "block " + std::to_string(block[0]) + "x" + std::to_string(block[1]) + "x" + std::to_string(block[2]) +
+          " has " + std::to_string(nthreads) + " threads; 1..1024 allowed";
+    return 3;
+  }
+  if (block[2] > 64) {
+    err = "blockDim.z " + std::to_string(block[2]) + " exceeds 64";
+    return 3;
+  }
+  if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[0] > 0x7fffffffu || grid[1] > 65535 || grid[2] > 65535) {
+    err = "grid " + std::to_string(grid[0]) + "x" + std::to_string(grid[1]) + "x" + std::to_string(grid[2]) +
+          " is out of range (x 1..2^31-1, y and z 1..65535)";
+    return 3;
+  }
+  Launch L;
+  L.k = k;
+  L.params = params;
+  L.grid = dim3(grid[0], grid[1], grid[2]);
+  L.block = dim3(block[0], block[1], block[2]);
+  L.shared_bytes = shared_bytes;
+  L.schedule = schedule;
+  L.seed = seed;
+  L.nblocks = uint64_t(grid[0]) * grid[1] * grid[2];
+  L.nthreads = static_cast<uint32_t>(nthreads);
+  uint64_t nw = workers == 0 ? std::max(1u, std::thread::hardware_concurrency()) : workers;
+  nw = std::min<uint64_t>(nw, L.nblocks);
+  std::vector<std::thread> threads;
+  try {
+    for (uint64_t i = 1; i < nw; ++i) threads.emplace_back([&L] { work(L); });
+  } catch (const std::exception&) {
+    // fewer workers than asked: the ones started (and this thread) still run every block
+  }
+  work(L);
+  for (auto& t : threads) t.join();
+  if (L.failed.load()) {
+    err = L.err;
+    return 4;
+  }
+  return 0;
+}
+
+// ---- accessors used by the kernel-facing API ----------------------------------------------------------
+__forceinline__ const uint3& thread_idx() { return tl_cur->tid; }
+__forceinline__ const uint3& block_idx() { return tl_w->block_idx; }
+__forceinline__ const dim3& block_dim() { return tl_w->block_dim; }
+__forceinline__ const dim3& grid_dim() { return tl_w->grid_dim; }
+
+// The block's dynamic shared memory (the launch's shared_bytes, poisoned with 0xFF per block).
+inline void* dynamic_shared() { return tl_w->res->dyn; }
+}  // namespace
+
+}  // namespace tessera_simt
+
+#define TESSERA_SIMT_REGISTER(name) \
+  static const ::tessera_simt::Registrar tessera_simt_registrar_##name(#name, &name);
+
+#define threadIdx (::tessera_simt::thread_idx())
+#define blockIdx (::tessera_simt::block_idx())
+#define blockDim (::tessera_simt::block_dim())
+#define gridDim (::tessera_simt::grid_dim())
+
+#include "intrinsics.hpp"
+
+#endif  // TESSERA_SIMT_HPP
