@@ -208,6 +208,16 @@ struct Trap : std::runtime_error {
 #define __all_sync(mask, p) ::tessera_simt::all_sync(__FILE__, __LINE__, (mask), (p) ? 1 : 0)
 #define __match_any_sync(mask, v) ::tessera_simt::match_any_sync(__FILE__, __LINE__, (mask), (v))
 #define __match_all_sync(mask, v, pred) ::tessera_simt::match_all_sync(__FILE__, __LINE__, (mask), (v), (pred))
+// HIP spellings (no mask: every lane of the wave takes part), for TESSERA_TARGET_HIP code paths.
+#define __shfl(...) ::tessera_simt::shfl_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, __VA_ARGS__)
+#define __shfl_up(...) ::tessera_simt::shfl_up_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, __VA_ARGS__)
+#define __shfl_down(...) ::tessera_simt::shfl_down_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, __VA_ARGS__)
+#define __shfl_xor(...) ::tessera_simt::shfl_xor_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, __VA_ARGS__)
+#define __ballot(p) \
+  static_cast<unsigned long long>(::tessera_simt::ballot_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, (p) ? 1 : 0))
+#define __any(p) ::tessera_simt::any_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, (p) ? 1 : 0)
+#define __all(p) ::tessera_simt::all_sync(__FILE__, __LINE__, ::tessera_simt::kFullMask, (p) ? 1 : 0)
+#define __lane_id() (static_cast<unsigned>(::tessera_simt::thread_linear()) % TESSERA_SIMT_WARP_SIZE)
 #define __reduce_add_sync(mask, v) \
   ::tessera_simt::reduce_sync<0>(__FILE__, __LINE__, "__reduce_add_sync", (mask), (v), std::is_signed_v<decltype(v)>)
 #define __reduce_min_sync(mask, v) \

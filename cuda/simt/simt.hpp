@@ -308,7 +308,9 @@ struct StackSet {
         throw std::runtime_error("mprotect of a fiber stack guard page failed");
     }
   }
-  char* top(size_t i) const { return base + i * kStride + kStride; }
+  // Stack tops are staggered by a cache line per fiber so that the fibers' saved contexts do not
+  // all map to the same L1 set (the stride is a multiple of the page size).
+  char* top(size_t i) const { return base + i * kStride + kStride - (i % 61) * 64; }
 };
 
 // Per-worker resources, pooled across launches so stacks are mapped once.
@@ -793,6 +795,7 @@ int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], ui
 
 // ---- accessors used by the kernel-facing API ----------------------------------------------------------
 __forceinline__ const uint3& thread_idx() { return tl_cur->tid; }
+__forceinline__ uint32_t thread_linear() { return tl_cur->linear; }
 __forceinline__ const uint3& block_idx() { return tl_w->block_idx; }
 __forceinline__ const dim3& block_dim() { return tl_w->block_dim; }
 __forceinline__ const dim3& grid_dim() { return tl_w->grid_dim; }
