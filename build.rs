@@ -2,6 +2,7 @@
 //!   * PTX for sm_80 and sm_90a with nvcc when one is found, else the committed `ptx/`;
 //!   * AMDGPU code objects for gfx942 and gfx90a with the `hip` feature;
 //!   * the host SIMT runtime and every kernel source for the CPU, always (wave32 and wave64).
+//!
 //! Each step writes a table into OUT_DIR that `src/kernels.rs` includes.
 
 #[path = "build/hip.rs"]

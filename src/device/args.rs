@@ -12,9 +12,10 @@ use crate::dtype::DType;
 struct Slot([u8; 16]);
 
 /// Kernel arguments in order. Each value is stored in its own boxed slot so the pointer array
-/// stays valid while the builder lives.
+/// stays valid while the builder lives (a `Vec<Slot>` would move its slots when it grows).
 #[derive(Default)]
 pub struct KernelArgs {
+    #[allow(clippy::vec_box)] // boxing is the point: each slot's address must be stable
     slots: Vec<Box<Slot>>,
     sizes: Vec<usize>,
 }
