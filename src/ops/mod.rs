@@ -3,6 +3,7 @@
 //! native CPU path. Ops never know which executor runs them.
 
 pub mod bitmask;
+pub mod codec;
 
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;
