@@ -13,6 +13,7 @@
 //! ```
 
 pub mod bench;
+pub mod ckpt;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -1,0 +1,486 @@
+//! Checkpoint compression (BitSnap): safetensors in, `.tsnap` out, and back.
+//!
+//! - [`compress`]: each tensor of a safetensors checkpoint, against an optional base checkpoint,
+//!   gets the smallest encoding the [`policy`] finds within the error budget; sections are
+//!   streamed to a temporary file that is renamed when complete.
+//! - [`decompress`]: rebuilds the safetensors file (byte for byte in lossless mode) and checks
+//!   every section checksum, every tensor's hash and the whole file's hash on the way.
+//! - [`inspect`]: the manifest, with each tensor's encoding, ratio and error.
+//!
+//! Format: [`format`]. Rules and reasoning: docs/ckpt.md.
+
+pub mod format;
+pub mod maskcode;
+pub mod policy;
+pub mod st;
+pub mod synth;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::{bf16, f16};
+use safetensors::tensor::Dtype;
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+pub use format::{Encoding, Manifest, MaskCoding, Reader, SectionRef, TensorEntry, TensorStats};
+
+/// Options of [`compress`].
+#[derive(Clone, Debug, Default)]
+pub struct CompressOptions {
+    /// Largest relative L2 error allowed per tensor; 0 = lossless.
+    pub error_budget: f64,
+    /// Tensors whose name matches one of these stay exact: a pattern with `*` or `?` is a glob
+    /// over the whole name, any other pattern matches as a substring.
+    pub keep_exact: Vec<String>,
+}
+
+/// Progress of a long operation, reported after each tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub tensor: &'a str,
+}
+
+/// Summary of a [`compress`] run.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompressReport {
+    pub output: PathBuf,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub ratio: f64,
+    pub tensors: usize,
+    pub lossless: bool,
+    pub seconds: f64,
+    pub backend: String,
+    /// Encoding name -> number of tensors.
+    pub encodings: HashMap<String, usize>,
+}
+
+/// Summary of a [`decompress`] run.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecompressReport {
+    pub output: PathBuf,
+    pub output_bytes: u64,
+    pub tensors: usize,
+    pub lossless: bool,
+    pub seconds: f64,
+    pub backend: String,
+}
+
+/// Whether `name` matches a `--keep-exact` pattern (glob with `*`/`?`, else substring).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return name.contains(pattern);
+    }
+    fn glob(p: &[char], s: &[char]) -> bool {
+        // Iterative wildcard match with backtracking to the last '*'.
+        let (mut pi, mut si) = (0, 0);
+        let (mut star, mut mark) = (None, 0);
+        while si < s.len() {
+            if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+                pi += 1;
+                si += 1;
+            } else if pi < p.len() && p[pi] == '*' {
+                star = Some(pi);
+                mark = si;
+                pi += 1;
+            } else if let Some(st) = star {
+                pi = st + 1;
+                mark += 1;
+                si = mark;
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == '*')
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = name.chars().collect();
+    glob(&p, &s)
+}
+
+fn io(context: String, source: std::io::Error) -> Error {
+    Error::Io { context, source }
+}
+
+/// Compress `new` (against `base` when given) into `out`.
+pub fn compress(
+    new: &Path,
+    base: Option<&Path>,
+    out: &Path,
+    opts: &CompressOptions,
+    dev: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CompressReport> {
+    let t0 = Instant::now();
+    if !(opts.error_budget.is_finite() && opts.error_budget >= 0.0) {
+        return Err(Error::invalid(
+            "ckpt::compress",
+            format!(
+                "error budget must be finite and >= 0, got {}",
+                opts.error_budget
+            ),
+        ));
+    }
+    let nf = st::StFile::open(new)?;
+    let bf = base.map(st::StFile::open).transpose()?;
+    let base_index: HashMap<&str, &st::StTensor> = bf
+        .as_ref()
+        .map(|b| b.tensors.iter().map(|t| (t.name.as_str(), t)).collect())
+        .unwrap_or_default();
+    let mut w = format::Writer::create(out)?;
+    let hdr = nf.header_bytes();
+    let st_header = w.section(&[hdr])?;
+    let mut fh = Xxh3::new();
+    fh.update(hdr);
+    let total: u64 = nf.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
+    let mut done = 0u64;
+    let mut entries = Vec::with_capacity(nf.tensors.len());
+    let mut encodings: HashMap<String, usize> = HashMap::new();
+    for t in &nf.tensors {
+        let data = nf.data(t);
+        let base_data = base_index
+            .get(t.name.as_str())
+            .filter(|b| b.dtype == t.dtype && b.shape == t.shape)
+            .map(|b| bf.as_ref().expect("base").data(b));
+        let mut exact_reason = None;
+        if t.shape.len() <= 1 {
+            exact_reason = Some("1-D tensor (norm, bias or scalar)".to_string());
+        } else if let Some(p) = opts.keep_exact.iter().find(|p| pattern_matches(p, &t.name)) {
+            exact_reason = Some(format!("matches --keep-exact '{p}'"));
+        }
+        let exact_only = exact_reason.is_some();
+        let choice = match t.dtype {
+            Dtype::BF16 => policy::encode_tensor::<bf16>(
+                dev,
+                &t.name,
+                data,
+                base_data,
+                opts.error_budget,
+                exact_only,
+            )?,
+            Dtype::F16 => policy::encode_tensor::<f16>(
+                dev,
+                &t.name,
+                data,
+                base_data,
+                opts.error_budget,
+                exact_only,
+            )?,
+            Dtype::F32 => policy::encode_tensor::<f32>(
+                dev,
+                &t.name,
+                data,
+                base_data,
+                opts.error_budget,
+                exact_only,
+            )?,
+            _ => {
+                exact_reason = Some(format!("dtype {} is stored raw", t.dtype));
+                policy::Choice {
+                    encoding: Encoding::Raw,
+                    sections: vec![Cow::Borrowed(data)],
+                    recon: None,
+                    stats: TensorStats::default(),
+                }
+            }
+        };
+        let mut stats = choice.stats;
+        if stats.exact_reason.is_none() {
+            stats.exact_reason = exact_reason;
+        }
+        if base.is_some() && base_data.is_none() && stats.notes.is_empty() {
+            stats
+                .notes
+                .push("no base tensor of this name, dtype and shape".into());
+        }
+        let produced: &[u8] = choice.recon.as_deref().unwrap_or(data);
+        fh.update(produced);
+        let mut sections = Vec::with_capacity(choice.sections.len());
+        for s in &choice.sections {
+            sections.push(w.section(&[s])?);
+        }
+        *encodings.entry(choice.encoding.name()).or_default() += 1;
+        entries.push(TensorEntry {
+            name: t.name.clone(),
+            dtype: t.dtype_name(),
+            shape: t.shape.iter().map(|&d| d as u64).collect(),
+            data_offsets: [t.start as u64, t.end as u64],
+            encoding: choice.encoding,
+            sections,
+            xxh3: xxh3_64(produced),
+            stats,
+        });
+        done += data.len() as u64;
+        progress(Progress {
+            done_bytes: done,
+            total_bytes: total,
+            tensor: &t.name,
+        });
+    }
+    let manifest = Manifest {
+        format_version: format::VERSION,
+        tool: format!("tessera {}", env!("CARGO_PKG_VERSION")),
+        base: bf.as_ref().map(|b| format::BaseIdentity {
+            content_hash: b.content_hash(),
+            tensors: b.tensors.len() as u64,
+        }),
+        error_budget: opts.error_budget,
+        keep_exact: opts.keep_exact.clone(),
+        st_header,
+        file_len: nf.bytes().len() as u64,
+        file_xxh3: fh.digest(),
+        tensors: entries,
+    };
+    let lossless = manifest.is_lossless();
+    let tensors = manifest.tensors.len();
+    let out_bytes = w.finish(&manifest)?;
+    let in_bytes = nf.bytes().len() as u64;
+    Ok(CompressReport {
+        output: out.to_path_buf(),
+        input_bytes: in_bytes,
+        output_bytes: out_bytes,
+        ratio: in_bytes as f64 / out_bytes.max(1) as f64,
+        tensors,
+        lossless,
+        seconds: t0.elapsed().as_secs_f64(),
+        backend: dev.backend().to_string(),
+        encodings,
+    })
+}
+
+/// Read and validate the manifest of a `.tsnap` file (header, trailer, manifest checksum and
+/// structure; section checksums are checked by [`decompress`]).
+pub fn inspect(path: &Path) -> Result<Manifest> {
+    let f = File::open(path).map_err(|e| io(format!("opening {}", path.display()), e))?;
+    // SAFETY: read-only map; every byte used is checksummed.
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .map_err(|e| io(format!("mapping {}", path.display()), e))?;
+    Ok(Reader::new(&map)?.manifest)
+}
+
+/// Decode every tensor of a parsed `.tsnap` into `sink`, in the original file's order, checking
+/// section checksums, tensor hashes and the whole-file hash. `base` must be the checkpoint the
+/// file was made against when any tensor is a delta.
+pub fn decode_to(
+    r: &Reader,
+    base: Option<&st::StFile>,
+    dev: &Device,
+    sink: &mut dyn Write,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let m = &r.manifest;
+    let needs_base = m.tensors.iter().any(|t| t.encoding.needs_base());
+    match (&m.base, base) {
+        (Some(id), Some(b)) => {
+            let h = b.content_hash();
+            if h != id.content_hash {
+                return Err(format::ferr(
+                    "tsnap: base",
+                    format!(
+                        "the given base is not the checkpoint this file was compressed against (base content hash {h}, file expects {})",
+                        id.content_hash
+                    ),
+                ));
+            }
+        }
+        (Some(id), None) if needs_base => {
+            return Err(format::ferr(
+                "tsnap: base",
+                format!(
+                    "this file is a delta against a base checkpoint (content hash {}); pass it with --base",
+                    id.content_hash
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let base_index: HashMap<&str, &st::StTensor> = base
+        .map(|b| b.tensors.iter().map(|t| (t.name.as_str(), t)).collect())
+        .unwrap_or_default();
+    let hdr = r.section(&m.st_header, "safetensors header section")?;
+    check_st_header(hdr, m)?;
+    let werr = |e| io("writing the decompressed file".into(), e);
+    let mut fh = Xxh3::new();
+    fh.update(hdr);
+    sink.write_all(hdr).map_err(werr)?;
+    let total: u64 = m.tensors.iter().map(|t| t.raw_bytes()).sum();
+    let mut done = 0u64;
+    for t in &m.tensors {
+        let ctx = format!("tsnap: tensor '{}'", t.name);
+        let names = t.encoding.section_names();
+        let mut secs = Vec::with_capacity(t.sections.len());
+        for (s, n) in t.sections.iter().zip(names) {
+            secs.push(r.section(s, &format!("tensor '{}' section '{n}'", t.name))?);
+        }
+        let bytes = t.raw_bytes();
+        let base_data = || -> Option<&[u8]> {
+            let bt = base_index.get(t.name.as_str())?;
+            let shape: Vec<u64> = bt.shape.iter().map(|&d| d as u64).collect();
+            (bt.dtype_name() == t.dtype && shape == t.shape).then(|| base.expect("base").data(bt))
+        };
+        let out: Cow<[u8]> = if let Encoding::Raw = t.encoding {
+            Cow::Borrowed(secs[0])
+        } else {
+            let es = format::dtype_size(&t.dtype).unwrap_or(1);
+            let n = usize::try_from(bytes / es).map_err(|_| format::ferr(&ctx, "too large"))?;
+            match t.dtype.as_str() {
+                "BF16" => Cow::Owned(decode_one::<bf16>(dev, t, n, &secs, base_data(), &ctx)?),
+                "F16" => Cow::Owned(decode_one::<f16>(dev, t, n, &secs, base_data(), &ctx)?),
+                "F32" => Cow::Owned(decode_one::<f32>(dev, t, n, &secs, base_data(), &ctx)?),
+                d => return Err(format::ferr(&ctx, format!("encoded tensor of dtype {d}"))),
+            }
+        };
+        if out.len() as u64 != bytes || xxh3_64(&out) != t.xxh3 {
+            return Err(format::ferr(
+                &ctx,
+                "decoded bytes do not match the recorded hash (corrupt file or wrong base)",
+            ));
+        }
+        fh.update(&out);
+        sink.write_all(&out).map_err(werr)?;
+        done += bytes;
+        progress(Progress {
+            done_bytes: done,
+            total_bytes: total,
+            tensor: &t.name,
+        });
+    }
+    if fh.digest() != m.file_xxh3 {
+        return Err(format::ferr(
+            "tsnap: manifest",
+            "the rebuilt file does not match the recorded file hash",
+        ));
+    }
+    Ok(())
+}
+
+fn decode_one<T: crate::dtype::Float>(
+    dev: &Device,
+    t: &TensorEntry,
+    n: usize,
+    secs: &[&[u8]],
+    base: Option<&[u8]>,
+    ctx: &str,
+) -> Result<Vec<u8>> {
+    let bd = match base {
+        Some(b) if t.encoding.needs_base() => Some(dev.upload(&policy::view::<T>(b), "ckpt.base")?),
+        _ => None,
+    };
+    let v = policy::decode_typed::<T>(dev, &t.encoding, n, secs, bd.as_ref(), ctx)?;
+    Ok(bytemuck::cast_slice(&v).to_vec())
+}
+
+/// The stored safetensors header must describe exactly the manifest's tensors.
+fn check_st_header(hdr: &[u8], m: &Manifest) -> Result<()> {
+    let bad = |msg: &str| format::ferr("tsnap: safetensors header section", msg);
+    let n = u64::from_le_bytes(hdr[..8].try_into().expect("8 bytes"));
+    if n.checked_add(8) != Some(hdr.len() as u64) {
+        return Err(bad("length prefix disagrees with the section"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&hdr[8..]).map_err(|_| bad("not a JSON safetensors header"))?;
+    let obj = v.as_object().ok_or_else(|| bad("not a JSON object"))?;
+    let count = obj.keys().filter(|k| *k != "__metadata__").count();
+    if count != m.tensors.len() {
+        return Err(bad("tensor count differs from the manifest"));
+    }
+    for t in &m.tensors {
+        let e = obj
+            .get(&t.name)
+            .ok_or_else(|| bad("a manifest tensor is missing"))?;
+        let offs = e.get("data_offsets").and_then(|o| o.as_array());
+        let ok = e.get("dtype").and_then(|d| d.as_str()) == Some(t.dtype.as_str())
+            && offs.is_some_and(|o| {
+                o.len() == 2
+                    && o[0].as_u64() == Some(t.data_offsets[0])
+                    && o[1].as_u64() == Some(t.data_offsets[1])
+            });
+        if !ok {
+            return Err(bad("a tensor's dtype or offsets differ from the manifest"));
+        }
+    }
+    Ok(())
+}
+
+/// Decompress `input` (against `base` when it is a delta) into the safetensors file `out`,
+/// written to a temporary name beside it and renamed when complete and verified.
+pub fn decompress(
+    input: &Path,
+    base: Option<&Path>,
+    out: &Path,
+    dev: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DecompressReport> {
+    let t0 = Instant::now();
+    let f = File::open(input).map_err(|e| io(format!("opening {}", input.display()), e))?;
+    // SAFETY: read-only map; every byte used is checksummed.
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .map_err(|e| io(format!("mapping {}", input.display()), e))?;
+    let r = Reader::new(&map)?;
+    let bf = base.map(st::StFile::open).transpose()?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fname = out.file_name().ok_or_else(|| {
+        Error::invalid(
+            "ckpt::decompress",
+            format!("{} is not a file path", out.display()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        fname.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<u64> {
+        let file = File::create(&tmp).map_err(|e| io(format!("creating {}", tmp.display()), e))?;
+        let mut bw = BufWriter::with_capacity(1 << 20, file);
+        decode_to(&r, bf.as_ref(), dev, &mut bw, progress)?;
+        let file = bw
+            .into_inner()
+            .map_err(|e| io(format!("flushing {}", tmp.display()), e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| io(format!("syncing {}", tmp.display()), e))?;
+        Ok(r.manifest.file_len)
+    })();
+    match result {
+        Ok(n) => {
+            std::fs::rename(&tmp, out).map_err(|e| {
+                io(
+                    format!("renaming {} to {}", tmp.display(), out.display()),
+                    e,
+                )
+            })?;
+            Ok(DecompressReport {
+                output: out.to_path_buf(),
+                output_bytes: n,
+                tensors: r.manifest.tensors.len(),
+                lossless: r.manifest.is_lossless(),
+                seconds: t0.elapsed().as_secs_f64(),
+                backend: dev.backend().to_string(),
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Parse and fully decode a `.tsnap` held in memory without a base, discarding the output:
+/// the fuzz target's and the corpus regression test's entry point. Never panics.
+pub fn check_bytes(bytes: &[u8], dev: &Device) -> Result<()> {
+    let r = Reader::new(bytes)?;
+    decode_to(&r, None, dev, &mut std::io::sink(), &mut |_| {})
+}
