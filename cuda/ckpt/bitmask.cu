@@ -8,8 +8,9 @@
 // tau > 0 a change with |new - base| <= tau (computed in f32) is dropped: the bit stays clear.
 //
 // The work is split into passes so that every output position is known before it is written:
-//   1. bitmask_mask_<dt>      one thread per mask word: compare 32 elements (16-byte loads),
-//                             write the word, and a per-block popcount.
+//   1. bitmask_mask_<dt>      compare the block's elements with coalesced 16-byte loads, stage
+//                             the mask bits in shared memory; one thread per mask word writes
+//                             it, and a per-block popcount.
 //   2. bitmask_scan_counts    one block: exclusive scan of the per-block counts into 64-bit
 //                             offsets (offsets[nblocks] = total), so lengths >= 2^32 work.
 //   3. bitmask_compact_<dt>   one thread per word: block-level exclusive scan of the word
@@ -111,27 +112,54 @@ __device__ __forceinline__ bool changed(typename E::Bits b, typename E::Bits x, 
   return true;
 }
 
+// Pass 1. The block's 8192 elements are read as 16-byte vectors by consecutive threads (vector v
+// by thread v % 256), so each warp-wide load touches one contiguous span; every vector yields
+// 4 (f32) or 8 (f16/bf16) mask bits, staged as bytes of the block's mask tile in shared memory
+// (little-endian byte order, as on every target). Each thread then owns one mask word.
 template <typename E>
 __device__ __forceinline__ void mask_kernel(const typename E::Bits* __restrict__ base,
                                             const typename E::Bits* __restrict__ neu, uint64_t n,
                                             float tau, uint32_t* __restrict__ mask,
                                             uint32_t* __restrict__ block_counts) {
   using Bits = typename E::Bits;
-  const uint64_t w = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const uint32_t len = word_len(w, n);
-  uint32_t bits = 0;
-  if (len == kWordBits) {
-    Bits b[kWordBits], x[kWordBits];
-    load_word(base + w * kWordBits, b);
-    load_word(neu + w * kWordBits, x);
+  constexpr int kVecElems = 16 / sizeof(Bits);  // 8 or 4 elements per 16-byte vector
+  constexpr int kVecsPerByte = 8 / kVecElems;    // 1 or 2 vectors make one mask byte
+  constexpr int kTileBytes = kBlock * kWordBits / 8;
+  __shared__ uint32_t tile[kBlock];
+  uint8_t* tile_bytes = reinterpret_cast<uint8_t*>(tile);
+  const uint64_t block_first = static_cast<uint64_t>(blockIdx.x) * kBlock * kWordBits;
+  for (int byte = threadIdx.x; byte < kTileBytes; byte += blockDim.x) {
+    uint32_t bits = 0;
 #pragma unroll
-    for (int j = 0; j < kWordBits; ++j) bits |= static_cast<uint32_t>(changed<E>(b[j], x[j], tau)) << j;
-  } else {
-    for (uint32_t j = 0; j < len; ++j) {
-      bits |= static_cast<uint32_t>(changed<E>(base[w * kWordBits + j], neu[w * kWordBits + j], tau)) << j;
+    for (int k = 0; k < kVecsPerByte; ++k) {
+      const uint64_t first = block_first + (static_cast<uint64_t>(byte) * kVecsPerByte + k) * kVecElems;
+      if (first + kVecElems <= n) {
+        const uint4 vb = *reinterpret_cast<const uint4*>(base + first);
+        const uint4 vx = *reinterpret_cast<const uint4*>(neu + first);
+        const uint32_t wb[4] = {vb.x, vb.y, vb.z, vb.w};
+        const uint32_t wx[4] = {vx.x, vx.y, vx.z, vx.w};
+#pragma unroll
+        for (int j = 0; j < kVecElems; ++j) {
+          const int sh = sizeof(Bits) == 4 ? 0 : 16 * (j % 2);
+          const int q = sizeof(Bits) == 4 ? j : j / 2;
+          const Bits b = static_cast<Bits>(wb[q] >> sh);
+          const Bits x = static_cast<Bits>(wx[q] >> sh);
+          bits |= static_cast<uint32_t>(changed<E>(b, x, tau)) << (k * kVecElems + j);
+        }
+      } else {
+        for (int j = 0; j < kVecElems; ++j) {
+          if (first + j < n) {
+            bits |= static_cast<uint32_t>(changed<E>(base[first + j], neu[first + j], tau)) << (k * kVecElems + j);
+          }
+        }
+      }
     }
+    tile_bytes[byte] = static_cast<uint8_t>(bits);
   }
-  if (len > 0) mask[w] = bits;
+  __syncthreads();
+  const uint64_t w = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const uint32_t bits = tile[threadIdx.x];
+  if (word_len(w, n) > 0) mask[w] = bits;
   uint32_t block_total;
   block_exclusive_scan<uint32_t>(static_cast<uint32_t>(__popc(bits)), &block_total);
   if (threadIdx.x == 0) block_counts[blockIdx.x] = block_total;

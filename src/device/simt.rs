@@ -254,12 +254,14 @@ impl SimtExec {
         let lib = match config.wave {
             32 => &W32,
             64 => &W64,
-            w => return Err(Error::invalid(
-                "simt",
-                format!(
+            w => {
+                return Err(Error::invalid(
+                    "simt",
+                    format!(
                     "wave size {w} is not supported (32 runs the CUDA sources, 64 the HIP ones)"
                 ),
-            )),
+                ))
+            }
         };
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
