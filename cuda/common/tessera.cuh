@@ -26,3 +26,4 @@
 #include "launch.cuh"
 #include "dtype.cuh"
 #include "warp.cuh"
+#include "mma.cuh"
