@@ -1,4 +1,4 @@
-//! The `tessera` command line: `info`, `verify`, `bench`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`.
 
 use std::process::ExitCode;
 
@@ -66,6 +66,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Checkpoint compression (BitSnap): safetensors <-> .tsnap.
+    Ckpt {
+        #[command(subcommand)]
+        cmd: CkptCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CkptCmd {
+    /// Compress NEW.safetensors (as a delta against --base when given) into a .tsnap file.
+    Compress {
+        new: std::path::PathBuf,
+        /// The previous checkpoint: store NEW as a delta against it.
+        #[arg(long)]
+        base: Option<std::path::PathBuf>,
+        /// Largest relative L2 error per tensor (against the delta with a base, the weights
+        /// without); 0 = lossless.
+        #[arg(long, default_value_t = 0.0)]
+        error_budget: f64,
+        /// Keep matching tensors exact: a glob (`*`, `?`) over the whole name, else a substring.
+        /// Repeatable.
+        #[arg(long)]
+        keep_exact: Vec<String>,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the safetensors file from a .tsnap (with the same --base it was made against).
+    Decompress {
+        input: std::path::PathBuf,
+        #[arg(long)]
+        base: Option<std::path::PathBuf>,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each tensor's encoding, ratio and error.
+    Inspect {
+        input: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,7 +128,141 @@ fn main() -> ExitCode {
             reps,
             json,
         } => run_bench(backend, elements, reps, json),
+        Cmd::Ckpt { cmd } => run_ckpt(cmd),
     }
+}
+
+fn pick_device(backend: Option<BackendArg>) -> Device {
+    match backend {
+        None => Device::best(),
+        Some(BackendArg::Cuda) => Device::cuda(0).unwrap_or_else(|e| exit_err(e)),
+        Some(BackendArg::Hip) => Device::hip(0).unwrap_or_else(|e| exit_err(e)),
+        Some(BackendArg::Simt) => Device::simt(),
+        Some(BackendArg::Cpu) => Device::cpu(),
+    }
+}
+
+/// A progress bar on stderr when it is a terminal, nothing otherwise.
+fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    Some(pb)
+}
+
+fn run_ckpt(cmd: CkptCmd) -> ExitCode {
+    use tessera::ckpt;
+    let report = |pb: &Option<indicatif::ProgressBar>| {
+        let pb = pb.clone();
+        move |p: ckpt::Progress| {
+            if let Some(pb) = &pb {
+                pb.set_length(p.total_bytes);
+                pb.set_position(p.done_bytes);
+                pb.set_message(p.tensor.to_string());
+            }
+        }
+    };
+    match cmd {
+        CkptCmd::Compress {
+            new,
+            base,
+            error_budget,
+            keep_exact,
+            output,
+            backend,
+            json,
+        } => {
+            let dev = pick_device(backend);
+            let pb = progress_bar("compress");
+            let opts = ckpt::CompressOptions {
+                error_budget,
+                keep_exact,
+            };
+            let r = ckpt::compress(
+                &new,
+                base.as_deref(),
+                &output,
+                &opts,
+                &dev,
+                &mut report(&pb),
+            );
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            let r = r.unwrap_or_else(|e| exit_err(e));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "{} -> {}: {} -> {} bytes, {:.2}x, {} tensors, {} ({:.2} s on {})",
+                    new.display(),
+                    output.display(),
+                    r.input_bytes,
+                    r.output_bytes,
+                    r.ratio,
+                    r.tensors,
+                    if r.lossless {
+                        "lossless"
+                    } else {
+                        "lossy within the budget"
+                    },
+                    r.seconds,
+                    r.backend
+                );
+            }
+        }
+        CkptCmd::Decompress {
+            input,
+            base,
+            output,
+            backend,
+            json,
+        } => {
+            let dev = pick_device(backend);
+            let pb = progress_bar("decompress");
+            let r = ckpt::decompress(&input, base.as_deref(), &output, &dev, &mut report(&pb));
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            let r = r.unwrap_or_else(|e| exit_err(e));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "{} -> {}: {} bytes, {} tensors, verified ({:.2} s on {})",
+                    input.display(),
+                    output.display(),
+                    r.output_bytes,
+                    r.tensors,
+                    r.seconds,
+                    r.backend
+                );
+            }
+        }
+        CkptCmd::Inspect {
+            input,
+            backend: _,
+            json,
+        } => {
+            let m = ckpt::inspect(&input).unwrap_or_else(|e| exit_err(e));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            } else {
+                print!("{}", ckpt::inspect_table(&m));
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn probe(name: &str, r: tessera::Result<Device>) -> serde_json::Value {

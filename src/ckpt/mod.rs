@@ -484,3 +484,66 @@ pub fn check_bytes(bytes: &[u8], dev: &Device) -> Result<()> {
     let r = Reader::new(bytes)?;
     decode_to(&r, None, dev, &mut std::io::sink(), &mut |_| {})
 }
+
+/// The human-readable `inspect` table: one row per tensor with its encoding, stored bytes,
+/// ratio, error and the measurements the policy decided on.
+pub fn inspect_table(m: &Manifest) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let stored: u64 = m.tensors.iter().map(|t| t.stored_bytes()).sum();
+    let _ = writeln!(
+        s,
+        "tsnap v{} by {}: {} tensors, original {} bytes, sections {} bytes, {}",
+        m.format_version,
+        m.tool,
+        m.tensors.len(),
+        m.file_len,
+        stored,
+        if m.is_lossless() { "lossless" } else { "lossy" }
+    );
+    match &m.base {
+        Some(b) => {
+            let _ = writeln!(
+                s,
+                "base: content hash {} ({} tensors)",
+                b.content_hash, b.tensors
+            );
+        }
+        None => {
+            let _ = writeln!(s, "base: none");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "error budget: {}  keep exact: {:?}",
+        m.error_budget, m.keep_exact
+    );
+    let _ = writeln!(
+        s,
+        "{:<36} {:<5} {:<16} {:>11} {:>8} {:>9} {:>8} {:>9}  note",
+        "tensor", "dtype", "encoding", "stored", "ratio", "error", "changed", "delta rms"
+    );
+    for t in &m.tensors {
+        let ratio = t.raw_bytes() as f64 / t.stored_bytes().max(1) as f64;
+        let ch = t
+            .stats
+            .frac_changed
+            .map_or("-".into(), |f| format!("{:.1}%", f * 100.0));
+        let rms = t.stats.delta_rms.map_or("-".into(), |f| format!("{f:.2e}"));
+        let note = t.stats.exact_reason.clone().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<36} {:<5} {:<16} {:>11} {:>7.2}x {:>9.2e} {:>8} {:>9}  {}",
+            t.name,
+            t.dtype,
+            t.encoding.name(),
+            t.stored_bytes(),
+            ratio,
+            t.stats.error,
+            ch,
+            rms,
+            note
+        );
+    }
+    s
+}

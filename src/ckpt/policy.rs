@@ -105,8 +105,15 @@ struct Cand<'a> {
 }
 
 impl Cand<'_> {
+    /// Stored bytes, counting a codebook's share of the manifest (~12 JSON bytes a centroid).
     fn size(&self) -> u64 {
-        self.sections.iter().map(|s| s.len() as u64).sum()
+        let codebook = match &self.encoding {
+            Encoding::MaskQuant { centroids, .. }
+            | Encoding::QuantDelta { centroids, .. }
+            | Encoding::QuantWeights { centroids, .. } => 12 * centroids.len() as u64,
+            _ => 0,
+        };
+        codebook + self.sections.iter().map(|s| s.len() as u64).sum::<u64>()
     }
 }
 

@@ -83,7 +83,7 @@ impl SynthConfig {
 pub enum Stage {
     /// Warm-up peak: lr 1e-3, checkpoints 20 steps apart; nearly every element changes.
     Early,
-    /// Decayed: lr 2e-6, checkpoints 20 steps apart; most bf16 values stay the same.
+    /// Decayed: lr 5e-6, checkpoints 20 steps apart; most bf16 values stay the same.
     Late,
 }
 
@@ -119,7 +119,7 @@ impl Rng {
 pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> Result<()> {
     let (lr, warm, between) = match stage {
         Stage::Early => (1e-3f32, 10usize, 20usize),
-        Stage::Late => (2e-6f32, 30, 20),
+        Stage::Late => (5e-6f32, 30, 20),
     };
     let (b1, b2, eps, wd) = (0.9f32, 0.999f32, 1e-8f32, 0.1f32);
     let specs = cfg.tensors();
