@@ -80,7 +80,7 @@ __device__ void mma_tile(const uint16_t* a, const uint16_t* b, const float* c, f
 
 #if !TESSERA_TARGET_HIP
 // blockDim.x: a multiple of 32, at most 128; ksteps 1..4.
-TESSERA_GLOBAL void selftest_mma_m16n8k16(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(128) selftest_mma_m16n8k16(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
                                           const float* __restrict__ c, float* __restrict__ d, uint32_t ntiles,
                                           uint32_t ksteps, uint32_t dtype, uint32_t b_col_major, uint32_t mode) {
   namespace st = tessera::selftest_mma;
@@ -140,8 +140,8 @@ __device__ void mfma_tile(const uint16_t* a, const uint16_t* b, const float* c, 
 }  // namespace selftest_mma
 }  // namespace tessera
 
-// blockDim.x: a multiple of 64; ksteps >= 1.
-TESSERA_GLOBAL void selftest_mfma_32x32x8(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
+// blockDim.x: a multiple of 64, at most 256; ksteps >= 1.
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(256) selftest_mfma_32x32x8(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
                                           const float* __restrict__ c, float* __restrict__ d, uint32_t ntiles,
                                           uint32_t ksteps, uint32_t dtype, uint32_t b_col_major, uint32_t mode) {
   namespace st = tessera::selftest_mma;
