@@ -12,9 +12,9 @@ use crate::error::{Error, Result};
 use crate::ops::on_device;
 use crate::reference::bitmask as reference;
 
-const MODULE: &str = "ckpt/bitmask";
+pub(crate) const MODULE: &str = "ckpt/bitmask";
 /// Threads per block; each thread owns one 32-element mask word (kBlock in the kernel).
-const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = 256;
 const ELEMS_PER_BLOCK: u64 = BLOCK as u64 * 32;
 
 /// A sparsified delta: the change mask and the packed new values of the changed elements.
@@ -33,7 +33,7 @@ pub fn mask_words(n: usize) -> usize {
     reference::mask_words(n)
 }
 
-fn blocks(op: &'static str, n: usize) -> Result<u32> {
+pub(crate) fn blocks(op: &'static str, n: usize) -> Result<u32> {
     let nb = (n as u64).div_ceil(ELEMS_PER_BLOCK);
     u32::try_from(nb)
         .ok()
@@ -48,7 +48,10 @@ fn blocks(op: &'static str, n: usize) -> Result<u32> {
 
 /// Per-block counts -> 64-bit exclusive offsets (nblocks + 1 entries) on the device. Returns the
 /// offsets buffer and the total.
-fn scan_counts(dev: &Device, counts: &DeviceBuffer<u32>) -> Result<(DeviceBuffer<u64>, u64)> {
+pub(crate) fn scan_counts(
+    dev: &Device,
+    counts: &DeviceBuffer<u32>,
+) -> Result<(DeviceBuffer<u64>, u64)> {
     let nb = counts.len();
     let mut offsets = dev.alloc::<u64>(nb + 1, "bitmask.offsets")?;
     let mut a = KernelArgs::new();

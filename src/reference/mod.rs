@@ -3,3 +3,4 @@
 //! need the speed.
 
 pub mod bitmask;
+pub mod codec;
