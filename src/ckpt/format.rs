@@ -88,6 +88,14 @@ pub enum Encoding {
         tau: f32,
         count: u64,
     },
+    /// As [`Encoding::MaskDelta`], with the zigzag deltas Exp-Golomb coded (one order per
+    /// block of 256, see [`super::valcode`]) instead of bit-packed. Sections: `mask`,
+    /// `orders`, `stream`.
+    MaskDeltaEg {
+        mask: MaskCoding,
+        tau: f32,
+        count: u64,
+    },
     /// Bitmask delta with the changed values' deltas (new - base) cluster-quantised to `bits`
     /// bits. Decode: `round_T(base + centroids[idx])`. Codebook index 0 is NOT reserved: the
     /// mask carries "unchanged". Sections: `mask`, `widths`, `words` (the packed indices).
@@ -114,6 +122,8 @@ impl Encoding {
             Encoding::MaskRaw { .. } => "mask(tau)+raw".into(),
             Encoding::MaskDelta { tau, .. } if *tau == 0.0 => "mask+delta".into(),
             Encoding::MaskDelta { .. } => "mask(tau)+delta".into(),
+            Encoding::MaskDeltaEg { tau, .. } if *tau == 0.0 => "mask+delta-eg".into(),
+            Encoding::MaskDeltaEg { .. } => "mask(tau)+delta-eg".into(),
             Encoding::MaskQuant { tau, bits, .. } if *tau == 0.0 => format!("mask+q{bits}"),
             Encoding::MaskQuant { bits, .. } => format!("mask(tau)+q{bits}"),
             Encoding::QuantDelta { bits, .. } => format!("delta-q{bits}"),
@@ -125,7 +135,9 @@ impl Encoding {
     pub fn is_exact(&self) -> bool {
         match self {
             Encoding::Raw => true,
-            Encoding::MaskRaw { tau, .. } | Encoding::MaskDelta { tau, .. } => *tau == 0.0,
+            Encoding::MaskRaw { tau, .. }
+            | Encoding::MaskDelta { tau, .. }
+            | Encoding::MaskDeltaEg { tau, .. } => *tau == 0.0,
             _ => false,
         }
     }
@@ -140,6 +152,7 @@ impl Encoding {
         match self {
             Encoding::Raw => &["data"],
             Encoding::MaskRaw { .. } => &["mask", "values"],
+            Encoding::MaskDeltaEg { .. } => &["mask", "orders", "stream"],
             Encoding::MaskDelta { .. } | Encoding::MaskQuant { .. } => &["mask", "widths", "words"],
             Encoding::QuantDelta { .. } | Encoding::QuantWeights { .. } => &["widths", "words"],
         }

@@ -14,6 +14,7 @@ pub mod maskcode;
 pub mod policy;
 pub mod st;
 pub mod synth;
+pub mod valcode;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

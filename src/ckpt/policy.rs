@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ops::{bitmask, codec};
 
 use super::format::{ferr, Encoding, MaskCoding, TensorStats};
-use super::maskcode;
+use super::{maskcode, valcode};
 
 /// Cluster-quantisation widths tried, smallest first.
 pub const QUANT_BITS: [u32; 4] = [2, 3, 4, 8];
@@ -182,7 +182,7 @@ pub fn encode_tensor<'a, T: Float>(
             error: 0.0,
         });
         match delta_candidate(base_d, &sp, mcode, &mbytes, 0.0) {
-            Ok(c) => cands.push(c),
+            Ok(c) => cands.extend(c),
             Err(e) if unsupported(&e) => stats.notes.push(format!("mask+delta skipped: {e}")),
             Err(e) => return Err(e),
         }
@@ -223,9 +223,11 @@ pub fn encode_tensor<'a, T: Float>(
                 let mh = spt.mask.download()?;
                 let (mc, mb) = code_mask(&mh);
                 match delta_candidate(base_d, &spt, mc, &mb, tau_delta) {
-                    Ok(mut c) => {
-                        finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
-                        cands.push(c);
+                    Ok(cs) => {
+                        for mut c in cs {
+                            finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
+                            cands.push(c);
+                        }
                     }
                     Err(e) if unsupported(&e) => {
                         stats.notes.push(format!("mask(tau)+delta skipped: {e}"))
@@ -362,21 +364,47 @@ fn delta_candidate<'a, T: Float>(
     mcode: MaskCoding,
     mbytes: &[u8],
     tau: f32,
-) -> Result<Cand<'a>> {
+) -> Result<Vec<Cand<'a>>> {
     let cnt = sp.values.len();
     let gb = codec::gather(base_d, &sp.mask, cnt)?;
     let p = codec::delta_encode(&gb, &sp.values)?;
     let (w, d) = packed_sections(&p)?;
-    Ok(Cand {
-        encoding: Encoding::MaskDelta {
-            mask: mcode,
-            tau,
-            count: cnt as u64,
+    // Second stage: the same zigzag values, Exp-Golomb coded per block.
+    let words = p.words.download()?;
+    if words.len() as u64 != valcode::packed_words(&w, cnt) || w.iter().any(|&x| x > 32) {
+        return Err(Error::kernel(
+            base_d.device().backend().family(),
+            "codec::delta_encode",
+            "packed output does not match its widths",
+        ));
+    }
+    let (ks, stream) = valcode::encode(&valcode::unpack(&words, &w, cnt));
+    Ok(vec![
+        Cand {
+            encoding: Encoding::MaskDelta {
+                mask: mcode,
+                tau,
+                count: cnt as u64,
+            },
+            sections: vec![Cow::Owned(mbytes.to_vec()), Cow::Owned(w), Cow::Owned(d)],
+            recon: None,
+            error: 0.0,
         },
-        sections: vec![Cow::Owned(mbytes.to_vec()), Cow::Owned(w), Cow::Owned(d)],
-        recon: None,
-        error: 0.0,
-    })
+        Cand {
+            encoding: Encoding::MaskDeltaEg {
+                mask: mcode,
+                tau,
+                count: cnt as u64,
+            },
+            sections: vec![
+                Cow::Owned(mbytes.to_vec()),
+                Cow::Owned(ks),
+                Cow::Owned(stream),
+            ],
+            recon: None,
+            error: 0.0,
+        },
+    ])
 }
 
 fn mask_quant_candidate<'a, T: Float>(
@@ -524,9 +552,11 @@ fn parse_packed(
             format!("section 'widths' holds an invalid width {w}"),
         ));
     }
-    let max_words: u64 = wb.iter().map(|&w| 8 * w as u64).sum();
-    if db.len() as u64 > 4 * max_words || db.len() % 4 != 0 {
-        return Err(ferr(ctx, "section 'words' is longer than its widths allow"));
+    if db.len() as u64 != 4 * valcode::packed_words(wb, count) {
+        return Err(ferr(
+            ctx,
+            "section 'words' length disagrees with its widths",
+        ));
     }
     let words = parse_u32s(db, ctx, "words")?;
     Ok(codec::Packed {
@@ -589,6 +619,23 @@ pub fn decode_typed<T: Float>(
             let m = parse_mask(*mask, secs[0], n, *count, ctx)?;
             let cnt = *count as usize;
             let p = parse_packed(dev, secs[1], secs[2], cnt, None, ctx)?;
+            let md = dev.upload(&m, "ckpt.mask")?;
+            let gb = codec::gather(b, &md, cnt)?;
+            let vals = codec::delta_decode(&gb, &p)?;
+            bitmask::densify_parts(b, &md, &vals)?
+        }
+        Encoding::MaskDeltaEg { mask, count, .. } => {
+            let b = need_base()?;
+            let m = parse_mask(*mask, secs[0], n, *count, ctx)?;
+            let cnt = *count as usize;
+            let z = valcode::decode(secs[1], secs[2], cnt, ctx)?;
+            let (words, widths) = valcode::pack(&z);
+            drop(z);
+            let p = codec::Packed {
+                words: dev.upload(&words, "ckpt.words")?,
+                widths: dev.upload(&widths, "ckpt.widths")?,
+                count: cnt,
+            };
             let md = dev.upload(&m, "ckpt.mask")?;
             let gb = codec::gather(b, &md, cnt)?;
             let vals = codec::delta_decode(&gb, &p)?;
