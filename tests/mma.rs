@@ -42,7 +42,7 @@ impl Ty {
             Ty::F16 => 1,
         }
     }
-    fn from_f32(self, x: f32) -> u16 {
+    fn encode(self, x: f32) -> u16 {
         match self {
             Ty::Bf16 => bf16::from_f32(x).to_bits(),
             Ty::F16 => f16::from_f32(x).to_bits(),
@@ -104,10 +104,10 @@ fn inputs(s: &Shape, cs: &Case) -> Inputs {
     let mut r = rng(cs.seed ^ (cs.ty.code() as u64) << 40);
     let mut uni = move || ((r() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32;
     let a = (0..cs.ntiles * s.m * k)
-        .map(|_| cs.ty.from_f32(uni() * 2.0))
+        .map(|_| cs.ty.encode(uni() * 2.0))
         .collect();
     let b = (0..cs.ntiles * k * s.n)
-        .map(|_| cs.ty.from_f32(uni() * 2.0))
+        .map(|_| cs.ty.encode(uni() * 2.0))
         .collect();
     let c = (0..cs.ntiles * s.m * s.n).map(|_| uni()).collect();
     Inputs { a, b, c }
