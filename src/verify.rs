@@ -188,6 +188,148 @@ pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
                 }
             }
         }
+        for (k, &n) in CODEC_SIZES.iter().enumerate() {
+            let seed = 0xc0de_c000 + k as u64;
+            rows.extend(check_codec::<f32>(dev, n, seed));
+            rows.extend(check_codec::<f16>(dev, n, seed));
+            rows.extend(check_codec::<bf16>(dev, n, seed));
+        }
     }
     rows
+}
+
+/// Sizes of the codec rows (dense tensor lengths; about 23% of the elements change).
+pub const CODEC_SIZES: &[usize] = &[1, 4099, 150_001];
+
+/// The codec pipeline on one dtype and device: gather the changed base and new values, lossless
+/// delta encode/decode, k-means (4 bits) of the f32 deltas, pack the indices and dequantize them
+/// against the base values. Every row but k-means is bit-exact against the reference; k-means
+/// reports the largest centroid error relative to the value range.
+fn check_codec<T: Float>(dev: &Device, n: usize, seed: u64) -> Vec<Row> {
+    use crate::ops::codec;
+    use crate::reference::codec as cref;
+    const BITS: u32 = 4;
+    let (base, new) = checkpoint_pair::<T>(n, 0.23, seed);
+    // k-means needs finite values: clear the NaN changes of the pair.
+    let new: Vec<T> = new
+        .iter()
+        .zip(&base)
+        .map(|(&x, &b)| if x.to_f64().is_finite() { x } else { b })
+        .collect();
+    let (mask, _) = reference::sparsify(&base, &new, 0.0);
+    let rb = cref::gather(&base, &mask);
+    let rx = cref::gather(&new, &mask);
+    let (rw, rwid) = cref::delta_encode(&rb, &rx);
+    let rd = cref::delta_f32(&rb, &rx);
+    let (rc, ri, _) = cref::kmeans(&rd, 1 << BITS, 20, 1e-6);
+    let (pw, pwid) = cref::pack_indices(&ri, BITS);
+    let rq = cref::dequantize(&pw, &pwid, ri.len(), &rc, Some(&rb));
+    let row = |op: &str, error: String, r: std::result::Result<(), String>| Row {
+        op: op.into(),
+        dtype: T::KIND.name().into(),
+        executor: dev.backend().to_string(),
+        sizes: format!("n={n} changed={}", rb.len()),
+        error,
+        pass: r.is_ok(),
+        detail: r.err().unwrap_or_default(),
+    };
+    let exact = |op: &str, ok: bool, what: &str| {
+        row(
+            op,
+            "exact".into(),
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{what} differ from the reference"))
+            },
+        )
+    };
+    type Out<T> = (
+        Vec<T>,
+        Vec<u32>,
+        Vec<u8>,
+        Vec<T>,
+        Vec<f32>,
+        Vec<u8>,
+        Vec<u32>,
+        Vec<T>,
+    );
+    let run = || -> Result<Out<T>> {
+        let b = dev.upload(&base, "base")?;
+        let x = dev.upload(&new, "new")?;
+        let m = dev.upload(&mask, "mask")?;
+        let gb = codec::gather(&b, &m, rb.len())?;
+        let gx = codec::gather(&x, &m, rb.len())?;
+        let p = codec::delta_encode(&gb, &gx)?;
+        let dec = codec::delta_decode(&gb, &p)?;
+        let d = codec::delta_f32(&gb, &gx)?;
+        let km = codec::kmeans(&d, BITS, 20, 1e-6)?;
+        let pi = codec::pack_indices(&km.indices, BITS)?;
+        let q = codec::dequantize(&pi, &km.centroids, Some(&gb))?;
+        Ok((
+            gb.download()?,
+            p.words.download()?,
+            p.widths.download()?,
+            dec.download()?,
+            km.centroids,
+            km.indices.download()?,
+            pi.words.download()?,
+            q.download()?,
+        ))
+    };
+    match run() {
+        Err(e) => [
+            "codec.gather",
+            "codec.delta_encode",
+            "codec.delta_decode",
+            "codec.kmeans",
+            "codec.dequantize",
+        ]
+        .iter()
+        .map(|op| row(op, "-".into(), Err(e.to_string())))
+        .collect(),
+        Ok((gb, w, wid, dec, c, idx, piw, q)) => {
+            let (lo, hi, _) = cref::min_max(&rd);
+            let range = (hi - lo).max(f32::MIN_POSITIVE) as f64;
+            let cerr = c
+                .iter()
+                .zip(&rc)
+                .map(|(a, b)| ((*a as f64 - *b as f64) / range).abs())
+                .fold(0.0f64, f64::max);
+            let mids = cref::midpoints(&rc);
+            let idx_ok = idx.len() == ri.len()
+                && idx.iter().zip(&ri).enumerate().all(|(i, (a, b))| {
+                    a == b
+                        || mids
+                            .iter()
+                            .any(|m| ((rd[i] - m).abs() as f64) <= 1e-6 * range)
+                });
+            let km = if c.len() != rc.len() || cerr > 1e-5 {
+                Err(format!("centroid error {cerr:.2e} > 1e-5 of the range"))
+            } else if !idx_ok {
+                Err("indices differ from the reference away from a midpoint".into())
+            } else {
+                Ok(())
+            };
+            vec![
+                exact("codec.gather", bits(&gb) == bits(&rb), "gathered values"),
+                exact(
+                    "codec.delta_encode",
+                    w == rw && wid == rwid,
+                    "packed words or widths",
+                ),
+                exact(
+                    "codec.delta_decode",
+                    bits(&dec) == bits(&rx),
+                    "decoded values",
+                ),
+                row("codec.kmeans", format!("{cerr:.1e}"), km),
+                exact(
+                    "codec.dequantize",
+                    piw == pw && bits(&q) == bits(&rq),
+                    "packed indices or dequantized values",
+                ),
+            ]
+        }
+    }
 }

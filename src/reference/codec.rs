@@ -307,7 +307,10 @@ pub fn delta_f32<T: Float>(base: &[T], new: &[T]) -> Vec<f32> {
 
 /// Widen to f32 exactly (NaN payloads kept, see [`widen`]).
 pub fn to_f32<T: Float>(x: &[T]) -> Vec<f32> {
-    x.par_iter().with_min_len(CHUNK).map(|&v| widen(v)).collect()
+    x.par_iter()
+        .with_min_len(CHUNK)
+        .map(|&v| widen(v))
+        .collect()
 }
 
 /// Pack indices at a fixed width `bits` (each index < 2^bits, the caller's contract).
