@@ -2,6 +2,7 @@
 //! launch geometry, and launches through the device's executor, or runs the reference on the
 //! native CPU path. Ops never know which executor runs them.
 
+pub mod attention;
 pub mod bitmask;
 pub mod codec;
 

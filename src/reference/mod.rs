@@ -2,5 +2,6 @@
 //! native CPU path (`Device::cpu()`). Straightforward code, parallel with rayon where CPU users
 //! need the speed.
 
+pub mod attention;
 pub mod bitmask;
 pub mod codec;
