@@ -77,9 +77,13 @@ fn todo(op: &str) -> Error {
     }
 }
 
-/// Prefill / many-query attention (one fused kernel with tile skipping).
-pub fn forward<T: HalfFloat>(_a: &Attention<T>) -> Result<AttentionOut> {
-    Err(todo("attention::forward"))
+mod prefill;
+
+/// Prefill / many-query attention (one fused kernel with tile skipping; see
+/// `cuda/attention/duo_causal.cu`). `Path::Auto` and `Path::TensorCore` use mma.sync on CUDA
+/// (emulated on the wave32 SIMT executor); on HIP / wave64 both run the scalar path for now.
+pub fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
+    prefill::forward(a)
 }
 
 /// Partial results of split-KV decoding: O `[splits, total_q, H, D]`, LSE `[splits, H, total_q]`.

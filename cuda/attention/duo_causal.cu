@@ -1,0 +1,486 @@
+// attention/duo_causal.cu: fused prefill attention for TaH (duo-causal), causal, causal with
+// offsets and full attention, over varlen packed sequences with GQA. Semantics:
+// src/reference/attention.rs (a key is visible when valid and, per mode, kv_pos <= q_pos and
+// kv_depth <= q_depth). Rows that see no key: O = 0, LSE = -inf.
+//
+// Kernels (all take blockDim.x == kThreads = 128: 4 warps of 32 or 2 wavefronts of 64):
+//   attn_tile_meta      one thread per tile (Q tiles and K/V tiles in one launch): min/max
+//                       position and depth over the tile's rows, flags (any slot invalid or past
+//                       the sequence end, all invalid). Computed from the inputs, so any layout
+//                       is correct; a layout sorted by (depth slot, position) makes skipping bite.
+//   attn_fwd_<dt>_d<D>  grid (Q tiles, H): one block per (Q tile of kBlockM = 64 rows of one
+//                       sequence, query head). Loops over its sequence's K/V tiles of
+//                       kBlockN = 32 keys:
+//                         skip      all invalid, or (causal/duo) kv min pos > q max pos, or (duo)
+//                                   kv min depth > q max depth;
+//                         full      no invalid slot and kv max pos <= q min pos (and depth): no
+//                                   per-element mask;
+//                         boundary  the mask evaluated per element.
+//                       Online softmax in f32 in the log2 domain (running max m, sum l, O
+//                       rescaled by exp2(m_old - m_new)); LSE = (m + log2 l) * ln 2. A row whose
+//                       running max is still -inf uses 0 as the shift, so exp2(-inf - 0) = 0 and
+//                       no -inf - -inf appears.
+//
+// Paths (runtime argument `tc`):
+//   tensor cores (CUDA, wave32): each warp owns 16 query rows. S = Q K^T with mma.sync m16n8k16
+//     (Q fragments loaded once with ldmatrix_a from shared; K [n][d] is a column-major B:
+//     ldmatrix_b_col_major); P stays in registers: two adjacent 16x8 C tiles form one 16x16 A
+//     fragment (rounded to the input type, RNE); O += P V with V [k][d] a row-major B
+//     (ldmatrix_b_row_major, .trans). Each lane holds rows g and g + 8 (g = lane >> 2), so row
+//     reductions are shfl_xor over 1 and 2.
+//   scalar (every target): thread t owns query row t / 2; the two threads of a row split the
+//     tile's keys for S and the head dim for O, exchanging P with shfl_xor(., 1). f32 throughout.
+//   HIP (wave64): TODO(MFMA 32x32x8): the scalar path runs for both `tc` values; an MFMA path
+//     (S^T so that rows sit in lanes) is not written yet.
+//
+// Shared memory (static): Q 64 x (D + 8), K and V 32 x (D + 8) halves (rows padded by 8 halves so
+// they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths. D = 128:
+// 34.8 KiB.
+//
+// Layouts: Q [total_q, H, D], K/V [total_kv, H_kv, D] (query head h reads kv head h / (H / H_kv)),
+// O [total_q, H, D] f32, LSE [H, total_q] f32. Tile tables (built by the op from cu_seqlens):
+// q_tiles / kv_tiles [n, 3] = (sequence, first row, end row) in global rows; kv_tile_first[b] is
+// the index of sequence b's first K/V tile. Meta: [n, 5] = (min pos, max pos, min depth,
+// max depth, flags) with flags bit 0 = some slot invalid or missing, bit 1 = all invalid.
+// Positions: pointer + flag; without an array, position = row - sequence start + offset.
+#include "../common/tessera.cuh"
+
+namespace tessera {
+namespace attn {
+
+constexpr int kThreads = 128;
+constexpr int kBlockM = 64;  // query rows per block
+constexpr int kBlockN = 32;  // keys per K/V tile
+constexpr int kPad = 8;
+constexpr int kMeta = 5;
+constexpr int kFlagAnyInvalid = 1;
+constexpr int kFlagAllInvalid = 2;
+constexpr int kModeFull = 0, kModeCausal = 1, kModeDuo = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Side {
+  const int32_t* pos;     // explicit positions, or unused when has_pos == 0
+  const int32_t* depth;   // unused when has_depth == 0 (depth 0)
+  const int32_t* cu;      // cu_seqlens
+  int32_t offset;         // implicit positions: row - cu[seq] + offset
+  uint32_t has_pos;
+  uint32_t has_depth;
+};
+
+__device__ __forceinline__ int32_t pos_of(const Side& s, int seq, int row) {
+  return s.has_pos ? s.pos[row] : row - s.cu[seq] + s.offset;
+}
+__device__ __forceinline__ int32_t depth_of(const Side& s, int row) { return s.has_depth ? s.depth[row] : 0; }
+
+__device__ __forceinline__ float neg_inf() { return -INFINITY; }
+
+// One thread per tile: tiles [0, nq) are Q tiles, [nq, nq + nkv) K/V tiles.
+__device__ __forceinline__ void tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv,
+                                          Side qs, Side ks, const uint8_t* kv_valid, uint32_t has_valid,
+                                          int32_t* q_meta, int32_t* kv_meta) {
+  const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= nq + nkv) return;
+  const bool is_q = t < nq;
+  const uint32_t i = is_q ? t : t - nq;
+  const int32_t* tile = (is_q ? q_tiles : kv_tiles) + 3 * i;
+  const Side& s = is_q ? qs : ks;
+  const int seq = tile[0], r0 = tile[1], r1 = tile[2];
+  const int cap = is_q ? kBlockM : kBlockN;
+  int32_t pmin = 0x7fffffff, pmax = static_cast<int32_t>(0x80000000u), dmin = 0x7fffffff,
+          dmax = static_cast<int32_t>(0x80000000u);
+  int nvalid = 0;
+  for (int r = r0; r < r1; ++r) {
+    if (!is_q && has_valid && kv_valid[r] == 0) continue;
+    ++nvalid;
+    const int32_t p = pos_of(s, seq, r), d = depth_of(s, r);
+    pmin = min(pmin, p);
+    pmax = max(pmax, p);
+    dmin = min(dmin, d);
+    dmax = max(dmax, d);
+  }
+  int32_t flags = 0;
+  if (nvalid < cap) flags |= kFlagAnyInvalid;
+  if (nvalid == 0) flags |= kFlagAllInvalid;
+  int32_t* m = (is_q ? q_meta : kv_meta) + kMeta * i;
+  m[0] = pmin;
+  m[1] = pmax;
+  m[2] = dmin;
+  m[3] = dmax;
+  m[4] = flags;
+}
+
+// 0 skip, 1 fully visible, 2 boundary.
+__device__ __forceinline__ int classify(const int32_t* qm, const int32_t* km, int mode) {
+  if (km[4] & kFlagAllInvalid) return 0;
+  if (mode != kModeFull && km[0] > qm[1]) return 0;
+  if (mode == kModeDuo && km[2] > qm[3]) return 0;
+  bool full = (km[4] & kFlagAnyInvalid) == 0;
+  if (mode != kModeFull && km[1] > qm[0]) full = false;
+  if (mode == kModeDuo && km[3] > qm[2]) full = false;
+  return full ? 1 : 2;
+}
+
+__device__ __forceinline__ bool visible(int mode, int32_t qp, int32_t qd, int32_t kp, int32_t kd, int32_t kvalid) {
+  if (!kvalid) return false;
+  if (mode == kModeFull) return true;
+  if (kp > qp) return false;
+  return mode != kModeDuo || kd <= qd;
+}
+
+// Copy `rows` rows of D halves (row r at src + r * stride) into shared (ld = D + kPad), zeros for
+// rows >= n or rows whose `keep` flag is 0. 16-byte vectors.
+template <int D>
+__device__ __forceinline__ void load_rows(uint16_t* dst, const uint16_t* src, size_t stride, int rows, int n,
+                                          const int32_t* keep) {
+  constexpr int kVec = D / 8;  // uint4 per row
+  for (int x = threadIdx.x; x < rows * kVec; x += blockDim.x) {
+    const int r = x / kVec, c = x % kVec;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < n && (keep == nullptr || keep[r])) v = *reinterpret_cast<const uint4*>(src + r * stride + 8 * c);
+    *reinterpret_cast<uint4*>(dst + r * (D + kPad) + 8 * c) = v;
+  }
+}
+
+struct Params {
+  const uint16_t* q;
+  const uint16_t* k;
+  const uint16_t* v;
+  const int32_t* q_tiles;
+  const int32_t* kv_tiles;
+  const int32_t* kv_tile_first;
+  const int32_t* q_meta;
+  const int32_t* kv_meta;
+  Side qs, ks;
+  const uint8_t* kv_valid;
+  uint32_t has_valid;
+  uint32_t heads, kv_heads, total_q;
+  float scale;
+  uint32_t mode;
+  uint32_t tc;
+  float* o;
+  float* lse;
+};
+
+// Block-wide state shared by both paths: the Q tile and the current K/V tile in shared memory.
+template <int D>
+struct Smem {
+  static constexpr int kLd = D + kPad;
+  uint16_t* q;
+  uint16_t* k;
+  uint16_t* v;
+  int32_t* q_pos;
+  int32_t* q_depth;
+  int32_t* k_pos;
+  int32_t* k_depth;
+  int32_t* k_valid;
+};
+
+// Loads K/V tile kt of the block's sequence (rows past the end or invalid: zeros). Every thread
+// of the block calls it; returns the tile class (0 skip, 1 full, 2 boundary), uniform per block.
+template <int D>
+__device__ __forceinline__ int load_kv_tile(const Params& p, const Smem<D>& sm, int seq, int kvh, int kt,
+                                            const int32_t* qm) {
+  const int cls = classify(qm, p.kv_meta + kMeta * kt, static_cast<int>(p.mode));
+  if (cls == 0) return 0;
+  const int k0 = p.kv_tiles[3 * kt + 1], k1 = p.kv_tiles[3 * kt + 2];
+  const int nk = k1 - k0;
+  const size_t kv_stride = static_cast<size_t>(p.kv_heads) * D;
+  __syncthreads();  // the previous tile's reads of sK/sV/metadata are done
+  for (int r = threadIdx.x; r < kBlockN; r += blockDim.x) {
+    const bool in = r < nk;
+    sm.k_valid[r] = in && (!p.has_valid || p.kv_valid[k0 + r] != 0) ? 1 : 0;
+    sm.k_pos[r] = in ? pos_of(p.ks, seq, k0 + r) : 0;
+    sm.k_depth[r] = in ? depth_of(p.ks, k0 + r) : 0;
+  }
+  __syncthreads();
+  const size_t kvoff = static_cast<size_t>(k0) * kv_stride + static_cast<size_t>(kvh) * D;
+  load_rows<D>(sm.k, p.k + kvoff, kv_stride, kBlockN, nk, sm.k_valid);
+  load_rows<D>(sm.v, p.v + kvoff, kv_stride, kBlockN, nk, sm.k_valid);
+  __syncthreads();
+  return cls;
+}
+
+#if !TESSERA_TARGET_HIP
+// Tensor-core path (wave32): warp w owns query rows 16w..16w+15 of the tile.
+template <typename E, int D>
+__device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+                       const int32_t* qm) {
+  constexpr int kLd = D + kPad;
+  const int mode = static_cast<int>(p.mode);
+  const float sl2 = p.scale * kLog2e;
+  const int lane = lane_id();
+  const int warp = threadIdx.x / kWarpSize;
+  const int g = lane >> 2, t4 = lane & 3;
+  mma::FragA qf[D / 16];
+  mma::FragC oacc[D / 8];
+  float tm[2] = {neg_inf(), neg_inf()}, tl[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) mma::ldmatrix_a(qf[ks], sm.q + 16 * warp * kLd + 16 * ks, kLd);
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) mma::zero(oacc[dt]);
+
+  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
+  for (int kt = kt0; kt < kt1; ++kt) {
+    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    if (cls == 0) continue;
+    const bool masked = cls == 2;
+    // S (16 x kBlockN per warp) = Q K^T
+    mma::FragC s[kBlockN / 8];
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) mma::zero(s[nt]);
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        mma::FragB kf;
+        mma::ldmatrix_b_col_major(kf, sm.k + 8 * nt * kLd + 16 * ks, kLd);
+        mma::Mma16816<E>::run(s[nt], qf[ks], kf, s[nt]);
+      }
+    }
+    // scale to the log2 domain, mask, row max (row g: elements 0, 1; row g + 8: elements 2, 3)
+    float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float x = s[nt].x[i] * sl2;
+        if (masked) {
+          const int r = 16 * warp + g + 8 * (i >> 1), c = 8 * nt + 2 * t4 + (i & 1);
+          if (!visible(mode, sm.q_pos[r], sm.q_depth[r], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c])) x = neg_inf();
+        }
+        s[nt].x[i] = x;
+        mx[i >> 1] = fmaxf(mx[i >> 1], x);
+      }
+    }
+    float alpha[2], shift[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      mx[j] = fmaxf(mx[j], shfl_xor(mx[j], 1));
+      mx[j] = fmaxf(mx[j], shfl_xor(mx[j], 2));
+      const float mn = fmaxf(tm[j], mx[j]);
+      shift[j] = mn == neg_inf() ? 0.0f : mn;
+      alpha[j] = exp2f(tm[j] - shift[j]);
+      tm[j] = mn;
+      tl[j] *= alpha[j];
+    }
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      oacc[dt].x[0] *= alpha[0];
+      oacc[dt].x[1] *= alpha[0];
+      oacc[dt].x[2] *= alpha[1];
+      oacc[dt].x[3] *= alpha[1];
+    }
+    // P rounded to the input type (RNE), as A fragments (C tiles 2kc and 2kc + 1 form the 16x16
+    // A tile of keys 16kc..16kc+15); l sums the f32 values, so the LSE keeps f32 accuracy.
+    mma::FragA pf[kBlockN / 16];
+#pragma unroll
+    for (int kc = 0; kc < kBlockN / 16; ++kc) {
+      uint16_t b[8];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float e = exp2f(s[2 * kc + half].x[i] - shift[i >> 1]);
+          b[4 * half + i] = FromF32<E>::rne(e);
+          tl[i >> 1] += e;
+        }
+      }
+      pf[kc].x[0] = mma::pack_b16x2(b[0], b[1]);  // (g, 2t..)
+      pf[kc].x[1] = mma::pack_b16x2(b[2], b[3]);  // (g + 8, 2t..)
+      pf[kc].x[2] = mma::pack_b16x2(b[4], b[5]);  // (g, 2t + 8..)
+      pf[kc].x[3] = mma::pack_b16x2(b[6], b[7]);  // (g + 8, 2t + 8..)
+    }
+#pragma unroll
+    for (int kc = 0; kc < kBlockN / 16; ++kc) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        mma::FragB vf;
+        mma::ldmatrix_b_row_major(vf, sm.v + 16 * kc * kLd + 8 * dt, kLd);
+        mma::Mma16816<E>::run(oacc[dt], pf[kc], vf, oacc[dt]);
+      }
+    }
+  }
+
+  const size_t q_stride = static_cast<size_t>(p.heads) * D;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    tl[j] += shfl_xor(tl[j], 1);
+    tl[j] += shfl_xor(tl[j], 2);
+  }
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int r = 16 * warp + g + 8 * j;
+    if (r >= nq) continue;
+    const float inv = tl[j] > 0.0f ? 1.0f / tl[j] : 0.0f;
+    float* orow = p.o + static_cast<size_t>(q0 + r) * q_stride + static_cast<size_t>(h) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<float2*>(orow + 8 * dt + 2 * t4) = make_float2(oacc[dt].x[2 * j] * inv, oacc[dt].x[2 * j + 1] * inv);
+    }
+    if (t4 == 0)
+      p.lse[static_cast<size_t>(h) * p.total_q + q0 + r] = tl[j] > 0.0f ? (tm[j] + log2f(tl[j])) * kLn2 : neg_inf();
+  }
+}
+#endif
+
+// Scalar path (any warp width): thread t owns query row t / 2; the two threads of a row take
+// half of the tile's keys each for S and half of the head dim each for O.
+template <typename E, int D>
+__device__ void fwd_scalar(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+                           const int32_t* qm) {
+  constexpr int kLd = D + kPad;
+  constexpr int kHalfN = kBlockN / 2, kHalfD = D / 2;
+  const int mode = static_cast<int>(p.mode);
+  const float sl2 = p.scale * kLog2e;
+  const int sr = threadIdx.x >> 1, sh = threadIdx.x & 1;
+  float so[kHalfD];
+#pragma unroll
+  for (int c = 0; c < kHalfD; ++c) so[c] = 0.0f;
+  float m = neg_inf(), l = 0.0f;
+  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
+  for (int kt = kt0; kt < kt1; ++kt) {
+    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    if (cls == 0) continue;
+    const bool masked = cls == 2;
+    float s[kHalfN];
+    float mx = neg_inf();
+    const uint16_t* qrow = sm.q + sr * kLd;
+#pragma unroll 1
+    for (int j = 0; j < kHalfN; ++j) {
+      const int c = sh * kHalfN + j;
+      const uint16_t* krow = sm.k + c * kLd;
+      float acc = 0.0f;
+      for (int d = 0; d < D; ++d) acc += E::to_f32(qrow[d]) * E::to_f32(krow[d]);
+      float x = acc * sl2;
+      if (masked && !visible(mode, sm.q_pos[sr], sm.q_depth[sr], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c]))
+        x = neg_inf();
+      s[j] = x;
+      mx = fmaxf(mx, x);
+    }
+    mx = fmaxf(mx, shfl_xor(mx, 1));
+    const float mn = fmaxf(m, mx);
+    const float shift = mn == neg_inf() ? 0.0f : mn;
+    const float alpha = exp2f(m - shift);
+    m = mn;
+    l *= alpha;
+#pragma unroll
+    for (int c = 0; c < kHalfD; ++c) so[c] *= alpha;
+#pragma unroll
+    for (int j = 0; j < kHalfN; ++j) {
+      s[j] = exp2f(s[j] - shift);
+      l += s[j];
+    }
+#pragma unroll 1
+    for (int j = 0; j < kHalfN; ++j) {
+      const float other = shfl_xor(s[j], 1);
+      const float w0 = sh == 0 ? s[j] : other;  // key j
+      const float w1 = sh == 0 ? other : s[j];  // key kHalfN + j
+      const uint16_t* v0 = sm.v + j * kLd + sh * kHalfD;
+      const uint16_t* v1 = sm.v + (kHalfN + j) * kLd + sh * kHalfD;
+#pragma unroll
+      for (int c = 0; c < kHalfD; ++c) so[c] += w0 * E::to_f32(v0[c]) + w1 * E::to_f32(v1[c]);
+    }
+  }
+  l += shfl_xor(l, 1);
+  if (sr < nq) {
+    const size_t q_stride = static_cast<size_t>(p.heads) * D;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float* orow = p.o + static_cast<size_t>(q0 + sr) * q_stride + static_cast<size_t>(h) * D + sh * kHalfD;
+#pragma unroll
+    for (int c = 0; c < kHalfD; ++c) orow[c] = so[c] * inv;
+    if (sh == 0) p.lse[static_cast<size_t>(h) * p.total_q + q0 + sr] = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+  }
+}
+
+template <typename E, int D>
+__device__ void fwd(const Params& p) {
+  constexpr int kLd = D + kPad;
+  __shared__ __align__(16) uint16_t sQ[kBlockM * kLd];
+  __shared__ __align__(16) uint16_t sK[kBlockN * kLd];
+  __shared__ __align__(16) uint16_t sV[kBlockN * kLd];
+  __shared__ int32_t sQPos[kBlockM], sQDepth[kBlockM];
+  __shared__ int32_t sKPos[kBlockN], sKDepth[kBlockN], sKValid[kBlockN];
+  const Smem<D> sm{sQ, sK, sV, sQPos, sQDepth, sKPos, sKDepth, sKValid};
+
+  const int tile = blockIdx.x;
+  const int h = blockIdx.y;
+  const int kvh = h / (p.heads / p.kv_heads);
+  const int seq = p.q_tiles[3 * tile], q0 = p.q_tiles[3 * tile + 1], q1 = p.q_tiles[3 * tile + 2];
+  const int nq = q1 - q0;
+  const int32_t* qm = p.q_meta + kMeta * tile;
+  const size_t q_stride = static_cast<size_t>(p.heads) * D;
+  load_rows<D>(sQ, p.q + static_cast<size_t>(q0) * q_stride + static_cast<size_t>(h) * D, q_stride, kBlockM, nq,
+               nullptr);
+  for (int r = threadIdx.x; r < kBlockM; r += blockDim.x) {
+    sQPos[r] = r < nq ? pos_of(p.qs, seq, q0 + r) : 0;
+    sQDepth[r] = r < nq ? depth_of(p.qs, q0 + r) : 0;
+  }
+  __syncthreads();
+#if !TESSERA_TARGET_HIP
+  if (p.tc != 0) {
+    fwd_tc<E, D>(p, sm, seq, q0, nq, h, kvh, qm);
+    return;
+  }
+#endif
+  // HIP (wave64) TODO(MFMA 32x32x8): the scalar path runs whatever `tc` says.
+  fwd_scalar<E, D>(p, sm, seq, q0, nq, h, kvh, qm);
+}
+
+}  // namespace attn
+}  // namespace tessera
+
+using namespace tessera;
+
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(128)
+    attn_tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv, const int32_t* cu_q,
+                   const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset,
+                   int32_t kv_offset, uint32_t has_q_pos, uint32_t has_kv_pos, const int32_t* q_depth,
+                   const int32_t* kv_depth, uint32_t has_depth, const uint8_t* kv_valid, uint32_t has_valid,
+                   int32_t* q_meta, int32_t* kv_meta) {
+  const attn::Side qs{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth};
+  const attn::Side ks{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth};
+  attn::tile_meta(q_tiles, nq, kv_tiles, nkv, qs, ks, kv_valid, has_valid, q_meta, kv_meta);
+}
+TESSERA_EXPORT(attn_tile_meta)
+
+// Arguments (after q, k, v): tile tables and metadata, positions (as attn_tile_meta), validity,
+// heads, kv_heads, total_q, scale, mode (0 full, 1 causal, 2 duo-causal), tc (1 tensor cores),
+// then O and LSE.
+#define TESSERA_ATTN_FWD(E, sfx, D)                                                                             \
+  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(128) attn_fwd_##sfx##_d##D(                                         \
+      const uint16_t* q, const uint16_t* k, const uint16_t* v, const int32_t* q_tiles, const int32_t* kv_tiles, \
+      const int32_t* kv_tile_first, const int32_t* q_meta, const int32_t* kv_meta, const int32_t* cu_q,         \
+      const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset, int32_t kv_offset,   \
+      uint32_t has_q_pos, uint32_t has_kv_pos, const int32_t* q_depth, const int32_t* kv_depth,                 \
+      uint32_t has_depth, const uint8_t* kv_valid, uint32_t has_valid, uint32_t heads, uint32_t kv_heads,       \
+      uint32_t total_q, float scale, uint32_t mode, uint32_t tc, float* o, float* lse) {                        \
+    attn::Params p;                                                                                             \
+    p.q = q;                                                                                                    \
+    p.k = k;                                                                                                    \
+    p.v = v;                                                                                                    \
+    p.q_tiles = q_tiles;                                                                                        \
+    p.kv_tiles = kv_tiles;                                                                                      \
+    p.kv_tile_first = kv_tile_first;                                                                            \
+    p.q_meta = q_meta;                                                                                          \
+    p.kv_meta = kv_meta;                                                                                        \
+    p.qs = attn::Side{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth};                                    \
+    p.ks = attn::Side{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth};                               \
+    p.kv_valid = kv_valid;                                                                                      \
+    p.has_valid = has_valid;                                                                                    \
+    p.heads = heads;                                                                                            \
+    p.kv_heads = kv_heads;                                                                                      \
+    p.total_q = total_q;                                                                                        \
+    p.scale = scale;                                                                                            \
+    p.mode = mode;                                                                                              \
+    p.tc = tc;                                                                                                  \
+    p.o = o;                                                                                                    \
+    p.lse = lse;                                                                                                \
+    attn::fwd<E, D>(p);                                                                                         \
+  }                                                                                                             \
+  TESSERA_EXPORT(attn_fwd_##sfx##_d##D)
+
+TESSERA_ATTN_FWD(BF16, bf16, 64)
+TESSERA_ATTN_FWD(BF16, bf16, 128)
+TESSERA_ATTN_FWD(F16, f16, 64)
+TESSERA_ATTN_FWD(F16, f16, 128)
