@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod ckpt;
 pub mod device;
+pub mod drivers;
 pub mod dtype;
 pub mod error;
 pub mod kernels;

@@ -5,3 +5,4 @@
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod tah;

@@ -1,0 +1,3 @@
+//! Thin model drivers built on the ops.
+
+pub mod tah;
