@@ -194,6 +194,7 @@ pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
             rows.extend(check_codec::<f16>(dev, n, seed));
             rows.extend(check_codec::<bf16>(dev, n, seed));
         }
+        rows.extend(check_attention(dev));
     }
     rows
 }
@@ -332,4 +333,226 @@ fn check_codec<T: Float>(dev: &Device, n: usize, seed: u64) -> Vec<Row> {
             ]
         }
     }
+}
+
+/// A small attention problem for the verify rows: two sequences (lengths 77 and 130 tokens),
+/// H = 4, H_kv = 2, D = 64 (D = 128 for duo-causal), implicit positions for full/causal (the
+/// offset variant: queries at +40, keys at -8) and a TaH two-depth layout with ~10% hard
+/// positions and 5% invalid slots for duo-causal, KV grouped by depth slot.
+struct AttnCase {
+    mode: crate::ops::attention::MaskMode,
+    d: usize,
+    cu: Vec<i32>,
+    pos: Vec<i32>,
+    depth: Vec<i32>,
+    valid: Option<Vec<u8>>,
+    offsets: Option<(i32, i32)>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+const ATTN_H: usize = 4;
+const ATTN_HKV: usize = 2;
+
+fn attn_case<T: Float>(
+    mode: crate::ops::attention::MaskMode,
+    offsets: bool,
+    seed: u64,
+) -> AttnCase {
+    use crate::ops::attention::MaskMode;
+    let mut r = Rng(seed);
+    let duo = mode == MaskMode::DuoCausal;
+    let d = if duo { 128 } else { 64 };
+    let (mut cu, mut pos, mut depth) = (vec![0i32], vec![], vec![]);
+    for len in [77usize, 130] {
+        pos.extend(0..len as i32);
+        depth.extend(std::iter::repeat_n(0, len));
+        if duo {
+            for p in 0..len as i32 {
+                if r.unit() < 0.1 {
+                    pos.push(p);
+                    depth.push(1);
+                }
+            }
+        }
+        cu.push(pos.len() as i32);
+    }
+    let n = pos.len();
+    let valid = duo.then(|| (0..n).map(|_| u8::from(r.unit() >= 0.05)).collect());
+    let mut gen = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| T::from_f64((r.unit() - 0.5) * 4.0).to_f64() as f32)
+            .collect()
+    };
+    let q = gen(n * ATTN_H * d);
+    let k = gen(n * ATTN_HKV * d);
+    let v = gen(n * ATTN_HKV * d);
+    AttnCase {
+        mode,
+        d,
+        cu,
+        pos,
+        depth,
+        valid,
+        offsets: offsets.then_some((40, -8)),
+        q,
+        k,
+        v,
+    }
+}
+
+fn attn_reference(c: &AttnCase) -> (Vec<f64>, Vec<f64>) {
+    let (qo, ko) = c.offsets.unwrap_or((0, 0));
+    let qp: Vec<i32> = c.pos.iter().map(|p| p + qo).collect();
+    let kp: Vec<i32> = c.pos.iter().map(|p| p + ko).collect();
+    let all = vec![1u8; c.pos.len()];
+    crate::reference::attention::attention(&crate::reference::attention::Problem {
+        q: &c.q,
+        k: &c.k,
+        v: &c.v,
+        heads: ATTN_H,
+        kv_heads: ATTN_HKV,
+        head_dim: c.d,
+        cu_q: &c.cu,
+        cu_kv: &c.cu,
+        q_pos: &qp,
+        kv_pos: &kp,
+        q_depth: &c.depth,
+        kv_depth: &c.depth,
+        kv_valid: c.valid.as_deref().unwrap_or(&all),
+        scale: 1.0 / (c.d as f32).sqrt(),
+        mode: c.mode,
+    })
+}
+
+fn attn_run<T: crate::ops::attention::HalfFloat>(
+    dev: &Device,
+    c: &AttnCase,
+    path: crate::ops::attention::Path,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    use crate::ops::attention::{self as attn, MaskMode, Positions};
+    let up = |x: &[f32]| -> Vec<T> { x.iter().map(|&y| T::from_f64(y as f64)).collect() };
+    let (q, k, v) = (
+        dev.upload(&up(&c.q), "q")?,
+        dev.upload(&up(&c.k), "k")?,
+        dev.upload(&up(&c.v), "v")?,
+    );
+    let cu = dev.upload(&c.cu, "cu_seqlens")?;
+    let pos = dev.upload(&c.pos, "pos")?;
+    let depth = dev.upload(&c.depth, "depth")?;
+    let valid = match &c.valid {
+        Some(x) => Some(dev.upload(x, "kv_valid")?),
+        None => None,
+    };
+    let duo = c.mode == MaskMode::DuoCausal;
+    let (q_pos, kv_pos) = match (duo, c.offsets) {
+        (true, _) => (Positions::Explicit(&pos), Positions::Explicit(&pos)),
+        (false, o) => {
+            let (a, b) = o.unwrap_or((0, 0));
+            (
+                Positions::Implicit { offset: a },
+                Positions::Implicit { offset: b },
+            )
+        }
+    };
+    let out = attn::forward(&attn::Attention {
+        q: &q,
+        k: &k,
+        v: &v,
+        heads: ATTN_H,
+        kv_heads: ATTN_HKV,
+        head_dim: c.d,
+        cu_seqlens_q: &cu,
+        cu_seqlens_kv: &cu,
+        q_pos,
+        kv_pos,
+        q_depth: duo.then_some(&depth),
+        kv_depth: duo.then_some(&depth),
+        kv_valid: valid.as_ref(),
+        scale: 1.0 / (c.d as f32).sqrt(),
+        mode: c.mode,
+        path,
+    })?;
+    Ok((out.o.download()?, out.lse.download()?))
+}
+
+/// Prefill attention (`attention::forward`): every mode (causal also with offsets) x path on one
+/// dtype and device. Error: relative L2 of O; pass also needs LSE within 1e-3 (exactly -inf
+/// where the reference is -inf).
+fn check_attention_dtype<T: crate::ops::attention::HalfFloat>(dev: &Device) -> Vec<Row> {
+    use crate::ops::attention::{MaskMode, Path};
+    let mut rows = Vec::new();
+    let paths: &[Path] = if dev.backend().runs_kernels() {
+        &[Path::TensorCore, Path::Scalar]
+    } else {
+        &[Path::Auto]
+    };
+    let modes = [
+        ("full", MaskMode::Full, false),
+        ("causal", MaskMode::Causal, false),
+        ("causal+offset", MaskMode::Causal, true),
+        ("duo-causal", MaskMode::DuoCausal, false),
+    ];
+    for (k, &(name, mode, off)) in modes.iter().enumerate() {
+        let c = attn_case::<T>(mode, off, 0xa77e_0000 + k as u64);
+        let (ro, rl) = attn_reference(&c);
+        for &path in paths {
+            let label = match path {
+                Path::Auto => "auto",
+                Path::TensorCore => "tensor-core",
+                Path::Scalar => "scalar",
+            };
+            let mut row = Row {
+                op: format!("attention.forward {name} {label}"),
+                dtype: T::KIND.name().into(),
+                executor: dev.backend().to_string(),
+                sizes: format!(
+                    "seqs 77,130 tokens {} H={ATTN_H} Hkv={ATTN_HKV} D={}",
+                    c.pos.len(),
+                    c.d
+                ),
+                error: String::new(),
+                pass: false,
+                detail: String::new(),
+            };
+            match attn_run::<T>(dev, &c, path) {
+                Err(e) => {
+                    row.error = "-".into();
+                    row.detail = e.to_string();
+                }
+                Ok((o, l)) => {
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for (&x, &y) in o.iter().zip(&ro) {
+                        num += (x as f64 - y).powi(2);
+                        den += y * y;
+                    }
+                    let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+                    let lse_bad = l.iter().zip(&rl).position(|(&x, &y)| {
+                        if y == f64::NEG_INFINITY {
+                            x != f32::NEG_INFINITY
+                        } else {
+                            (x as f64 - y).abs() > 1e-3 || x.is_nan()
+                        }
+                    });
+                    row.error = format!("{e:.2e}");
+                    row.pass = e <= 1e-2 && lse_bad.is_none() && o.len() == ro.len();
+                    if let Some(i) = lse_bad {
+                        row.detail = format!("LSE[{i}] {} vs reference {}", l[i], rl[i]);
+                    } else if e > 1e-2 {
+                        row.detail = format!("O relative L2 {e:.2e} > 1e-2");
+                    }
+                }
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Prefill attention rows for both dtypes.
+fn check_attention(dev: &Device) -> Vec<Row> {
+    let mut rows = check_attention_dtype::<f16>(dev);
+    rows.extend(check_attention_dtype::<bf16>(dev));
+    rows
 }

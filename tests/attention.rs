@@ -483,8 +483,8 @@ fn errors() {
     }
     // buffers on another device
     let (a, b) = (Device::cpu(), Device::simt());
-    let q = a.upload(&vec![f16::ZERO; 64], "q").unwrap();
-    let k = b.upload(&vec![f16::ZERO; 64], "k").unwrap();
+    let q = a.upload(&[f16::ZERO; 64], "q").unwrap();
+    let k = b.upload(&[f16::ZERO; 64], "k").unwrap();
     let cu = a.upload(&[0, 1], "cu").unwrap();
     expect_err(
         attention::forward(&Attention {

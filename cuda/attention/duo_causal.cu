@@ -55,7 +55,7 @@ constexpr int kPad = 8;
 constexpr int kMeta = 5;
 constexpr int kFlagAnyInvalid = 1;
 constexpr int kFlagAllInvalid = 2;
-constexpr int kModeFull = 0, kModeCausal = 1, kModeDuo = 2;
+constexpr int kModeFull = 0, kModeDuo = 2;  // mode 1: causal
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -84,7 +84,7 @@ __device__ __forceinline__ void tile_meta(const int32_t* q_tiles, uint32_t nq, c
   const bool is_q = t < nq;
   const uint32_t i = is_q ? t : t - nq;
   const int32_t* tile = (is_q ? q_tiles : kv_tiles) + 3 * i;
-  const Side& s = is_q ? qs : ks;
+  const Side s = is_q ? qs : ks;
   const int seq = tile[0], r0 = tile[1], r1 = tile[2];
   const int cap = is_q ? kBlockM : kBlockN;
   int32_t pmin = 0x7fffffff, pmax = static_cast<int32_t>(0x80000000u), dmin = 0x7fffffff,
@@ -432,7 +432,7 @@ __device__ void fwd(const Params& p) {
 
 using namespace tessera;
 
-TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(128)
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(attn::kThreads)
     attn_tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv, const int32_t* cu_q,
                    const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset,
                    int32_t kv_offset, uint32_t has_q_pos, uint32_t has_kv_pos, const int32_t* q_depth,
@@ -448,7 +448,7 @@ TESSERA_EXPORT(attn_tile_meta)
 // heads, kv_heads, total_q, scale, mode (0 full, 1 causal, 2 duo-causal), tc (1 tensor cores),
 // then O and LSE.
 #define TESSERA_ATTN_FWD(E, sfx, D)                                                                             \
-  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(128) attn_fwd_##sfx##_d##D(                                         \
+  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(attn::kThreads) attn_fwd_##sfx##_d##D(                                       \
       const uint16_t* q, const uint16_t* k, const uint16_t* v, const int32_t* q_tiles, const int32_t* kv_tiles, \
       const int32_t* kv_tile_first, const int32_t* q_meta, const int32_t* kv_meta, const int32_t* cu_q,         \
       const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset, int32_t kv_offset,   \
