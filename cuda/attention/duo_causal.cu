@@ -30,8 +30,8 @@
 //     reductions are shfl_xor over 1 and 2.
 //   scalar (every target): thread t owns query row t / 2; the two threads of a row split the
 //     tile's keys for S and the head dim for O, exchanging P with shfl_xor(., 1). f32 throughout.
-//   HIP (wave64): TODO(MFMA 32x32x8): the scalar path runs for both `tc` values; an MFMA path
-//     (S^T so that rows sit in lanes) is not written yet.
+//   tensor cores (HIP, wave64): each wavefront owns 32 query rows; S^T = K Q^T and O^T = V^T P^T
+//     with MFMA 32x32x8 (rows of S sit in lanes; P stays in registers; see fwd_tc below).
 //
 // Shared memory (static): Q 64 x (D + 8), K and V 32 x (D + 8) halves (rows padded by 8 halves so
 // they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths. D = 128:
@@ -322,6 +322,98 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
       p.lse[static_cast<size_t>(h) * p.total_q + q0 + r] = tl[j] > 0.0f ? (tm[j] + log2f(tl[j])) * kLn2 : neg_inf();
   }
 }
+#else
+// MFMA path (wave64, v_mfma_f32_32x32x8{bf16_1k,f16}): wave w owns query rows 32w..32w+31. The
+// kernel computes S^T = K Q^T (A = K rows, B = Q^T), so lane L holds query j = L % 32 and keys
+// i = 8 (e / 4) + 4 (L / 32) + e % 4 in its 16 elements: a query's row reduction is over the
+// lane's elements and shfl_xor 32. O^T = V^T P^T: the B operand of key chunk c (keys 8c..8c+7)
+// is exactly elements 4c..4c+3 of the lane's S^T accumulator, so P stays in registers.
+template <typename E, int D>
+__device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+                       const int32_t* qm) {
+  static_assert(kBlockN == 32 && kBlockM == 64 && kThreads == 128, "MFMA tiling: 2 waves x 32 rows, 32 keys");
+  constexpr int kLd = D + kPad;
+  const int mode = static_cast<int>(p.mode);
+  const float sl2 = p.scale * kLog2e;
+  const int lane = lane_id();
+  const int wave = threadIdx.x / kWarpSize;
+  const int jq = 32 * wave + mma::mfma_c_col(lane);  // this lane's query row in the tile
+  mma::MfmaFragC oacc[D / 32];
+#pragma unroll
+  for (int dt = 0; dt < D / 32; ++dt) mma::zero(oacc[dt]);
+  float tm = neg_inf(), tl = 0.0f;
+  const uint16_t* qw = sm.q + 32 * wave * kLd;
+
+  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
+  for (int kt = kt0; kt < kt1; ++kt) {
+    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    if (cls == 0) continue;
+    const bool masked = cls == 2;
+    mma::MfmaFragC st;  // S^T: 32 keys x 32 queries
+    mma::zero(st);
+#pragma unroll 4
+    for (int ks = 0; ks < D / 8; ++ks) {
+      mma::MfmaFragAB ka, qb;
+      mma::mfma_load_a_row_major(ka, sm.k + 8 * ks, kLd);  // A[i][k] = K[i][8ks + k]
+      mma::mfma_load_b_col_major(qb, qw + 8 * ks, kLd);     // B[k][j] = Q[j][8ks + k]
+      mma::Mfma32x32x8<E>::run(st, ka, qb, st);
+    }
+    float mx = neg_inf();
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      float x = st.x[e] * sl2;
+      if (masked) {
+        const int c = mma::mfma_c_row(lane, e);
+        if (!visible(mode, sm.q_pos[jq], sm.q_depth[jq], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c])) x = neg_inf();
+      }
+      st.x[e] = x;
+      mx = fmaxf(mx, x);
+    }
+    mx = fmaxf(mx, shfl_xor(mx, 32));
+    const float mn = fmaxf(tm, mx);
+    const float shift = mn == neg_inf() ? 0.0f : mn;
+    const float alpha = exp2f(tm - shift);
+    tm = mn;
+    tl *= alpha;
+#pragma unroll
+    for (int dt = 0; dt < D / 32; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 16; ++e) oacc[dt].x[e] *= alpha;
+    }
+    mma::MfmaFragAB pb[4];  // B of key chunk c: P^T[8c + k][j], rounded (RNE); l sums f32 values
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      const float x = exp2f(st.x[e] - shift);
+      tl += x;
+      pb[e >> 2].x[e & 3] = FromF32<E>::rne(x);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+#pragma unroll
+      for (int dt = 0; dt < D / 32; ++dt) {
+        mma::MfmaFragAB va;  // A[i][k] = V[8c + k][32dt + i]
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          va.x[e] = sm.v[(8 * c + mma::mfma_ab_k(lane, e)) * kLd + 32 * dt + mma::mfma_a_row(lane)];
+        mma::Mfma32x32x8<E>::run(oacc[dt], va, pb[c], oacc[dt]);
+      }
+    }
+  }
+
+  tl += shfl_xor(tl, 32);
+  if (jq < nq) {
+    const size_t q_stride = static_cast<size_t>(p.heads) * D;
+    const float inv = tl > 0.0f ? 1.0f / tl : 0.0f;
+    float* orow = p.o + static_cast<size_t>(q0 + jq) * q_stride + static_cast<size_t>(h) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 32; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 16; ++e) orow[32 * dt + mma::mfma_c_row(lane, e)] = oacc[dt].x[e] * inv;
+    }
+    if (lane < 32)
+      p.lse[static_cast<size_t>(h) * p.total_q + q0 + jq] = tl > 0.0f ? (tm + log2f(tl)) * kLn2 : neg_inf();
+  }
+}
 #endif
 
 // Scalar path (any warp width): thread t owns query row t / 2; the two threads of a row take
@@ -417,13 +509,10 @@ __device__ void fwd(const Params& p) {
     sQDepth[r] = r < nq ? depth_of(p.qs, q0 + r) : 0;
   }
   __syncthreads();
-#if !TESSERA_TARGET_HIP
   if (p.tc != 0) {
-    fwd_tc<E, D>(p, sm, seq, q0, nq, h, kvh, qm);
+    fwd_tc<E, D>(p, sm, seq, q0, nq, h, kvh, qm);  // mma.sync (wave32) or MFMA (wave64)
     return;
   }
-#endif
-  // HIP (wave64) TODO(MFMA 32x32x8): the scalar path runs whatever `tc` says.
   fwd_scalar<E, D>(p, sm, seq, q0, nq, h, kvh, qm);
 }
 

@@ -81,7 +81,8 @@ mod prefill;
 
 /// Prefill / many-query attention (one fused kernel with tile skipping; see
 /// `cuda/attention/duo_causal.cu`). `Path::Auto` and `Path::TensorCore` use mma.sync on CUDA
-/// (emulated on the wave32 SIMT executor); on HIP / wave64 both run the scalar path for now.
+/// and MFMA 32x32x8 on HIP (both emulated on the SIMT executors); `Path::Scalar` is the
+/// portable path.
 pub fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
     prefill::forward(a)
 }
