@@ -195,6 +195,9 @@ pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
             rows.extend(check_codec::<bf16>(dev, n, seed));
         }
         rows.extend(check_attention(dev));
+        rows.extend(check_decode::<f16>(dev));
+        rows.extend(check_decode::<bf16>(dev));
+        rows.push(check_merge(dev));
     }
     rows
 }
@@ -555,4 +558,401 @@ fn check_attention(dev: &Device) -> Vec<Row> {
     let mut rows = check_attention_dtype::<f16>(dev);
     rows.extend(check_attention_dtype::<bf16>(dev));
     rows
+}
+
+// ---- attention decode (flash-decoding) and merge ----------------------------------------------
+
+use crate::ops::attention::{self as attn, HalfFloat, MaskMode};
+
+/// Host-side inputs of one decode problem. Positions, depths and validity are explicit arrays;
+/// `q_offset` / `kv_offset` say the positions are implicit (`t + offset`) and the op should be
+/// given `Positions::Implicit`.
+#[derive(Clone, Debug)]
+pub struct DecodeInputs<T> {
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    pub v: Vec<T>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub cu_q: Vec<i32>,
+    pub cu_kv: Vec<i32>,
+    pub q_pos: Vec<i32>,
+    pub kv_pos: Vec<i32>,
+    pub q_depth: Vec<i32>,
+    pub kv_depth: Vec<i32>,
+    pub kv_valid: Vec<u8>,
+    pub q_offset: Option<i32>,
+    pub kv_offset: Option<i32>,
+    pub scale: f32,
+    pub mode: MaskMode,
+}
+
+/// A random decode problem: sequence `b` has `q_lens[b]` queries and `kv_lens[b]` keys.
+/// Causal/Full: key `t` has position `t`, the queries are the sequence's last positions. Duo-causal
+/// (TaH cache layout): the first ~80% of the slots hold depth 0 for positions `0..n0`, the rest
+/// depth 1 for random hard positions; queries have random depth 0/1. About 5% of the key slots
+/// are invalid. With `implicit`, q positions are `t + offset` (one offset for all sequences) and
+/// kv positions `t`, passed as `Positions::Implicit`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_inputs<T: Float>(
+    q_lens: &[usize],
+    kv_lens: &[usize],
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    mode: MaskMode,
+    implicit: bool,
+    seed: u64,
+) -> DecodeInputs<T> {
+    let mut r = Rng(seed);
+    let (tq, tk): (usize, usize) = (q_lens.iter().sum(), kv_lens.iter().sum());
+    let mut vals = |n: usize| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f64((r.unit() - 0.5) * 2.0))
+            .collect()
+    };
+    let q = vals(tq * heads * head_dim);
+    let k = vals(tk * kv_heads * head_dim);
+    let v = vals(tk * kv_heads * head_dim);
+    let mut cu_q = vec![0i32];
+    let mut cu_kv = vec![0i32];
+    let (mut q_pos, mut kv_pos, mut q_depth, mut kv_depth, mut kv_valid) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let offset = kv_lens.first().map_or(0, |&l| l as i32) - q_lens.first().map_or(0, |&l| l as i32);
+    for (&nq, &nk) in q_lens.iter().zip(kv_lens) {
+        cu_q.push(cu_q.last().unwrap() + nq as i32);
+        cu_kv.push(cu_kv.last().unwrap() + nk as i32);
+        let n0 = if mode == MaskMode::DuoCausal && !implicit {
+            nk - nk / 5
+        } else {
+            nk
+        };
+        for t in 0..nk {
+            if t < n0 {
+                kv_pos.push(t as i32);
+                kv_depth.push(0);
+            } else {
+                kv_pos.push((r.next_u64() % n0.max(1) as u64) as i32);
+                kv_depth.push(1);
+            }
+            kv_valid.push(u8::from(r.unit() >= 0.05));
+        }
+        for t in 0..nq {
+            q_pos.push(if implicit {
+                t as i32 + offset
+            } else {
+                (n0 + t) as i32 - nq as i32
+            });
+            q_depth.push((r.next_u64() % 2) as i32);
+        }
+    }
+    DecodeInputs {
+        q,
+        k,
+        v,
+        heads,
+        kv_heads,
+        head_dim,
+        cu_q,
+        cu_kv,
+        q_pos,
+        kv_pos,
+        q_depth,
+        kv_depth,
+        kv_valid,
+        q_offset: implicit.then_some(offset),
+        kv_offset: implicit.then_some(0),
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        mode,
+    }
+}
+
+impl<T: Float> DecodeInputs<T> {
+    pub fn total_q(&self) -> usize {
+        self.q_pos.len()
+    }
+
+    /// The f64 reference with the given key validity (the problem's own by default).
+    pub fn reference(&self, valid: Option<&[u8]>) -> (Vec<f64>, Vec<f64>) {
+        use crate::reference::attention as r;
+        let f = |x: &[T]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+        let (q, k, v) = (f(&self.q), f(&self.k), f(&self.v));
+        r::attention(&r::Problem {
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            cu_q: &self.cu_q,
+            cu_kv: &self.cu_kv,
+            q_pos: &self.q_pos,
+            kv_pos: &self.kv_pos,
+            q_depth: &self.q_depth,
+            kv_depth: &self.kv_depth,
+            kv_valid: valid.unwrap_or(&self.kv_valid),
+            scale: self.scale,
+            mode: self.mode,
+        })
+    }
+
+    /// Reference partials of `splits` splits, concatenated like [`attn::Partials`].
+    pub fn reference_partials(&self, splits: usize) -> (Vec<f64>, Vec<f64>) {
+        let (mut o, mut l) = (vec![], vec![]);
+        for s in 0..splits {
+            let mut valid = vec![0u8; self.kv_valid.len()];
+            for w in self.cu_kv.windows(2) {
+                let (k0, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+                let (j0, j1) = (k0 + s * len / splits, k0 + (s + 1) * len / splits);
+                valid[j0..j1].copy_from_slice(&self.kv_valid[j0..j1]);
+            }
+            let (so, sl) = self.reference(Some(&valid));
+            o.extend(so);
+            l.extend(sl);
+        }
+        (o, l)
+    }
+}
+
+/// Partial and merged outputs of one decode run, downloaded.
+pub struct DecodeRun {
+    pub o_part: Vec<f32>,
+    pub lse_part: Vec<f32>,
+    pub o: Vec<f32>,
+    pub lse: Vec<f32>,
+}
+
+/// Upload `x` to `dev` and run `decode_partials` then `merge` (which is what `decode` does).
+pub fn decode_run<T: HalfFloat>(
+    dev: &Device,
+    x: &DecodeInputs<T>,
+    splits: usize,
+) -> Result<DecodeRun> {
+    let q = dev.upload(&x.q, "q")?;
+    let k = dev.upload(&x.k, "k")?;
+    let v = dev.upload(&x.v, "v")?;
+    let cu_q = dev.upload(&x.cu_q, "cu_q")?;
+    let cu_kv = dev.upload(&x.cu_kv, "cu_kv")?;
+    let q_pos = dev.upload(&x.q_pos, "q_pos")?;
+    let kv_pos = dev.upload(&x.kv_pos, "kv_pos")?;
+    let q_depth = dev.upload(&x.q_depth, "q_depth")?;
+    let kv_depth = dev.upload(&x.kv_depth, "kv_depth")?;
+    let kv_valid = dev.upload(&x.kv_valid, "kv_valid")?;
+    let a = attn::Attention {
+        q: &q,
+        k: &k,
+        v: &v,
+        heads: x.heads,
+        kv_heads: x.kv_heads,
+        head_dim: x.head_dim,
+        cu_seqlens_q: &cu_q,
+        cu_seqlens_kv: &cu_kv,
+        q_pos: match x.q_offset {
+            Some(offset) => attn::Positions::Implicit { offset },
+            None => attn::Positions::Explicit(&q_pos),
+        },
+        kv_pos: match x.kv_offset {
+            Some(offset) => attn::Positions::Implicit { offset },
+            None => attn::Positions::Explicit(&kv_pos),
+        },
+        q_depth: Some(&q_depth),
+        kv_depth: Some(&kv_depth),
+        kv_valid: Some(&kv_valid),
+        scale: x.scale,
+        mode: x.mode,
+        path: attn::Path::Auto,
+    };
+    let p = attn::decode_partials(&a, splits)?;
+    let m = attn::merge(&p.o, &p.lse, splits, x.total_q(), x.heads, x.head_dim)?;
+    Ok(DecodeRun {
+        o_part: p.o.download()?,
+        lse_part: p.lse.download()?,
+        o: m.o.download()?,
+        lse: m.lse.download()?,
+    })
+}
+
+/// Relative L2 error of `out` against `reference`, over the entries where the reference is
+/// finite; an entry where exactly one of the two is -inf, or any NaN, gives infinity. LSE rows
+/// that see no key are -inf in both.
+pub fn rel_l2_inf_aware(out: &[f32], reference: &[f64]) -> f64 {
+    if out.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        if o.is_nan() || r.is_nan() {
+            return f64::INFINITY;
+        }
+        if r == f64::NEG_INFINITY || o == f32::NEG_INFINITY {
+            if (o == f32::NEG_INFINITY) != (r == f64::NEG_INFINITY) {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        num += (o as f64 - r).powi(2);
+        den += r * r;
+    }
+    if num == 0.0 {
+        0.0
+    } else {
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    }
+}
+
+/// Tolerance of the decode rows (f16/bf16 operands, f32 accumulation; the design's bound is 1e-2).
+pub const DECODE_TOL: f64 = 4e-3;
+/// Tolerance of the merge rows (f32 arithmetic on f32 inputs).
+pub const MERGE_TOL: f64 = 1e-5;
+
+/// Decode rows: every mode on one dtype, a small varlen GQA batch split 3 ways (errors of the
+/// partials, the merged O and LSE against the f64 reference), plus a merge-only row on random
+/// partials with -inf rows.
+fn check_decode<T: HalfFloat>(dev: &Device) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let q_lens = [1usize, 2, 0, 1];
+    let kv_lens = [300usize, 77, 0, 5];
+    let splits = 3;
+    for (mi, mode) in [MaskMode::Full, MaskMode::Causal, MaskMode::DuoCausal]
+        .into_iter()
+        .enumerate()
+    {
+        let x = decode_inputs::<T>(
+            &q_lens,
+            &kv_lens,
+            8,
+            2,
+            128,
+            mode,
+            false,
+            0xdec0 + mi as u64,
+        );
+        let (ro, rl) = x.reference(None);
+        let (rpo, rpl) = x.reference_partials(splits);
+        let r = decode_run(dev, &x, splits).map(|run| {
+            [
+                rel_l2_inf_aware(&run.o_part, &rpo),
+                rel_l2_inf_aware(&run.lse_part, &rpl),
+                rel_l2_inf_aware(&run.o, &ro),
+                rel_l2_inf_aware(&run.lse, &rl),
+            ]
+        });
+        let worst = r.as_ref().map(|e| e.iter().cloned().fold(0f64, f64::max));
+        rows.push(Row {
+            op: format!("attention.decode.{mode:?}").to_lowercase(),
+            dtype: T::KIND.name().into(),
+            executor: dev.backend().to_string(),
+            sizes: format!("q={q_lens:?} kv={kv_lens:?} H=8/2 D=128 S={splits}"),
+            error: worst.as_ref().map_or("-".into(), |w| format!("{w:.1e}")),
+            pass: matches!(worst, Ok(w) if w <= DECODE_TOL),
+            detail: match (&r, &worst) {
+                (Err(e), _) => e.to_string(),
+                (Ok(e), Ok(w)) if *w > DECODE_TOL => {
+                    format!(
+                        "o_part {:.1e} lse_part {:.1e} o {:.1e} lse {:.1e}",
+                        e[0], e[1], e[2], e[3]
+                    )
+                }
+                _ => String::new(),
+            },
+        });
+    }
+    rows
+}
+
+/// Random partials for the merge: `[splits, total_q, H, D]` O and `[splits, H, total_q]` LSE with
+/// LSE in ±`spread`, about a quarter -inf (their O set to NaN: a merge must not read them), and
+/// every LSE of the row `i = 0, h = 0` -inf.
+pub fn merge_inputs(
+    splits: usize,
+    total_q: usize,
+    heads: usize,
+    head_dim: usize,
+    spread: f64,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut r = Rng(seed);
+    let mut lse: Vec<f32> = (0..splits * heads * total_q)
+        .map(|_| {
+            if r.unit() < 0.25 {
+                f32::NEG_INFINITY
+            } else {
+                ((r.unit() - 0.5) * 2.0 * spread) as f32
+            }
+        })
+        .collect();
+    for s in 0..splits {
+        if total_q > 0 {
+            lse[s * heads * total_q] = f32::NEG_INFINITY;
+        }
+    }
+    let mut o: Vec<f32> = (0..splits * total_q * heads * head_dim)
+        .map(|_| (r.unit() - 0.5) as f32 * 4.0)
+        .collect();
+    for s in 0..splits {
+        for i in 0..total_q {
+            for h in 0..heads {
+                if lse[(s * heads + h) * total_q + i] == f32::NEG_INFINITY {
+                    let at = ((s * total_q + i) * heads + h) * head_dim;
+                    o[at..at + head_dim].fill(f32::NAN);
+                }
+            }
+        }
+    }
+    (o, lse)
+}
+
+/// The f64 reference merge in the op's layouts.
+pub fn merge_reference(
+    o: &[f32],
+    lse: &[f32],
+    splits: usize,
+    total_q: usize,
+    heads: usize,
+    head_dim: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = total_q * heads;
+    let os: Vec<Vec<f32>> = (0..splits)
+        .map(|s| o[s * rows * head_dim..(s + 1) * rows * head_dim].to_vec())
+        .collect();
+    let ls: Vec<Vec<f32>> = (0..splits)
+        .map(|s| {
+            (0..rows)
+                .map(|r| lse[s * rows + (r % heads) * total_q + r / heads])
+                .collect()
+        })
+        .collect();
+    let (mo, ml) = crate::reference::attention::merge(&os, &ls, rows, head_dim);
+    let mut out_lse = vec![f64::NEG_INFINITY; rows];
+    for (r, &x) in ml.iter().enumerate() {
+        out_lse[(r % heads) * total_q + r / heads] = x;
+    }
+    (mo, out_lse)
+}
+
+fn check_merge(dev: &Device) -> Row {
+    let (splits, total_q, heads, d) = (5, 7, 4, 128);
+    let (o, lse) = merge_inputs(splits, total_q, heads, d, 150.0, 0x3e76e);
+    let (ro, rl) = merge_reference(&o, &lse, splits, total_q, heads, d);
+    let run = || -> Result<(Vec<f32>, Vec<f32>)> {
+        let ob = dev.upload(&o, "o_part")?;
+        let lb = dev.upload(&lse, "lse_part")?;
+        let m = attn::merge(&ob, &lb, splits, total_q, heads, d)?;
+        Ok((m.o.download()?, m.lse.download()?))
+    };
+    let r = run().map(|(mo, ml)| rel_l2_inf_aware(&mo, &ro).max(rel_l2_inf_aware(&ml, &rl)));
+    Row {
+        op: "attention.merge".into(),
+        dtype: "f32".into(),
+        executor: dev.backend().to_string(),
+        sizes: format!("S={splits} q={total_q} H={heads} D={d} lse±150, -inf rows"),
+        error: r.as_ref().map_or("-".into(), |e| format!("{e:.1e}")),
+        pass: matches!(r, Ok(e) if e <= MERGE_TOL),
+        detail: match r {
+            Err(e) => e.to_string(),
+            Ok(e) if e > MERGE_TOL => format!("error {e:.1e} > {MERGE_TOL:.0e}"),
+            Ok(_) => String::new(),
+        },
+    }
 }

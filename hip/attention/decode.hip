@@ -1,0 +1,2 @@
+// HIP entry file: the portable kernel, compiled for CDNA (gfx942, gfx90a).
+#include "../../cuda/attention/decode.cu"
