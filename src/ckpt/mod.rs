@@ -329,26 +329,28 @@ pub fn decode_to(
             let shape: Vec<u64> = bt.shape.iter().map(|&d| d as u64).collect();
             (bt.dtype_name() == t.dtype && shape == t.shape).then(|| base.expect("base").data(bt))
         };
-        let out: Cow<[u8]> = if let Encoding::Raw = t.encoding {
-            Cow::Borrowed(secs[0])
+        let mut emit = |out: &[u8]| -> Result<()> {
+            if out.len() as u64 != bytes || xxh3_64(out) != t.xxh3 {
+                return Err(format::ferr(
+                    &ctx,
+                    "decoded bytes do not match the recorded hash (corrupt file or wrong base)",
+                ));
+            }
+            fh.update(out);
+            sink.write_all(out).map_err(werr)
+        };
+        if let Encoding::Raw = t.encoding {
+            emit(secs[0])?;
         } else {
             let es = format::dtype_size(&t.dtype).unwrap_or(1);
             let n = usize::try_from(bytes / es).map_err(|_| format::ferr(&ctx, "too large"))?;
             match t.dtype.as_str() {
-                "BF16" => Cow::Owned(decode_one::<bf16>(dev, t, n, &secs, base_data(), &ctx)?),
-                "F16" => Cow::Owned(decode_one::<f16>(dev, t, n, &secs, base_data(), &ctx)?),
-                "F32" => Cow::Owned(decode_one::<f32>(dev, t, n, &secs, base_data(), &ctx)?),
+                "BF16" => decode_one::<bf16>(dev, t, n, &secs, base_data(), &ctx, &mut emit)?,
+                "F16" => decode_one::<f16>(dev, t, n, &secs, base_data(), &ctx, &mut emit)?,
+                "F32" => decode_one::<f32>(dev, t, n, &secs, base_data(), &ctx, &mut emit)?,
                 d => return Err(format::ferr(&ctx, format!("encoded tensor of dtype {d}"))),
             }
-        };
-        if out.len() as u64 != bytes || xxh3_64(&out) != t.xxh3 {
-            return Err(format::ferr(
-                &ctx,
-                "decoded bytes do not match the recorded hash (corrupt file or wrong base)",
-            ));
         }
-        fh.update(&out);
-        sink.write_all(&out).map_err(werr)?;
         done += bytes;
         progress(Progress {
             done_bytes: done,
@@ -372,13 +374,16 @@ fn decode_one<T: crate::dtype::Float>(
     secs: &[&[u8]],
     base: Option<&[u8]>,
     ctx: &str,
-) -> Result<Vec<u8>> {
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let bd = match base {
         Some(b) if t.encoding.needs_base() => Some(dev.upload(&policy::view::<T>(b), "ckpt.base")?),
         _ => None,
     };
     let v = policy::decode_typed::<T>(dev, &t.encoding, n, secs, bd.as_ref(), ctx)?;
-    Ok(bytemuck::cast_slice(&v).to_vec())
+    drop(bd);
+    // On the CPU path the decoded buffer is host memory and is written without a copy.
+    emit(&policy::buf_bytes(&v)?)
 }
 
 /// The stored safetensors header must describe exactly the manifest's tensors.

@@ -136,6 +136,8 @@ pub fn encode_tensor<'a, T: Float>(
         error: 0.0,
     };
     let mut cands: Vec<Cand<'a>> = Vec::new();
+    // Every lossy candidate tried, kept or not: (name, size, error).
+    let mut tried: Vec<(String, u64, Option<f64>)> = Vec::new();
     let lossy = !exact_only && budget > 0.0;
     let new_d = dev.upload(&new_h, "ckpt.new")?;
     let base_d = match base_bytes {
@@ -176,7 +178,7 @@ pub fn encode_tensor<'a, T: Float>(
             },
             sections: vec![
                 Cow::Owned(mbytes.clone()),
-                Cow::Owned(bytemuck::cast_slice(&sp.values.download()?).to_vec()),
+                Cow::Owned(buf_bytes(&sp.values)?.into_owned()),
             ],
             recon: None,
             error: 0.0,
@@ -226,7 +228,7 @@ pub fn encode_tensor<'a, T: Float>(
                     Ok(cs) => {
                         for mut c in cs {
                             finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
-                            cands.push(c);
+                            offer(&mut cands, &mut tried, c, budget);
                         }
                     }
                     Err(e) if unsupported(&e) => {
@@ -255,7 +257,7 @@ pub fn encode_tensor<'a, T: Float>(
                         Ok(mut c) => {
                             finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
                             let ok = c.error <= budget;
-                            cands.push(c);
+                            offer(&mut cands, &mut tried, c, budget);
                             if ok {
                                 break;
                             }
@@ -274,7 +276,7 @@ pub fn encode_tensor<'a, T: Float>(
                         Ok(mut c) => {
                             finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
                             let ok = c.error <= budget;
-                            cands.push(c);
+                            offer(&mut cands, &mut tried, c, budget);
                             if ok {
                                 break;
                             }
@@ -299,7 +301,7 @@ pub fn encode_tensor<'a, T: Float>(
                 Ok(mut c) => {
                     finish_lossy::<T>(dev, &mut c, n, None, &new_h, wnorm)?;
                     let ok = c.error <= budget;
-                    cands.push(c);
+                    offer(&mut cands, &mut tried, c, budget);
                     if ok {
                         break;
                     }
@@ -316,11 +318,12 @@ pub fn encode_tensor<'a, T: Float>(
     stats
         .candidates
         .push(("raw".into(), new_bytes.len() as u64, Some(0.0)));
-    for c in &cands {
+    for c in cands.iter().filter(|c| c.encoding.is_exact()) {
         stats
             .candidates
             .push((c.encoding.name(), c.size(), finite(c.error)));
     }
+    stats.candidates.extend(tried);
     // Smallest acceptable candidate; exact ones are verified by decoding before being chosen.
     let mut order: Vec<Cand<'a>> = cands
         .into_iter()
@@ -331,7 +334,7 @@ pub fn encode_tensor<'a, T: Float>(
         if c.encoding.is_exact() {
             let secs: Vec<&[u8]> = c.sections.iter().map(|s| s.as_ref()).collect();
             let ok = decode_typed::<T>(dev, &c.encoding, n, &secs, base_d.as_ref(), name)
-                .map(|r| bytemuck::cast_slice::<T, u8>(&r) == new_bytes)
+                .and_then(|r| buf_bytes(&r).map(|b| *b == *new_bytes))
                 .unwrap_or(false);
             if !ok {
                 stats.notes.push(format!(
@@ -356,6 +359,22 @@ pub fn encode_tensor<'a, T: Float>(
         recon: None,
         stats,
     })
+}
+
+/// Keep a lossy candidate only while it is within budget and smaller than every kept one, so
+/// at most one reconstruction is alive at once; record it either way.
+fn offer<'a>(
+    cands: &mut Vec<Cand<'a>>,
+    tried: &mut Vec<(String, u64, Option<f64>)>,
+    c: Cand<'a>,
+    budget: f64,
+) {
+    tried.push((c.encoding.name(), c.size(), finite(c.error)));
+    let best = cands.iter().map(|k| k.size()).min().unwrap_or(u64::MAX);
+    if c.error <= budget && c.size() < best {
+        cands.retain(|k| k.encoding.is_exact());
+        cands.push(c);
+    }
 }
 
 fn delta_candidate<'a, T: Float>(
@@ -480,8 +499,9 @@ fn finish_lossy<T: Float>(
 ) -> Result<()> {
     let secs: Vec<&[u8]> = c.sections.iter().map(|s| s.as_ref()).collect();
     let r = decode_typed::<T>(dev, &c.encoding, n, &secs, base_d, "candidate")?;
-    c.error = rel_err(&r, new_h, denom);
-    c.recon = Some(bytemuck::cast_slice(&r).to_vec());
+    let rb = buf_bytes(&r)?;
+    c.error = rel_err(&view::<T>(&rb), new_h, denom);
+    c.recon = Some(rb.into_owned());
     Ok(())
 }
 
@@ -586,7 +606,7 @@ pub fn decode_typed<T: Float>(
     secs: &[&[u8]],
     base: Option<&DeviceBuffer<T>>,
     ctx: &str,
-) -> Result<Vec<T>> {
+) -> Result<DeviceBuffer<T>> {
     let es = std::mem::size_of::<T>();
     let need_base = || {
         base.filter(|b| b.len() == n).ok_or_else(|| {
@@ -601,7 +621,7 @@ pub fn decode_typed<T: Float>(
             if secs[0].len() != n * es {
                 return Err(ferr(ctx, "raw section has the wrong length"));
             }
-            return Ok(pod_vec(secs[0]));
+            return dev.upload(&view::<T>(secs[0]), "ckpt.raw");
         }
         Encoding::MaskRaw { mask, count, .. } => {
             let b = need_base()?;
@@ -673,5 +693,13 @@ pub fn decode_typed<T: Float>(
     if out.len() != n {
         return Err(ferr(ctx, "decoded tensor has the wrong length"));
     }
-    out.download()
+    Ok(out)
+}
+
+/// The bytes of a buffer: borrowed when it lives in host memory, downloaded otherwise.
+pub fn buf_bytes<T: Float>(b: &DeviceBuffer<T>) -> Result<Cow<'_, [u8]>> {
+    match b.host_slice() {
+        Some(s) => Ok(Cow::Borrowed(bytemuck::cast_slice(s))),
+        None => Ok(Cow::Owned(bytemuck::cast_slice(&b.download()?).to_vec())),
+    }
 }
