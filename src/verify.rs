@@ -195,6 +195,7 @@ pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
             rows.extend(check_codec::<bf16>(dev, n, seed));
         }
         rows.extend(check_attention(dev));
+        rows.extend(check_tah(dev));
         rows.extend(check_decode::<f16>(dev));
         rows.extend(check_decode::<bf16>(dev));
         rows.push(check_merge(dev));
@@ -558,6 +559,219 @@ fn check_attention(dev: &Device) -> Vec<Row> {
     let mut rows = check_attention_dtype::<f16>(dev);
     rows.extend(check_attention_dtype::<bf16>(dev));
     rows
+}
+
+// ---- TaH driver (drivers::tah) ------------------------------------------------------------------
+
+/// The TaH driver kernels on one device: hard-token selection (exact indices and count), row
+/// gather and scatter (exact), the next-depth input (top-k ids exact on distinct logits, output
+/// relative L2 vs the f64 reference, f32 and half embedding tables, vocab up to 152k) and logits
+/// accumulation (exact in f32).
+fn check_tah(dev: &Device) -> Vec<Row> {
+    use crate::drivers::tah;
+    use crate::reference::tah as tref;
+    let row = |op: &str,
+               dtype: &str,
+               sizes: String,
+               error: String,
+               r: std::result::Result<(), String>| Row {
+        op: op.into(),
+        dtype: dtype.into(),
+        executor: dev.backend().to_string(),
+        sizes,
+        error,
+        pass: r.is_ok(),
+        detail: r.err().unwrap_or_default(),
+    };
+    let exact = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{what} differ from the reference"))
+        }
+    };
+    let mut rows = Vec::new();
+    let mut r = Rng(0x7a4_0001);
+
+    // Selection, gather, scatter.
+    let n = 100_003usize;
+    let scores: Vec<f32> = (0..n).map(|_| ((r.unit() - 0.5) * 12.0) as f32).collect();
+    let want = tref::select_hard(&scores, tref::logit_threshold(0.9));
+    let d = 8usize;
+    let hidden: Vec<f32> = (0..n * d).map(|_| r.unit() as f32).collect();
+    let gathered = tref::gather_rows(&hidden, &want, d);
+    let upd: Vec<f32> = gathered.iter().map(|x| x * 2.0 - 1.0).collect();
+    let mut scattered = hidden.clone();
+    tref::scatter_rows(&upd, &want, d, &mut scattered);
+    let sizes = format!("n={n} active={} d={d}", want.len());
+    let run = || -> Result<(usize, Vec<u32>, Vec<f32>, Vec<f32>)> {
+        let s = tah::select_hard(&dev.upload(&scores, "scores")?, 0.9)?;
+        let h = dev.upload(&hidden, "hidden")?;
+        let g = tah::gather_rows(&h, &s.indices, d)?;
+        let mut dst = dev.upload(&hidden, "dst")?;
+        tah::scatter_rows(&dev.upload(&upd, "upd")?, &s.indices, d, &mut dst)?;
+        Ok((
+            s.count,
+            s.indices.download()?,
+            g.download()?,
+            dst.download()?,
+        ))
+    };
+    match run() {
+        Err(e) => {
+            for op in ["tah.select_hard", "tah.gather_rows", "tah.scatter_rows"] {
+                rows.push(row(
+                    op,
+                    "f32",
+                    sizes.clone(),
+                    "exact".into(),
+                    Err(e.to_string()),
+                ));
+            }
+        }
+        Ok((count, idx, g, sc)) => {
+            rows.push(row(
+                "tah.select_hard",
+                "f32",
+                sizes.clone(),
+                "exact".into(),
+                exact(count == want.len() && idx == want, "indices or count"),
+            ));
+            rows.push(row(
+                "tah.gather_rows",
+                "f32",
+                sizes.clone(),
+                "exact".into(),
+                exact(g == gathered, "rows"),
+            ));
+            rows.push(row(
+                "tah.scatter_rows",
+                "f32",
+                sizes,
+                "exact".into(),
+                exact(sc == scattered, "rows"),
+            ));
+        }
+    }
+
+    // Next-depth input.
+    fn next_input<E: Float>(
+        dev: &Device,
+        m: usize,
+        vocab: usize,
+        k: usize,
+        d: usize,
+        tol: f64,
+        seed: u64,
+    ) -> (String, String, std::result::Result<(), String>) {
+        let mut r = Rng(seed);
+        let mut cum = Vec::with_capacity(m * vocab);
+        for _ in 0..m {
+            let mut row: Vec<f32> = (0..vocab)
+                .map(|i| (i as f32 - vocab as f32 / 2.0) * (8.0 / vocab as f32))
+                .collect();
+            for i in (1..vocab).rev() {
+                row.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
+            }
+            cum.extend(row);
+        }
+        let emb: Vec<E> = (0..vocab * d)
+            .map(|_| E::from_f64(r.unit() - 0.5))
+            .collect();
+        let (ro, rids, _) = tref::next_depth_input(&cum, vocab, k, &emb, d);
+        let sizes = format!("m={m} V={vocab} k={k} d={d}");
+        let run = || -> Result<(Vec<f32>, Vec<u32>)> {
+            let out = tah::next_depth_input(
+                &dev.upload(&cum, "cum")?,
+                vocab,
+                k,
+                &dev.upload(&emb, "emb")?,
+                d,
+            )?;
+            Ok((out.out.download()?, out.ids.download()?))
+        };
+        match run() {
+            Err(e) => (sizes, "-".into(), Err(e.to_string())),
+            Ok((o, ids)) => {
+                let err = tah_rel_l2(&o, &ro);
+                let res = if ids != rids {
+                    Err("top-k ids differ from the reference".to_string())
+                } else if err.is_nan() || err > tol {
+                    Err(format!("relative L2 {err:.2e} > {tol:.0e}"))
+                } else {
+                    Ok(())
+                };
+                (sizes, format!("{err:.2e}"), res)
+            }
+        }
+    }
+    let cases: [(&str, (String, String, std::result::Result<(), String>)); 4] = [
+        (
+            "f32",
+            next_input::<f32>(dev, 4, 32_000, 100, 64, 1e-5, 0x7a4_0002),
+        ),
+        (
+            "bf16",
+            next_input::<bf16>(dev, 4, 32_000, 100, 64, 1e-5, 0x7a4_0003),
+        ),
+        (
+            "f16",
+            next_input::<f16>(dev, 4, 32_000, 256, 64, 1e-5, 0x7a4_0004),
+        ),
+        (
+            "bf16",
+            next_input::<bf16>(dev, 1, 151_936, 100, 128, 1e-5, 0x7a4_0005),
+        ),
+    ];
+    for (dt, (sizes, err, res)) in cases {
+        rows.push(row("tah.next_depth_input", dt, sizes, err, res));
+    }
+
+    // Logits accumulation.
+    let n = (1 << 20) + 17;
+    let a: Vec<f32> = (0..n).map(|_| ((r.unit() - 0.5) * 20.0) as f32).collect();
+    let b: Vec<f32> = (0..n).map(|_| ((r.unit() - 0.5) * 20.0) as f32).collect();
+    let mut want = a.clone();
+    tref::accumulate_logits(&mut want, &b);
+    let run = || -> Result<Vec<f32>> {
+        let mut c = dev.upload(&a, "cum")?;
+        tah::accumulate_logits(&mut c, &dev.upload(&b, "logits")?)?;
+        c.download()
+    };
+    let res = match run() {
+        Err(e) => Err(e.to_string()),
+        Ok(got) => exact(
+            got.iter()
+                .map(|x| x.to_bits())
+                .eq(want.iter().map(|x| x.to_bits())),
+            "sums",
+        ),
+    };
+    rows.push(row(
+        "tah.accumulate_logits",
+        "f32",
+        format!("n={n}"),
+        "exact".into(),
+        res,
+    ));
+    rows
+}
+
+/// Relative L2 error of `out` against `reference` (NaN in `out` gives NaN).
+fn tah_rel_l2(out: &[f32], reference: &[f64]) -> f64 {
+    if out.len() != reference.len() {
+        return f64::NAN;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        num += (o as f64 - r) * (o as f64 - r);
+        den += r * r;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
 }
 
 // ---- attention decode (flash-decoding) and merge ----------------------------------------------
