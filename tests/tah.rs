@@ -517,6 +517,24 @@ fn end_to_end(dev: &Device) {
     assert!(e <= 1e-2, "O rel L2 {e} on {}", dev.backend());
     let e = rel_l2(&got_lse, &rlse_rows);
     assert!(e <= 1e-2, "LSE rel L2 {e} on {}", dev.backend());
+    // Not vacuous: ignoring the depths (plain causal over the same keys) is far off.
+    let (co, _) = aref::attention(&aref::Problem {
+        mode: aref::MaskMode::Causal,
+        ..prob.clone()
+    });
+    let e = rel_l2(&got_o, &co);
+    assert!(
+        e > 5e-2,
+        "causal-only mask agrees ({e}): the depths were not exercised"
+    );
+    eprintln!(
+        "end_to_end on {}: {} queries, {} keys ({} hard), O rel L2 {:.2e}",
+        dev.backend(),
+        nq,
+        total_kv,
+        all_hard.len(),
+        rel_l2(&got_o, &ro)
+    );
 }
 
 #[test]
@@ -541,5 +559,82 @@ fn end_to_end_gpu() {
         .flatten()
     {
         end_to_end(&dev);
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Random vocab, k, width and value patterns (distinct, few levels, signed zeros and
+        /// infinities of the wrong side) on every executor: ids exact, outputs within 1e-5.
+        #[test]
+        fn next_depth_input_random(
+            m in 0usize..4,
+            vocab in 1usize..3000,
+            kf in 0.0f64..1.0,
+            d in 1usize..40,
+            pattern in 0u8..3,
+            seed: u64,
+        ) {
+            let k = 1 + ((vocab.min(256) - 1) as f64 * kf) as usize;
+            let mut r = Rng(seed);
+            let cum: Vec<f32> = (0..m * vocab)
+                .map(|_| match pattern {
+                    0 => ((r.unit() - 0.5) * 30.0) as f32,
+                    1 => ((r.next_u64() % 5) as f32 - 2.0) * 0.5,
+                    _ => match r.next_u64() % 4 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        2 => f32::NEG_INFINITY,
+                        _ => (r.unit() - 0.7) as f32,
+                    },
+                })
+                .collect();
+            // The top-k must not be all -inf (the softmax is undefined then).
+            let cum: Vec<f32> = cum
+                .chunks(vocab.max(1))
+                .flat_map(|row| {
+                    let mut row = row.to_vec();
+                    row[0] = 1.0;
+                    row
+                })
+                .collect();
+            let emb: Vec<f32> = (0..vocab * d).map(|_| (r.unit() - 0.5) as f32).collect();
+            let (ro, rids, rw) = reference::next_depth_input(&cum, vocab, k, &emb, d);
+            for dev in devices() {
+                let out = tah::next_depth_input(
+                    &dev.upload(&cum, "cum").unwrap(),
+                    vocab,
+                    k,
+                    &dev.upload(&emb, "emb").unwrap(),
+                    d,
+                )
+                .unwrap();
+                prop_assert_eq!(&out.ids.download().unwrap(), &rids, "ids on {}", dev.backend());
+                let e = rel_l2(&out.weights.download().unwrap(), &rw);
+                prop_assert!(e <= 1e-5, "weights {} on {}", e, dev.backend());
+                let e = rel_l2(&out.out.download().unwrap(), &ro);
+                prop_assert!(e <= 1e-5, "out {} on {}", e, dev.backend());
+            }
+        }
+
+        /// Random lengths and hard fractions: exact indices and counts on every executor.
+        #[test]
+        fn select_hard_random(n in 0usize..5000, frac in 0.0f64..1.0, seed: u64) {
+            let mut r = Rng(seed);
+            let scores: Vec<f32> = (0..n)
+                .map(|_| if r.unit() < frac { 3.0 + r.unit() as f32 } else { r.unit() as f32 })
+                .collect();
+            let want = reference::select_hard(&scores, reference::logit_threshold(0.9));
+            for dev in devices() {
+                let s = tah::select_hard(&dev.upload(&scores, "s").unwrap(), 0.9).unwrap();
+                prop_assert_eq!(s.count, want.len());
+                prop_assert_eq!(&s.indices.download().unwrap(), &want, "on {}", dev.backend());
+            }
+        }
     }
 }
