@@ -563,6 +563,9 @@ fn check_attention(dev: &Device) -> Vec<Row> {
 
 // ---- TaH driver (drivers::tah) ------------------------------------------------------------------
 
+/// (sizes, error, result) of one next-depth-input case.
+type TahCase = (String, String, std::result::Result<(), String>);
+
 /// The TaH driver kernels on one device: hard-token selection (exact indices and count), row
 /// gather and scatter (exact), the next-depth input (top-k ids exact on distinct logits, output
 /// relative L2 vs the f64 reference, f32 and half embedding tables, vocab up to 152k) and logits
@@ -604,7 +607,8 @@ fn check_tah(dev: &Device) -> Vec<Row> {
     let mut scattered = hidden.clone();
     tref::scatter_rows(&upd, &want, d, &mut scattered);
     let sizes = format!("n={n} active={} d={d}", want.len());
-    let run = || -> Result<(usize, Vec<u32>, Vec<f32>, Vec<f32>)> {
+    type Selected = (usize, Vec<u32>, Vec<f32>, Vec<f32>);
+    let run = || -> Result<Selected> {
         let s = tah::select_hard(&dev.upload(&scores, "scores")?, 0.9)?;
         let h = dev.upload(&hidden, "hidden")?;
         let g = tah::gather_rows(&h, &s.indices, d)?;
@@ -663,7 +667,7 @@ fn check_tah(dev: &Device) -> Vec<Row> {
         d: usize,
         tol: f64,
         seed: u64,
-    ) -> (String, String, std::result::Result<(), String>) {
+    ) -> TahCase {
         let mut r = Rng(seed);
         let mut cum = Vec::with_capacity(m * vocab);
         for _ in 0..m {
@@ -705,7 +709,7 @@ fn check_tah(dev: &Device) -> Vec<Row> {
             }
         }
     }
-    let cases: [(&str, (String, String, std::result::Result<(), String>)); 4] = [
+    let cases: [(&str, TahCase); 4] = [
         (
             "f32",
             next_input::<f32>(dev, 4, 32_000, 100, 64, 1e-5, 0x7a4_0002),
