@@ -406,14 +406,14 @@ fn decode_errors() {
         );
 
         const MOP: &str = "attention::merge";
-        let o = dev.upload(&vec![0f32; 2 * 3 * 4 * 64], "o").unwrap();
-        let l = dev.upload(&vec![0f32; 2 * 4 * 3], "l").unwrap();
+        let o = dev.upload(&[0f32; 2 * 3 * 4 * 64], "o").unwrap();
+        let l = dev.upload(&[0f32; 2 * 4 * 3], "l").unwrap();
         assert!(attn::merge(&o, &l, 2, 3, 4, 64).is_ok());
         expect_invalid(attn::merge(&o, &l, 0, 3, 4, 64), MOP, "splits");
         expect_invalid(attn::merge(&o, &l, 2, 3, 4, 32), MOP, "o has");
-        let l_short = dev.upload(&vec![0f32; 23], "l").unwrap();
+        let l_short = dev.upload(&[0f32; 23], "l").unwrap();
         expect_invalid(attn::merge(&o, &l_short, 2, 3, 4, 64), MOP, "lse has 23");
-        let l_other = other.upload(&vec![0f32; 24], "l").unwrap();
+        let l_other = other.upload(&[0f32; 24], "l").unwrap();
         expect_invalid(attn::merge(&o, &l_other, 2, 3, 4, 64), MOP, "lse is on");
     }
 }
