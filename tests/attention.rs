@@ -302,7 +302,7 @@ fn head_dim() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
 
     #[test]
     fn full(batch in 1usize..4, g in gqa(), d in head_dim(), bf in any::<bool>(), seed: u64) {
