@@ -48,13 +48,20 @@ pub fn order_key(f: f32) -> u32 {
 
 /// The top-k token ids of one row, by value descending, ties by lower id.
 pub fn top_k(row: &[f32], k: usize) -> Vec<u32> {
+    let cmp = |a: &u32, b: &u32| {
+        order_key(row[*b as usize])
+            .cmp(&order_key(row[*a as usize]))
+            .then(a.cmp(b))
+    };
     let mut ids: Vec<u32> = (0..row.len() as u32).collect();
-    ids.sort_by(|&a, &b| {
-        order_key(row[b as usize])
-            .cmp(&order_key(row[a as usize]))
-            .then(a.cmp(&b))
-    });
-    ids.truncate(k);
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, cmp);
+        ids.truncate(k);
+    }
+    ids.sort_by(cmp);
     ids
 }
 
