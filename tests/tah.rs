@@ -404,6 +404,8 @@ fn end_to_end(dev: &Device) {
     let mut issued: Vec<(usize, usize)> = Vec::new();
     let mut got_o: Vec<f32> = Vec::new();
     let mut got_lse: Vec<f32> = Vec::new();
+    // Padding tokens of the prompt: cached with valid = 0, never attended to.
+    const PADDING: [usize; 2] = [3, 17];
     let mut run = |cache: &mut KvCache<bf16>,
                    depth: usize,
                    ps: &[usize],
@@ -415,7 +417,12 @@ fn end_to_end(dev: &Device) {
         let pb = dev
             .upload(&ps.iter().map(|&p| p as i32).collect::<Vec<_>>(), "pos")
             .unwrap();
-        let out = tah::attend(cache, depth, h, &qb, &kb, &vb, &pb, scale, phase)
+        let valid: Vec<u8> = ps
+            .iter()
+            .map(|p| u8::from(depth > 0 || !PADDING.contains(p)))
+            .collect();
+        let mb = dev.upload(&valid, "valid").unwrap();
+        let out = tah::attend(cache, depth, h, &qb, &kb, &vb, &pb, Some(&mb), scale, phase)
             .unwrap_or_else(|e| panic!("attend depth {depth} on {}: {e}", dev.backend()));
         let o = out.o.download().unwrap();
         let lse = out.lse.download().unwrap();
@@ -490,6 +497,9 @@ fn end_to_end(dev: &Device) {
     let q_pos: Vec<i32> = issued.iter().map(|x| x.0 as i32).collect();
     let q_depth: Vec<i32> = issued.iter().map(|x| x.1 as i32).collect();
     let total_kv = kv_pos.len();
+    let kv_valid: Vec<u8> = (0..total_kv)
+        .map(|j| u8::from(j >= SEQ || !PADDING.contains(&j)))
+        .collect();
     let prob = aref::Problem {
         q: &qf,
         k: &kf,
@@ -503,7 +513,7 @@ fn end_to_end(dev: &Device) {
         kv_pos: &kv_pos,
         q_depth: &q_depth,
         kv_depth: &kv_depth,
-        kv_valid: &vec![1u8; total_kv],
+        kv_valid: &kv_valid,
         scale,
         mode: aref::MaskMode::DuoCausal,
     };

@@ -688,7 +688,8 @@ pub enum Phase {
 }
 
 /// One attention layer at depth `depth` for the active tokens of one sequence: append their K/V
-/// (`[n, H_kv, D]`, positions `pos` `[n]`, strictly increasing) to slot `depth` of the cache, then
+/// (`[n, H_kv, D]`, positions `pos` `[n]`, strictly increasing; `valid` `[n]` marks real tokens,
+/// padding entries are cached with 0 and never attended to) to slot `depth` of the cache, then
 /// attend with Q `[n, H, D]` (positions `pos`, depth `depth`) over slots `0..=depth` in duo-causal
 /// mode. Returns O `[n, H, D]` and LSE `[H, n]` (f32).
 #[allow(clippy::too_many_arguments)]
@@ -700,6 +701,7 @@ pub fn attend<T: HalfFloat>(
     k: &DeviceBuffer<T>,
     v: &DeviceBuffer<T>,
     pos: &DeviceBuffer<i32>,
+    valid: Option<&DeviceBuffer<u8>>,
     scale: f32,
     phase: Phase,
 ) -> Result<AttentionOut> {
@@ -724,8 +726,14 @@ pub fn attend<T: HalfFloat>(
             format!("depth {depth} / {n} tokens too large"),
         ));
     }
-    cache.append(depth, k, v, pos, None)?;
+    cache.append(depth, k, v, pos, valid)?;
     let view = cache.view(depth)?;
+    if view.len > i32::MAX as usize {
+        return Err(Error::invalid(
+            OP,
+            format!("{} cached keys exceed the int32 offsets", view.len),
+        ));
+    }
     let q_depth = dev.upload(&vec![depth as i32; n], "tah.q_depth")?;
     let cu_q = dev.upload(&[0, n as i32], "tah.cu_q")?;
     let cu_kv = dev.upload(&[0, view.len as i32], "tah.cu_kv")?;
