@@ -116,6 +116,8 @@ impl Rng {
 
 /// Write a pair of consecutive bf16 checkpoints (`base`, then `new`) of `stage` to two
 /// safetensors files. Also stores one i64 tensor (a step counter) and `__metadata__`.
+// The step index drives the per-step token sample, the bias correction and the checkpoint.
+#[allow(clippy::needless_range_loop)]
 pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> Result<()> {
     let (lr, warm, between) = match stage {
         Stage::Early => (1e-3f32, 10usize, 20usize),
