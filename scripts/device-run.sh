@@ -24,4 +24,6 @@ for b in "$stage"/benches/*; do
   timeout 90 "$b" --bench > "$OUT/criterion-$(basename "$b").txt" 2>&1
   echo "criterion $(basename "$b") rc=$?" >> "$OUT/summary.txt"
 done
+timeout 300 python3 scripts/compare_torch.py --out "$OUT/compare_torch.json" > "$OUT/compare_torch.txt" 2>&1
+echo "compare_torch rc=$?" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
