@@ -4,7 +4,8 @@ one run on one GPU. For the lent GPU machine, which has PyTorch (no Rust toolcha
 staged criterion bench binary (.device-stage/benches/attention, built by scripts/device-check.sh)
 for tessera's side.
 
-The problem is the bench's: one sequence of SEQ positions at depth 0 plus ~6% hard positions
+The problem has the bench's shape (its hard set is drawn by Python's RNG, so the positions differ
+but the 6% fraction is the same): one sequence of SEQ positions at depth 0 plus ~6% hard positions
 re-run at depth 1 (queries and keys share the layout), H = 32, H_kv = 8, D = 128, bf16. TaH's
 public code builds a float mask of shape (B, T, total_kv): 0 where a query at (p, d) may see a key
 at (p', d') (p' <= p and d' <= d), -inf elsewhere, and calls SDPA. We build the same mask and
