@@ -165,7 +165,9 @@ pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> R
                     let (mut m, mut v) = (0f32, sigma * sigma);
                     let mut out_base = bf16::ZERO;
                     for s in 0..warm + between {
-                        let g = if *kind == Kind::Embed && !touched.get(s).is_some_and(|t| t[i / row]) {
+                        let g = if *kind == Kind::Embed
+                            && !touched.get(s).is_some_and(|t| t[i / row])
+                        {
                             0.0
                         } else {
                             mu + sigma * r.normal()
