@@ -60,6 +60,31 @@ pub fn executors(filter: Option<&str>) -> Vec<(Device, &'static str)> {
     out
 }
 
+/// The executors the test suites run on: the CPU path, host SIMT wave32 and wave64 each with the
+/// in-order schedule and the two shuffled `seeds`, and CUDA/HIP when present.
+pub fn test_devices(seeds: [u64; 2]) -> Vec<Device> {
+    let mut d = vec![Device::cpu()];
+    for wave in [32, 64] {
+        for schedule in [
+            Schedule::InOrder,
+            Schedule::Shuffled(seeds[0]),
+            Schedule::Shuffled(seeds[1]),
+        ] {
+            d.extend(
+                Device::simt_with(SimtConfig {
+                    wave,
+                    schedule,
+                    workers: 2,
+                })
+                .ok(),
+            );
+        }
+    }
+    d.extend(Device::cuda(0).ok());
+    d.extend(Device::hip(0).ok());
+    d
+}
+
 /// A deterministic generator (splitmix64) so verify needs no RNG crate and is reproducible.
 pub struct Rng(pub u64);
 

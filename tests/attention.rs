@@ -10,31 +10,11 @@ use proptest::prelude::*;
 use tessera::ops::attention::{self, Attention, HalfFloat, MaskMode, Path, Positions};
 use tessera::reference::attention as reference;
 use tessera::verify::Rng;
-use tessera::{Device, Schedule, SimtConfig};
+use tessera::Device;
 
 /// Every executor: (device, paths to run on it).
 fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    for (wave, schedule) in [
-        (32, Schedule::InOrder),
-        (32, Schedule::Shuffled(21)),
-        (32, Schedule::Shuffled(22)),
-        (64, Schedule::InOrder),
-        (64, Schedule::Shuffled(23)),
-        (64, Schedule::Shuffled(24)),
-    ] {
-        d.push(
-            Device::simt_with(SimtConfig {
-                wave,
-                schedule,
-                workers: 2,
-            })
-            .expect("SIMT is always built"),
-        );
-    }
-    d.extend(Device::cuda(0).ok());
-    d.extend(Device::hip(0).ok());
-    d
+    tessera::verify::test_devices([21, 22])
 }
 
 /// A host-side problem: everything explicit except where `implicit` offsets are used.

@@ -9,28 +9,10 @@ use tessera::verify::{
     decode_inputs, decode_run, merge_inputs, merge_reference, rel_l2_inf_aware, DecodeInputs,
     DECODE_TOL, MERGE_TOL,
 };
-use tessera::{Device, Error, Schedule, SimtConfig};
+use tessera::{Device, Error};
 
 fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    for (wave, schedule) in [
-        (32, Schedule::InOrder),
-        (32, Schedule::Shuffled(21)),
-        (64, Schedule::InOrder),
-        (64, Schedule::Shuffled(22)),
-    ] {
-        d.push(
-            Device::simt_with(SimtConfig {
-                wave,
-                schedule,
-                workers: 2,
-            })
-            .expect("SIMT is always built"),
-        );
-    }
-    d.extend(Device::cuda(0).ok());
-    d.extend(Device::hip(0).ok());
-    d
+    tessera::verify::test_devices([21, 22])
 }
 
 /// Run one problem with `splits` on every device and compare partials and merged outputs.

@@ -5,31 +5,11 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use tessera::ops::bitmask::{self, AnyBuffer};
 use tessera::reference::bitmask as reference;
-use tessera::{Device, Float, Schedule, SimtConfig};
+use tessera::{Device, Float};
 
 /// Every executor the tests run on.
 fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    for (wave, schedule) in [
-        (32, Schedule::InOrder),
-        (32, Schedule::Shuffled(11)),
-        (32, Schedule::Shuffled(12)),
-        (64, Schedule::InOrder),
-        (64, Schedule::Shuffled(13)),
-        (64, Schedule::Shuffled(14)),
-    ] {
-        d.push(
-            Device::simt_with(SimtConfig {
-                wave,
-                schedule,
-                workers: 2,
-            })
-            .expect("SIMT is always built"),
-        );
-    }
-    d.extend(Device::cuda(0).ok());
-    d.extend(Device::hip(0).ok());
-    d
+    tessera::verify::test_devices([11, 12])
 }
 
 fn bits<T: Float>(v: &[T]) -> Vec<T::Bits> {

@@ -6,31 +6,11 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use tessera::ops::codec::{self, Packed};
 use tessera::reference::codec as reference;
-use tessera::{Device, Float, Schedule, SimtConfig};
+use tessera::{Device, Float, Schedule};
 
 /// Every executor the tests run on.
 fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    for (wave, schedule) in [
-        (32, Schedule::InOrder),
-        (32, Schedule::Shuffled(21)),
-        (32, Schedule::Shuffled(22)),
-        (64, Schedule::InOrder),
-        (64, Schedule::Shuffled(23)),
-        (64, Schedule::Shuffled(24)),
-    ] {
-        d.push(
-            Device::simt_with(SimtConfig {
-                wave,
-                schedule,
-                workers: 2,
-            })
-            .expect("SIMT is always built"),
-        );
-    }
-    d.extend(Device::cuda(0).ok());
-    d.extend(Device::hip(0).ok());
-    d
+    tessera::verify::test_devices([21, 22])
 }
 
 fn pats<T: Float>(v: &[T]) -> Vec<u32> {

@@ -21,20 +21,7 @@ fn simt(wave: u32, schedule: Schedule) -> Device {
 
 /// Every executor the tests run on.
 fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    for (wave, schedule) in [
-        (32, Schedule::InOrder),
-        (32, Schedule::Shuffled(21)),
-        (32, Schedule::Shuffled(22)),
-        (64, Schedule::InOrder),
-        (64, Schedule::Shuffled(23)),
-        (64, Schedule::Shuffled(24)),
-    ] {
-        d.push(simt(wave, schedule));
-    }
-    d.extend(Device::cuda(0).ok());
-    d.extend(Device::hip(0).ok());
-    d
+    tessera::verify::test_devices([21, 22])
 }
 
 fn rel_l2(out: &[f32], reference: &[f64]) -> f64 {

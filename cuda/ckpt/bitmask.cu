@@ -26,32 +26,6 @@ namespace bitmask {
 
 constexpr int kBlock = 256;
 constexpr int kWordBits = 32;
-constexpr int kMaxWarps = 1024 / 32;
-
-// Exclusive scan of one value per thread across the block; returns the thread's exclusive prefix
-// and writes the block total to *total. Every thread of the block must call it.
-template <typename T>
-__device__ __forceinline__ T block_exclusive_scan(T v, T* total) {
-  __shared__ T warp_totals[kMaxWarps + 1];
-  const int lane = lane_id();
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
-  const T incl = warp_inclusive_scan(v);
-  if (lane == kWarpSize - 1) warp_totals[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    // nwarps <= kWarpSize for every block size up to 1024 on both warp widths.
-    const T t = lane < nwarps ? warp_totals[lane] : T(0);
-    const T ti = warp_inclusive_scan(t);
-    if (lane < nwarps) warp_totals[lane] = ti - t;
-    if (lane == nwarps - 1) warp_totals[kMaxWarps] = ti;
-  }
-  __syncthreads();
-  const T result = warp_totals[warp] + incl - v;
-  *total = warp_totals[kMaxWarps];
-  __syncthreads();  // warp_totals is reused by the next call
-  return result;
-}
 
 // Number of elements of word w that exist (0..32).
 __device__ __forceinline__ uint32_t word_len(uint64_t w, uint64_t n) {

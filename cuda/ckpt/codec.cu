@@ -26,36 +26,12 @@ namespace codec {
 
 constexpr int kBlock = 256;
 constexpr int kPack = 256;
-constexpr int kMaxWarps = 1024 / 32;
 constexpr int kScanPerThread = 16;
 constexpr int kMaxK = 256;
 
-// Exclusive block scan (same algorithm as bitmask's); every thread must call it.
-template <typename T>
-__device__ __forceinline__ T block_scan(T v, T* total) {
-  __shared__ T warp_totals[kMaxWarps + 1];
-  const int lane = lane_id();
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
-  const T incl = warp_inclusive_scan(v);
-  if (lane == kWarpSize - 1) warp_totals[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    const T t = lane < nwarps ? warp_totals[lane] : T(0);
-    const T ti = warp_inclusive_scan(t);
-    if (lane < nwarps) warp_totals[lane] = ti - t;
-    if (lane == nwarps - 1) warp_totals[kMaxWarps] = ti;
-  }
-  __syncthreads();
-  const T result = warp_totals[warp] + incl - v;
-  *total = warp_totals[kMaxWarps];
-  __syncthreads();
-  return result;
-}
-
 // Max over the block (unsigned); every thread must call it and gets the result.
 __device__ __forceinline__ uint32_t block_max(uint32_t v) {
-  __shared__ uint32_t warp_max[kMaxWarps];
+  __shared__ uint32_t warp_max[kMaxBlockWarps];
   const int lane = lane_id();
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
@@ -336,7 +312,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
       wmax = w > wmax ? w : wmax;
     }
     uint32_t total;
-    uint32_t run = codec::block_scan<uint32_t>(sum, &total);
+    uint32_t run = block_exclusive_scan<uint32_t>(sum, &total);
     for (int q = 0; q < codec::kScanPerThread; ++q) {
       const uint64_t i = first + q;
       if (i < nb) {

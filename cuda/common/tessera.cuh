@@ -26,4 +26,5 @@
 #include "launch.cuh"
 #include "dtype.cuh"
 #include "warp.cuh"
+#include "block.cuh"
 #include "mma.cuh"

@@ -35,30 +35,6 @@ namespace tah {
 constexpr int kBlock = 256;
 constexpr int kTopkBlock = 256;
 constexpr int kMaxK = 256;
-constexpr int kMaxWarps = 1024 / 32;
-
-// Exclusive scan of one value per thread across the block; every thread must call it.
-template <typename T>
-__device__ __forceinline__ T block_exclusive_scan(T v, T* total) {
-  __shared__ T warp_totals[kMaxWarps + 1];
-  const int lane = lane_id();
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
-  const T incl = warp_inclusive_scan(v);
-  if (lane == kWarpSize - 1) warp_totals[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    const T t = lane < nwarps ? warp_totals[lane] : T(0);
-    const T ti = warp_inclusive_scan(t);
-    if (lane < nwarps) warp_totals[lane] = ti - t;
-    if (lane == nwarps - 1) warp_totals[kMaxWarps] = ti;
-  }
-  __syncthreads();
-  const T result = warp_totals[warp] + incl - v;
-  *total = warp_totals[kMaxWarps];
-  __syncthreads();
-  return result;
-}
 
 __device__ __forceinline__ bool active(const float* scores, uint64_t i, uint64_t n, float thr) {
   return i < n && scores[i] > thr;
@@ -196,7 +172,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     tah_select_count(const float* scores, uint64_t n, float thr, uint32_t* block_counts) {
   const uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   uint32_t total;
-  tah::block_exclusive_scan<uint32_t>(tah::active(scores, i, n, thr) ? 1u : 0u, &total);
+  block_exclusive_scan<uint32_t>(tah::active(scores, i, n, thr) ? 1u : 0u, &total);
   if (threadIdx.x == 0) block_counts[blockIdx.x] = total;
 }
 TESSERA_EXPORT(tah_select_count)
@@ -208,7 +184,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     const uint64_t i = start + threadIdx.x;
     const uint64_t v = i < nblocks ? static_cast<uint64_t>(counts[i]) : 0ull;
     uint64_t total;
-    const uint64_t ex = tah::block_exclusive_scan<uint64_t>(v, &total);
+    const uint64_t ex = block_exclusive_scan<uint64_t>(v, &total);
     if (i < nblocks) offsets[i] = carry + ex;
     carry += total;
   }
@@ -222,7 +198,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
   const uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool a = tah::active(scores, i, n, thr);
   uint32_t total;
-  const uint32_t rank = tah::block_exclusive_scan<uint32_t>(a ? 1u : 0u, &total);
+  const uint32_t rank = block_exclusive_scan<uint32_t>(a ? 1u : 0u, &total);
   if (a) indices[block_offsets[blockIdx.x] + rank] = static_cast<uint32_t>(i);
 }
 TESSERA_EXPORT(tah_select_compact)
