@@ -179,6 +179,28 @@ pub fn densify<T: Float>(base: &DeviceBuffer<T>, sparse: &Sparse<T>) -> Result<D
     densify_parts(base, &sparse.mask, &sparse.values)
 }
 
+/// Check that `mask` is a valid change mask for `n` elements: `ceil(n / 32)` words and no bit set
+/// past element `n` (reads the last word).
+pub(crate) fn check_mask(op: &'static str, mask: &DeviceBuffer<u32>, n: usize) -> Result<()> {
+    let words = mask_words(n);
+    if mask.len() != words {
+        return Err(Error::invalid(
+            op,
+            format!("mask has {} words, {n} elements need {words}", mask.len()),
+        ));
+    }
+    if n % 32 != 0 {
+        let last = mask.download_range(words - 1, 1)?[0];
+        if last >> (n % 32) != 0 {
+            return Err(Error::invalid(
+                op,
+                format!("mask has bits set past element {n}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Rebuild the dense tensor from `base`, a mask of `ceil(base.len() / 32)` words and the packed
 /// values. Errors when the mask has the wrong length, has bits set past the last element, or
 /// marks a different number of elements than `values` holds.
@@ -192,26 +214,7 @@ pub fn densify_parts<T: Float>(
     on_device(OP, "mask", &dev, mask)?;
     on_device(OP, "values", &dev, values)?;
     let n = base.len();
-    if mask.len() != mask_words(n) {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "mask has {} words, {} elements need {}",
-                mask.len(),
-                n,
-                mask_words(n)
-            ),
-        ));
-    }
-    if n % 32 != 0 {
-        let last = mask.download_range(mask.len() - 1, 1)?[0];
-        if last >> (n % 32) != 0 {
-            return Err(Error::invalid(
-                OP,
-                format!("mask has bits set past element {n}"),
-            ));
-        }
-    }
+    check_mask(OP, mask, n)?;
     let nb = blocks(OP, n)?;
 
     if !dev.backend().runs_kernels() {

@@ -184,22 +184,7 @@ pub fn gather<T: DType>(
         ));
     }
     let n = src.len();
-    let words = bm_ref::mask_words(n);
-    if mask.len() != words {
-        return Err(Error::invalid(
-            OP,
-            format!("mask has {} words, {n} elements need {words}", mask.len()),
-        ));
-    }
-    if n % 32 != 0 {
-        let last = mask.download_range(words - 1, 1)?[0];
-        if last >> (n % 32) != 0 {
-            return Err(Error::invalid(
-                OP,
-                format!("mask has bits set past element {n}"),
-            ));
-        }
-    }
+    bm::check_mask(OP, mask, n)?;
     let mismatch =
         |set: u64| Error::invalid(OP, format!("mask marks {set} elements, count is {count}"));
     if !dev.backend().runs_kernels() {
