@@ -9,7 +9,7 @@
 use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
 use crate::dtype::{DTypeKind, Float};
 use crate::error::{Error, Result};
-use crate::ops::on_device;
+use crate::ops::{on_device, same_len};
 use crate::reference::bitmask as reference;
 
 pub(crate) const MODULE: &str = "ckpt/bitmask";
@@ -79,12 +79,7 @@ pub fn sparsify<T: Float>(
     const OP: &str = "bitmask::sparsify";
     let dev = base.device().clone();
     on_device(OP, "new", &dev, new)?;
-    if base.len() != new.len() {
-        return Err(Error::invalid(
-            OP,
-            format!("base has {} elements, new has {}", base.len(), new.len()),
-        ));
-    }
+    same_len(OP, base.len(), new.len())?;
     if !(tau.is_finite() && tau >= 0.0) {
         return Err(Error::invalid(
             OP,

@@ -24,7 +24,7 @@ use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::ops::bitmask as bm;
-use crate::ops::on_device;
+use crate::ops::{on_device, same_len};
 use crate::reference::bitmask as bm_ref;
 use crate::reference::codec as reference;
 
@@ -74,16 +74,6 @@ fn grid(op: &'static str, items: usize, per_block: usize) -> Result<u32> {
                 format!("{items} elements exceed the largest supported grid"),
             )
         })
-}
-
-fn same_len(op: &'static str, a: usize, b: usize) -> Result<()> {
-    if a != b {
-        return Err(Error::invalid(
-            op,
-            format!("base has {a} values, new has {b}"),
-        ));
-    }
-    Ok(())
 }
 
 fn host<T: DType>(b: &DeviceBuffer<T>) -> &[T] {

@@ -30,3 +30,14 @@ pub(crate) fn on_device<T: DType>(
         ))
     }
 }
+
+/// Check that the base and new inputs of a pairwise op have the same number of elements.
+pub(crate) fn same_len(op: &'static str, base: usize, new: usize) -> Result<()> {
+    if base != new {
+        return Err(Error::invalid(
+            op,
+            format!("base has {base} elements, new has {new}"),
+        ));
+    }
+    Ok(())
+}
