@@ -312,11 +312,19 @@ impl Exec for CudaExec {
         Ok(Box::new(CudaEventRaw { ev }))
     }
 
-    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()> {
+    fn copy(
+        &self,
+        dst: &mut dyn RawMem,
+        dst_off: usize,
+        src: &dyn RawMem,
+        src_off: usize,
+        bytes: usize,
+    ) -> Result<()> {
         self.bind()?;
-        // SAFETY: both are allocations of this context of at least `bytes` bytes (checked by
-        // the caller); the copy is ordered on our stream.
-        unsafe { result::memcpy_dtod_async(dst.addr(), src.addr(), bytes, self.stream.cu_stream()) }
+        let (d, s) = (dst.addr() + dst_off as u64, src.addr() + src_off as u64);
+        // SAFETY: both are allocations of this context and the caller checked that
+        // `offset + bytes` lies inside each; the copy is ordered on our stream.
+        unsafe { result::memcpy_dtod_async(d, s, bytes, self.stream.cu_stream()) }
             .map_err(|e| drv("cuMemcpyDtoDAsync", e))
     }
 }

@@ -699,17 +699,25 @@ impl Exec for HipExec {
         Ok(Box::new(raw))
     }
 
-    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()> {
+    fn copy(
+        &self,
+        dst: &mut dyn RawMem,
+        dst_off: usize,
+        src: &dyn RawMem,
+        src_off: usize,
+        bytes: usize,
+    ) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: both are live HIP allocations of this executor; the caller checked that both
-        // hold at least `bytes` bytes.
+        let (d, s) = (dst.addr() + dst_off as u64, src.addr() + src_off as u64);
+        // SAFETY: both are live HIP allocations of this executor; the caller checked that
+        // `offset + bytes` lies inside each.
         let e = unsafe {
             (self.api.memcpy)(
-                dst.addr() as *mut c_void,
-                src.addr() as *const c_void,
+                d as *mut c_void,
+                s as *const c_void,
                 bytes,
                 HIP_MEMCPY_DEVICE_TO_DEVICE,
             )

@@ -137,8 +137,16 @@ pub(crate) trait Exec: Send + Sync {
     fn kernel_names(&self) -> Vec<String>;
     /// Record a timing event on the executor's stream.
     fn record_event(&self) -> Result<Box<dyn RawEvent>>;
-    /// Device-to-device copy of `bytes` bytes (used for the bandwidth ceiling).
-    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()>;
+    /// Device-to-device copy of `bytes` bytes from byte `src_off` of `src` to byte `dst_off` of
+    /// `dst`, ordered on the executor's stream. Bounds are checked by the caller.
+    fn copy(
+        &self,
+        dst: &mut dyn RawMem,
+        dst_off: usize,
+        src: &dyn RawMem,
+        src_off: usize,
+        bytes: usize,
+    ) -> Result<()>;
 }
 
 /// Device memory owned by an executor (or host memory for SIMT/CPU).
@@ -465,21 +473,60 @@ impl<T: DType> DeviceBuffer<T> {
 
     /// Device-to-device copy of all of `src` into `self` (same device, same length).
     pub fn copy_from(&mut self, src: &DeviceBuffer<T>) -> Result<()> {
-        if !self.device.same(&src.device) || self.len != src.len {
+        if self.len != src.len {
             return Err(Error::invalid(
                 "copy",
                 format!(
-                    "copy needs the same device and length ({} vs {} elements)",
+                    "copy needs the same length ({} vs {} elements)",
                     src.len, self.len
                 ),
             ));
         }
-        let bytes = self.len * std::mem::size_of::<T>();
+        self.copy_range_from(0, src, 0, self.len)
+    }
+
+    /// Device-to-device copy of `len` elements of `src` starting at element `src_start` into
+    /// `self` at element `dst_start`, ordered on the device's stream (a DMA copy on GPUs, not a
+    /// kernel). Both buffers must live on the same device; ranges are checked.
+    pub fn copy_range_from(
+        &mut self,
+        dst_start: usize,
+        src: &DeviceBuffer<T>,
+        src_start: usize,
+        len: usize,
+    ) -> Result<()> {
+        if !self.device.same(&src.device) {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "source is on {} and destination on {}: copies between devices go through \
+                     a transport",
+                    src.device.backend(),
+                    self.device.backend()
+                ),
+            ));
+        }
+        let fits = |start: usize, n: usize| start.checked_add(len).is_some_and(|e| e <= n);
+        if !fits(src_start, src.len) || !fits(dst_start, self.len) {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "{len} elements from {src_start} (source holds {}) to {dst_start} \
+                     (destination holds {}) are out of range",
+                    src.len, self.len
+                ),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let size = std::mem::size_of::<T>();
+        let (d, s, bytes) = (dst_start * size, src_start * size, len * size);
         match &self.device.inner.exec {
-            Some(e) => e.copy(&mut *self.mem, &*src.mem, bytes),
+            Some(e) => e.copy(&mut *self.mem, d, &*src.mem, s, bytes),
             None => {
-                let s = src.mem.host().expect("cpu memory is host memory");
-                self.mem.write(0, &s[..bytes])
+                let sm = src.mem.host().expect("cpu memory is host memory");
+                self.mem.write(d, &sm[s..s + bytes])
             }
         }
     }

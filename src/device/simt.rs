@@ -392,24 +392,32 @@ impl Exec for SimtExec {
         Ok(Box::new(HostEvent(Instant::now())))
     }
 
-    fn copy(&self, dst: &mut dyn RawMem, src: &dyn RawMem, bytes: usize) -> Result<()> {
+    fn copy(
+        &self,
+        dst: &mut dyn RawMem,
+        dst_off: usize,
+        src: &dyn RawMem,
+        src_off: usize,
+        bytes: usize,
+    ) -> Result<()> {
         let s = src
             .host()
             .ok_or_else(|| Error::invalid("copy", "source is not host memory"))?;
         let d = dst
             .host_mut()
             .ok_or_else(|| Error::invalid("copy", "destination is not host memory"))?;
-        if bytes > s.len() || bytes > d.len() {
+        if src_off + bytes > s.len() || dst_off + bytes > d.len() {
             return Err(Error::invalid(
                 "copy",
                 format!(
-                    "{bytes} bytes do not fit (source {} bytes, destination {} bytes)",
+                    "{bytes} bytes at {src_off} -> {dst_off} do not fit (source {} bytes, \
+                     destination {} bytes)",
                     s.len(),
                     d.len()
                 ),
             ));
         }
-        d[..bytes].copy_from_slice(&s[..bytes]);
+        d[dst_off..dst_off + bytes].copy_from_slice(&s[src_off..src_off + bytes]);
         Ok(())
     }
 }
