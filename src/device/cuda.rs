@@ -327,4 +327,173 @@ impl Exec for CudaExec {
         unsafe { result::memcpy_dtod_async(d, s, bytes, self.stream.cu_stream()) }
             .map_err(|e| drv("cuMemcpyDtoDAsync", e))
     }
+
+    fn as_cuda(&self) -> Option<&CudaExec> {
+        Some(self)
+    }
+}
+
+// ---- Copies between devices (single-process multi-GPU transport) ----
+//
+// The compute stream of every CUDA device is the context's legacy default stream (see
+// `CudaExec::new`). Peer copies run on separate non-blocking streams ("copy streams", one per
+// device and channel, owned by `device::peer::PeerGroup`) so that they overlap with compute; the
+// ordering between the two is made explicit with events ("fences").
+
+impl CudaExec {
+    /// The context (the device's primary context).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// A fence: an event recorded at the current end of the compute stream.
+    pub(crate) fn fence(&self) -> Result<CudaFence> {
+        let ev = self
+            .ctx
+            .new_event(None)
+            .map_err(|e| drv("cuEventCreate", e))?;
+        ev.record(&self.stream)
+            .map_err(|e| drv("cuEventRecord", e))?;
+        Ok(CudaFence(ev))
+    }
+
+    /// Make the compute stream wait for a fence (of any context).
+    pub(crate) fn compute_wait(&self, f: &CudaFence) -> Result<()> {
+        self.stream
+            .wait(&f.0)
+            .map_err(|e| drv("cuStreamWaitEvent", e))
+    }
+
+    /// A new non-blocking stream on this device for peer copies.
+    pub(crate) fn copy_stream(&self) -> Result<CudaCopyStream> {
+        let s = self
+            .ctx
+            .new_stream()
+            .map_err(|e| drv("cuStreamCreate(non-blocking)", e))?;
+        Ok(CudaCopyStream(s))
+    }
+
+    /// Copy `bytes` from `src_addr` of `src`'s context to `dst_addr` of `dst`'s context, queued on
+    /// `dst`'s compute stream after a fence of `src`'s compute stream; `src`'s compute stream then
+    /// waits for the copy, so work queued later on either device is ordered after it.
+    pub(crate) fn peer_copy_ordered(
+        dst: &CudaExec,
+        dst_addr: u64,
+        src: &CudaExec,
+        src_addr: u64,
+        bytes: usize,
+    ) -> Result<()> {
+        let before = src.fence()?;
+        dst.compute_wait(&before)?;
+        dst.bind()?;
+        // SAFETY: both addresses are live allocations of their contexts (CudaMem) and the caller
+        // (DeviceBuffer::copy_range_from_peer) checked that `addr + bytes` lies inside each; the
+        // copy is queued on dst's compute stream, which belongs to the bound context.
+        unsafe {
+            result::memcpy_peer_async(
+                dst.ctx.cu_ctx(),
+                dst_addr,
+                src.ctx.cu_ctx(),
+                src_addr,
+                bytes,
+                dst.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| drv("cuMemcpyPeerAsync", e))?;
+        let after = dst.fence()?;
+        src.compute_wait(&after)
+    }
+}
+
+/// Enable `from`'s context to access `to`'s memory directly (NVLink or PCIe peer-to-peer) when the
+/// hardware allows it. Returns whether the path is direct. "Already enabled" counts as enabled;
+/// when the pair cannot be peers (no P2P path, too many peers), copies between them still work:
+/// `cuMemcpyPeerAsync` stages them through host memory.
+pub(crate) fn enable_peer_access(from: &CudaExec, to: &CudaExec) -> Result<bool> {
+    if from.ordinal == to.ordinal {
+        return Err(Error::invalid(
+            "peer access",
+            format!("cuda:{} and cuda:{} are the same GPU", from.ordinal, to.ordinal),
+        ));
+    }
+    let mut can: std::ffi::c_int = 0;
+    // SAFETY: `can` is a valid out-pointer; both CUdevice handles come from live contexts.
+    unsafe { sys::cuDeviceCanAccessPeer(&mut can, from.ctx.cu_device(), to.ctx.cu_device()) }
+        .result()
+        .map_err(|e| drv("cuDeviceCanAccessPeer", e))?;
+    if can == 0 {
+        return Ok(false);
+    }
+    from.bind()?;
+    // SAFETY: `from`'s context is current on this thread and `to`'s context is a live primary
+    // context of another device; flags must be 0.
+    let r = unsafe { sys::cuCtxEnablePeerAccess(to.ctx.cu_ctx(), 0) };
+    match r {
+        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
+            Ok(true)
+        }
+        sys::CUresult::CUDA_ERROR_TOO_MANY_PEERS
+        | sys::CUresult::CUDA_ERROR_PEER_ACCESS_UNSUPPORTED => Ok(false),
+        e => Err(Error::driver(
+            B,
+            format!("cuCtxEnablePeerAccess(cuda:{} -> cuda:{})", from.ordinal, to.ordinal),
+            format!("{e:?}"),
+        )),
+    }
+}
+
+/// An event recorded on a compute stream.
+pub(crate) struct CudaFence(cudarc::driver::CudaEvent);
+
+/// A non-blocking stream for peer copies.
+pub(crate) struct CudaCopyStream(Arc<CudaStream>);
+
+impl CudaCopyStream {
+    /// Order everything queued later on this stream after `f`.
+    pub(crate) fn wait(&self, f: &CudaFence) -> Result<()> {
+        self.0.wait(&f.0).map_err(|e| drv("cuStreamWaitEvent", e))
+    }
+
+    /// Queue a copy of `bytes` from `src_addr` (memory of `src`'s context) to `dst_addr` (memory
+    /// of `dst`'s context). The caller checked both ranges against live allocations.
+    pub(crate) fn peer_copy(
+        &self,
+        dst: &CudaExec,
+        dst_addr: u64,
+        src: &CudaExec,
+        src_addr: u64,
+        bytes: usize,
+    ) -> Result<()> {
+        self.0
+            .context()
+            .bind_to_thread()
+            .map_err(|e| drv("cuCtxSetCurrent", e))?;
+        // SAFETY: the addresses are live allocations of the named contexts and the caller
+        // (device::peer) checked `addr + bytes` against each buffer; the stream belongs to the
+        // bound context. The buffers are not freed before the copy lands: PeerGroup::synchronize
+        // (Transport::wait) and PeerGroup's Drop wait for this stream.
+        unsafe {
+            result::memcpy_peer_async(
+                dst.ctx.cu_ctx(),
+                dst_addr,
+                src.ctx.cu_ctx(),
+                src_addr,
+                bytes,
+                self.0.cu_stream(),
+            )
+        }
+        .map_err(|e| drv("cuMemcpyPeerAsync", e))
+    }
+
+    /// The raw stream handle (for NCCL calls).
+    pub(crate) fn raw(&self) -> sys::CUstream {
+        self.0.cu_stream()
+    }
+
+    /// Wait (on the host) for everything queued on this stream.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.0
+            .synchronize()
+            .map_err(|e| drv("cuStreamSynchronize(copy stream)", e))
+    }
 }

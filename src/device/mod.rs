@@ -8,6 +8,8 @@
 pub mod args;
 pub mod cuda;
 pub mod hip;
+pub mod nccl;
+pub mod peer;
 pub mod simt;
 
 use std::marker::PhantomData;
@@ -147,6 +149,10 @@ pub(crate) trait Exec: Send + Sync {
         src_off: usize,
         bytes: usize,
     ) -> Result<()>;
+    /// The CUDA executor behind this trait object (peer copies and NCCL need its context).
+    fn as_cuda(&self) -> Option<&cuda::CudaExec> {
+        None
+    }
 }
 
 /// Device memory owned by an executor (or host memory for SIMT/CPU).
