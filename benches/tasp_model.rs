@@ -51,7 +51,7 @@ fn main() {
     println!("\n## Sensitivity to the compute rate (mesh, 8 GPUs, 32/32/64, causal)\n");
     print!("| TFLOP/s |");
     for l in model::SEQ_LENS {
-        print!(" {}k |", l >> 10);
+        print!(" {} |", model::tokens(l));
     }
     println!();
     print!("|---|");

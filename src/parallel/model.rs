@@ -377,7 +377,8 @@ pub fn row(
     })
 }
 
-fn tokens(l: usize) -> String {
+/// A token count as the tables print it (8k, 1M).
+pub fn tokens(l: usize) -> String {
     if l >= 1 << 20 && l % (1 << 20) == 0 {
         format!("{}M", l >> 20)
     } else if l % 1024 == 0 {
