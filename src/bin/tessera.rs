@@ -1,4 +1,4 @@
-//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`, `tasp`.
 
 use std::process::ExitCode;
 
@@ -71,6 +71,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CkptCmd,
     },
+    /// TASP sequence parallelism.
+    Tasp {
+        #[command(subcommand)]
+        cmd: TaspCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaspCmd {
+    /// Predicted ring / zigzag-ring / TASP times and speedups: a model, not a measurement.
+    Model {
+        /// GPUs in the group.
+        #[arg(long, default_value_t = 8)]
+        gpus: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +146,7 @@ fn main() -> ExitCode {
             json,
         } => run_bench(backend, elements, reps, json),
         Cmd::Ckpt { cmd } => run_ckpt(cmd),
+        Cmd::Tasp { cmd } => run_tasp(cmd),
     }
 }
 
@@ -461,4 +479,30 @@ fn run_bench(backend: Option<BackendArg>, elements: usize, reps: usize, as_json:
 fn exit_err(e: tessera::Error) -> ! {
     eprintln!("tessera: {e}");
     std::process::exit(1)
+}
+
+fn run_tasp(cmd: TaspCmd) -> ExitCode {
+    use tessera::parallel::model;
+    let TaspCmd::Model { gpus, json } = cmd;
+    let rows = model::table(gpus).unwrap_or_else(|e| exit_err(e));
+    if json {
+        let out = json!({
+            "kind": "model, not a measurement",
+            "assumptions": {
+                "flops_per_s": model::ASSUMED_FLOPS,
+                "latency_s": model::ASSUMED_LATENCY,
+                "elem_bytes": 2,
+                "batch": 1,
+                "scenarios": model::scenarios(gpus),
+                "tasp_rings": model::tasp_rings(gpus),
+            },
+            "rows": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        println!("TASP communication model on {gpus} GPUs (a model, not a measurement)\n");
+        println!("{}", model::speedup_grid(&rows));
+        println!("{}", model::markdown(&rows));
+    }
+    ExitCode::SUCCESS
 }
