@@ -24,16 +24,20 @@
 //!
 //! **Overlap.** The copies of AllGather step `t` are queued ([`Transport::exchange`]) before the
 //! compute of step `t` (which reads step `t - 1`'s buffers), so a transport with its own streams
-//! moves step `t` while step `t` computes. Receive buffers are never reused, so there is no
-//! write-after-read hazard. With [`super::Simulated`] copies and kernels share the device's one
-//! stream, so they serialise: it checks correctness and times the copy schedule, not overlap.
-//! The host waits for step `t - 1`'s copies ([`Transport::wait`]) before computing on them.
+//! (`P2p` on CUDA, `Nccl`) moves step `t` while step `t` computes. The host waits for step
+//! `t - 1`'s copies ([`Transport::wait`]) before computing on them. With [`super::Simulated`]
+//! copies and kernels share the device's one stream, so they serialise: it checks correctness
+//! and times the copy schedule, not overlap.
 //!
-//! **Merge and memory.** Partial results are merged by LSE as they come (running
-//! [`attention::merge`] of the accumulator and the new step: two f32 copies into a two-split stack
-//! and one merge per step), so each rank keeps about three `[tokens, H, D]` f32 outputs at a time.
-//! K/V: every rank holds its own block (copied once into the transport's buffer list) plus one
-//! receive buffer per step, i.e. the whole gathered K/V, as any AllGather does.
+//! **Memory.** K/V: each rank holds its own block (copied once into the transport's buffer list)
+//! and at most two steps' receive buffers (the one being computed on and the one being
+//! received), each about one block: step `t`'s buffers take over step `t - 2`'s memory, which
+//! both its compute and its forwarding have finished with once step `t - 1`'s copies have landed
+//! (same size: reused; otherwise freed and allocated). So, as in Ring Attention, no rank ever
+//! holds the whole sequence's K/V. Outputs: partial results are merged by LSE as they come
+//! (running [`attention::merge`] of the accumulator and the new step: two f32 copies into a
+//! two-split stack and one merge per step), so each rank keeps about three `[tokens, H, D]` f32
+//! outputs (plus their LSE) at a time.
 
 use std::ops::Range;
 
@@ -330,7 +334,12 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
             Ok(c)
         };
         let (k, v) = (own(x.k, "sp.own_k")?, own(x.v, "sp.own_v")?);
-        bufs.bufs.push(layout.rank_buffers(dev, r, k, v)?);
+        // Own blocks now; each step's receive buffers just before its copies are queued.
+        let mut list = vec![k, v];
+        for _ in 0..2 * (n - 1) {
+            list.push(dev.alloc::<T>(0, "sp.recv")?);
+        }
+        bufs.bufs.push(list);
     }
 
     // Host positions of each rank's queries and of every step's keys.
@@ -371,13 +380,37 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
         }
     }
 
+    /// Makes step `s`'s receive buffers (reusing step `s - 2`'s, drained by now, when the size
+    /// matches) and queues its copies.
     fn queue<T: HalfFloat, X: Transport<T> + ?Sized>(
         layout: &GatherLayout,
         s: usize,
+        devs: &[Option<Device>],
         bufs: &mut RankBuffers<T>,
         stats: &mut SpStats,
         transport: &mut X,
     ) -> Result<()> {
+        for (r, dev) in devs.iter().enumerate() {
+            let Some(dev) = dev else { continue };
+            let want = layout.recv_len(r, s) * layout.token_elems();
+            for (new, old) in [
+                (recv_k(s), s.checked_sub(2).map(recv_k)),
+                (recv_v(s), s.checked_sub(2).map(recv_v)),
+            ] {
+                let list = &mut bufs.bufs[r];
+                let drained = match old {
+                    Some(o) => Some(std::mem::replace(
+                        &mut list[o],
+                        dev.alloc::<T>(0, "sp.recv")?,
+                    )),
+                    None => None,
+                };
+                list[new] = match drained {
+                    Some(b) if b.len() == want => b,
+                    _ => dev.alloc::<T>(want, "sp.recv")?,
+                };
+            }
+        }
         let copies = layout.copies(s)?;
         stats.copies += copies.len();
         stats.copied_elems += copies.iter().map(|c| c.len).sum::<usize>();
@@ -385,7 +418,7 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
     }
     let steps = n - 1;
     if steps > 0 {
-        queue(&layout, 0, &mut bufs, &mut stats, transport)?;
+        queue(&layout, 0, &devs, &mut bufs, &mut stats, transport)?;
     }
     for t in 0..n {
         if t >= 1 {
@@ -393,7 +426,7 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
             // those buffers and write fresh ones) go out first.
             transport.wait()?;
             if t < steps {
-                queue(&layout, t, &mut bufs, &mut stats, transport)?;
+                queue(&layout, t, &devs, &mut bufs, &mut stats, transport)?;
             }
         }
         for r in 0..n {
