@@ -451,3 +451,28 @@ impl Drop for Communicator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+    use nsys::ncclDataType_t as N;
+
+    #[test]
+    fn versions_and_types() {
+        assert_eq!(split_version(22105), (2, 21, 5));
+        assert_eq!(split_version(21403), (2, 14, 3));
+        assert_eq!(split_version(2708), (2, 7, 8));
+        assert_eq!(nccl_type::<bf16>(10), (N::ncclBfloat16, 10));
+        assert_eq!(nccl_type::<f16>(10), (N::ncclFloat16, 10));
+        assert_eq!(nccl_type::<f32>(10), (N::ncclFloat32, 10));
+        assert_eq!(nccl_type::<u8>(10), (N::ncclUint8, 10));
+        assert_eq!(nccl_type::<u16>(10), (N::ncclUint8, 20));
+        assert_eq!(nccl_type::<i16>(3), (N::ncclUint8, 6));
+        let names = library_candidates();
+        assert!(names.iter().any(|n| n == "libnccl.so"));
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "duplicate {n}");
+        }
+    }
+}
