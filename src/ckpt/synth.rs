@@ -145,6 +145,18 @@ pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> R
                 touched.push(t);
             }
         }
+        // Adam's bias corrections per step (a run well past step 0), computed once.
+        let corr: Vec<(f32, f32)> = (0..warm + between)
+            .map(|s| {
+                let step = (s + 100) as i32;
+                (1.0 - b1.powi(step), 1.0 - b2.powi(step))
+            })
+            .collect();
+        let decay = if *kind == Kind::Norm || *kind == Kind::Bias {
+            0.0
+        } else {
+            wd
+        };
         const CH: usize = 1 << 14;
         let parts: Vec<(Vec<bf16>, Vec<bf16>)> = (0..n.div_ceil(CH))
             .into_par_iter()
@@ -174,14 +186,8 @@ pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> R
                         };
                         m = b1 * m + (1.0 - b1) * g;
                         v = b2 * v + (1.0 - b2) * g * g;
-                        let step = (s + 100) as i32; // bias correction of a run well past step 0
-                        let mh = m / (1.0 - b1.powi(step));
-                        let vh = v / (1.0 - b2.powi(step));
-                        let decay = if *kind == Kind::Norm || *kind == Kind::Bias {
-                            0.0
-                        } else {
-                            wd
-                        };
+                        let mh = m / corr[s].0;
+                        let vh = v / corr[s].1;
                         w -= lr * (mh / (vh.sqrt() + eps) + decay * w);
                         if s + 1 == warm {
                             out_base = bf16::from_f32(w);
