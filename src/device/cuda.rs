@@ -413,7 +413,10 @@ pub(crate) fn enable_peer_access(from: &CudaExec, to: &CudaExec) -> Result<bool>
     if from.ordinal == to.ordinal {
         return Err(Error::invalid(
             "peer access",
-            format!("cuda:{} and cuda:{} are the same GPU", from.ordinal, to.ordinal),
+            format!(
+                "cuda:{} and cuda:{} are the same GPU",
+                from.ordinal, to.ordinal
+            ),
         ));
     }
     let mut can: std::ffi::c_int = 0;
@@ -436,7 +439,10 @@ pub(crate) fn enable_peer_access(from: &CudaExec, to: &CudaExec) -> Result<bool>
         | sys::CUresult::CUDA_ERROR_PEER_ACCESS_UNSUPPORTED => Ok(false),
         e => Err(Error::driver(
             B,
-            format!("cuCtxEnablePeerAccess(cuda:{} -> cuda:{})", from.ordinal, to.ordinal),
+            format!(
+                "cuCtxEnablePeerAccess(cuda:{} -> cuda:{})",
+                from.ordinal, to.ordinal
+            ),
             format!("{e:?}"),
         )),
     }
