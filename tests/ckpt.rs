@@ -79,6 +79,54 @@ fn lossless_roundtrip_simt() {
     roundtrip(&Device::simt(), synth::Stage::Late, &cfg, true);
 }
 
+/// The output does not depend on the executor: the CPU path (host codecs straight from the
+/// memory map) and the SIMT executor (the device ops) write the same `.tsnap` bytes, lossless
+/// and with a budget, with and without a base, and each decodes the other's file identically.
+#[test]
+fn cpu_and_simt_write_identical_files() {
+    let cfg = synth::SynthConfig {
+        vocab: 256,
+        d_model: 64,
+        layers: 1,
+        d_ff: 128,
+        tokens_per_step: 64,
+        seed: 4,
+    };
+    let (cpu, simt) = (Device::cpu(), Device::simt());
+    let dir = tempfile::tempdir().unwrap();
+    for stage in [synth::Stage::Late, synth::Stage::Early] {
+        let (b, n) = pair(dir.path(), stage, &cfg);
+        for (budget, base) in [(0.0, true), (1e-2, true), (1e-1, false)] {
+            let base = base.then_some(b.as_path());
+            let opts = CompressOptions {
+                error_budget: budget,
+                keep_exact: vec![],
+            };
+            let (oc, os) = (dir.path().join("c.tsnap"), dir.path().join("s.tsnap"));
+            ckpt::compress(&n, base, &oc, &opts, &cpu, &mut |_| {}).unwrap();
+            ckpt::compress(&n, base, &os, &opts, &simt, &mut |_| {}).unwrap();
+            let (bc, bs) = (std::fs::read(&oc).unwrap(), std::fs::read(&os).unwrap());
+            assert!(
+                bc == bs,
+                "{stage:?} budget {budget}: CPU and SIMT files differ ({} vs {} bytes)",
+                bc.len(),
+                bs.len()
+            );
+            let m = ckpt::inspect(&oc).unwrap();
+            if budget > 0.0 {
+                assert!(
+                    !m.is_lossless(),
+                    "{stage:?} budget {budget}: nothing lossy chosen"
+                );
+            }
+            let (dc, ds) = (dir.path().join("c.st"), dir.path().join("s.st"));
+            ckpt::decompress(&os, base, &dc, &cpu, &mut |_| {}).unwrap();
+            ckpt::decompress(&oc, base, &ds, &simt, &mut |_| {}).unwrap();
+            assert_eq!(std::fs::read(&dc).unwrap(), std::fs::read(&ds).unwrap());
+        }
+    }
+}
+
 /// Relative L2 error per tensor of `got` against `new`, relative to `new - base` (f64).
 fn tensor_errors(new: &Path, base: &Path, got: &Path) -> Vec<(String, f64)> {
     let (n, b, g) = (

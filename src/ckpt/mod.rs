@@ -9,14 +9,16 @@
 //!
 //! Format: [`format`]. Rules and reasoning: docs/ckpt.md.
 
+pub mod bits;
+pub mod delta;
 pub mod format;
+pub mod hostdec;
 pub mod maskcode;
 pub mod policy;
 pub mod st;
 pub mod synth;
 pub mod valcode;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -160,6 +162,7 @@ pub fn compress(
             exact_reason = Some(format!("matches --keep-exact '{p}'"));
         }
         let exact_only = exact_reason.is_some();
+        let mut produced = |b: &[u8]| fh.update(b);
         let choice = match t.dtype {
             Dtype::BF16 => policy::encode_tensor::<bf16>(
                 dev,
@@ -168,6 +171,7 @@ pub fn compress(
                 base_data,
                 opts.error_budget,
                 exact_only,
+                &mut produced,
             )?,
             Dtype::F16 => policy::encode_tensor::<f16>(
                 dev,
@@ -176,6 +180,7 @@ pub fn compress(
                 base_data,
                 opts.error_budget,
                 exact_only,
+                &mut produced,
             )?,
             Dtype::F32 => policy::encode_tensor::<f32>(
                 dev,
@@ -184,13 +189,15 @@ pub fn compress(
                 base_data,
                 opts.error_budget,
                 exact_only,
+                &mut produced,
             )?,
             _ => {
                 exact_reason = Some(format!("dtype {} is stored raw", t.dtype));
+                produced(data);
                 policy::Choice {
                     encoding: Encoding::Raw,
-                    sections: vec![Cow::Borrowed(data)],
-                    recon: None,
+                    sections: vec![delta::Section::Borrowed(data)],
+                    recon_xxh3: None,
                     stats: TensorStats::default(),
                 }
             }
@@ -204,12 +211,13 @@ pub fn compress(
                 .notes
                 .push("no base tensor of this name, dtype and shape".into());
         }
-        let produced: &[u8] = choice.recon.as_deref().unwrap_or(data);
-        fh.update(produced);
+        let xxh3 = choice.recon_xxh3.unwrap_or_else(|| xxh3_64(data));
+        // Sections go to the file as soon as the tensor's choice is made, then are dropped.
         let mut sections = Vec::with_capacity(choice.sections.len());
         for s in &choice.sections {
-            sections.push(w.section(&[s])?);
+            sections.push(w.section(&[s.bytes()])?);
         }
+        drop(choice.sections);
         *encodings.entry(choice.encoding.name()).or_default() += 1;
         entries.push(TensorEntry {
             name: t.name.clone(),
@@ -218,7 +226,7 @@ pub fn compress(
             data_offsets: [t.start as u64, t.end as u64],
             encoding: choice.encoding,
             sections,
-            xxh3: xxh3_64(produced),
+            xxh3,
             stats,
         });
         done += data.len() as u64;
@@ -376,6 +384,22 @@ fn decode_one<T: crate::dtype::Float>(
     ctx: &str,
     emit: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
+    if !dev.backend().runs_kernels() {
+        // CPU path: decoded on the host from the mapped sections and base into one buffer of
+        // the tensor's size, which is checked against its hash before it is written.
+        let bh = base.map(policy::view::<T>);
+        let mut out: Vec<u8> = Vec::new();
+        hostdec::decode::<T>(&t.encoding, n, secs, bh.as_deref(), ctx, &mut |c| {
+            // The first chunk comes only after the sections were checked against `n`, so
+            // the size is bounded by the file (or the base) by then.
+            if out.capacity() == 0 {
+                out.reserve_exact(n * std::mem::size_of::<T>());
+            }
+            out.extend_from_slice(bytemuck::cast_slice(c));
+            Ok(())
+        })?;
+        return emit(&out);
+    }
     let bd = match base {
         Some(b) if t.encoding.needs_base() => Some(dev.upload(&policy::view::<T>(b), "ckpt.base")?),
         _ => None,

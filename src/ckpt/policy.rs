@@ -7,13 +7,17 @@
 
 use std::borrow::Cow;
 
+use xxhash_rust::xxh3::Xxh3;
+
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::ops::{bitmask, codec};
+use crate::reference::codec as rc;
 
+use super::delta::{self, Changed, Kind, Mask, MaskPlan, Plan, Section};
 use super::format::{ferr, Encoding, MaskCoding, TensorStats};
-use super::{maskcode, valcode};
+use super::{hostdec, maskcode, valcode};
 
 /// Cluster-quantisation widths tried, smallest first.
 pub const QUANT_BITS: [u32; 4] = [2, 3, 4, 8];
@@ -23,9 +27,9 @@ const KMEANS_TOL: f32 = 1e-4;
 /// The chosen encoding of one tensor with its section bytes and measurements.
 pub struct Choice<'a> {
     pub encoding: Encoding,
-    pub sections: Vec<Cow<'a, [u8]>>,
-    /// The bytes the decoder will produce (None: identical to the input).
-    pub recon: Option<Vec<u8>>,
+    pub sections: Vec<Section<'a>>,
+    /// xxh3-64 of the bytes the decoder will produce (None: identical to the input).
+    pub recon_xxh3: Option<u64>,
     pub stats: TensorStats,
 }
 
@@ -50,22 +54,14 @@ fn unsupported(e: &Error) -> bool {
     matches!(e, Error::Unsupported { .. })
 }
 
-/// Relative L2 error of `recon` against `new`, with the denominator `denom` (already a norm).
-/// 0/0 = 0; anything over 0 = infinity. Computed in f64.
-fn rel_err<T: Float>(recon: &[T], new: &[T], denom: f64) -> f64 {
-    let num: f64 = recon
-        .iter()
-        .zip(new)
-        .map(|(r, x)| {
-            if r.to_bits() == x.to_bits() {
-                0.0
-            } else {
-                let d = r.to_f64() - x.to_f64();
-                d * d
-            }
-        })
-        .sum::<f64>()
-        .sqrt();
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// Relative L2 error from the squared error sum and the denominator norm: 0/0 = 0, anything
+/// over 0 = infinity.
+fn rel(sq: f64, denom: f64) -> f64 {
+    let num = sq.sqrt();
     if num == 0.0 {
         0.0
     } else if denom > 0.0 {
@@ -75,433 +71,593 @@ fn rel_err<T: Float>(recon: &[T], new: &[T], denom: f64) -> f64 {
     }
 }
 
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
-}
-
-fn u32_bytes(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-/// The stored form of a mask: the smaller of the plain words and the Rice-coded gaps.
-fn code_mask(mask: &[u32]) -> (MaskCoding, Vec<u8>) {
-    let (k, rice) = maskcode::best_k(mask);
-    if rice < 4 * mask.len() as u64 {
-        (MaskCoding::Rice { k }, maskcode::encode(mask, k))
-    } else {
-        (MaskCoding::Bits, u32_bytes(mask))
+/// Squared error of `recon` against `new`, element by element in order (f64); elements with
+/// identical bits contribute 0.
+fn sq_err<T: Float>(recon: &[T], new: &[T], acc: &mut f64) {
+    for (r, x) in recon.iter().zip(new) {
+        if r.to_bits() != x.to_bits() {
+            let d = r.to_f64() - x.to_f64();
+            *acc += d * d;
+        }
     }
 }
 
-fn packed_sections(p: &codec::Packed) -> Result<(Vec<u8>, Vec<u8>)> {
-    Ok((p.widths.download()?, u32_bytes(&p.words.download()?)))
+/// A masked delta: its mask, where its changed values come from, and on a kernel executor
+/// the device's sparse form (for the quantisers).
+struct Masked<'a, T: Float> {
+    tau: f32,
+    mask: Mask,
+    changed: Changed<'a, T>,
+    sparse: Option<bitmask::Sparse<T>>,
 }
 
-struct Cand<'a> {
+/// A quantiser's output: codebook, packed widths and packed words.
+type Quantised = (Vec<f32>, Vec<u8>, Vec<u32>);
+
+/// Where candidates are computed: on the CPU path straight from the tensors (borrowed from
+/// the memory map, nothing uploaded); on a kernel executor from device copies.
+struct Engine<'a, T: Float> {
+    dev: &'a Device,
+    name: &'a str,
+    new: &'a [T],
+    new_bytes: &'a [u8],
+    base: Option<&'a [T]>,
+    new_d: Option<DeviceBuffer<T>>,
+    base_d: Option<DeviceBuffer<T>>,
+}
+
+impl<'a, T: Float> Engine<'a, T> {
+    fn host(&self) -> bool {
+        self.new_d.is_none()
+    }
+
+    /// The masked delta at `tau`; `host_mask` is the host's mask when already computed.
+    fn masked(
+        &self,
+        tau: f32,
+        host_mask: Option<Mask>,
+        stats: &mut TensorStats,
+    ) -> Result<Masked<'a, T>> {
+        let base = self.base.expect("a base");
+        let (Some(new_d), Some(base_d)) = (&self.new_d, &self.base_d) else {
+            let mask = host_mask.unwrap_or_else(|| delta::threshold(base, self.new, tau));
+            return Ok(Masked {
+                tau,
+                mask,
+                changed: Changed::Host {
+                    base,
+                    new: self.new,
+                },
+                sparse: None,
+            });
+        };
+        let sp = bitmask::sparsify(base_d, new_d, tau)?;
+        let words = sp.mask.download()?;
+        if let Some(h) = &host_mask {
+            if h.words != words {
+                return Err(Error::kernel(
+                    self.dev.backend().family(),
+                    "bitmask::sparsify",
+                    "the device's change mask differs from the host's",
+                ));
+            }
+        }
+        let mask = host_mask.unwrap_or_else(|| Mask::new(words, self.new.len()));
+        let cnt = sp.values.len();
+        let z = match (|| -> Result<Vec<u32>> {
+            let gb = codec::gather(base_d, &sp.mask, cnt)?;
+            let p = codec::delta_encode(&gb, &sp.values)?;
+            let (w, words) = (p.widths.download()?, p.words.download()?);
+            if words.len() as u64 != valcode::packed_words(&w, cnt) || w.iter().any(|&x| x > 32) {
+                return Err(Error::kernel(
+                    self.dev.backend().family(),
+                    "codec::delta_encode",
+                    "packed output does not match its widths",
+                ));
+            }
+            Ok(valcode::unpack(&words, &w, cnt))
+        })() {
+            Ok(z) => Some(z),
+            Err(e) if unsupported(&e) => {
+                stats.notes.push(format!("mask+delta skipped: {e}"));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let values = sp.values.download()?;
+        Ok(Masked {
+            tau,
+            mask,
+            changed: Changed::Dense { z, values },
+            sparse: Some(sp),
+        })
+    }
+
+    /// k-means of `bits` over the masked deltas (`m` given) or over every element's delta (or
+    /// weight, without a base): the codebook and packed index words. None (with a note) when
+    /// the values are not all finite or the op is unavailable.
+    fn quantise(
+        &self,
+        m: Option<&Masked<'a, T>>,
+        bits: u32,
+        stats: &mut TensorStats,
+        label: &str,
+    ) -> Result<Option<Quantised>> {
+        let k = 1usize << bits;
+        if self.host() {
+            let (c, words, count) = match m {
+                Some(m) => {
+                    let src = delta::MaskedDeltas {
+                        mask: &m.mask,
+                        base: self.base.expect("a base"),
+                        new: self.new,
+                    };
+                    if rc::min_max_of(&src).2 > 0 {
+                        stats
+                            .notes
+                            .push(format!("{label} skipped: non-finite deltas"));
+                        return Ok(None);
+                    }
+                    let (c, _) = rc::kmeans_centroids(&src, k, KMEANS_ITERS, KMEANS_TOL);
+                    let w = rc::pack_assigned(&src, &c, bits);
+                    (c, w, m.mask.count)
+                }
+                None => {
+                    let src = delta::AllValues {
+                        base: self.base,
+                        new: self.new,
+                    };
+                    if rc::min_max_of(&src).2 > 0 {
+                        stats
+                            .notes
+                            .push(format!("{label} skipped: non-finite values"));
+                        return Ok(None);
+                    }
+                    let (c, _) = rc::kmeans_centroids(&src, k, KMEANS_ITERS, KMEANS_TOL);
+                    let w = rc::pack_assigned(&src, &c, bits);
+                    (c, w, self.new.len())
+                }
+            };
+            return Ok(Some((c, vec![bits as u8; rc::pack_blocks(count)], words)));
+        }
+        let run = || -> Result<codec::KMeans> {
+            let vals = match m {
+                Some(m) => {
+                    let sp = m.sparse.as_ref().expect("device sparse form");
+                    let bd = self.base_d.as_ref().expect("a base");
+                    let gb = codec::gather(bd, &sp.mask, sp.values.len())?;
+                    codec::delta_f32(&gb, &sp.values)?
+                }
+                None => match &self.base_d {
+                    Some(bd) => codec::delta_f32(bd, self.new_d.as_ref().expect("device"))?,
+                    None => codec::to_f32(self.new_d.as_ref().expect("device"))?,
+                },
+            };
+            codec::kmeans(&vals, bits, KMEANS_ITERS, KMEANS_TOL)
+        };
+        let km = match run() {
+            Ok(km) => km,
+            Err(e) if unsupported(&e) => {
+                stats.notes.push(format!("{label} skipped: {e}"));
+                return Ok(None);
+            }
+            Err(Error::InvalidArgument { msg, .. }) if msg.contains("must be finite") => {
+                stats
+                    .notes
+                    .push(format!("{label} skipped: non-finite values"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let p = codec::pack_indices(&km.indices, bits)?;
+        Ok(Some((
+            km.centroids,
+            p.widths.download()?,
+            p.words.download()?,
+        )))
+    }
+
+    /// Decode a candidate through the decoder `decompress` uses on this executor, handing the
+    /// produced elements to `emit` in order.
+    fn decode(
+        &self,
+        enc: &Encoding,
+        secs: &[Section],
+        emit: &mut dyn FnMut(&[T], usize) -> Result<()>,
+    ) -> Result<()> {
+        let secs: Vec<&[u8]> = secs.iter().map(|s| s.bytes()).collect();
+        let n = self.new.len();
+        if self.host() {
+            let mut at = 0;
+            return hostdec::decode(enc, n, &secs, self.base, self.name, &mut |c: &[T]| {
+                emit(c, at)?;
+                at += c.len();
+                Ok(())
+            });
+        }
+        let r = decode_typed::<T>(self.dev, enc, n, &secs, self.base_d.as_ref(), self.name)?;
+        let b = buf_bytes(&r)?;
+        emit(&view::<T>(&b), 0)
+    }
+
+    /// Relative L2 error (against `denom`) and xxh3-64 of a candidate's decoded bytes.
+    fn measure(&self, enc: &Encoding, secs: &[Section], denom: f64) -> Result<(f64, u64)> {
+        let (mut sq, mut h) = (0f64, Xxh3::new());
+        self.decode(enc, secs, &mut |c, at| {
+            sq_err(c, &self.new[at..at + c.len()], &mut sq);
+            h.update(bytemuck::cast_slice(c));
+            Ok(())
+        })?;
+        Ok((rel(sq, denom), h.digest()))
+    }
+
+    /// Whether an exact candidate decodes to the input, bit for bit.
+    fn verify(&self, enc: &Encoding, secs: &[Section]) -> bool {
+        let es = std::mem::size_of::<T>();
+        let mut same = true;
+        let r = self.decode(enc, secs, &mut |c, at| {
+            same &=
+                *bytemuck::cast_slice::<T, u8>(c) == self.new_bytes[at * es..(at + c.len()) * es];
+            Ok(())
+        });
+        r.is_ok() && same
+    }
+}
+
+/// A lossy candidate, built and measured.
+struct Lossy<'a> {
     encoding: Encoding,
-    sections: Vec<Cow<'a, [u8]>>,
-    recon: Option<Vec<u8>>,
+    sections: Vec<Section<'a>>,
     error: f64,
+    xxh3: u64,
 }
 
-impl Cand<'_> {
+impl Lossy<'_> {
     /// Stored bytes, counting a codebook's share of the manifest (~12 JSON bytes a centroid).
     fn size(&self) -> u64 {
-        let codebook = match &self.encoding {
-            Encoding::MaskQuant { centroids, .. }
-            | Encoding::QuantDelta { centroids, .. }
-            | Encoding::QuantWeights { centroids, .. } => 12 * centroids.len() as u64,
-            _ => 0,
-        };
-        codebook + self.sections.iter().map(|s| s.len() as u64).sum::<u64>()
+        codebook_bytes(&self.encoding) + self.sections.iter().map(|s| s.len() as u64).sum::<u64>()
     }
+}
+
+fn codebook_bytes(e: &Encoding) -> u64 {
+    match e {
+        Encoding::MaskQuant { centroids, .. }
+        | Encoding::QuantDelta { centroids, .. }
+        | Encoding::QuantWeights { centroids, .. } => 12 * centroids.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Keep a lossy candidate only while it is within budget and smaller than every exact one
+/// and the best lossy one so far (so at most two candidates' sections are alive at once);
+/// record it either way.
+fn offer<'a>(
+    best: &mut Option<Lossy<'a>>,
+    tried: &mut Vec<(String, u64, Option<f64>)>,
+    exact_min: u64,
+    c: Lossy<'a>,
+    budget: f64,
+) -> bool {
+    let size = c.size();
+    tried.push((c.encoding.name(), size, finite(c.error)));
+    let ok = c.error <= budget;
+    let bound = best.as_ref().map_or(exact_min, |b| b.size().min(exact_min));
+    if ok && size < bound {
+        *best = Some(c);
+    }
+    ok
 }
 
 /// Choose and build the encoding of one float tensor. `exact_only` forbids lossy encodings.
+/// `produced` receives the bytes the decoder will produce for the chosen encoding, in order
+/// (the input itself when it is exact).
 pub fn encode_tensor<'a, T: Float>(
     dev: &Device,
     name: &str,
     new_bytes: &'a [u8],
-    base_bytes: Option<&[u8]>,
+    base_bytes: Option<&'a [u8]>,
     budget: f64,
     exact_only: bool,
+    produced: &mut dyn FnMut(&[u8]),
 ) -> Result<Choice<'a>> {
     let new_h = view::<T>(new_bytes);
+    let base_h = base_bytes.map(view::<T>);
     let n = new_h.len();
+    let raw_size = new_bytes.len() as u64;
     let mut stats = TensorStats::default();
-    let raw = Cand {
-        encoding: Encoding::Raw,
-        sections: vec![Cow::Borrowed(new_bytes)],
-        recon: None,
-        error: 0.0,
-    };
-    let mut cands: Vec<Cand<'a>> = Vec::new();
-    // Every lossy candidate tried, kept or not: (name, size, error).
-    let mut tried: Vec<(String, u64, Option<f64>)> = Vec::new();
+    stats.candidates.push(("raw".into(), raw_size, Some(0.0)));
     let lossy = !exact_only && budget > 0.0;
-    let new_d = dev.upload(&new_h, "ckpt.new")?;
-    let base_d = match base_bytes {
-        Some(bb) => Some(dev.upload(&view::<T>(bb), "ckpt.base")?),
-        None => None,
-    };
-
-    if let (Some(bb), Some(base_d)) = (base_bytes, base_d.as_ref()) {
-        let base_h = view::<T>(bb);
-        // Measurements: fraction changed, spread of the delta (f64).
-        let (mut count, mut sq, mut mx) = (0u64, 0f64, 0f64);
-        for (b, x) in base_h.iter().zip(new_h.iter()) {
-            if b.to_bits() != x.to_bits() {
-                count += 1;
-                let d = x.to_f64() - b.to_f64();
-                sq += d * d;
-                mx = mx.max(d.abs());
-            }
+    let raw = |stats: TensorStats, produced: &mut dyn FnMut(&[u8])| {
+        produced(new_bytes);
+        Choice {
+            encoding: Encoding::Raw,
+            sections: vec![Section::Borrowed(new_bytes)],
+            recon_xxh3: None,
+            stats,
         }
-        let dnorm = sq.sqrt();
+    };
+    if base_h.is_none() && !(lossy && n > 0) {
+        return Ok(raw(stats, produced));
+    }
+    let (new_d, base_d) = if dev.backend().runs_kernels() {
+        (
+            Some(dev.upload(&new_h, "ckpt.new")?),
+            match &base_h {
+                Some(b) => Some(dev.upload(b, "ckpt.base")?),
+                None => None,
+            },
+        )
+    } else {
+        (None, None)
+    };
+    let eng = Engine {
+        dev,
+        name,
+        new: &new_h,
+        new_bytes,
+        base: base_h.as_deref(),
+        new_d,
+        base_d,
+    };
+    let mut tried: Vec<(String, u64, Option<f64>)> = Vec::new();
+    let mut best: Option<Lossy> = None;
+    let mut exact: Option<(Masked<T>, Plan)> = None;
+
+    if let Some(base) = eng.base {
+        // Measurements: fraction changed, spread of the delta (f64), and the mask.
+        let m = delta::measure(base, &new_h);
+        let count = m.mask.count;
+        let dnorm = m.sq.sqrt();
         stats.frac_changed = Some(if n == 0 { 0.0 } else { count as f64 / n as f64 });
         stats.delta_rms = finite(if count == 0 {
             0.0
         } else {
-            (sq / count as f64).sqrt()
+            (m.sq / count as f64).sqrt()
         });
-        stats.delta_max = finite(mx);
-
-        let sp = bitmask::sparsify(base_d, &new_d, 0.0)?;
-        let mask_h = sp.mask.download()?;
-        let (mcode, mbytes) = code_mask(&mask_h);
-        let cnt = sp.values.len() as u64;
-        cands.push(Cand {
-            encoding: Encoding::MaskRaw {
-                mask: mcode,
-                tau: 0.0,
-                count: cnt,
-            },
-            sections: vec![
-                Cow::Owned(mbytes.clone()),
-                Cow::Owned(buf_bytes(&sp.values)?.into_owned()),
-            ],
-            recon: None,
-            error: 0.0,
-        });
-        match delta_candidate(base_d, &sp, mcode, &mbytes, 0.0) {
-            Ok(c) => cands.extend(c),
-            Err(e) if unsupported(&e) => stats.notes.push(format!("mask+delta skipped: {e}")),
-            Err(e) => return Err(e),
+        stats.delta_max = finite(m.max);
+        let m0 = eng.masked(0.0, Some(m.mask), &mut stats)?;
+        let plan = Plan::new(&m0.mask, &m0.changed);
+        for (kind, size) in plan.sizes() {
+            stats
+                .candidates
+                .push((plan.encoding(kind, 0.0).name(), size, Some(0.0)));
         }
+        let exact_min = plan.sizes().iter().map(|s| s.1).min().unwrap_or(u64::MAX);
 
         if lossy && count > 0 {
-            // Thresholds from the sorted |delta|: drop the smallest changes whose squared sum
-            // stays within a share of the budget.
-            let mut ad: Vec<(f32, f64)> = base_h
-                .iter()
-                .zip(new_h.iter())
-                .filter(|(b, x)| b.to_bits() != x.to_bits())
-                .map(|(b, x)| {
-                    let d = x.to_f64() - b.to_f64();
-                    ((x.to_f32() - b.to_f32()).abs(), d * d)
-                })
-                .collect();
-            ad.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let tau_for = |share: f64| -> f32 {
-                let lim = (share * budget * dnorm).powi(2);
-                let mut acc = 0.0;
-                let mut tau = 0.0f32;
-                for w in ad.windows(2) {
-                    acc += w[0].1;
-                    if acc > lim {
-                        break;
-                    }
-                    // Only a tau strictly below the next value keeps the next one.
-                    if w[1].0 > w[0].0 && w[0].0.is_finite() {
-                        tau = w[0].0;
-                    }
-                }
-                tau
-            };
-            let (tau_delta, tau_quant) = (tau_for(0.9), tau_for(0.5));
-            drop(ad);
+            let tau_delta = delta::tau_for(base, &new_h, &m0.mask, (0.9 * budget * dnorm).powi(2));
+            let tau_quant = delta::tau_for(base, &new_h, &m0.mask, (0.5 * budget * dnorm).powi(2));
             if tau_delta > 0.0 {
-                let spt = bitmask::sparsify(base_d, &new_d, tau_delta)?;
-                let mh = spt.mask.download()?;
-                let (mc, mb) = code_mask(&mh);
-                match delta_candidate(base_d, &spt, mc, &mb, tau_delta) {
-                    Ok(cs) => {
-                        for mut c in cs {
-                            finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
-                            offer(&mut cands, &mut tried, c, budget);
-                        }
+                // Thresholded lossless delta: both value codings decode to the same tensor
+                // (exact values on the thresholded mask); the smaller is built and measured.
+                let mt = eng.masked(tau_delta, None, &mut stats)?;
+                let pt = Plan::new(&mt.mask, &mt.changed);
+                let opts: Vec<(Kind, u64)> = pt
+                    .sizes()
+                    .into_iter()
+                    .filter(|s| s.0 != Kind::MaskRaw)
+                    .collect();
+                if let Some(&(kind, _)) = opts.iter().min_by_key(|s| s.1) {
+                    let enc = pt.encoding(kind, tau_delta);
+                    let secs = pt.build(kind, &mt.mask, &mt.changed);
+                    let (error, xxh3) = eng.measure(&enc, &secs, dnorm)?;
+                    for &(other, size) in opts.iter().filter(|s| s.0 != kind) {
+                        tried.push((pt.encoding(other, tau_delta).name(), size, finite(error)));
                     }
-                    Err(e) if unsupported(&e) => {
-                        stats.notes.push(format!("mask(tau)+delta skipped: {e}"))
-                    }
-                    Err(e) => return Err(e),
+                    let c = Lossy {
+                        encoding: enc,
+                        sections: secs,
+                        error,
+                        xxh3,
+                    };
+                    offer(&mut best, &mut tried, exact_min, c, budget);
+                } else {
+                    stats
+                        .notes
+                        .push("mask(tau)+delta skipped: no zigzag deltas".into());
                 }
             }
             for tau in [0.0f32, tau_quant] {
                 if tau > 0.0 && tau == tau_delta {
                     continue;
                 }
-                let spt = if tau == 0.0 {
-                    None
+                let mt;
+                let mq = if tau == 0.0 {
+                    &m0
                 } else {
-                    Some(bitmask::sparsify(base_d, &new_d, tau)?)
+                    mt = eng.masked(tau, None, &mut stats)?;
+                    &mt
                 };
-                let s = spt.as_ref().unwrap_or(&sp);
-                if s.values.is_empty() {
+                if mq.mask.count == 0 {
                     continue;
                 }
-                let mh = s.mask.download()?;
-                let (mc, mb) = code_mask(&mh);
+                let mplan = MaskPlan::new(&mq.mask);
                 for bits in QUANT_BITS {
-                    match mask_quant_candidate(base_d, s, mc, &mb, tau, bits) {
-                        Ok(mut c) => {
-                            finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
-                            let ok = c.error <= budget;
-                            offer(&mut cands, &mut tried, c, budget);
-                            if ok {
-                                break;
-                            }
-                        }
-                        Err(e) if unsupported(&e) => {
-                            stats.notes.push(format!("mask+q{bits} skipped: {e}"));
-                            break;
-                        }
-                        Err(e) => return Err(e),
+                    let label = if tau == 0.0 {
+                        format!("mask+q{bits}")
+                    } else {
+                        format!("mask(tau)+q{bits}")
+                    };
+                    let Some((centroids, widths, words)) =
+                        eng.quantise(Some(mq), bits, &mut stats, &label)?
+                    else {
+                        break;
+                    };
+                    let enc = Encoding::MaskQuant {
+                        mask: mplan.coding,
+                        tau: mq.tau,
+                        count: mq.mask.count as u64,
+                        bits,
+                        centroids,
+                    };
+                    let secs = vec![
+                        mplan.build(&mq.mask),
+                        Section::Bytes(widths),
+                        Section::words(words),
+                    ];
+                    let (error, xxh3) = eng.measure(&enc, &secs, dnorm)?;
+                    let c = Lossy {
+                        encoding: enc,
+                        sections: secs,
+                        error,
+                        xxh3,
+                    };
+                    if offer(&mut best, &mut tried, exact_min, c, budget) {
+                        break;
                     }
                 }
             }
             if stats.frac_changed.unwrap_or(0.0) > 0.5 {
                 for bits in QUANT_BITS {
-                    match quant_candidate(&new_d, Some(base_d), bits) {
-                        Ok(mut c) => {
-                            finish_lossy::<T>(dev, &mut c, n, Some(base_d), &new_h, dnorm)?;
-                            let ok = c.error <= budget;
-                            offer(&mut cands, &mut tried, c, budget);
-                            if ok {
-                                break;
-                            }
-                        }
-                        Err(e) if unsupported(&e) => {
-                            stats.notes.push(format!("delta-q{bits} skipped: {e}"));
-                            break;
-                        }
-                        Err(e) => return Err(e),
+                    let label = format!("delta-q{bits}");
+                    let Some((centroids, widths, words)) =
+                        eng.quantise(None, bits, &mut stats, &label)?
+                    else {
+                        break;
+                    };
+                    let enc = Encoding::QuantDelta { bits, centroids };
+                    let secs = vec![Section::Bytes(widths), Section::words(words)];
+                    let (error, xxh3) = eng.measure(&enc, &secs, dnorm)?;
+                    let c = Lossy {
+                        encoding: enc,
+                        sections: secs,
+                        error,
+                        xxh3,
+                    };
+                    if offer(&mut best, &mut tried, exact_min, c, budget) {
+                        break;
                     }
                 }
             }
         }
-    } else if lossy && n > 0 {
+        exact = Some((m0, plan));
+    } else {
+        // No base, with a budget: the weights themselves quantised.
         let wnorm = new_h
             .iter()
             .map(|x| x.to_f64() * x.to_f64())
             .sum::<f64>()
             .sqrt();
         for bits in QUANT_BITS {
-            match quant_candidate(&new_d, None, bits) {
-                Ok(mut c) => {
-                    finish_lossy::<T>(dev, &mut c, n, None, &new_h, wnorm)?;
-                    let ok = c.error <= budget;
-                    offer(&mut cands, &mut tried, c, budget);
-                    if ok {
-                        break;
-                    }
-                }
-                Err(e) if unsupported(&e) => {
-                    stats.notes.push(format!("weights-q{bits} skipped: {e}"));
-                    break;
-                }
-                Err(e) => return Err(e),
+            let label = format!("weights-q{bits}");
+            let Some((centroids, widths, words)) = eng.quantise(None, bits, &mut stats, &label)?
+            else {
+                break;
+            };
+            let enc = Encoding::QuantWeights { bits, centroids };
+            let secs = vec![Section::Bytes(widths), Section::words(words)];
+            let (error, xxh3) = eng.measure(&enc, &secs, wnorm)?;
+            let c = Lossy {
+                encoding: enc,
+                sections: secs,
+                error,
+                xxh3,
+            };
+            if offer(&mut best, &mut tried, u64::MAX, c, budget) {
+                break;
             }
         }
-    }
-
-    stats
-        .candidates
-        .push(("raw".into(), new_bytes.len() as u64, Some(0.0)));
-    for c in cands.iter().filter(|c| c.encoding.is_exact()) {
-        stats
-            .candidates
-            .push((c.encoding.name(), c.size(), finite(c.error)));
     }
     stats.candidates.extend(tried);
-    // Smallest acceptable candidate; exact ones are verified by decoding before being chosen.
-    let mut order: Vec<Cand<'a>> = cands
-        .into_iter()
-        .filter(|c| c.error <= budget && c.size() < raw.size())
-        .collect();
-    order.sort_by_key(|c| c.size());
-    for c in order {
-        if c.encoding.is_exact() {
-            let secs: Vec<&[u8]> = c.sections.iter().map(|s| s.as_ref()).collect();
-            let ok = decode_typed::<T>(dev, &c.encoding, n, &secs, base_d.as_ref(), name)
-                .and_then(|r| buf_bytes(&r).map(|b| *b == *new_bytes))
-                .unwrap_or(false);
-            if !ok {
-                stats.notes.push(format!(
-                    "{} failed its decode check; not used",
-                    c.encoding.name()
-                ));
-                continue;
+
+    // Smallest candidate below raw; exact ones are built only now, and verified by decoding
+    // before being chosen. Ties go to the exact encodings, in plan order.
+    let mut order: Vec<(u64, Option<Kind>)> = exact
+        .as_ref()
+        .map(|(_, p)| p.sizes().into_iter().map(|(k, s)| (s, Some(k))).collect())
+        .unwrap_or_default();
+    if let Some(b) = &best {
+        order.push((b.size(), None));
+    }
+    order.retain(|o| o.0 < raw_size);
+    order.sort_by_key(|o| o.0);
+    for (_, kind) in order {
+        match kind {
+            Some(kind) => {
+                let (m0, plan) = exact.as_ref().expect("planned");
+                let enc = plan.encoding(kind, 0.0);
+                let secs = plan.build(kind, &m0.mask, &m0.changed);
+                if !eng.verify(&enc, &secs) {
+                    stats
+                        .notes
+                        .push(format!("{} failed its decode check; not used", enc.name()));
+                    continue;
+                }
+                stats.error = 0.0;
+                produced(new_bytes);
+                return Ok(Choice {
+                    encoding: enc,
+                    sections: secs,
+                    recon_xxh3: None,
+                    stats,
+                });
+            }
+            None => {
+                let b = best.take().expect("a lossy candidate");
+                // The file hash needs the produced bytes: decode once more, streaming.
+                let mut h = Xxh3::new();
+                eng.decode(&b.encoding, &b.sections, &mut |c, _| {
+                    let bytes = bytemuck::cast_slice(c);
+                    h.update(bytes);
+                    produced(bytes);
+                    Ok(())
+                })?;
+                if h.digest() != b.xxh3 {
+                    return Err(Error::kernel(
+                        dev.backend().family(),
+                        "ckpt decode",
+                        format!("tensor '{name}': a second decode gave different bytes"),
+                    ));
+                }
+                stats.error = b.error;
+                return Ok(Choice {
+                    encoding: b.encoding,
+                    sections: b.sections,
+                    recon_xxh3: Some(b.xxh3),
+                    stats,
+                });
             }
         }
-        stats.error = c.error;
-        return Ok(Choice {
-            encoding: c.encoding,
-            sections: c.sections,
-            recon: c.recon,
-            stats,
-        });
     }
     stats.error = 0.0;
-    Ok(Choice {
-        encoding: raw.encoding,
-        sections: raw.sections,
-        recon: None,
-        stats,
-    })
+    Ok(raw(stats, produced))
 }
 
-/// Keep a lossy candidate only while it is within budget and smaller than every kept one, so
-/// at most one reconstruction is alive at once; record it either way.
-fn offer<'a>(
-    cands: &mut Vec<Cand<'a>>,
-    tried: &mut Vec<(String, u64, Option<f64>)>,
-    c: Cand<'a>,
-    budget: f64,
-) {
-    tried.push((c.encoding.name(), c.size(), finite(c.error)));
-    let best = cands.iter().map(|k| k.size()).min().unwrap_or(u64::MAX);
-    if c.error <= budget && c.size() < best {
-        cands.retain(|k| k.encoding.is_exact());
-        cands.push(c);
-    }
-}
-
-fn delta_candidate<'a, T: Float>(
-    base_d: &DeviceBuffer<T>,
-    sp: &bitmask::Sparse<T>,
-    mcode: MaskCoding,
-    mbytes: &[u8],
-    tau: f32,
-) -> Result<Vec<Cand<'a>>> {
-    let cnt = sp.values.len();
-    let gb = codec::gather(base_d, &sp.mask, cnt)?;
-    let p = codec::delta_encode(&gb, &sp.values)?;
-    let (w, d) = packed_sections(&p)?;
-    // Second stage: the same zigzag values, Exp-Golomb coded per block.
-    let words = p.words.download()?;
-    if words.len() as u64 != valcode::packed_words(&w, cnt) || w.iter().any(|&x| x > 32) {
-        return Err(Error::kernel(
-            base_d.device().backend().family(),
-            "codec::delta_encode",
-            "packed output does not match its widths",
+/// Check a packed stream's sections for `count` values: one width per block, each at most
+/// `max_width` (and equal to `fixed` when given), and exactly the words the widths need.
+pub(crate) fn check_packed(
+    wb: &[u8],
+    db: &[u8],
+    count: usize,
+    fixed: Option<u32>,
+    max_width: u32,
+    ctx: &str,
+) -> Result<()> {
+    let blocks = count.div_ceil(codec::PACK_BLOCK);
+    if wb.len() != blocks {
+        return Err(ferr(
+            ctx,
+            format!(
+                "section 'widths' has {} entries, {count} values need {blocks}",
+                wb.len()
+            ),
         ));
     }
-    let (ks, stream) = valcode::encode(&valcode::unpack(&words, &w, cnt));
-    Ok(vec![
-        Cand {
-            encoding: Encoding::MaskDelta {
-                mask: mcode,
-                tau,
-                count: cnt as u64,
-            },
-            sections: vec![Cow::Owned(mbytes.to_vec()), Cow::Owned(w), Cow::Owned(d)],
-            recon: None,
-            error: 0.0,
-        },
-        Cand {
-            encoding: Encoding::MaskDeltaEg {
-                mask: mcode,
-                tau,
-                count: cnt as u64,
-            },
-            sections: vec![
-                Cow::Owned(mbytes.to_vec()),
-                Cow::Owned(ks),
-                Cow::Owned(stream),
-            ],
-            recon: None,
-            error: 0.0,
-        },
-    ])
-}
-
-fn mask_quant_candidate<'a, T: Float>(
-    base_d: &DeviceBuffer<T>,
-    sp: &bitmask::Sparse<T>,
-    mcode: MaskCoding,
-    mbytes: &[u8],
-    tau: f32,
-    bits: u32,
-) -> Result<Cand<'a>> {
-    let cnt = sp.values.len();
-    let gb = codec::gather(base_d, &sp.mask, cnt)?;
-    let d = codec::delta_f32(&gb, &sp.values)?;
-    let km = codec::kmeans(&d, bits, KMEANS_ITERS, KMEANS_TOL)?;
-    let p = codec::pack_indices(&km.indices, bits)?;
-    let (w, words) = packed_sections(&p)?;
-    Ok(Cand {
-        encoding: Encoding::MaskQuant {
-            mask: mcode,
-            tau,
-            count: cnt as u64,
-            bits,
-            centroids: km.centroids,
-        },
-        sections: vec![
-            Cow::Owned(mbytes.to_vec()),
-            Cow::Owned(w),
-            Cow::Owned(words),
-        ],
-        recon: None,
-        error: f64::INFINITY,
-    })
-}
-
-fn quant_candidate<'a, T: Float>(
-    new_d: &DeviceBuffer<T>,
-    base_d: Option<&DeviceBuffer<T>>,
-    bits: u32,
-) -> Result<Cand<'a>> {
-    let vals = match base_d {
-        Some(b) => codec::delta_f32(b, new_d)?,
-        None => codec::to_f32(new_d)?,
-    };
-    let km = codec::kmeans(&vals, bits, KMEANS_ITERS, KMEANS_TOL)?;
-    let p = codec::pack_indices(&km.indices, bits)?;
-    let (w, words) = packed_sections(&p)?;
-    let encoding = match base_d {
-        Some(_) => Encoding::QuantDelta {
-            bits,
-            centroids: km.centroids,
-        },
-        None => Encoding::QuantWeights {
-            bits,
-            centroids: km.centroids,
-        },
-    };
-    Ok(Cand {
-        encoding,
-        sections: vec![Cow::Owned(w), Cow::Owned(words)],
-        recon: None,
-        error: f64::INFINITY,
-    })
-}
-
-/// Decode a lossy candidate through the decoder and measure its error.
-fn finish_lossy<T: Float>(
-    dev: &Device,
-    c: &mut Cand<'_>,
-    n: usize,
-    base_d: Option<&DeviceBuffer<T>>,
-    new_h: &[T],
-    denom: f64,
-) -> Result<()> {
-    let secs: Vec<&[u8]> = c.sections.iter().map(|s| s.as_ref()).collect();
-    let r = decode_typed::<T>(dev, &c.encoding, n, &secs, base_d, "candidate")?;
-    let rb = buf_bytes(&r)?;
-    c.error = rel_err(&view::<T>(&rb), new_h, denom);
-    c.recon = Some(rb.into_owned());
+    if let Some(&w) = wb
+        .iter()
+        .find(|&&w| w as u32 > max_width || fixed.is_some_and(|f| w as u32 != f))
+    {
+        return Err(ferr(
+            ctx,
+            format!("section 'widths' holds an invalid width {w}"),
+        ));
+    }
+    if db.len() as u64 != 4 * valcode::packed_words(wb, count) {
+        return Err(ferr(
+            ctx,
+            "section 'words' length disagrees with its widths",
+        ));
+    }
     Ok(())
 }
 
@@ -517,7 +673,13 @@ fn parse_u32s(b: &[u8], ctx: &str, what: &str) -> Result<Vec<u32>> {
         .collect())
 }
 
-fn parse_mask(coding: MaskCoding, b: &[u8], n: usize, count: u64, ctx: &str) -> Result<Vec<u32>> {
+pub(crate) fn parse_mask(
+    coding: MaskCoding,
+    b: &[u8],
+    n: usize,
+    count: u64,
+    ctx: &str,
+) -> Result<Vec<u32>> {
     let mask = match coding {
         MaskCoding::Bits => {
             if b.len() as u64 != 4 * bitmask::mask_words(n) as u64 {
@@ -543,41 +705,18 @@ fn parse_mask(coding: MaskCoding, b: &[u8], n: usize, count: u64, ctx: &str) -> 
     Ok(mask)
 }
 
-/// Validate and upload a [`codec::Packed`] of `count` values from its sections. `fixed`: every
-/// block must have this width (quantisation indices).
+/// Validate and upload a [`codec::Packed`] of `count` values from its sections (see
+/// [`check_packed`]).
 fn parse_packed(
     dev: &Device,
     wb: &[u8],
     db: &[u8],
     count: usize,
     fixed: Option<u32>,
+    max_width: u32,
     ctx: &str,
 ) -> Result<codec::Packed> {
-    let blocks = count.div_ceil(codec::PACK_BLOCK);
-    if wb.len() != blocks {
-        return Err(ferr(
-            ctx,
-            format!(
-                "section 'widths' has {} entries, {count} values need {blocks}",
-                wb.len()
-            ),
-        ));
-    }
-    if let Some(&w) = wb
-        .iter()
-        .find(|&&w| w > 32 || fixed.is_some_and(|f| w as u32 != f))
-    {
-        return Err(ferr(
-            ctx,
-            format!("section 'widths' holds an invalid width {w}"),
-        ));
-    }
-    if db.len() as u64 != 4 * valcode::packed_words(wb, count) {
-        return Err(ferr(
-            ctx,
-            "section 'words' length disagrees with its widths",
-        ));
-    }
+    check_packed(wb, db, count, fixed, max_width, ctx)?;
     let words = parse_u32s(db, ctx, "words")?;
     Ok(codec::Packed {
         words: dev.upload(&words, "ckpt.words")?,
@@ -586,7 +725,7 @@ fn parse_packed(
     })
 }
 
-fn check_centroids(bits: u32, c: &[f32], ctx: &str) -> Result<()> {
+pub(crate) fn check_centroids(bits: u32, c: &[f32], ctx: &str) -> Result<()> {
     if !QUANT_BITS.contains(&bits) || c.len() != 1usize << bits || c.iter().any(|x| !x.is_finite())
     {
         return Err(ferr(
@@ -638,7 +777,7 @@ pub fn decode_typed<T: Float>(
             let b = need_base()?;
             let m = parse_mask(*mask, secs[0], n, *count, ctx)?;
             let cnt = *count as usize;
-            let p = parse_packed(dev, secs[1], secs[2], cnt, None, ctx)?;
+            let p = parse_packed(dev, secs[1], secs[2], cnt, None, 8 * es as u32, ctx)?;
             let md = dev.upload(&m, "ckpt.mask")?;
             let gb = codec::gather(b, &md, cnt)?;
             let vals = codec::delta_decode(&gb, &p)?;
@@ -649,6 +788,12 @@ pub fn decode_typed<T: Float>(
             let m = parse_mask(*mask, secs[0], n, *count, ctx)?;
             let cnt = *count as usize;
             let z = valcode::decode(secs[1], secs[2], cnt, ctx)?;
+            if es == 2 && z.iter().any(|&v| v > 0xffff) {
+                return Err(ferr(
+                    ctx,
+                    "exp-golomb values: a delta does not fit 16-bit elements",
+                ));
+            }
             let (words, widths) = valcode::pack(&z);
             drop(z);
             let p = codec::Packed {
@@ -672,7 +817,7 @@ pub fn decode_typed<T: Float>(
             check_centroids(*bits, centroids, ctx)?;
             let m = parse_mask(*mask, secs[0], n, *count, ctx)?;
             let cnt = *count as usize;
-            let p = parse_packed(dev, secs[1], secs[2], cnt, Some(*bits), ctx)?;
+            let p = parse_packed(dev, secs[1], secs[2], cnt, Some(*bits), 32, ctx)?;
             let md = dev.upload(&m, "ckpt.mask")?;
             let gb = codec::gather(b, &md, cnt)?;
             let vals = codec::dequantize(&p, centroids, Some(&gb))?;
@@ -681,12 +826,12 @@ pub fn decode_typed<T: Float>(
         Encoding::QuantDelta { bits, centroids } => {
             let b = need_base()?;
             check_centroids(*bits, centroids, ctx)?;
-            let p = parse_packed(dev, secs[0], secs[1], n, Some(*bits), ctx)?;
+            let p = parse_packed(dev, secs[0], secs[1], n, Some(*bits), 32, ctx)?;
             codec::dequantize(&p, centroids, Some(b))?
         }
         Encoding::QuantWeights { bits, centroids } => {
             check_centroids(*bits, centroids, ctx)?;
-            let p = parse_packed(dev, secs[0], secs[1], n, Some(*bits), ctx)?;
+            let p = parse_packed(dev, secs[0], secs[1], n, Some(*bits), 32, ctx)?;
             codec::dequantize::<T>(&p, centroids, None)?
         }
     };

@@ -13,10 +13,11 @@
 use crate::error::Result;
 use crate::ops::codec::PACK_BLOCK;
 
+use super::bits::{emit_parallel, BitReader, SliceWriter};
 use super::format::ferr;
 
 /// Largest order tried.
-const MAX_K: u32 = 20;
+pub const MAX_K: u32 = 20;
 
 /// Words of a packed stream (see `ops::codec::Packed`): a full block of width w takes 8w words,
 /// the last block `ceil(cnt * w / 32)`.
@@ -83,102 +84,165 @@ pub fn pack(z: &[u32]) -> (Vec<u32>, Vec<u8>) {
     (words, widths)
 }
 
-fn cost(z: u32, k: u32) -> u64 {
+/// Bits of the code of `z` with order `k`.
+pub fn cost(z: u32, k: u32) -> u64 {
     let v = z as u64 + (1u64 << k);
     let nb = 64 - v.leading_zeros() as u64;
     2 * (nb - 1 - k as u64) + 1 + k as u64
 }
 
-/// Exp-Golomb code the values: one order byte per block, and the bit stream.
-pub fn encode(z: &[u32]) -> (Vec<u8>, Vec<u8>) {
-    let mut ks = Vec::with_capacity(z.len().div_ceil(PACK_BLOCK));
-    let (mut out, mut acc, mut n) = (Vec::new(), 0u128, 0u32);
-    for blk in z.chunks(PACK_BLOCK) {
-        let k = (0..=MAX_K)
-            .min_by_key(|&k| blk.iter().map(|&v| cost(v, k)).sum::<u64>())
-            .unwrap_or(0);
-        ks.push(k as u8);
-        for &zv in blk {
-            let v = zv as u64 + (1u64 << k);
-            let nb = 64 - v.leading_zeros();
-            let q = nb - 1 - k;
-            // q zeros and a one, then the low nb-1 bits of v: at most 33 + 33 bits.
-            acc |= 1u128 << (n + q);
-            n += q + 1;
-            acc |= ((v & ((1u64 << (nb - 1)) - 1)) as u128) << n;
-            n += nb - 1;
-            while n >= 8 {
-                out.push(acc as u8);
-                acc >>= 8;
-                n -= 8;
-            }
+/// The best order for a block (the smallest on ties) and the block's bits with it, exactly
+/// as an exhaustive search over `0..=MAX_K` finds them, from one pass over the block.
+///
+/// With `L` the bit length of `z`: for `k >= L` the code takes `k + 1` bits; for `k < L` it
+/// takes `2L - 1 - k` bits, plus 2 when `z + 2^k` carries into bit `L`, which happens exactly
+/// when bits `k..L` of `z` are all ones, i.e. for `k >= L - t` with `t` the number of leading
+/// ones of `z`. A histogram of `L` and a difference array of the carry ranges give every
+/// order's total.
+pub fn block_order(blk: &[u32]) -> (u32, u64) {
+    let mut hist = [0u64; 33];
+    let mut carry = [0i64; 34];
+    for &z in blk {
+        let l = 32 - z.leading_zeros();
+        hist[l as usize] += 1;
+        if l > 0 {
+            let t = (!(z << (32 - l))).leading_zeros();
+            carry[(l - t) as usize] += 1;
+            carry[l as usize] -= 1;
         }
     }
-    if n > 0 {
-        out.push(acc as u8);
+    let total = blk.len() as u64;
+    // Sums over L > k: count and sum of L; updated as k grows.
+    let mut cnt_gt = total - hist[0];
+    let mut sum_gt: u64 = (1..33).map(|l| l as u64 * hist[l]).sum();
+    let mut carries = 0i64;
+    let (mut best_k, mut best) = (0u32, u64::MAX);
+    for k in 0..=MAX_K {
+        if k > 0 {
+            cnt_gt -= hist[k as usize];
+            sum_gt -= k as u64 * hist[k as usize];
+        }
+        carries += carry[k as usize];
+        let cnt_le = total - cnt_gt;
+        let bits =
+            cnt_le * (k as u64 + 1) + 2 * sum_gt - (1 + k as u64) * cnt_gt + 2 * carries as u64;
+        if bits < best {
+            (best_k, best) = (k, bits);
+        }
     }
-    (ks, out)
+    (best_k, if blk.is_empty() { 0 } else { best })
+}
+
+/// Append the codes of `blk` with order `k` to `w`.
+#[inline]
+pub fn put_block(w: &mut SliceWriter, blk: &[u32], k: u32) {
+    for &zv in blk {
+        let v = zv as u64 + (1u64 << k);
+        let nb = 64 - v.leading_zeros();
+        let q = nb - 1 - k;
+        // q zeros and a one (at most 33 bits), then the low nb-1 bits of v (at most 32).
+        w.put(1u64 << q, q + 1);
+        w.put(v & ((1u64 << (nb - 1)) - 1), nb - 1);
+    }
+}
+
+/// Exp-Golomb code the values: one order byte per block, and the bit stream.
+pub fn encode(z: &[u32]) -> (Vec<u8>, Vec<u8>) {
+    let plan: Vec<(u32, u64)> = z.chunks(PACK_BLOCK).map(block_order).collect();
+    let ks = plan.iter().map(|p| p.0 as u8).collect();
+    let bits: Vec<u64> = plan.iter().map(|p| p.1).collect();
+    let stream = emit_parallel(&bits, |j, w| {
+        let blk = &z[j * PACK_BLOCK..((j + 1) * PACK_BLOCK).min(z.len())];
+        put_block(w, blk, plan[j].0);
+    });
+    (ks, stream)
+}
+
+/// Sequential decoder of an Exp-Golomb stream: [`EgReader::read`] per value, then
+/// [`EgReader::finish`]. Every inconsistency is a format error naming `ctx`.
+pub struct EgReader<'a> {
+    r: BitReader<'a>,
+    ks: &'a [u8],
+    count: usize,
+    i: usize,
+    ctx: &'a str,
+}
+
+impl<'a> EgReader<'a> {
+    /// Check the orders and bound `count` by the stream length before anything is decoded.
+    pub fn new(ks: &'a [u8], stream: &'a [u8], count: usize, ctx: &'a str) -> Result<Self> {
+        let bad = |m: &str| ferr(ctx, format!("exp-golomb values: {m}"));
+        if ks.len() != count.div_ceil(PACK_BLOCK) {
+            return Err(bad("wrong number of block orders"));
+        }
+        if ks.iter().any(|&k| k as u32 > MAX_K) {
+            return Err(bad("block order out of range"));
+        }
+        // Each value takes at least one bit: bounds `count` by the stream before allocating.
+        if count as u64 > stream.len() as u64 * 8 {
+            return Err(bad("stream too short"));
+        }
+        Ok(EgReader {
+            r: BitReader::new(stream),
+            ks,
+            count,
+            i: 0,
+            ctx,
+        })
+    }
+
+    fn bad(&self, m: &str) -> crate::error::Error {
+        ferr(self.ctx, format!("exp-golomb values: {m}"))
+    }
+
+    /// The next value (the caller reads at most `count`).
+    #[inline]
+    pub fn read(&mut self) -> Result<u32> {
+        debug_assert!(self.i < self.count);
+        let k = self.ks[self.i / PACK_BLOCK] as u32;
+        self.i += 1;
+        let q = self.r.peek().trailing_zeros();
+        if q + k > 32 {
+            return Err(self.bad("value too large"));
+        }
+        if q as u64 >= self.r.remaining() {
+            return Err(self.bad("stream ends inside a value"));
+        }
+        self.r.skip(q as u64 + 1);
+        let nbits = q + k;
+        if nbits as u64 > self.r.remaining() {
+            return Err(self.bad("stream ends inside a value"));
+        }
+        let low = if nbits == 0 {
+            0
+        } else {
+            self.r.peek() & ((1u64 << nbits) - 1)
+        };
+        self.r.skip(nbits as u64);
+        let z = ((1u64 << nbits) | low) - (1u64 << k);
+        u32::try_from(z).map_err(|_| self.bad("value too large"))
+    }
+
+    /// After all `count` values: the stream must end in the last byte, zero-padded.
+    pub fn finish(&self) -> Result<()> {
+        if self.r.position().div_ceil(8) != self.r.len_bytes() {
+            return Err(self.bad("trailing bytes"));
+        }
+        if !self.r.rest_is_zero() {
+            return Err(self.bad("nonzero padding"));
+        }
+        Ok(())
+    }
 }
 
 /// Inverse of [`encode`] for `count` values; any inconsistency is a format error naming `ctx`.
 pub fn decode(ks: &[u8], stream: &[u8], count: usize, ctx: &str) -> Result<Vec<u32>> {
-    let bad = |m: &str| ferr(ctx, format!("exp-golomb values: {m}"));
-    if ks.len() != count.div_ceil(PACK_BLOCK) {
-        return Err(bad("wrong number of block orders"));
-    }
-    if ks.iter().any(|&k| k as u32 > MAX_K) {
-        return Err(bad("block order out of range"));
-    }
-    // Each value takes at least one bit: bounds `count` by the stream before allocating.
-    if count as u64 > stream.len() as u64 * 8 {
-        return Err(bad("stream too short"));
-    }
-    let total = stream.len() as u64 * 8;
-    let bit = |at: u64| (stream[(at / 8) as usize] >> (at % 8)) & 1;
-    let mut pos = 0u64;
+    let mut r = EgReader::new(ks, stream, count, ctx)?;
     let mut out = Vec::with_capacity(count);
-    for (j, &k) in ks.iter().enumerate() {
-        let k = k as u32;
-        let cnt = (count - j * PACK_BLOCK).min(PACK_BLOCK);
-        for _ in 0..cnt {
-            let mut q = 0u32;
-            loop {
-                if pos >= total {
-                    return Err(bad("stream ends inside a value"));
-                }
-                let b = bit(pos);
-                pos += 1;
-                if b == 1 {
-                    break;
-                }
-                q += 1;
-                if q + k > 32 {
-                    return Err(bad("value too large"));
-                }
-            }
-            let nbits = (q + k) as u64;
-            if pos + nbits > total {
-                return Err(bad("stream ends inside a value"));
-            }
-            let mut low = 0u64;
-            for i in 0..nbits {
-                low |= (bit(pos + i) as u64) << i;
-            }
-            pos += nbits;
-            let v = (1u64 << nbits) | low;
-            let z = v - (1u64 << k);
-            out.push(u32::try_from(z).map_err(|_| bad("value too large"))?);
-        }
+    for _ in 0..count {
+        out.push(r.read()?);
     }
-    if pos.div_ceil(8) != stream.len() as u64 {
-        return Err(bad("trailing bytes"));
-    }
-    while pos < total {
-        if bit(pos) != 0 {
-            return Err(bad("nonzero padding"));
-        }
-        pos += 1;
-    }
+    r.finish()?;
     Ok(out)
 }
 
@@ -198,5 +262,43 @@ mod tests {
         assert_eq!(w.len() as u64, packed_words(&wd, z.len()));
         assert_eq!(unpack(&w, &wd, z.len()), z);
         assert_eq!(decode(&[], &[], 0, "t").unwrap(), Vec::<u32>::new());
+    }
+
+    /// The one-pass order search finds the exhaustive search's order and size.
+    #[test]
+    fn block_order_matches_exhaustive_search() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut blocks: Vec<Vec<u32>> = vec![
+            vec![],
+            vec![0; 256],
+            vec![u32::MAX; 256],
+            (0..256).map(|i| (1u32 << (i % 32)) - 1).collect(),
+            (0..256).map(|i| !0u32 >> (i % 32)).collect(),
+            vec![(1 << 20) - 1, (1 << 21) - 1, 1 << 31, 3],
+        ];
+        for shift in [0u32, 4, 10, 20, 28, 31] {
+            for _ in 0..40 {
+                let len = 1 + (rnd() % 256) as usize;
+                blocks.push(
+                    (0..len)
+                        .map(|_| (rnd() as u32) >> shift >> (rnd() % 8))
+                        .collect(),
+                );
+            }
+        }
+        for b in &blocks {
+            let want = (0..=MAX_K)
+                .map(|k| (k, b.iter().map(|&v| cost(v, k)).sum::<u64>()))
+                .min_by_key(|&(_, c)| c)
+                .unwrap();
+            let want = if b.is_empty() { (0, 0) } else { want };
+            assert_eq!(block_order(b), want, "{b:?}");
+        }
     }
 }

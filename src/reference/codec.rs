@@ -287,8 +287,9 @@ pub fn widen<T: Float>(x: T) -> f32 {
     }
 }
 
+/// `v`, or [`CANONICAL_NAN`] when `v` is a NaN.
 #[inline]
-fn canonical(v: f32) -> f32 {
+pub fn canonical(v: f32) -> f32 {
     if v.is_nan() {
         CANONICAL_NAN
     } else {
@@ -469,14 +470,47 @@ pub fn update_centroids(old: &[f32], sums: &[i64], counts: &[u64], e: i32) -> (V
     (new, moved)
 }
 
+/// f32 values read chunk by chunk: k-means over values that are never materialised whole
+/// (the checkpoint codec derives them from memory-mapped tensors on the fly). Chunk `c` holds
+/// values `c * VALUE_CHUNK .. min((c + 1) * VALUE_CHUNK, len)`.
+pub trait Values: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Chunk `c`'s values: a slice of `self`, or written into `buf` (cleared first).
+    fn chunk<'s>(&'s self, c: usize, buf: &'s mut Vec<f32>) -> &'s [f32];
+}
+
+/// Values per chunk of a [`Values`] source (also the CPU path's parallel chunk).
+pub const VALUE_CHUNK: usize = CHUNK;
+
+impl Values for [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn chunk<'s>(&'s self, c: usize, _: &'s mut Vec<f32>) -> &'s [f32] {
+        &self[c * CHUNK..((c + 1) * CHUNK).min(<[f32]>::len(self))]
+    }
+}
+
+fn chunks<V: Values + ?Sized>(v: &V) -> usize {
+    v.len().div_ceil(CHUNK)
+}
+
 /// Exact per-centroid fixed-point sums and counts of `values` under `mids`.
-fn sums_counts(values: &[f32], mids: &[f32], k: usize, e: i32) -> (Vec<i64>, Vec<u64>) {
-    values
-        .par_chunks(CHUNK)
-        .map(|ch| {
+fn sums_counts<V: Values + ?Sized>(
+    values: &V,
+    mids: &[f32],
+    k: usize,
+    e: i32,
+) -> (Vec<i64>, Vec<u64>) {
+    (0..chunks(values))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, c| {
             let mut s = vec![0i64; k];
             let mut n = vec![0u64; k];
-            for &x in ch {
+            for &x in values.chunk(c, buf) {
                 let c = assign(mids, x) as usize;
                 s[c] = s[c].wrapping_add(to_fixed(x, e));
                 n[c] += 1;
@@ -497,10 +531,15 @@ fn sums_counts(values: &[f32], mids: &[f32], k: usize, e: i32) -> (Vec<i64>, Vec
 
 /// Minimum, maximum (of the finite values) and number of non-finite values.
 pub fn min_max(values: &[f32]) -> (f32, f32, usize) {
-    values
-        .par_chunks(CHUNK)
-        .map(|ch| {
-            ch.iter().fold(
+    min_max_of(values)
+}
+
+/// [`min_max`] of a [`Values`] source.
+pub fn min_max_of<V: Values + ?Sized>(values: &V) -> (f32, f32, usize) {
+    (0..chunks(values))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, c| {
+            values.chunk(c, buf).iter().fold(
                 (f32::INFINITY, f32::NEG_INFINITY, 0),
                 |(lo, hi, bad), &v| {
                     if v.is_finite() {
@@ -526,19 +565,47 @@ pub fn movement_threshold(tol: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
-/// 1-D k-means of finite `values` with `k` centroids (a power of two up to 256):
-/// (sorted centroids, indices, iterations). The op validates the inputs.
-pub fn kmeans(values: &[f32], k: usize, max_iters: u32, tol: f32) -> (Vec<f32>, Vec<u8>, u32) {
+/// The initialisation sample: values `sample_index(i, n, s)` for `i < s`, in order.
+fn sample_of<V: Values + ?Sized>(values: &V, n: usize, s: usize) -> Vec<f32> {
+    let parts: Vec<Vec<f32>> = (0..chunks(values))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, c| {
+            let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let ch = values.chunk(c, buf);
+            // The first i with sample_index(i) >= lo is ceil(lo * s / n).
+            let mut i = ((lo as u128 * s as u128).div_ceil(n as u128)) as usize;
+            let mut out = Vec::new();
+            while i < s {
+                let at = sample_index(i, n, s);
+                if at >= hi {
+                    break;
+                }
+                out.push(ch[at - lo]);
+                i += 1;
+            }
+            out
+        })
+        .collect();
+    parts.concat()
+}
+
+/// The centroids and iteration count of 1-D k-means over a [`Values`] source of finite values
+/// (`k` a power of two up to 256): exactly what [`kmeans`] computes for the same values.
+pub fn kmeans_centroids<V: Values + ?Sized>(
+    values: &V,
+    k: usize,
+    max_iters: u32,
+    tol: f32,
+) -> (Vec<f32>, u32) {
     let n = values.len();
     if n == 0 {
-        return (vec![0.0; k], Vec::new(), 0);
+        return (vec![0.0; k], 0);
     }
-    let (lo, hi, _) = min_max(values);
+    let (lo, hi, _) = min_max_of(values);
     let e = fixed_scale_exp(lo.abs().max(hi.abs()), n);
     let thr = movement_threshold(tol, lo, hi);
     let s = sample_len(n);
-    let sample = (0..s).map(|i| values[sample_index(i, n, s)]).collect();
-    let mut c = init_centroids(sample, k);
+    let mut c = init_centroids(sample_of(values, n, s), k);
     let mut iters = 0;
     while iters < max_iters {
         let (sums, counts) = sums_counts(values, &midpoints(&c), k, e);
@@ -548,6 +615,48 @@ pub fn kmeans(values: &[f32], k: usize, max_iters: u32, tol: f32) -> (Vec<f32>, 
         if moved <= thr {
             break;
         }
+    }
+    (c, iters)
+}
+
+/// The packed words of every value's centroid index at the fixed width `bits` (the layout of
+/// [`pack_indices`] of the indices [`kmeans`] assigns), without materialising the indices.
+/// `centroids.len() <= 2^bits`.
+pub fn pack_assigned<V: Values + ?Sized>(values: &V, centroids: &[f32], bits: u32) -> Vec<u32> {
+    let n = values.len();
+    let widths = vec![bits as u8; pack_blocks(n)];
+    let mut words = vec![0u32; packed_words(&widths, n) as usize];
+    let mids = midpoints(centroids);
+    // A chunk is whole blocks of fixed width: one contiguous run of CHUNK * bits bits.
+    let per = CHUNK * bits as usize / 32;
+    if per == 0 {
+        return words;
+    }
+    words
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (c, out)| {
+            let w = bits as u64;
+            for (i, &x) in values.chunk(c, buf).iter().enumerate() {
+                let v = assign(&mids, x) as u64;
+                let bit = i as u64 * w;
+                let (a, s) = ((bit / 32) as usize, bit % 32);
+                let wide = v << s;
+                out[a] |= wide as u32;
+                if s + w > 32 {
+                    out[a + 1] |= (wide >> 32) as u32;
+                }
+            }
+        });
+    words
+}
+
+/// 1-D k-means of finite `values` with `k` centroids (a power of two up to 256):
+/// (sorted centroids, indices, iterations). The op validates the inputs.
+pub fn kmeans(values: &[f32], k: usize, max_iters: u32, tol: f32) -> (Vec<f32>, Vec<u8>, u32) {
+    let (c, iters) = kmeans_centroids(values, k, max_iters, tol);
+    if values.is_empty() {
+        return (c, Vec::new(), iters);
     }
     let mids = midpoints(&c);
     let idx = values
@@ -698,5 +807,41 @@ mod tests {
         let (c, idx, _) = kmeans(&[2.5; 10], 4, 10, 1e-4);
         assert_eq!(c, vec![2.5; 4]);
         assert!(idx.iter().all(|&i| i == 0));
+    }
+
+    /// A source that derives its values on the fly (as the checkpoint codec's do) gives the
+    /// centroids, iterations and packed indices of k-means over the materialised values.
+    #[test]
+    fn kmeans_over_a_chunked_source_matches_the_slice() {
+        struct Derived(usize);
+        impl Values for Derived {
+            fn len(&self) -> usize {
+                self.0
+            }
+            fn chunk<'s>(&'s self, c: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
+                buf.clear();
+                let hi = ((c + 1) * VALUE_CHUNK).min(self.0);
+                buf.extend((c * VALUE_CHUNK..hi).map(val));
+                buf
+            }
+        }
+        fn val(i: usize) -> f32 {
+            let h = (i as u32).wrapping_mul(2_654_435_761);
+            ((h >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * if i % 7 == 0 { 8.0 } else { 1.0 }
+        }
+        for n in [0usize, 5, 70_000, 3 * VALUE_CHUNK + 1234] {
+            let v: Vec<f32> = (0..n).map(val).collect();
+            for bits in [2u32, 3, 8] {
+                let (c, idx, it) = kmeans(&v, 1 << bits, 25, 1e-4);
+                let (c2, it2) = kmeans_centroids(&Derived(n), 1 << bits, 25, 1e-4);
+                assert_eq!((c.clone(), it), (c2, it2), "n {n} bits {bits}");
+                let (words, _) = pack_indices(&idx, bits);
+                assert_eq!(
+                    pack_assigned(&Derived(n), &c, bits),
+                    words,
+                    "n {n} bits {bits}"
+                );
+            }
+        }
     }
 }
