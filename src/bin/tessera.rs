@@ -1,4 +1,4 @@
-//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`, `tasp`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`, `tasp`, `topo`.
 
 use std::process::ExitCode;
 
@@ -76,6 +76,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TaspCmd,
     },
+    /// TASP ring schedules (Hamiltonian decompositions of the complete digraph).
+    Topo {
+        #[command(subcommand)]
+        cmd: TopoCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
         } => run_bench(backend, elements, reps, json),
         Cmd::Ckpt { cmd } => run_ckpt(cmd),
         Cmd::Tasp { cmd } => run_tasp(cmd),
+        Cmd::Topo { cmd } => run_topo(cmd),
     }
 }
 
@@ -503,6 +509,130 @@ fn run_tasp(cmd: TaspCmd) -> ExitCode {
         println!("TASP communication model on {gpus} GPUs (a model, not a measurement)\n");
         println!("{}", model::speedup_grid(&rows));
         println!("{}", model::markdown(&rows));
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(Subcommand)]
+enum TopoCmd {
+    /// The TASP ring schedule over N ranks: N-1 arc-disjoint Hamiltonian rings that use every
+    /// directed link (for N = 4 and 6, which have none, the largest arc-disjoint set), or with
+    /// --nodes the multi-node composite rings.
+    Hamilton {
+        /// Total number of GPUs (ranks), over all nodes when --nodes is given.
+        n: usize,
+        /// Number of nodes U: N must be divisible by U, each node holds N/U GPUs, and the m = N/U
+        /// composite rings chain one Hamiltonian path per node. --nodes 1 is the single-node
+        /// decomposition.
+        #[arg(long)]
+        nodes: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run_topo(cmd: TopoCmd) -> ExitCode {
+    use tessera::topology::{self, ScheduleKind};
+    let TopoCmd::Hamilton { n, nodes, json } = cmd;
+    let s = match nodes {
+        None | Some(1) => topology::hamiltonian_decomposition(n),
+        Some(0) => Err(tessera::Error::invalid(
+            "topo",
+            "--nodes 0: need at least one node",
+        )),
+        Some(u) if n % u != 0 => Err(tessera::Error::invalid(
+            "topo",
+            format!("{n} GPUs do not split evenly over {u} nodes"),
+        )),
+        Some(u) => topology::multi_node(u, n / u),
+    }
+    .unwrap_or_else(|e| exit_err(e));
+    let routing = s.routing_table();
+    let util = s.link_utilisation();
+    if json {
+        let mut out = json!({
+            "n": s.n,
+            "kind": s.kind,
+            "rings": s.rings,
+            "link_utilisation": util,
+            "routing": routing,
+        });
+        if let ScheduleKind::MultiNode { .. } = s.kind {
+            out["inter_node_links"] = json!(s.inter_node_links());
+            out["intra_node_link_utilisation"] = json!(s.intra_node_link_utilisation());
+        }
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let n = s.n;
+    let links = n * (n - 1);
+    match s.kind {
+        ScheduleKind::Decomposition => println!(
+            "n = {n}: Hamiltonian decomposition of K*_{n}: {} arc-disjoint rings, every ordered pair once",
+            s.rings.len()
+        ),
+        ScheduleKind::Fallback => println!(
+            "n = {n}: K*_{n} has no Hamiltonian decomposition (Tillson); fallback: the largest \
+             arc-disjoint set, {} rings (ideal would be {})",
+            s.rings.len(),
+            n - 1
+        ),
+        ScheduleKind::SingleRing => println!("n = {n}: single ring"),
+        ScheduleKind::MultiNode { nodes, per_node } => println!(
+            "n = {n}: {nodes} nodes x {per_node} GPUs: {per_node} composite rings (Hamiltonian path \
+             p on node 0, 1, ..., {})",
+            nodes - 1
+        ),
+    }
+    println!(
+        "link utilisation: {util:.3} ({} of {links} directed links busy at every step; ideal 1.000, single ring {:.3})",
+        (util * links as f64).round() as usize,
+        1.0 / (n - 1) as f64
+    );
+    if let Some(intra) = s.intra_node_link_utilisation() {
+        let inter = s.inter_node_links();
+        println!(
+            "intra-node link utilisation: {intra:.3}; inter-node links used: {} ({})",
+            inter.len(),
+            inter
+                .iter()
+                .map(|(a, b)| format!("{a}->{b}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!(
+        "rings (each rank's block is split into {} sub-chunks; sub-chunk c travels along ring c):",
+        s.rings.len()
+    );
+    for (c, ring) in s.rings.iter().enumerate() {
+        let path: Vec<String> = ring.iter().map(|r| r.to_string()).collect();
+        println!("  ring {c:>3}: {} -> {}", path.join(" -> "), ring[0]);
+    }
+    if n > 32 {
+        println!("routing table omitted for n > 32 (use --json)");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "routing (row = sender, column = receiver, entry = ring carrying that link, . = unused):"
+    );
+    let w = (s.rings.len().max(n)).to_string().len().max(2) + 1;
+    print!("{:>w$}", "");
+    for b in 0..n {
+        print!("{b:>w$}");
+    }
+    println!();
+    for (a, row) in routing.iter().enumerate() {
+        print!("{a:>w$}");
+        for (b, e) in row.iter().enumerate() {
+            let cell = match e {
+                _ if a == b => "-".to_string(),
+                Some(c) => c.to_string(),
+                None => ".".to_string(),
+            };
+            print!("{cell:>w$}");
+        }
+        println!();
     }
     ExitCode::SUCCESS
 }
