@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use tessera::parallel::plan::AllGatherPlan;
 use tessera::topology::{self, search, Ring, RingSchedule, ScheduleKind};
 
 /// Owner table of [`check_rings`]: `owner[a * n + b]` is the ring of arc a->b, or `FREE`.
@@ -134,6 +135,24 @@ fn decompositions_up_to_256_and_spot_checks_to_the_limit() {
     }
 }
 
+/// Every n up to the cap (each schedule goes through `validate` inside the constructor). About
+/// ten minutes on one core: run with `cargo test --release --test topology -- --ignored`.
+#[test]
+#[ignore]
+fn every_n_up_to_the_limit() {
+    let t = Instant::now();
+    for n in 2..=topology::MAX_RANKS {
+        let s = topology::hamiltonian_decomposition(n).unwrap();
+        let want = if n == 4 || n == 6 { n - 2 } else { n - 1 };
+        assert_eq!(s.rings.len(), want, "n = {n}");
+    }
+    println!(
+        "topology: all n in 2..={} built and validated in {:.1} s",
+        topology::MAX_RANKS,
+        t.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn fallback_is_the_proven_maximum() {
     // The exhaustive search finds n - 1 for n = 3, 5 (a decomposition exists) and only n - 2 for
@@ -190,6 +209,17 @@ fn double_cover_uses_every_link_twice() {
         r.dedup();
         assert_eq!(r.len(), rings.len());
         println!("topology: double cover n = {n}: {rings:?}");
+    }
+    // The AllGather plan takes these rings as they are: every link carries two (half-size)
+    // sub-chunks per step, and all n(n-1) links are used.
+    for n in [4, 6] {
+        let rings = search::double_cover(n).unwrap();
+        let stats = AllGatherPlan::from_rings(n, &rings)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(stats.link_load, 2, "n = {n}");
+        assert_eq!(stats.links_used, n * (n - 1), "n = {n}");
     }
     assert!(search::double_cover(8).is_err());
     let mut bad = search::double_cover(4).unwrap();

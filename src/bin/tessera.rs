@@ -532,6 +532,7 @@ enum TopoCmd {
 }
 
 fn run_topo(cmd: TopoCmd) -> ExitCode {
+    use std::io::Write as _;
     use tessera::topology::{self, ScheduleKind};
     let TopoCmd::Hamilton { n, nodes, json } = cmd;
     let s = match nodes {
@@ -549,8 +550,10 @@ fn run_topo(cmd: TopoCmd) -> ExitCode {
     .unwrap_or_else(|e| exit_err(e));
     let routing = s.routing_table();
     let util = s.link_utilisation();
+    // Built as one string and written once; a closed pipe (`| head`) is not an error.
+    let mut out = String::new();
     if json {
-        let mut out = json!({
+        let mut v = json!({
             "n": s.n,
             "kind": s.kind,
             "rings": s.rings,
@@ -558,40 +561,73 @@ fn run_topo(cmd: TopoCmd) -> ExitCode {
             "routing": routing,
         });
         if let ScheduleKind::MultiNode { .. } = s.kind {
-            out["inter_node_links"] = json!(s.inter_node_links());
-            out["intra_node_link_utilisation"] = json!(s.intra_node_link_utilisation());
+            v["inter_node_links"] = json!(s.inter_node_links());
+            v["intra_node_link_utilisation"] = json!(s.intra_node_link_utilisation());
         }
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        out = serde_json::to_string_pretty(&v).unwrap_or_default();
+        out.push('\n');
+    } else {
+        topo_text(&s, &routing, util, &mut out).unwrap_or_default();
     }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+fn topo_text(
+    s: &tessera::topology::RingSchedule,
+    routing: &[Vec<Option<usize>>],
+    util: f64,
+    out: &mut String,
+) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    use tessera::topology::ScheduleKind;
     let n = s.n;
     let links = n * (n - 1);
     match s.kind {
-        ScheduleKind::Decomposition => println!(
+        ScheduleKind::Decomposition => writeln!(
+            out,
             "n = {n}: Hamiltonian decomposition of K*_{n}: {} arc-disjoint rings, every ordered pair once",
             s.rings.len()
-        ),
-        ScheduleKind::Fallback => println!(
+        )?,
+        ScheduleKind::Fallback => writeln!(
+            out,
             "n = {n}: K*_{n} has no Hamiltonian decomposition (Tillson); fallback: the largest \
              arc-disjoint set, {} rings (ideal would be {})",
             s.rings.len(),
             n - 1
-        ),
-        ScheduleKind::SingleRing => println!("n = {n}: single ring"),
-        ScheduleKind::MultiNode { nodes, per_node } => println!(
-            "n = {n}: {nodes} nodes x {per_node} GPUs: {per_node} composite rings (Hamiltonian path \
-             p on node 0, 1, ..., {})",
-            nodes - 1
-        ),
+        )?,
+        ScheduleKind::SingleRing => writeln!(out, "n = {n}: single ring")?,
+        ScheduleKind::MultiNode { nodes, per_node } => {
+            let chain: Vec<String> = if nodes <= 4 {
+                (0..nodes).map(|k| format!("node {k}")).collect()
+            } else {
+                vec!["node 0".into(), "node 1".into(), "...".into(), format!("node {}", nodes - 1)]
+            };
+            writeln!(
+                out,
+                "n = {n}: {nodes} nodes x {per_node} GPUs, {per_node} composite rings (ring p: \
+                 path p on {} -> back to node 0)",
+                chain.join(" -> ")
+            )?
+        }
     }
-    println!(
-        "link utilisation: {util:.3} ({} of {links} directed links busy at every step; ideal 1.000, single ring {:.3})",
-        (util * links as f64).round() as usize,
-        1.0 / (n - 1) as f64
-    );
+    let busy = (util * links as f64).round() as usize;
+    if let ScheduleKind::MultiNode { .. } = s.kind {
+        writeln!(
+            out,
+            "link utilisation: {util:.3} ({busy} of all {links} ordered pairs, inter-node pairs included)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "link utilisation: {util:.3} ({busy} of {links} directed links busy at every step; ideal 1.000, single ring {:.3})",
+            1.0 / (n - 1) as f64
+        )?;
+    }
     if let Some(intra) = s.intra_node_link_utilisation() {
         let inter = s.inter_node_links();
-        println!(
+        writeln!(
+            out,
             "intra-node link utilisation: {intra:.3}; inter-node links used: {} ({})",
             inter.len(),
             inter
@@ -599,40 +635,41 @@ fn run_topo(cmd: TopoCmd) -> ExitCode {
                 .map(|(a, b)| format!("{a}->{b}"))
                 .collect::<Vec<_>>()
                 .join(" ")
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "rings (each rank's block is split into {} sub-chunks; sub-chunk c travels along ring c):",
         s.rings.len()
-    );
+    )?;
     for (c, ring) in s.rings.iter().enumerate() {
         let path: Vec<String> = ring.iter().map(|r| r.to_string()).collect();
-        println!("  ring {c:>3}: {} -> {}", path.join(" -> "), ring[0]);
+        writeln!(out, "  ring {c:>3}: {} -> {}", path.join(" -> "), ring[0])?;
     }
     if n > 32 {
-        println!("routing table omitted for n > 32 (use --json)");
-        return ExitCode::SUCCESS;
+        return writeln!(out, "routing table omitted for n > 32 (use --json)");
     }
-    println!(
+    writeln!(
+        out,
         "routing (row = sender, column = receiver, entry = ring carrying that link, . = unused):"
-    );
-    let w = (s.rings.len().max(n)).to_string().len().max(2) + 1;
-    print!("{:>w$}", "");
+    )?;
+    let w = s.rings.len().max(n).to_string().len().max(2) + 1;
+    write!(out, "{:>w$}", "")?;
     for b in 0..n {
-        print!("{b:>w$}");
+        write!(out, "{b:>w$}")?;
     }
-    println!();
+    writeln!(out)?;
     for (a, row) in routing.iter().enumerate() {
-        print!("{a:>w$}");
+        write!(out, "{a:>w$}")?;
         for (b, e) in row.iter().enumerate() {
             let cell = match e {
                 _ if a == b => "-".to_string(),
                 Some(c) => c.to_string(),
                 None => ".".to_string(),
             };
-            print!("{cell:>w$}");
+            write!(out, "{cell:>w$}")?;
         }
-        println!();
+        writeln!(out)?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
