@@ -14,11 +14,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use half::{bf16, f16};
+use proptest::prelude::*;
 use tessera::ops::attention::{self, Attention, HalfFloat, MaskMode, Path, Positions};
 use tessera::parallel::attention::{self as sp, RankQkv, SpAttention};
-use tessera::parallel::plan::AllGatherPlan;
+use tessera::parallel::plan::{all_gather, recv_k, recv_v, AllGatherPlan, GatherLayout, Segment};
+use tessera::parallel::transport::P2p;
 use tessera::parallel::{Copy, RankBuffers, Simulated, Transport};
 use tessera::reference::attention as reference;
+use tessera::topology;
 use tessera::verify::Rng;
 use tessera::{Device, Schedule, SimtConfig};
 
@@ -34,18 +37,24 @@ enum Sched {
     Ring,
     /// `topology::multi_node(nodes, per_node)`.
     MultiNode(usize, usize),
+    /// `topology::search::double_cover(n)` (n = 4, 6): 2 (n - 1) rings using every link twice.
+    DoubleCover,
 }
 
 fn plan_of(s: Sched, n: usize) -> AllGatherPlan {
-    // TEMPORARY until the topology module lands: step-k cycles (prime n) or the single ring.
-    let rings: Vec<Vec<usize>> = match s {
-        Sched::Tasp if [2, 3, 5, 7, 11, 13].contains(&n) => (1..n)
-            .map(|k| (0..n).map(|i| i * k % n).collect())
-            .collect(),
-        Sched::Tasp => vec![(0..n).collect(), (0..n).rev().collect()],
-        _ => vec![(0..n).collect()],
-    };
-    AllGatherPlan::from_rings(n, &rings).unwrap()
+    let schedule = match s {
+        Sched::Tasp => topology::hamiltonian_decomposition(n),
+        Sched::Ring => topology::single_ring(n),
+        Sched::MultiNode(u, m) => topology::multi_node(u, m),
+        Sched::DoubleCover => {
+            let rings = topology::search::double_cover(n).unwrap();
+            return AllGatherPlan::from_rings(n, &rings).unwrap();
+        }
+    }
+    .unwrap();
+    assert_eq!(schedule.n, n);
+    topology::validate(&schedule).unwrap();
+    AllGatherPlan::new(&schedule).unwrap()
 }
 
 struct Problem {
@@ -407,13 +416,14 @@ fn simt_wave64_and_shuffled() {
     );
 }
 
-/// Multi-node schedules (nodes x GPUs per node) on the CPU path and one on SIMT.
+/// Multi-node schedules (nodes x GPUs per node) and the n = 4, 6 double covers on the CPU path;
+/// one multi-node case and one double cover on SIMT.
 #[test]
 fn multi_node() {
     let t0 = Instant::now();
     let mut worst = Worst::default();
     let cpu = Device::cpu();
-    for (u, m) in [(2usize, 2usize), (2, 4), (3, 3), (2, 6)] {
+    for (u, m) in [(2usize, 2usize), (2, 4), (3, 4), (2, 6)] {
         let n = u * m;
         for causal in [false, true] {
             let l = 4 * n * m + 5;
@@ -429,6 +439,21 @@ fn multi_node() {
             ));
         }
     }
+    for n in [4usize, 6] {
+        for causal in [false, true] {
+            let l = 4 * n * (n - 1) + 1;
+            worst.fold(case(
+                &cpu,
+                !causal,
+                l,
+                (2, 1, 64),
+                causal,
+                Sched::DoubleCover,
+                n,
+                350 + n as u64,
+            ));
+        }
+    }
     worst.fold(case(
         &simt(32, Schedule::InOrder),
         true,
@@ -439,7 +464,20 @@ fn multi_node() {
         8,
         399,
     ));
-    eprintln!("multi-node: worst {worst:?} in {:.1?}", t0.elapsed());
+    worst.fold(case(
+        &simt(64, Schedule::InOrder),
+        false,
+        37,
+        (2, 1, 64),
+        true,
+        Sched::DoubleCover,
+        6,
+        398,
+    ));
+    eprintln!(
+        "multi-node and double covers: worst {worst:?} in {:.1?}",
+        t0.elapsed()
+    );
 }
 
 /// Lengths that do not divide: 1 token, fewer tokens than ranks (empty blocks and pieces),
@@ -501,6 +539,8 @@ struct Checked {
     steps: usize,
     link_load: usize,
     links_used: usize,
+    /// Most non-empty receive buffers one rank held at an exchange.
+    max_live: usize,
 }
 
 impl<T: tessera::DType> Transport<T> for Checked {
@@ -557,6 +597,11 @@ impl<T: tessera::DType> Transport<T> for Checked {
             .max(links.values().map(|s| s.len()).max().unwrap_or(0));
         self.links_used = self.links_used.max(links.len());
         self.steps += 1;
+        // memory: at most two steps' receive buffers (K and V each) are alive per rank
+        for list in &bufs.bufs {
+            let live = list.iter().skip(2).filter(|b| !b.is_empty()).count();
+            self.max_live = self.max_live.max(live);
+        }
         let reversed: Vec<Copy> = copies.iter().rev().copied().collect();
         self.inner.exchange(bufs, &reversed)
     }
@@ -608,9 +653,11 @@ fn per_rank_api_over_a_checking_transport() {
             steps: 0,
             link_load: 0,
             links_used: 0,
+            max_live: 0,
         };
         let out = sp::forward(&cfg, &inputs, &mut t).unwrap();
         assert_eq!(t.steps, n - 1);
+        assert_eq!(t.max_live, 4, "K and V of two steps");
         assert_eq!(t.link_load, 1, "{sched:?} n {n}");
         let want_links = match sched {
             Sched::Ring => n,
@@ -765,4 +812,242 @@ fn bad_inputs() {
     let mut t = Simulated::new(&Device::simt(), n).unwrap();
     let e = sp::forward(&cfg, &inputs, &mut t).unwrap_err().to_string();
     assert!(e.contains(op) && e.contains("rank 0"), "{e}");
+}
+
+/// Every schedule the topology module builds for n in 2..=16 (TASP, with the fallbacks, and the
+/// single ring) and the multi-node ones: the plan replays correctly (`validate`), has n - 1 steps
+/// of n x rings transfers, and its link load is the largest number of rings sharing an arc (1
+/// for arc-disjoint rings, when every step keeps n x rings links busy).
+#[test]
+fn plans_of_every_schedule() {
+    let mut schedules = vec![];
+    for n in 2..=16 {
+        schedules.push(topology::hamiltonian_decomposition(n).unwrap());
+        schedules.push(topology::single_ring(n).unwrap());
+    }
+    for (u, m) in [
+        (2, 2),
+        (2, 4),
+        (3, 2),
+        (4, 2),
+        (2, 6),
+        (2, 8),
+        (4, 4),
+        (3, 4),
+    ] {
+        schedules.push(topology::multi_node(u, m).unwrap());
+    }
+    for s in &schedules {
+        let plan = AllGatherPlan::new(s).unwrap();
+        let st = plan.validate().unwrap();
+        let (n, r) = (s.n, s.rings.len());
+        assert_eq!((plan.n(), plan.subs(), st.steps), (n, r, n - 1), "{s:?}");
+        assert_eq!(st.transfers, n * r * (n - 1));
+        let mut arcs: HashMap<(usize, usize), usize> = HashMap::new();
+        for ring in &s.rings {
+            for i in 0..n {
+                *arcs.entry((ring[i], ring[(i + 1) % n])).or_default() += 1;
+            }
+        }
+        let share = arcs.values().copied().max().unwrap();
+        assert_eq!(st.link_load, share, "{s:?}");
+        assert_eq!(plan.link_load(), share);
+        assert_eq!(st.links_used, arcs.len(), "{s:?}");
+        if share == 1 {
+            assert_eq!(st.links_used, n * r);
+        }
+        // every rank receives, per step, one piece per ring, and each (origin, sub) once
+        for rank in 0..n {
+            let mut got = HashSet::new();
+            for step in 0..n - 1 {
+                let a = plan.arrivals(rank, step);
+                assert_eq!(a.len(), r);
+                for x in a {
+                    assert_eq!(x.ring, x.piece.sub);
+                    assert!(x.piece.origin != rank && got.insert(x.piece));
+                    assert_eq!(plan.received_at(rank, x.piece), Some((step, x.slot)));
+                }
+            }
+            assert_eq!(got.len(), (n - 1) * r);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The copy lists of any schedule move every piece, whatever its size (empty, uneven, split
+    /// over two segments of its block), to its slot in the receivers' step buffers.
+    #[test]
+    fn gather_moves_uneven_pieces(n in 2usize..=12, kind in 0u32..3, te in 1usize..4,
+                                  lens in prop::collection::vec(0usize..23, 12), two in any::<bool>(),
+                                  seed: u64) {
+        let s = match kind {
+            0 => topology::hamiltonian_decomposition(n).unwrap(),
+            1 => topology::single_ring(n).unwrap(),
+            _ => topology::multi_node(2 + n % 2, [2, 4, 6][n % 3]).unwrap(),
+        };
+        let n = s.n;
+        let plan = AllGatherPlan::new(&s).unwrap();
+        let subs = plan.subs();
+        let mut rng = Rng(seed);
+        let local: Vec<usize> = (0..n).map(|r| lens[r % lens.len()] + r % 3).collect();
+        // piece c of rank r: random cuts of one or two halves of the block
+        let pieces: Vec<Vec<Vec<Segment>>> = (0..n)
+            .map(|r| {
+                let halves = if two { vec![(0, local[r] / 2), (local[r] / 2, local[r] - local[r] / 2)] } else { vec![(0, local[r])] };
+                let mut per = vec![vec![]; subs];
+                for (off, len) in halves {
+                    let mut cuts: Vec<usize> = (0..subs - 1).map(|_| (rng.next_u64() % (len as u64 + 1)) as usize).collect();
+                    cuts.push(0);
+                    cuts.push(len);
+                    cuts.sort();
+                    for c in 0..subs {
+                        per[c].push(Segment { offset: off + cuts[c], len: cuts[c + 1] - cuts[c] });
+                    }
+                }
+                per
+            })
+            .collect();
+        let layout = GatherLayout::new(&plan, te, local.clone(), pieces).unwrap();
+        let dev = Device::cpu();
+        let val = |r: usize, t: usize, e: usize| (r * 1000 + t) as u32 * 8 + e as u32;
+        let mut bufs = RankBuffers {
+            bufs: (0..n)
+                .map(|r| {
+                    let data: Vec<u32> = (0..local[r] * te).map(|i| val(r, i / te, i % te)).collect();
+                    let k = dev.upload(&data, "k").unwrap();
+                    let v: Vec<u32> = data.iter().map(|x| !x).collect();
+                    let v = dev.upload(&v, "v").unwrap();
+                    layout.rank_buffers(&dev, r, k, v).unwrap()
+                })
+                .collect(),
+        };
+        let mut t = Simulated::new(&dev, n).unwrap();
+        all_gather(&layout, &mut bufs, &mut t).unwrap();
+        for r in 0..n {
+            for step in 0..n - 1 {
+                let mut want = vec![];
+                for a in plan.arrivals(r, step) {
+                    prop_assert_eq!(layout.recv_offset(r, step, a.slot) * te, want.len());
+                    for seg in layout.segments(a.piece) {
+                        for tok in seg.offset..seg.offset + seg.len {
+                            want.extend((0..te).map(|e| val(a.piece.origin, tok, e)));
+                        }
+                    }
+                }
+                prop_assert_eq!(bufs.bufs[r][recv_k(step)].download().unwrap(), want.clone());
+                let wv: Vec<u32> = want.iter().map(|x| !x).collect();
+                prop_assert_eq!(bufs.bufs[r][recv_v(step)].download().unwrap(), wv);
+            }
+        }
+    }
+}
+
+/// The same op over `P2p`: one rank per device (n distinct CPU or SIMT devices, cross-device
+/// copies as host memcpy), each rank's inputs and outputs on its own device; equal to the
+/// reference within the tolerance.
+#[test]
+fn over_p2p_devices() {
+    for simt_family in [false, true] {
+        for (n, sched, causal) in [
+            (5usize, Sched::Tasp, true),
+            (4, Sched::Tasp, false),
+            (3, Sched::Ring, true),
+        ] {
+            let devs: Vec<Device> = (0..n)
+                .map(|_| {
+                    if simt_family {
+                        Device::simt()
+                    } else {
+                        Device::cpu()
+                    }
+                })
+                .collect();
+            let plan = plan_of(sched, n);
+            let l = 2 * n * (n - 1) + 5;
+            let p = Problem::new::<bf16>(l, 2, 1, 64, causal, 11 + n as u64);
+            let (ro, rl) = p.reference();
+            let ranges = sp::token_ranges(n, l, causal);
+            let (hq, hk) = (2 * 64, 64);
+            let rows = |x: &[f32], w: usize, r: usize| -> Vec<bf16> {
+                ranges[r]
+                    .iter()
+                    .flat_map(|g| x[g.start * w..g.end * w].iter().map(|&y| bf16::from_f32(y)))
+                    .collect()
+            };
+            let bufs: Vec<[tessera::DeviceBuffer<bf16>; 3]> = (0..n)
+                .map(|r| {
+                    [
+                        devs[r].upload(&rows(&p.q, hq, r), "q").unwrap(),
+                        devs[r].upload(&rows(&p.k, hk, r), "k").unwrap(),
+                        devs[r].upload(&rows(&p.v, hk, r), "v").unwrap(),
+                    ]
+                })
+                .collect();
+            let inputs: Vec<Option<RankQkv<bf16>>> = bufs
+                .iter()
+                .map(|[q, k, v]| Some(RankQkv { q, k, v }))
+                .collect();
+            let mut t = P2p::new(&devs).unwrap();
+            let out = sp::forward(&p.config(&plan), &inputs, &mut t).unwrap();
+            // reassemble on the host in sequence order
+            let mut o = vec![0f32; l * hq];
+            let mut lse = vec![0f32; 2 * l];
+            for (r, x) in out.outs.iter().enumerate() {
+                let x = x.as_ref().unwrap();
+                assert!(x.o.device().same(&devs[r]));
+                let (xo, xl) = (x.o.download().unwrap(), x.lse.download().unwrap());
+                let tq: usize = ranges[r].iter().map(|g| g.len()).sum();
+                let mut at = 0;
+                for g in &ranges[r] {
+                    o[g.start * hq..g.end * hq].copy_from_slice(&xo[at * hq..(at + g.len()) * hq]);
+                    for h in 0..2 {
+                        lse[h * l + g.start..h * l + g.end]
+                            .copy_from_slice(&xl[h * tq + at..h * tq + at + g.len()]);
+                    }
+                    at += g.len();
+                }
+            }
+            let what = format!("p2p simt={simt_family} n={n} {sched:?} causal={causal}");
+            let e = rel_l2(&o, &ro);
+            assert!(e <= TOL_O, "{what}: O rel L2 {e}");
+            let el = max_lse_err(&lse, &rl, &what);
+            assert!(el <= TOL_LSE, "{what}: LSE {el}");
+        }
+    }
+}
+
+/// On a CUDA or HIP device when present (skipped otherwise): n = 8 TASP and single ring, causal
+/// and full, both dtypes, GQA 4 with D = 128, 1k-2k tokens.
+#[test]
+fn gpu_when_present() {
+    let Ok(dev) = Device::cuda(0).or_else(|_| Device::hip(0)) else {
+        eprintln!("sequence_parallel: no GPU, skipping gpu_when_present");
+        return;
+    };
+    let t0 = Instant::now();
+    let mut worst = Worst::default();
+    for (i, (n, sched, causal, bf, l)) in [
+        (8usize, Sched::Tasp, true, true, 2051usize),
+        (8, Sched::Ring, true, false, 2051),
+        (8, Sched::Tasp, false, false, 1031),
+        (12, Sched::Tasp, true, true, 1501),
+        (6, Sched::Tasp, true, false, 997),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        worst.fold(case(
+            &dev,
+            bf,
+            l,
+            (8, 2, 128),
+            causal,
+            sched,
+            n,
+            900 + i as u64,
+        ));
+    }
+    eprintln!("gpu: worst {worst:?} in {:.1?}", t0.elapsed());
 }

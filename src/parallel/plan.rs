@@ -90,7 +90,14 @@ pub struct AllGatherPlan {
 }
 
 impl AllGatherPlan {
-    // TOPOLOGY-NEW
+    /// The plan of a topology schedule (its rings), validated. Every kind works: TASP
+    /// decompositions, the n = 4 and 6 fallbacks, the single ring and multi-node schedules (the
+    /// plan only needs each ring to be a Hamiltonian cycle; [`AllGatherPlan::link_load`] reports
+    /// what sharing links costs).
+    pub fn new(schedule: &crate::topology::RingSchedule) -> Result<AllGatherPlan> {
+        AllGatherPlan::from_rings(schedule.n, &schedule.rings)
+    }
+
     /// The plan of `rings` over `n` ranks: each ring must visit every rank exactly once (a
     /// Hamiltonian cycle `ring[0] -> ring[1] -> ... -> ring[n-1] -> ring[0]`). Rings need not be
     /// arc-disjoint; [`AllGatherPlan::link_load`] reports the cost when they are not. `n = 1`
