@@ -224,6 +224,7 @@ pub fn run(devices: &[(Device, &'static str)]) -> Vec<Row> {
         rows.extend(check_decode::<f16>(dev));
         rows.extend(check_decode::<bf16>(dev));
         rows.push(check_merge(dev));
+        rows.extend(check_sequence_parallel(dev));
     }
     rows
 }
@@ -1198,4 +1199,130 @@ fn check_merge(dev: &Device) -> Row {
             Ok(_) => String::new(),
         },
     }
+}
+
+// ---- sequence-parallel attention (parallel::attention) ------------------------------------------
+
+/// One sequence-parallel attention row: `forward_simulated` over `n` ranks against the f64
+/// reference on the whole sequence (O relative L2 <= 1e-2, LSE within 1e-3).
+fn sp_row<T: HalfFloat>(
+    dev: &Device,
+    name: &str,
+    plan: Result<crate::parallel::plan::AllGatherPlan>,
+    seq_len: usize,
+    causal: bool,
+    seed: u64,
+) -> Row {
+    use crate::parallel::attention as sp;
+    let (h, hk, d) = (2usize, 1usize, 64usize);
+    let mut r = Rng(seed);
+    let mut gen = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| T::from_f64((r.unit() - 0.5) * 4.0).to_f64() as f32)
+            .collect()
+    };
+    let (q, k, v) = (
+        gen(seq_len * h * d),
+        gen(seq_len * hk * d),
+        gen(seq_len * hk * d),
+    );
+    let pos: Vec<i32> = (0..seq_len as i32).collect();
+    let zeros = vec![0i32; seq_len];
+    let valid = vec![1u8; seq_len];
+    let cu = [0, seq_len as i32];
+    let mode = if causal {
+        MaskMode::Causal
+    } else {
+        MaskMode::Full
+    };
+    let (ro, rl) = crate::reference::attention::attention(&crate::reference::attention::Problem {
+        q: &q,
+        k: &k,
+        v: &v,
+        heads: h,
+        kv_heads: hk,
+        head_dim: d,
+        cu_q: &cu,
+        cu_kv: &cu,
+        q_pos: &pos,
+        kv_pos: &pos,
+        q_depth: &zeros,
+        kv_depth: &zeros,
+        kv_valid: &valid,
+        scale: 1.0 / (d as f32).sqrt(),
+        mode,
+    });
+    let mut row = Row {
+        op: format!("sp_attention {name}"),
+        dtype: T::KIND.name().into(),
+        executor: dev.backend().to_string(),
+        sizes: format!("L={seq_len} H={h} Hkv={hk} D={d}"),
+        error: "-".into(),
+        pass: false,
+        detail: String::new(),
+    };
+    let run = || -> Result<(Vec<f32>, Vec<f32>, usize, usize)> {
+        let plan = plan?;
+        let up = |x: &[f32]| -> Vec<T> { x.iter().map(|&y| T::from_f64(y as f64)).collect() };
+        let (qb, kb, vb) = (
+            dev.upload(&up(&q), "q")?,
+            dev.upload(&up(&k), "k")?,
+            dev.upload(&up(&v), "v")?,
+        );
+        let cfg = sp::SpAttention {
+            plan: &plan,
+            seq_len,
+            heads: h,
+            kv_heads: hk,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal,
+            path: attn::Path::Auto,
+        };
+        let (out, _) = sp::forward_simulated(&cfg, &qb, &kb, &vb)?;
+        Ok((
+            out.o.download()?,
+            out.lse.download()?,
+            plan.n(),
+            plan.subs(),
+        ))
+    };
+    match run() {
+        Err(e) => row.detail = e.to_string(),
+        Ok((o, l, n, subs)) => {
+            row.sizes = format!("n={n} rings={subs} {}", row.sizes);
+            let e = rel_l2_inf_aware(&o, &ro);
+            let lse_bad = l.iter().zip(&rl).position(|(&x, &y)| {
+                if y == f64::NEG_INFINITY {
+                    x != f32::NEG_INFINITY
+                } else {
+                    (x as f64 - y).abs() > 1e-3 || x.is_nan()
+                }
+            });
+            row.error = format!("{e:.2e}");
+            row.pass = e <= 1e-2 && lse_bad.is_none();
+            if let Some(i) = lse_bad {
+                row.detail = format!("LSE[{i}] {} vs reference {}", l[i], rl[i]);
+            } else if e > 1e-2 {
+                row.detail = format!("O relative L2 {e:.2e} > 1e-2");
+            }
+        }
+    }
+    row
+}
+
+/// Sequence-parallel attention rows: TASP rings (n = 5, 8, and 4 through its fallback) and the
+/// single-ring baseline, causal (zigzag) and full, lengths that do not divide into pieces.
+fn check_sequence_parallel(dev: &Device) -> Vec<Row> {
+    use crate::parallel::plan::AllGatherPlan;
+    use crate::topology;
+    let tasp =
+        |n: usize| topology::hamiltonian_decomposition(n).and_then(|s| AllGatherPlan::new(&s));
+    let ring = |n: usize| topology::single_ring(n).and_then(|s| AllGatherPlan::new(&s));
+    vec![
+        sp_row::<bf16>(dev, "tasp causal", tasp(5), 43, true, 0x5a_0001),
+        sp_row::<f16>(dev, "tasp full", tasp(8), 117, false, 0x5a_0002),
+        sp_row::<f16>(dev, "tasp-fallback causal", tasp(4), 50, true, 0x5a_0003),
+        sp_row::<bf16>(dev, "ring causal", ring(8), 117, true, 0x5a_0004),
+    ]
 }
