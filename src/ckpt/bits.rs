@@ -37,28 +37,33 @@ impl<'a> SliceWriter<'a> {
         }
     }
 
+    /// Write the low 32 bits of the accumulator.
     #[inline]
-    fn byte(&mut self, b: u8) {
+    fn flush32(&mut self) {
+        let b = (self.acc as u32).to_le_bytes();
         if self.shared_first {
-            self.head = b;
+            self.head = b[0];
+            self.out[self.at..self.at + 3].copy_from_slice(&b[1..]);
+            self.at += 3;
             self.shared_first = false;
         } else {
-            self.out[self.at] = b;
-            self.at += 1;
+            self.out[self.at..self.at + 4].copy_from_slice(&b);
+            self.at += 4;
         }
+        self.acc >>= 32;
+        self.n -= 32;
     }
 
-    /// Append the low `bits` bits of `v` (`bits <= 56`; higher bits of `v` must be zero).
+    /// Append the low `bits` bits of `v` (`bits <= 32`; higher bits of `v` must be zero).
     #[inline]
     pub fn put(&mut self, v: u64, bits: u32) {
-        debug_assert!(bits <= 56 && (bits == 64 || v >> bits == 0));
+        debug_assert!(bits <= 32 && v >> bits == 0);
+        // n < 32 here, so n + bits < 64.
         self.acc |= v << self.n;
         self.n += bits;
         self.written += bits as u64;
-        while self.n >= 8 {
-            self.byte(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
+        if self.n >= 32 {
+            self.flush32();
         }
     }
 
@@ -73,9 +78,17 @@ impl<'a> SliceWriter<'a> {
     }
 
     fn finish(mut self) -> (u8, u64) {
-        if self.n > 0 {
+        while self.n > 0 {
             let b = self.acc as u8;
-            self.byte(b);
+            if self.shared_first {
+                self.head = b;
+                self.shared_first = false;
+            } else {
+                self.out[self.at] = b;
+                self.at += 1;
+            }
+            self.acc >>= 8;
+            self.n = self.n.saturating_sub(8);
         }
         assert_eq!(self.at, self.out.len(), "bit stream part ended early");
         (self.head, self.written)
@@ -153,10 +166,25 @@ impl<'a> BitReader<'a> {
         }
     }
 
+    /// A reader positioned at bit `pos` (at most the stream's length).
+    pub fn at(b: &'a [u8], pos: u64) -> Self {
+        let total = b.len() as u64 * 8;
+        BitReader {
+            b,
+            pos: pos.min(total),
+            total,
+        }
+    }
+
     /// Bits left.
     #[inline]
     pub fn remaining(&self) -> u64 {
         self.total - self.pos
+    }
+
+    /// The stream.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.b
     }
 
     /// Bytes of the stream.
@@ -173,7 +201,7 @@ impl<'a> BitReader<'a> {
 
     /// The next 64 bits (at least 57 of them from the stream when that many remain; zeros past
     /// the end).
-    #[inline]
+    #[inline(always)]
     pub fn peek(&self) -> u64 {
         let i = (self.pos / 8) as usize;
         let s = (self.pos % 8) as u32;

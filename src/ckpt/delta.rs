@@ -17,12 +17,14 @@ use crate::reference::bitmask::changed;
 use crate::reference::codec::{self as rc, bits_of, canonical, delta_zz, widen, Values};
 
 use super::format::{Encoding, MaskCoding};
-use super::maskcode::RicePlan;
+use super::maskcode::{ChunkGaps, RicePlan};
 use super::valcode;
 
 /// Elements per parallel chunk of a tensor (a multiple of 32: chunks own whole mask words).
 pub const CHUNK: usize = 1 << 16;
 const CHUNK_WORDS: usize = CHUNK / 32;
+// The Rice statistics gathered by `measure` are per chunk of the Rice coder.
+const _: () = assert!(CHUNK_WORDS == super::maskcode::CHUNK_WORDS);
 /// Changed values per parallel group (whole blocks of `PACK_BLOCK`).
 pub const GROUP: usize = 256 * PACK_BLOCK;
 
@@ -97,46 +99,98 @@ impl Mask {
 
 /// The change mask of `new` against `base` and the measurements the policy reports: sum of
 /// squares and largest magnitude of `new - base` (f64) over the changed elements.
-pub struct Measured {
+pub struct Measured<T: Float> {
     pub mask: Mask,
     pub sq: f64,
     pub max: f64,
+    /// The changed elements' zigzag deltas (`delta_zz`, which fit the element's width), one
+    /// vector per chunk of [`CHUNK`] elements; empty unless asked for.
+    pub z: Vec<Vec<T::Bits>>,
+    /// The mask's Rice statistics, gathered on the way (with `with_z`).
+    pub rice: Option<RicePlan>,
 }
 
-/// One parallel pass over both tensors (tau = 0: an element changed when its bits differ).
-pub fn measure<T: Float>(base: &[T], new: &[T]) -> Measured {
+/// Bit `j` set where `b[j] != x[j]` (at most 32 elements); a full word is compared as
+/// fixed-size arrays, which the compiler turns into vector compares.
+#[inline]
+fn diff_word<B: Copy + PartialEq>(b: &[B], x: &[B]) -> u32 {
+    let mut m = 0u32;
+    if let (Ok(b), Ok(x)) = (<&[B; 32]>::try_from(b), <&[B; 32]>::try_from(x)) {
+        for j in 0..32 {
+            m |= ((b[j] != x[j]) as u32) << j;
+        }
+    } else {
+        for (j, (bi, xi)) in b.iter().zip(x).enumerate() {
+            m |= ((bi != xi) as u32) << j;
+        }
+    }
+    m
+}
+
+/// One parallel pass over both tensors (tau = 0: an element changed when its bits differ),
+/// also keeping the zigzag deltas when `with_z` (`count * size_of::<T>()` bytes), so that
+/// later passes read those instead of both tensors again.
+pub fn measure<T: Float>(base: &[T], new: &[T], with_z: bool) -> Measured<T> {
     assert_eq!(base.len(), new.len());
     let n = new.len();
+    let width = 8 * std::mem::size_of::<T>() as u32;
+    let (bb, xb): (&[T::Bits], &[T::Bits]) =
+        (bytemuck::cast_slice(base), bytemuck::cast_slice(new));
     let mut words = vec![0u32; n.div_ceil(32)];
-    let parts: Vec<(f64, f64)> = words
+    type Part<B> = (f64, f64, Vec<B>, ChunkGaps);
+    let parts: Vec<Part<T::Bits>> = words
         .par_chunks_mut(CHUNK_WORDS)
-        .zip(base.par_chunks(CHUNK).zip(new.par_chunks(CHUNK)))
-        .map(|(ws, (b, x))| {
+        .zip(bb.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK)))
+        .enumerate()
+        .map(|(c, (ws, (b, x)))| {
             let (mut sq, mut mx) = (0f64, 0f64);
-            for (w, (bw, xw)) in ws.iter_mut().zip(b.chunks(32).zip(x.chunks(32))) {
-                let mut m = 0u32;
-                for (j, (&bi, &xi)) in bw.iter().zip(xw).enumerate() {
-                    if bi.to_bits() != xi.to_bits() {
-                        m |= 1 << j;
-                        let d = xi.to_f64() - bi.to_f64();
-                        sq += d * d;
-                        mx = mx.max(d.abs());
+            let mut z = Vec::new();
+            let mut gaps = ChunkGaps::default();
+            for (wi, (w, (bw, xw))) in ws
+                .iter_mut()
+                .zip(b.chunks(32).zip(x.chunks(32)))
+                .enumerate()
+            {
+                // The word first (branch-free, vectorisable), then the changed elements only.
+                let m = diff_word(bw, xw);
+                *w = m;
+                let at = c * CHUNK + wi * 32;
+                let mut left = m;
+                while left != 0 {
+                    let j = left.trailing_zeros() as usize;
+                    left &= left - 1;
+                    let (bv, xv) = (base[at + j], new[at + j]);
+                    // Exact widening (bf16: a shift), not the crates' general conversion to f64.
+                    let d = widen(xv) as f64 - widen(bv) as f64;
+                    sq += d * d;
+                    mx = mx.max(d.abs());
+                    if with_z {
+                        let zz = delta_zz(bits_of(bv), bits_of(xv), width);
+                        z.push(rc::from_bits::<T::Bits>(zz));
+                        gaps.push((at + j) as u64);
                     }
                 }
-                *w = m;
             }
-            (sq, mx)
+            (sq, mx, z, gaps)
         })
         .collect();
     let (mut sq, mut max) = (0f64, 0f64);
-    for (s, m) in parts {
+    let mut z = Vec::with_capacity(if with_z { parts.len() } else { 0 });
+    let mut gaps = Vec::with_capacity(z.capacity());
+    for (s, m, zc, g) in parts {
         sq += s;
         max = max.max(m);
+        if with_z {
+            z.push(zc);
+            gaps.push(g);
+        }
     }
     Measured {
         mask: Mask::new(words, n),
         sq,
         max,
+        z,
+        rice: with_z.then(|| RicePlan::from_chunks(gaps)),
     }
 }
 
@@ -163,9 +217,14 @@ pub fn threshold<T: Float>(base: &[T], new: &[T], tau: f32) -> Mask {
 }
 
 /// The changed values of a masked delta.
-pub enum Changed<'a, T> {
-    /// Derived on the fly from the tensors (CPU path).
-    Host { base: &'a [T], new: &'a [T] },
+pub enum Changed<'a, T: Float> {
+    /// Derived on the fly from the tensors (CPU path); the zigzag deltas per chunk when
+    /// [`measure`] kept them.
+    Host {
+        base: &'a [T],
+        new: &'a [T],
+        z: Option<Vec<Vec<T::Bits>>>,
+    },
     /// Downloaded from a device: the zigzag deltas (None when the device could not compute
     /// them) and the new values, in mask order.
     Dense { z: Option<Vec<u32>>, values: Vec<T> },
@@ -180,10 +239,24 @@ impl<T: Float> Changed<'_, T> {
     fn z_into(&self, mask: &Mask, start: usize, len: usize, out: &mut Vec<u32>) {
         out.clear();
         match self {
-            Changed::Host { base, new } => {
+            Changed::Host { z: Some(z), .. } => {
+                // Copy across the per-chunk vectors, starting in the chunk holding `start`.
+                let mut c = mask.prefix.partition_point(|&p| p <= start) - 1;
+                let mut off = start - mask.prefix[c];
+                while out.len() < len {
+                    let take = (len - out.len()).min(z[c].len() - off);
+                    out.extend(z[c][off..off + take].iter().map(|&v| bits_of(v)));
+                    c += 1;
+                    off = 0;
+                }
+            }
+            Changed::Host { base, new, .. } => {
                 let w = 8 * std::mem::size_of::<T>() as u32;
+                out.resize(len, 0);
+                let mut r = 0;
                 mask.for_each(start, len, |i| {
-                    out.push(delta_zz(bits_of(base[i]), bits_of(new[i]), w))
+                    out[r] = delta_zz(bits_of(base[i]), bits_of(new[i]), w);
+                    r += 1;
                 });
             }
             Changed::Dense { z, .. } => {
@@ -291,8 +364,9 @@ pub struct MaskPlan {
 }
 
 impl MaskPlan {
-    pub fn new(mask: &Mask) -> MaskPlan {
-        let rice = RicePlan::new(&mask.words);
+    /// `rice`: the mask's Rice statistics when already gathered.
+    pub fn new(mask: &Mask, rice: Option<RicePlan>) -> MaskPlan {
+        let rice = rice.unwrap_or_else(|| RicePlan::new(&mask.words));
         let plain = 4 * mask.words.len() as u64;
         if rice.bytes < plain {
             MaskPlan {
@@ -348,8 +422,9 @@ fn groups(count: usize) -> usize {
 }
 
 impl Plan {
-    /// Measure every exact encoding of `mask` with one parallel pass over the changed values.
-    pub fn new<T: Float>(mask: &Mask, ch: &Changed<T>) -> Plan {
+    /// Measure every exact encoding of `mask` with one parallel pass over the changed values
+    /// (`rice`: the mask's Rice statistics when already gathered).
+    pub fn new<T: Float>(mask: &Mask, ch: &Changed<T>, rice: Option<RicePlan>) -> Plan {
         let count = mask.count;
         let blocks = ch.has_z().then(|| {
             let parts: Vec<Vec<Block>> = (0..groups(count))
@@ -359,8 +434,7 @@ impl Plan {
                     ch.z_into(mask, start, GROUP.min(count - start), z);
                     z.chunks(PACK_BLOCK)
                         .map(|blk| {
-                            let width = blk.iter().map(|&v| rc::bit_width(v)).max().unwrap_or(0);
-                            let (order, bits) = valcode::block_order(blk);
+                            let (width, order, bits) = valcode::block_stats(blk);
                             Block {
                                 width: width as u8,
                                 order: order as u8,
@@ -377,7 +451,7 @@ impl Plan {
             rc::packed_words(&widths, count)
         });
         Plan {
-            mask: MaskPlan::new(mask),
+            mask: MaskPlan::new(mask, rice),
             count,
             es: std::mem::size_of::<T>(),
             blocks,
@@ -495,6 +569,77 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Whether the `mask+delta-eg` sections `secs` (built from this plan) decode to `new`
+    /// against `base`, checked with the decoder's own steps (the Rice and Exp-Golomb readers
+    /// and `hostdec::delta_value`) run in parallel from the group and chunk starts this plan
+    /// knows: every piece must end exactly where the next one starts, and the streams' ends
+    /// are checked as the decoder checks them, so the sequential decoder `decompress` runs
+    /// produces these same elements. Changed elements are compared after decoding, unchanged
+    /// ones must equal the base.
+    pub fn verify_eg<T: Float>(&self, secs: &[&[u8]], mask: &Mask, base: &[T], new: &[T]) -> bool {
+        let Some(blocks) = &self.blocks else {
+            return false;
+        };
+        let n = mask.n;
+        let mask_ok = match self.mask.coding {
+            MaskCoding::Rice { .. } => self.mask.rice.verify(secs[0], &mask.words, n as u64),
+            MaskCoding::Bits => {
+                secs[0].len() == 4 * mask.words.len()
+                    && secs[0]
+                        .chunks_exact(4)
+                        .zip(&mask.words)
+                        .all(|(b, &w)| u32::from_le_bytes(b.try_into().expect("4")) == w)
+            }
+        };
+        if !mask_ok
+            || secs[1].len() != blocks.len()
+            || secs[1].iter().zip(blocks).any(|(&k, b)| k != b.order)
+        {
+            return false;
+        }
+        let Ok(eg) = super::valcode::EgReader::new(secs[1], secs[2], self.count, "verify") else {
+            return false;
+        };
+        let mut starts = Vec::with_capacity(groups(self.count) + 1);
+        let mut acc = 0u64;
+        for g in blocks.chunks(256) {
+            starts.push(acc);
+            acc += g.iter().map(|b| b.eg_bits as u64).sum::<u64>();
+        }
+        starts.push(acc);
+        let changed_ok = (0..groups(self.count)).into_par_iter().all(|g| {
+            let start = g * GROUP;
+            let len = GROUP.min(self.count - start);
+            let mut r = eg.at(start, starts[g]);
+            let mut ok = true;
+            mask.for_each(start, len, |i| {
+                ok &= match r
+                    .read()
+                    .and_then(|z| super::hostdec::delta_value(base[i], z, "verify"))
+                {
+                    Ok(v) => v.to_bits() == new[i].to_bits(),
+                    Err(_) => false,
+                };
+            });
+            ok && r.position() == starts[g + 1]
+                && (g + 1 < groups(self.count) || r.finish().is_ok())
+        });
+        let (bb, xb): (&[T::Bits], &[T::Bits]) =
+            (bytemuck::cast_slice(base), bytemuck::cast_slice(new));
+        let unchanged_ok = mask
+            .words
+            .par_chunks(CHUNK_WORDS)
+            .zip(bb.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK)))
+            .all(|(ws, (b, x))| {
+                ws.iter()
+                    .zip(b.chunks(32).zip(x.chunks(32)))
+                    .all(|(&m, (bw, xw))| diff_word(bw, xw) & !m == 0)
+            });
+        changed_ok && unchanged_ok && (self.count > 0 || secs[2].is_empty())
+    }
+}
+
 /// Histogram of [`tau_for`]: per key, count, sum of d^2 and largest pattern.
 type Hist = Vec<(u64, f64, u32)>;
 
@@ -535,7 +680,7 @@ pub fn tau_for<T: Float>(base: &[T], new: &[T], mask: &Mask, lim: f64) -> f32 {
                             let i = (lo + wi) * 32 + m.trailing_zeros() as usize;
                             m &= m - 1;
                             let (b, x) = (base[i], new[i]);
-                            let a = (x.to_f32() - b.to_f32()).abs().to_bits();
+                            let a = (widen(x) - widen(b)).abs().to_bits();
                             if a >= FINITE {
                                 // Infinite |d| counts as a larger change; NaN (which
                                 // compares with nothing) does not.
@@ -545,7 +690,7 @@ pub fn tau_for<T: Float>(base: &[T], new: &[T], mask: &Mask, lim: f64) -> f32 {
                             if a >> (shift + bits) != prefix {
                                 continue;
                             }
-                            let d = x.to_f64() - b.to_f64();
+                            let d = widen(x) as f64 - widen(b) as f64;
                             let e = &mut p[((a >> shift) & ((1 << bits) - 1)) as usize];
                             e.0 += 1;
                             e.1 += d * d;
@@ -681,7 +826,7 @@ mod tests {
     #[test]
     fn mask_seek_visits_every_position_in_order() {
         let (b, x) = pair(300_000, 150, 3);
-        let m = measure(&b, &x).mask;
+        let m = measure(&b, &x, false).mask;
         let want: Vec<usize> = (0..b.len()).filter(|&i| b[i] != x[i]).collect();
         assert_eq!(m.count, want.len());
         for start in [0, 1, 31, 9_000, want.len() - 1] {
@@ -700,7 +845,7 @@ mod tests {
             (70_000, 999, 4),
         ] {
             let (b, x) = pair(n, pm, seed);
-            let m = measure(&b, &x);
+            let m = measure(&b, &x, false);
             for share in [0.0, 1e-6, 1e-3, 0.1, 0.5, 0.9, 1.0, 2.0] {
                 let lim = share * m.sq;
                 assert_eq!(
@@ -718,7 +863,7 @@ mod tests {
             bf16::INFINITY,
             bf16::NAN,
         ];
-        let m = measure(&b, &x);
+        let m = measure(&b, &x, false);
         assert_eq!(tau_for(&b, &x, &m.mask, 1.0), tau_sorted(&b, &x, 1.0));
         assert_eq!(tau_for(&b, &x, &m.mask, 1.0), 0.015625);
     }
@@ -729,8 +874,18 @@ mod tests {
     fn planned_sizes_are_built_sizes_and_decode_back() {
         for (n, pm, seed) in [(3 * GROUP + 777, 250, 5), (1000, 990, 6), (64, 0, 7)] {
             let (b, x) = pair(n, pm, seed);
-            let m = measure(&b, &x).mask;
-            let host = Changed::Host { base: &b, new: &x };
+            let mz = measure(&b, &x, true);
+            let m = mz.mask;
+            let host = Changed::Host {
+                base: &b,
+                new: &x,
+                z: None,
+            };
+            let host_z = Changed::Host {
+                base: &b,
+                new: &x,
+                z: Some(mz.z),
+            };
             let mut z = Vec::new();
             host.z_into(&m, 0, m.count, &mut z);
             let mut v = Vec::new();
@@ -739,16 +894,20 @@ mod tests {
                 z: Some(z),
                 values: v,
             };
-            let plan = Plan::new(&m, &host);
-            let plan_d = Plan::new(&m, &dense);
+            let plan = Plan::new(&m, &host, None);
+            let plan_d = Plan::new(&m, &dense, None);
+            let plan_z = Plan::new(&m, &host_z, mz.rice);
             assert_eq!(plan.sizes(), plan_d.sizes());
+            assert_eq!(plan.sizes(), plan_z.sizes());
             for (kind, size) in plan.sizes() {
                 let secs = plan.build(kind, &m, &host);
                 let built: u64 = secs.iter().map(|s| s.len() as u64).sum();
                 assert_eq!(built, size, "{kind:?} n {n}");
                 let secs_d = plan_d.build(kind, &m, &dense);
-                for (a, c) in secs.iter().zip(&secs_d) {
+                let secs_z = plan_z.build(kind, &m, &host_z);
+                for ((a, c), e) in secs.iter().zip(&secs_d).zip(&secs_z) {
                     assert_eq!(a.bytes(), c.bytes());
+                    assert_eq!(a.bytes(), e.bytes());
                 }
                 let enc = plan.encoding(kind, 0.0);
                 let refs: Vec<&[u8]> = secs.iter().map(|s| s.bytes()).collect();
@@ -759,6 +918,30 @@ mod tests {
                 })
                 .unwrap();
                 assert!(out.iter().zip(&x).all(|(a, c)| a.to_bits() == c.to_bits()));
+                if kind == Kind::MaskDeltaEg {
+                    // The parallel check accepts these sections and rejects any change to
+                    // them or to the tensor it is compared with.
+                    assert!(plan_z.verify_eg(&refs, &m, &b, &x));
+                    for sec in 0..3 {
+                        if refs[sec].is_empty() {
+                            continue;
+                        }
+                        for at in [0, refs[sec].len() / 2, refs[sec].len() - 1] {
+                            let mut bad: Vec<Vec<u8>> = refs.iter().map(|r| r.to_vec()).collect();
+                            bad[sec][at] ^= 0x10;
+                            let br: Vec<&[u8]> = bad.iter().map(|v| v.as_slice()).collect();
+                            assert!(
+                                !plan_z.verify_eg(&br, &m, &b, &x),
+                                "section {sec} byte {at}"
+                            );
+                        }
+                    }
+                    for i in [0, n / 3, n - 1] {
+                        let mut y = x.clone();
+                        y[i] = bf16::from_bits(y[i].to_bits() ^ 0x0100);
+                        assert!(!plan_z.verify_eg(&refs, &m, &b, &y), "element {i}");
+                    }
+                }
             }
         }
     }

@@ -69,12 +69,45 @@ impl<'a> PackedReader<'a> {
     }
 }
 
-/// Where the changed values of a masked encoding come from.
-enum Source<'a> {
-    Raw(&'a [u8]),
-    Delta(PackedReader<'a>),
-    DeltaEg(EgReader<'a>),
-    Quant(PackedReader<'a>, &'a [f32]),
+/// The element a zigzag delta `z` (an Exp-Golomb value) makes of the base element `x`; a
+/// delta wider than the element is a format error.
+#[inline]
+pub fn delta_value<T: Float>(x: T, z: u32, ctx: &str) -> Result<T> {
+    let width = 8 * std::mem::size_of::<T>() as u32;
+    if width < 32 && z >> width != 0 {
+        return Err(ferr(
+            ctx,
+            format!("exp-golomb values: a delta of {z} does not fit {width}-bit elements"),
+        ));
+    }
+    Ok(from_bits(delta_unzz(bits_of(x), z, width)))
+}
+
+/// Emit the tensor in chunks: the base, with each changed element `x` (in mask order)
+/// replaced by `f(x)`.
+fn masked<T: Float>(
+    n: usize,
+    m: &[u32],
+    base: &[T],
+    emit: &mut dyn FnMut(&[T]) -> Result<()>,
+    mut f: impl FnMut(T) -> Result<T>,
+) -> Result<()> {
+    let mut buf: Vec<T> = Vec::with_capacity(OUT_CHUNK.min(n));
+    for lo in (0..n).step_by(OUT_CHUNK) {
+        let hi = (lo + OUT_CHUNK).min(n);
+        buf.clear();
+        buf.extend_from_slice(&base[lo..hi]);
+        for (wi, &word) in m[lo / 32..hi.div_ceil(32)].iter().enumerate() {
+            let mut left = word;
+            while left != 0 {
+                let i = wi * 32 + left.trailing_zeros() as usize;
+                left &= left - 1;
+                buf[i] = f(buf[i])?;
+            }
+        }
+        emit(&buf)?;
+    }
+    Ok(())
 }
 
 /// Decode one tensor of `n` elements (section checksums already verified) and hand its
@@ -98,12 +131,12 @@ pub fn decode<T: Float>(
             )
         })
     };
-    let mut buf: Vec<T> = Vec::with_capacity(OUT_CHUNK.min(n));
-    let (mask_coding, count, mut src) = match enc {
+    let (mask, count) = match enc {
         Encoding::Raw => {
             if secs[0].len() != n * es {
                 return Err(ferr(ctx, "raw section has the wrong length"));
             }
+            let mut buf: Vec<T> = Vec::with_capacity(OUT_CHUNK.min(n));
             for ch in secs[0].chunks(OUT_CHUNK * es) {
                 buf.clear();
                 buf.extend(ch.chunks_exact(es).map(bytemuck::pod_read_unaligned::<T>));
@@ -119,6 +152,7 @@ pub fn decode<T: Float>(
             check_centroids(*bits, centroids, ctx)?;
             check_packed(secs[0], secs[1], n, Some(*bits), 32, ctx)?;
             let mut p = PackedReader::new(secs[0], secs[1]);
+            let mut buf: Vec<T> = Vec::with_capacity(OUT_CHUNK.min(n));
             for lo in (0..n).step_by(OUT_CHUNK) {
                 let hi = (lo + OUT_CHUNK).min(n);
                 buf.clear();
@@ -134,88 +168,56 @@ pub fn decode<T: Float>(
             }
             return Ok(());
         }
-        Encoding::MaskRaw { mask, count, .. } => {
-            if secs[1].len() as u64 != count.saturating_mul(es as u64) {
-                return Err(ferr(ctx, "section 'values' has the wrong length"));
-            }
-            (*mask, *count, Source::Raw(secs[1]))
+        Encoding::MaskRaw { mask, count, .. }
+        | Encoding::MaskDelta { mask, count, .. }
+        | Encoding::MaskDeltaEg { mask, count, .. }
+        | Encoding::MaskQuant { mask, count, .. } => (*mask, *count),
+    };
+    let cnt = usize::try_from(count).map_err(|_| ferr(ctx, "count too large"))?;
+    // Section checks first, then the mask (its allocation is bounded by the base's size).
+    match enc {
+        Encoding::MaskRaw { .. } if secs[1].len() as u64 != count.saturating_mul(es as u64) => {
+            return Err(ferr(ctx, "section 'values' has the wrong length"));
         }
-        Encoding::MaskDelta { mask, count, .. } => {
-            let cnt = usize::try_from(*count).map_err(|_| ferr(ctx, "count too large"))?;
-            check_packed(secs[1], secs[2], cnt, None, width, ctx)?;
-            (
-                *mask,
-                *count,
-                Source::Delta(PackedReader::new(secs[1], secs[2])),
-            )
-        }
-        Encoding::MaskDeltaEg { mask, count, .. } => {
-            let cnt = usize::try_from(*count).map_err(|_| ferr(ctx, "count too large"))?;
-            (
-                *mask,
-                *count,
-                Source::DeltaEg(EgReader::new(secs[1], secs[2], cnt, ctx)?),
-            )
-        }
+        Encoding::MaskDelta { .. } => check_packed(secs[1], secs[2], cnt, None, width, ctx)?,
         Encoding::MaskQuant {
-            mask,
-            count,
-            bits,
-            centroids,
-            ..
+            bits, centroids, ..
         } => {
             check_centroids(*bits, centroids, ctx)?;
-            let cnt = usize::try_from(*count).map_err(|_| ferr(ctx, "count too large"))?;
             check_packed(secs[1], secs[2], cnt, Some(*bits), 32, ctx)?;
-            (
-                *mask,
-                *count,
-                Source::Quant(PackedReader::new(secs[1], secs[2]), centroids),
-            )
         }
-    };
+        _ => {}
+    }
     let b = need_base()?;
-    let m = parse_mask(mask_coding, secs[0], n, count, ctx)?;
-    let zmax = if width == 32 {
-        u32::MAX
-    } else {
-        (1u32 << width) - 1
-    };
-    let mut r = 0usize;
-    for lo in (0..n).step_by(OUT_CHUNK) {
-        let hi = (lo + OUT_CHUNK).min(n);
-        buf.clear();
-        buf.extend_from_slice(&b[lo..hi]);
-        for (wi, &word) in m[lo / 32..hi.div_ceil(32)].iter().enumerate() {
-            let mut bitsleft = word;
-            while bitsleft != 0 {
-                let i = wi * 32 + bitsleft.trailing_zeros() as usize;
-                bitsleft &= bitsleft - 1;
-                let slot = &mut buf[i];
-                *slot = match &mut src {
-                    Source::Raw(v) => bytemuck::pod_read_unaligned(&v[r * es..(r + 1) * es]),
-                    Source::Delta(p) => from_bits(delta_unzz(bits_of(*slot), p.next(), width)),
-                    Source::DeltaEg(e) => {
-                        let z = e.read()?;
-                        if z > zmax {
-                            return Err(ferr(
-                                ctx,
-                                format!("exp-golomb values: a delta of {z} does not fit {width}-bit elements"),
-                            ));
-                        }
-                        from_bits(delta_unzz(bits_of(*slot), z, width))
-                    }
-                    Source::Quant(p, c) => {
-                        round_to::<T>(canonical(widen(*slot) + c[p.next() as usize]))
-                    }
-                };
+    let m = parse_mask(mask, secs[0], n, count, ctx)?;
+    match enc {
+        Encoding::MaskRaw { .. } => {
+            let mut r = 0usize;
+            masked(n, &m, b, emit, |_| {
+                let v = bytemuck::pod_read_unaligned(&secs[1][r * es..(r + 1) * es]);
                 r += 1;
-            }
+                Ok(v)
+            })
         }
-        emit(&buf)?;
+        Encoding::MaskDelta { .. } => {
+            let mut p = PackedReader::new(secs[1], secs[2]);
+            masked(n, &m, b, emit, |x| {
+                Ok(from_bits(delta_unzz(bits_of(x), p.next(), width)))
+            })
+        }
+        Encoding::MaskDeltaEg { .. } => {
+            let mut e = EgReader::new(secs[1], secs[2], cnt, ctx)?;
+            masked(n, &m, b, emit, |x| delta_value(x, e.read()?, ctx))?;
+            e.finish()
+        }
+        Encoding::MaskQuant { centroids, .. } => {
+            let mut p = PackedReader::new(secs[1], secs[2]);
+            masked(n, &m, b, emit, |x| {
+                Ok(round_to::<T>(canonical(
+                    widen(x) + centroids[p.next() as usize],
+                )))
+            })
+        }
+        _ => unreachable!("handled above"),
     }
-    if let Source::DeltaEg(e) = &src {
-        e.finish()?;
-    }
-    Ok(())
 }

@@ -15,22 +15,57 @@ use super::bits::{emit_parallel, BitReader, SliceWriter};
 use super::format::ferr;
 
 /// Mask words per parallel chunk (65536 elements).
-const CHUNK_WORDS: usize = 2048;
+pub const CHUNK_WORDS: usize = 2048;
 
-/// The gaps of one chunk of mask words.
-struct ChunkGaps {
+/// Gap statistics of one chunk of [`CHUNK_WORDS`] mask words, fed the chunk's set positions in
+/// increasing order ([`ChunkGaps::push`]); [`RicePlan::from_chunks`] completes them.
+pub struct ChunkGaps {
     /// Set bits in the chunk.
     count: u64,
-    /// Position of the chunk's last set bit (valid when `count > 0`).
+    /// First and last set position in the chunk (valid when `count > 0`).
+    first: u64,
     last: u64,
-    /// Position of the last set bit before the chunk (-1: none).
+    /// Position of the last set bit before the chunk (-1: none); set by `from_chunks`.
     prev: i64,
+    /// Gaps below 64 by value, in two interleaved copies (consecutive equal gaps would
+    /// otherwise wait on one counter).
+    small: [[u32; 64]; 2],
     /// `bitcount[j]`: how many of the chunk's gaps have bit `j` set (the first gap, which
-    /// depends on the previous chunk, included).
+    /// depends on the previous chunk, included by `from_chunks`).
     bitcount: [u64; 64],
 }
 
+impl Default for ChunkGaps {
+    fn default() -> Self {
+        ChunkGaps {
+            count: 0,
+            first: 0,
+            last: 0,
+            prev: -1,
+            small: [[0; 64]; 2],
+            bitcount: [0; 64],
+        }
+    }
+}
+
 impl ChunkGaps {
+    /// The next set position of the chunk.
+    #[inline]
+    pub fn push(&mut self, pos: u64) {
+        if self.count == 0 {
+            self.first = pos;
+        } else {
+            let g = pos - self.last - 1;
+            if g < 64 {
+                self.small[(self.count & 1) as usize][g as usize] += 1;
+            } else {
+                add_gap(&mut self.bitcount, g);
+            }
+        }
+        self.last = pos;
+        self.count += 1;
+    }
+
     /// Stream bits of this chunk's gaps with parameter `k`: sum of `(g >> k) + 1 + k`.
     fn bits(&self, k: u32) -> u64 {
         let quot: u64 = (k as usize..64)
@@ -62,54 +97,46 @@ impl RicePlan {
     /// Gap statistics of `mask` in one parallel pass; every parameter's exact size follows from
     /// them (`sum(g >> k) = sum_j count_j * 2^(j-k)` over the gaps' bits `j >= k`).
     pub fn new(mask: &[u32]) -> RicePlan {
-        let mut chunks: Vec<ChunkGaps> = mask
+        let chunks: Vec<ChunkGaps> = mask
             .par_chunks(CHUNK_WORDS)
             .enumerate()
             .map(|(c, ws)| {
-                let mut g = ChunkGaps {
-                    count: 0,
-                    last: 0,
-                    prev: -1,
-                    bitcount: [0; 64],
-                };
-                let mut first = None;
-                let mut prev = 0u64;
+                let mut g = ChunkGaps::default();
                 for (i, &word) in ws.iter().enumerate() {
                     let mut m = word;
                     while m != 0 {
-                        let pos = ((c * CHUNK_WORDS + i) * 32 + m.trailing_zeros() as usize) as u64;
+                        g.push(((c * CHUNK_WORDS + i) * 32 + m.trailing_zeros() as usize) as u64);
                         m &= m - 1;
-                        if first.is_none() {
-                            first = Some(pos);
-                        } else {
-                            add_gap(&mut g.bitcount, pos - prev - 1);
-                        }
-                        prev = pos;
-                        g.count += 1;
                     }
                 }
-                g.last = prev;
-                // Stash the first position in `prev` until the sequential pass below.
-                g.prev = first.map_or(-1, |f| f as i64);
                 g
             })
             .collect();
+        RicePlan::from_chunks(chunks)
+    }
+
+    /// Complete the statistics of every chunk of a mask (in order) and choose the parameter.
+    pub fn from_chunks(mut chunks: Vec<ChunkGaps>) -> RicePlan {
         // The first gap of each chunk is measured from the previous chunk's last set bit.
         let mut last: i64 = -1;
         for g in &mut chunks {
-            let first = g.prev;
+            for h in 0..2 {
+                for v in 0..64 {
+                    let c = std::mem::take(&mut g.small[h][v]) as u64;
+                    let mut m = v;
+                    while c > 0 && m != 0 {
+                        g.bitcount[m.trailing_zeros() as usize] += c;
+                        m &= m - 1;
+                    }
+                }
+            }
             g.prev = last;
             if g.count > 0 {
-                add_gap(&mut g.bitcount, (first - last - 1) as u64);
+                add_gap(&mut g.bitcount, (g.first as i64 - last - 1) as u64);
                 last = g.last as i64;
             }
         }
-        let mut total = ChunkGaps {
-            count: 0,
-            last: 0,
-            prev: -1,
-            bitcount: [0; 64],
-        };
+        let mut total = ChunkGaps::default();
         for g in &chunks {
             total.count += g.count;
             for (t, b) in total.bitcount.iter_mut().zip(&g.bitcount) {
@@ -145,6 +172,41 @@ impl RicePlan {
         })
     }
 
+    /// Whether `stream` decodes to `mask` with parameter `self.k`: the decoder's steps
+    /// ([`decode`]) run in parallel from each chunk's start (known from this plan), and every
+    /// chunk must end exactly where the next starts and hold exactly the mask's words; then the
+    /// stream's end is checked as [`decode`] checks it. The sequential decoder therefore
+    /// produces the same mask.
+    pub fn verify(&self, stream: &[u8], mask: &[u32], n: u64) -> bool {
+        let k = self.k;
+        let mut starts = Vec::with_capacity(self.chunks.len() + 1);
+        let mut acc = 0u64;
+        for g in &self.chunks {
+            starts.push(acc);
+            acc += g.bits(k);
+        }
+        starts.push(acc);
+        if acc.div_ceil(8) != stream.len() as u64 {
+            return false;
+        }
+        let ok = mask.par_chunks(CHUNK_WORDS).enumerate().all(|(c, ws)| {
+            let g = &self.chunks[c];
+            let mut r = BitReader::at(stream, starts[c]);
+            let mut got = vec![0u32; ws.len()];
+            let lo = (c * CHUNK_WORDS * 32) as u64;
+            let hi = lo + 32 * ws.len() as u64;
+            let ok = positions(&mut r, k, n, g.prev, g.count, |p| {
+                if p < lo || p >= hi {
+                    return false;
+                }
+                got[((p - lo) / 32) as usize] |= 1 << (p % 32);
+                true
+            });
+            ok.is_ok() && r.position() == starts[c + 1] && got == ws
+        });
+        ok && BitReader::at(stream, acc).rest_is_zero()
+    }
+
     /// [`RicePlan::encode_with`] the best parameter.
     pub fn encode(&self, mask: &[u32]) -> Vec<u8> {
         self.encode_with(mask, self.k)
@@ -153,7 +215,14 @@ impl RicePlan {
 
 #[inline]
 fn put_gap(w: &mut SliceWriter, g: u64, k: u32) {
-    w.zeros(g >> k);
+    let q = g >> k;
+    let low = g & ((1u64 << k) - 1);
+    if q + 1 + (k as u64) <= 32 {
+        // The whole code in one write: q zeros, a one, the k low bits.
+        w.put((1u64 << q) | (low << (q + 1)), q as u32 + 1 + k);
+        return;
+    }
+    w.zeros(q);
     w.put(1, 1);
     if k > 0 {
         w.put(g & ((1u64 << k) - 1), k);
@@ -169,6 +238,115 @@ pub fn best_k(mask: &[u32]) -> (u32, u64) {
 /// Rice-code the set bits of `mask` with parameter `k` (< 32).
 pub fn encode(mask: &[u32], k: u32) -> Vec<u8> {
     RicePlan::new(mask).encode_with(mask, k)
+}
+
+/// Decode `count` positions after `prev` (-1: none), handing each to `f` (which may refuse
+/// it); returns the last. The codes that lie wholly inside one 56-bit window are decoded from
+/// that window without re-reading the stream; the rest take [`next_pos`]. Positions must be
+/// below `n`.
+#[inline]
+fn positions(
+    r: &mut BitReader,
+    k: u32,
+    n: u64,
+    mut prev: i64,
+    count: u64,
+    mut f: impl FnMut(u64) -> bool,
+) -> std::result::Result<i64, &'static str> {
+    let lowmask = (1u64 << k) - 1;
+    let mut left = count;
+    while left > 0 {
+        let mut p = r.peek();
+        let avail = r.remaining().min(56);
+        let mut used = 0u64;
+        while left > 0 {
+            let t = p.trailing_zeros() as u64;
+            let need = t + 1 + k as u64;
+            if used + need > avail {
+                break;
+            }
+            let g = (t << k) | ((p >> (t + 1)) & lowmask);
+            p >>= need;
+            used += need;
+            let pos = (prev as u64).wrapping_add(1).wrapping_add(g);
+            if pos >= n {
+                return Err("position past the last element");
+            }
+            if !f(pos) {
+                return Err("position outside its chunk");
+            }
+            prev = pos as i64;
+            left -= 1;
+        }
+        r.skip(used);
+        if left > 0 && used == 0 {
+            // A code longer than the window: the general step.
+            let pos = next_pos(r, k, n, prev)?;
+            if !f(pos) {
+                return Err("position outside its chunk");
+            }
+            prev = pos as i64;
+            left -= 1;
+        }
+    }
+    Ok(prev)
+}
+
+/// The decoder's step: the position after `prev` (-1: none) coded at the reader, which must be
+/// below `n`; `k < 32`.
+#[inline]
+fn next_pos(
+    r: &mut BitReader,
+    k: u32,
+    n: u64,
+    prev: i64,
+) -> std::result::Result<u64, &'static str> {
+    let at = |g: u64| {
+        (prev as u64)
+            .wrapping_add(1)
+            .checked_add(g)
+            .filter(|&p| p < n)
+            .ok_or("position past the last element")
+    };
+    // Fast path: the whole code in one peek.
+    let p = r.peek();
+    let t = p.trailing_zeros() as u64;
+    if t + 1 + k as u64 <= 56 && t + 1 + k as u64 <= r.remaining() {
+        r.skip(t + 1 + k as u64);
+        return at((t << k) | ((p >> (t + 1)) & ((1u64 << k) - 1)));
+    }
+    // q zero bits then a one, scanned up to 56 bits at a time.
+    let mut q = 0u64;
+    loop {
+        let avail = r.remaining().min(56);
+        if avail == 0 {
+            return Err("stream ends inside a gap");
+        }
+        let t = r.peek().trailing_zeros() as u64;
+        if t < avail {
+            q += t;
+            r.skip(t + 1);
+            break;
+        }
+        q += avail;
+        r.skip(avail);
+        if q > n {
+            return Err("gap longer than the tensor");
+        }
+    }
+    if q > n {
+        return Err("gap longer than the tensor");
+    }
+    if r.remaining() < k as u64 {
+        return Err("stream ends inside a gap");
+    }
+    let low = if k == 0 {
+        0
+    } else {
+        r.peek() & ((1u64 << k) - 1)
+    };
+    r.skip(k as u64);
+    at((q << k) | low)
 }
 
 /// Decode a Rice stream into a mask of `ceil(n / 32)` words with exactly `count` set bits below
@@ -189,48 +367,11 @@ pub fn decode(bytes: &[u8], k: u32, n: u64, count: u64, ctx: &str) -> Result<Vec
     let words = usize::try_from(n.div_ceil(32)).map_err(|_| bad("too many elements"))?;
     let mut mask = vec![0u32; words];
     let mut r = BitReader::new(bytes);
-    let mut prev: i64 = -1;
-    for _ in 0..count {
-        // q zero bits then a one, scanned up to 56 bits at a time.
-        let mut q = 0u64;
-        loop {
-            let avail = r.remaining().min(56);
-            if avail == 0 {
-                return Err(bad("stream ends inside a gap"));
-            }
-            let t = r.peek().trailing_zeros() as u64;
-            if t < avail {
-                q += t;
-                r.skip(t + 1);
-                break;
-            }
-            q += avail;
-            r.skip(avail);
-            if q > n {
-                return Err(bad("gap longer than the tensor"));
-            }
-        }
-        if q > n {
-            return Err(bad("gap longer than the tensor"));
-        }
-        if r.remaining() < k as u64 {
-            return Err(bad("stream ends inside a gap"));
-        }
-        let low = if k == 0 {
-            0
-        } else {
-            r.peek() & ((1u64 << k) - 1)
-        };
-        r.skip(k as u64);
-        let g = (q << k) | low;
-        let pos = (prev as u64)
-            .wrapping_add(1)
-            .checked_add(g)
-            .filter(|&p| p < n)
-            .ok_or_else(|| bad("position past the last element"))?;
+    positions(&mut r, k, n, -1, count, |pos| {
         mask[(pos / 32) as usize] |= 1 << (pos % 32);
-        prev = pos as i64;
-    }
+        true
+    })
+    .map_err(bad)?;
     if r.position().div_ceil(8) != r.len_bytes() {
         return Err(bad("trailing bytes after the last position"));
     }

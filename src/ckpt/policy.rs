@@ -76,7 +76,7 @@ fn rel(sq: f64, denom: f64) -> f64 {
 fn sq_err<T: Float>(recon: &[T], new: &[T], acc: &mut f64) {
     for (r, x) in recon.iter().zip(new) {
         if r.to_bits() != x.to_bits() {
-            let d = r.to_f64() - x.to_f64();
+            let d = rc::widen(*r) as f64 - rc::widen(*x) as f64;
             *acc += d * d;
         }
     }
@@ -111,14 +111,19 @@ impl<'a, T: Float> Engine<'a, T> {
         self.new_d.is_none()
     }
 
-    /// The masked delta at `tau`; `host_mask` is the host's mask when already computed.
+    /// The masked delta at `tau`; `host` is the host's mask (and zigzag deltas) when already
+    /// computed.
     fn masked(
         &self,
         tau: f32,
-        host_mask: Option<Mask>,
+        host: Option<(Mask, Vec<Vec<T::Bits>>)>,
         stats: &mut TensorStats,
     ) -> Result<Masked<'a, T>> {
         let base = self.base.expect("a base");
+        let (host_mask, z) = match host {
+            Some((m, z)) => (Some(m), Some(z).filter(|z| !z.is_empty())),
+            None => (None, None),
+        };
         let (Some(new_d), Some(base_d)) = (&self.new_d, &self.base_d) else {
             let mask = host_mask.unwrap_or_else(|| delta::threshold(base, self.new, tau));
             return Ok(Masked {
@@ -127,6 +132,7 @@ impl<'a, T: Float> Engine<'a, T> {
                 changed: Changed::Host {
                     base,
                     new: self.new,
+                    z,
                 },
                 sparse: None,
             });
@@ -405,7 +411,9 @@ pub fn encode_tensor<'a, T: Float>(
 
     if let Some(base) = eng.base {
         // Measurements: fraction changed, spread of the delta (f64), and the mask.
-        let m = delta::measure(base, &new_h);
+        // On the CPU path the zigzag deltas are kept from this pass (at most the tensor's
+        // size), so the later passes do not read both tensors again.
+        let m = delta::measure(base, &new_h, eng.host());
         let count = m.mask.count;
         let dnorm = m.sq.sqrt();
         stats.frac_changed = Some(if n == 0 { 0.0 } else { count as f64 / n as f64 });
@@ -415,8 +423,8 @@ pub fn encode_tensor<'a, T: Float>(
             (m.sq / count as f64).sqrt()
         });
         stats.delta_max = finite(m.max);
-        let m0 = eng.masked(0.0, Some(m.mask), &mut stats)?;
-        let plan = Plan::new(&m0.mask, &m0.changed);
+        let m0 = eng.masked(0.0, Some((m.mask, m.z)), &mut stats)?;
+        let plan = Plan::new(&m0.mask, &m0.changed, m.rice);
         for (kind, size) in plan.sizes() {
             stats
                 .candidates
@@ -431,7 +439,7 @@ pub fn encode_tensor<'a, T: Float>(
                 // Thresholded lossless delta: both value codings decode to the same tensor
                 // (exact values on the thresholded mask); the smaller is built and measured.
                 let mt = eng.masked(tau_delta, None, &mut stats)?;
-                let pt = Plan::new(&mt.mask, &mt.changed);
+                let pt = Plan::new(&mt.mask, &mt.changed, None);
                 let opts: Vec<(Kind, u64)> = pt
                     .sizes()
                     .into_iter()
@@ -471,7 +479,7 @@ pub fn encode_tensor<'a, T: Float>(
                 if mq.mask.count == 0 {
                     continue;
                 }
-                let mplan = MaskPlan::new(&mq.mask);
+                let mplan = MaskPlan::new(&mq.mask, None);
                 for bits in QUANT_BITS {
                     let label = if tau == 0.0 {
                         format!("mask+q{bits}")
@@ -535,7 +543,7 @@ pub fn encode_tensor<'a, T: Float>(
         // No base, with a budget: the weights themselves quantised.
         let wnorm = new_h
             .iter()
-            .map(|x| x.to_f64() * x.to_f64())
+            .map(|&x| rc::widen(x) as f64 * rc::widen(x) as f64)
             .sum::<f64>()
             .sqrt();
         for bits in QUANT_BITS {
@@ -577,7 +585,15 @@ pub fn encode_tensor<'a, T: Float>(
                 let (m0, plan) = exact.as_ref().expect("planned");
                 let enc = plan.encoding(kind, 0.0);
                 let secs = plan.build(kind, &m0.mask, &m0.changed);
-                if !eng.verify(&enc, &secs) {
+                let verified = match (eng.host(), kind, &m0.changed) {
+                    // CPU path: the parallel check with the decoder's steps (see verify_eg).
+                    (true, Kind::MaskDeltaEg, Changed::Host { base, new, .. }) => {
+                        let refs: Vec<&[u8]> = secs.iter().map(|s| s.bytes()).collect();
+                        plan.verify_eg(&refs, &m0.mask, base, new)
+                    }
+                    _ => eng.verify(&enc, &secs),
+                };
+                if !verified {
                     stats
                         .notes
                         .push(format!("{} failed its decode check; not used", enc.name()));

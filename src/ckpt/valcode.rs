@@ -91,46 +91,56 @@ pub fn cost(z: u32, k: u32) -> u64 {
     2 * (nb - 1 - k as u64) + 1 + k as u64
 }
 
-/// The best order for a block (the smallest on ties) and the block's bits with it, exactly
-/// as an exhaustive search over `0..=MAX_K` finds them, from one pass over the block.
+/// A block's bit width (of its largest value), its best Exp-Golomb order (the smallest on
+/// ties) and the block's bits with that order, exactly as an exhaustive search over
+/// `0..=MAX_K` finds them, from one pass over the block.
 ///
 /// With `L` the bit length of `z`: for `k >= L` the code takes `k + 1` bits; for `k < L` it
 /// takes `2L - 1 - k` bits, plus 2 when `z + 2^k` carries into bit `L`, which happens exactly
-/// when bits `k..L` of `z` are all ones, i.e. for `k >= L - t` with `t` the number of leading
-/// ones of `z`. A histogram of `L` and a difference array of the carry ranges give every
-/// order's total.
-pub fn block_order(blk: &[u32]) -> (u32, u64) {
-    let mut hist = [0u64; 33];
-    let mut carry = [0i64; 34];
-    for &z in blk {
+/// when bits `k..L` of `z` are all ones, i.e. for `s <= k < L` with `s` the bit length of
+/// `z ^ (2^L - 1)`. Histograms of `L` and of `s` give every order's total.
+pub fn block_stats(blk: &[u32]) -> (u32, u32, u64) {
+    // Two interleaved copies of each histogram, so consecutive values do not wait on the same
+    // counter.
+    let mut hl = [[0u32; 33]; 2];
+    let mut hs = [[0u32; 33]; 2];
+    let mut add = |j: usize, z: u32| {
         let l = 32 - z.leading_zeros();
-        hist[l as usize] += 1;
-        if l > 0 {
-            let t = (!(z << (32 - l))).leading_zeros();
-            carry[(l - t) as usize] += 1;
-            carry[l as usize] -= 1;
-        }
+        let ones = ((1u64 << l) - 1) as u32;
+        hl[j][l as usize] += 1;
+        hs[j][(32 - (z ^ ones).leading_zeros()) as usize] += 1;
+    };
+    let mut pairs = blk.chunks_exact(2);
+    for p in &mut pairs {
+        add(0, p[0]);
+        add(1, p[1]);
     }
+    for &z in pairs.remainder() {
+        add(0, z);
+    }
+    let hist: [u64; 33] = std::array::from_fn(|l| (hl[0][l] + hl[1][l]) as u64);
+    let width = (0..33).rev().find(|&l| hist[l] > 0).unwrap_or(0) as u32;
     let total = blk.len() as u64;
     // Sums over L > k: count and sum of L; updated as k grows.
     let mut cnt_gt = total - hist[0];
     let mut sum_gt: u64 = (1..33).map(|l| l as u64 * hist[l]).sum();
+    // Values that carry at order k: s <= k < L.
     let mut carries = 0i64;
     let (mut best_k, mut best) = (0u32, u64::MAX);
-    for k in 0..=MAX_K {
+    for k in 0..=MAX_K as usize {
         if k > 0 {
-            cnt_gt -= hist[k as usize];
-            sum_gt -= k as u64 * hist[k as usize];
+            cnt_gt -= hist[k];
+            sum_gt -= k as u64 * hist[k];
         }
-        carries += carry[k as usize];
+        carries += (hs[0][k] + hs[1][k]) as i64 - hist[k] as i64;
         let cnt_le = total - cnt_gt;
         let bits =
             cnt_le * (k as u64 + 1) + 2 * sum_gt - (1 + k as u64) * cnt_gt + 2 * carries as u64;
         if bits < best {
-            (best_k, best) = (k, bits);
+            (best_k, best) = (k as u32, bits);
         }
     }
-    (best_k, if blk.is_empty() { 0 } else { best })
+    (width, best_k, if blk.is_empty() { 0 } else { best })
 }
 
 /// Append the codes of `blk` with order `k` to `w`.
@@ -140,20 +150,25 @@ pub fn put_block(w: &mut SliceWriter, blk: &[u32], k: u32) {
         let v = zv as u64 + (1u64 << k);
         let nb = 64 - v.leading_zeros();
         let q = nb - 1 - k;
-        // q zeros and a one (at most 33 bits), then the low nb-1 bits of v (at most 32).
-        w.put(1u64 << q, q + 1);
+        // q zeros and a one, then the low nb-1 bits of v (at most 32).
+        if q < 32 {
+            w.put(1u64 << q, q + 1);
+        } else {
+            w.zeros(q as u64);
+            w.put(1, 1);
+        }
         w.put(v & ((1u64 << (nb - 1)) - 1), nb - 1);
     }
 }
 
 /// Exp-Golomb code the values: one order byte per block, and the bit stream.
 pub fn encode(z: &[u32]) -> (Vec<u8>, Vec<u8>) {
-    let plan: Vec<(u32, u64)> = z.chunks(PACK_BLOCK).map(block_order).collect();
-    let ks = plan.iter().map(|p| p.0 as u8).collect();
-    let bits: Vec<u64> = plan.iter().map(|p| p.1).collect();
+    let plan: Vec<(u32, u32, u64)> = z.chunks(PACK_BLOCK).map(block_stats).collect();
+    let ks = plan.iter().map(|p| p.1 as u8).collect();
+    let bits: Vec<u64> = plan.iter().map(|p| p.2).collect();
     let stream = emit_parallel(&bits, |j, w| {
         let blk = &z[j * PACK_BLOCK..((j + 1) * PACK_BLOCK).min(z.len())];
-        put_block(w, blk, plan[j].0);
+        put_block(w, blk, plan[j].1);
     });
     (ks, stream)
 }
@@ -191,25 +206,51 @@ impl<'a> EgReader<'a> {
         })
     }
 
+    /// A reader of values `start..` whose code begins at bit `pos` (the encoder's group
+    /// offsets), for decoding groups in parallel; the orders were checked by [`EgReader::new`].
+    pub fn at(&self, start: usize, pos: u64) -> EgReader<'a> {
+        EgReader {
+            r: BitReader::at(self.r.bytes(), pos),
+            ks: self.ks,
+            count: self.count,
+            i: start,
+            ctx: self.ctx,
+        }
+    }
+
+    /// Bits consumed so far.
+    pub fn position(&self) -> u64 {
+        self.r.position()
+    }
+
     fn bad(&self, m: &str) -> crate::error::Error {
         ferr(self.ctx, format!("exp-golomb values: {m}"))
     }
 
     /// The next value (the caller reads at most `count`).
-    #[inline]
+    #[inline(always)]
     pub fn read(&mut self) -> Result<u32> {
         debug_assert!(self.i < self.count);
         let k = self.ks[self.i / PACK_BLOCK] as u32;
         self.i += 1;
-        let q = self.r.peek().trailing_zeros();
+        let p = self.r.peek();
+        let q = p.trailing_zeros();
         if q + k > 32 {
             return Err(self.bad("value too large"));
+        }
+        // Fast path: the whole code lies in the 57 bits one peek guarantees.
+        let nbits = q + k;
+        let need = q + 1 + nbits;
+        if need <= 57 && need as u64 <= self.r.remaining() {
+            self.r.skip(need as u64);
+            let low = (p >> (q + 1)) & ((1u64 << nbits) - 1);
+            let z = ((1u64 << nbits) | low) - (1u64 << k);
+            return u32::try_from(z).map_err(|_| self.bad("value too large"));
         }
         if q as u64 >= self.r.remaining() {
             return Err(self.bad("stream ends inside a value"));
         }
         self.r.skip(q as u64 + 1);
-        let nbits = q + k;
         if nbits as u64 > self.r.remaining() {
             return Err(self.bad("stream ends inside a value"));
         }
@@ -266,7 +307,7 @@ mod tests {
 
     /// The one-pass order search finds the exhaustive search's order and size.
     #[test]
-    fn block_order_matches_exhaustive_search() {
+    fn block_stats_match_exhaustive_search() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut rnd = move || {
             x ^= x << 13;
@@ -298,7 +339,8 @@ mod tests {
                 .min_by_key(|&(_, c)| c)
                 .unwrap();
             let want = if b.is_empty() { (0, 0) } else { want };
-            assert_eq!(block_order(b), want, "{b:?}");
+            let width = b.iter().map(|&v| 32 - v.leading_zeros()).max().unwrap_or(0);
+            assert_eq!(block_stats(b), (width, want.0, want.1), "{b:?}");
         }
     }
 }

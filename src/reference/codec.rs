@@ -60,11 +60,10 @@ pub fn ord(bits: u32, width: u32) -> u32 {
     } else {
         (1 << width) - 1
     };
-    if bits & sign != 0 {
-        !bits & mask
-    } else {
-        bits | sign
-    }
+    // Branch-free: a negative pattern is flipped whole (`!bits & mask`), a positive one gets
+    // its sign bit set (`bits | sign`); signs are random in weights, so a branch mispredicts.
+    let neg = 0u32.wrapping_sub((bits >> (width - 1)) & 1);
+    bits ^ ((neg & mask) | sign)
 }
 
 /// Inverse of [`ord`].
@@ -76,11 +75,9 @@ pub fn unord(o: u32, width: u32) -> u32 {
     } else {
         (1 << width) - 1
     };
-    if o & sign != 0 {
-        o & !sign
-    } else {
-        !o & mask
-    }
+    // Branch-free, as in [`ord`]: top bit set -> clear it, else flip the whole pattern.
+    let neg = ((o >> (width - 1)) & 1).wrapping_sub(1);
+    o ^ ((neg & mask) | sign)
 }
 
 /// zigzag((ord(new) - ord(base)) mod 2^width): small changes in either direction give small
