@@ -25,8 +25,10 @@ pub const CHUNK: usize = 1 << 16;
 const CHUNK_WORDS: usize = CHUNK / 32;
 // The Rice statistics gathered by `measure` are per chunk of the Rice coder.
 const _: () = assert!(CHUNK_WORDS == super::maskcode::CHUNK_WORDS);
-/// Changed values per parallel group (whole blocks of `PACK_BLOCK`).
-pub const GROUP: usize = 256 * PACK_BLOCK;
+/// Blocks of `PACK_BLOCK` changed values per parallel group.
+const GROUP_BLOCKS: usize = 64;
+/// Changed values per parallel group (its per-thread buffers are this many u32).
+pub const GROUP: usize = GROUP_BLOCKS * PACK_BLOCK;
 
 /// A change mask (layout of `ops::bitmask`) with an index for seeking to the `i`-th set bit.
 pub struct Mask {
@@ -227,7 +229,10 @@ pub enum Changed<'a, T: Float> {
     },
     /// Downloaded from a device: the zigzag deltas (None when the device could not compute
     /// them) and the new values, in mask order.
-    Dense { z: Option<Vec<u32>>, values: Vec<T> },
+    Dense {
+        z: Option<Vec<T::Bits>>,
+        values: Vec<T>,
+    },
 }
 
 impl<T: Float> Changed<'_, T> {
@@ -259,9 +264,11 @@ impl<T: Float> Changed<'_, T> {
                     r += 1;
                 });
             }
-            Changed::Dense { z, .. } => {
-                out.extend_from_slice(&z.as_ref().expect("zigzag deltas")[start..start + len])
-            }
+            Changed::Dense { z, .. } => out.extend(
+                z.as_ref().expect("zigzag deltas")[start..start + len]
+                    .iter()
+                    .map(|&v| bits_of(v)),
+            ),
         }
     }
 
@@ -511,7 +518,7 @@ impl Plan {
                 let mut slices = Vec::with_capacity(groups(count));
                 let mut rest: &mut [u32] = &mut words;
                 for g in 0..groups(count) {
-                    let (b0, b1) = (g * 256, ((g + 1) * 256).min(blocks.len()));
+                    let (b0, b1) = (g * GROUP_BLOCKS, ((g + 1) * GROUP_BLOCKS).min(blocks.len()));
                     let len = if b1 == blocks.len() {
                         rest.len()
                     } else {
@@ -529,7 +536,7 @@ impl Plan {
                         ch.z_into(mask, start, GROUP.min(count - start), z);
                         let mut off = 0usize;
                         for (j, blk) in z.chunks(PACK_BLOCK).enumerate() {
-                            let w = widths[g * 256 + j] as u64;
+                            let w = widths[g * GROUP_BLOCKS + j] as u64;
                             if w > 0 {
                                 for (i, &v) in blk.iter().enumerate() {
                                     let bit = i as u64 * w;
@@ -550,7 +557,7 @@ impl Plan {
             Kind::MaskDeltaEg => {
                 let blocks = self.blocks.as_ref().expect("planned");
                 let group_bits: Vec<u64> = blocks
-                    .chunks(256)
+                    .chunks(GROUP_BLOCKS)
                     .map(|g| g.iter().map(|b| b.eg_bits as u64).sum())
                     .collect();
                 let stream = super::bits::emit_parallel(&group_bits, |g, w| {
@@ -558,7 +565,7 @@ impl Plan {
                     let mut z = Vec::new();
                     ch.z_into(mask, start, GROUP.min(count - start), &mut z);
                     for (j, blk) in z.chunks(PACK_BLOCK).enumerate() {
-                        valcode::put_block(w, blk, blocks[g * 256 + j].order as u32);
+                        valcode::put_block(w, blk, blocks[g * GROUP_BLOCKS + j].order as u32);
                     }
                 });
                 secs.push(Section::Bytes(blocks.iter().map(|b| b.order).collect()));
@@ -603,7 +610,7 @@ impl Plan {
         };
         let mut starts = Vec::with_capacity(groups(self.count) + 1);
         let mut acc = 0u64;
-        for g in blocks.chunks(256) {
+        for g in blocks.chunks(GROUP_BLOCKS) {
             starts.push(acc);
             acc += g.iter().map(|b| b.eg_bits as u64).sum::<u64>();
         }
@@ -891,7 +898,7 @@ mod tests {
             let mut v = Vec::new();
             host.vals_into(&m, 0, m.count, &mut v);
             let dense = Changed::Dense {
-                z: Some(z),
+                z: Some(z.iter().map(|&v| v as u16).collect()),
                 values: v,
             };
             let plan = Plan::new(&m, &host, None);

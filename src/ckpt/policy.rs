@@ -104,11 +104,15 @@ struct Engine<'a, T: Float> {
     base: Option<&'a [T]>,
     new_d: Option<DeviceBuffer<T>>,
     base_d: Option<DeviceBuffer<T>>,
+    /// The CPU path (nothing uploaded).
+    host: bool,
+    /// Lossy candidates will be built.
+    lossy: bool,
 }
 
 impl<'a, T: Float> Engine<'a, T> {
     fn host(&self) -> bool {
-        self.new_d.is_none()
+        self.host
     }
 
     /// The masked delta at `tau`; `host` is the host's mask (and zigzag deltas) when already
@@ -150,18 +154,23 @@ impl<'a, T: Float> Engine<'a, T> {
         }
         let mask = host_mask.unwrap_or_else(|| Mask::new(words, self.new.len()));
         let cnt = sp.values.len();
-        let z = match (|| -> Result<Vec<u32>> {
+        let width = 8 * std::mem::size_of::<T>() as u8;
+        let z = match (|| -> Result<Vec<T::Bits>> {
             let gb = codec::gather(base_d, &sp.mask, cnt)?;
             let p = codec::delta_encode(&gb, &sp.values)?;
             let (w, words) = (p.widths.download()?, p.words.download()?);
-            if words.len() as u64 != valcode::packed_words(&w, cnt) || w.iter().any(|&x| x > 32) {
+            if words.len() as u64 != valcode::packed_words(&w, cnt) || w.iter().any(|&x| x > width)
+            {
                 return Err(Error::kernel(
                     self.dev.backend().family(),
                     "codec::delta_encode",
                     "packed output does not match its widths",
                 ));
             }
-            Ok(valcode::unpack(&words, &w, cnt))
+            // Kept at the element's width (the widths were checked to fit it).
+            Ok(rc::unpack_map(&words, &w, cnt, |_, v| {
+                rc::from_bits::<T::Bits>(v)
+            }))
         })() {
             Ok(z) => Some(z),
             Err(e) if unsupported(&e) => {
@@ -175,7 +184,8 @@ impl<'a, T: Float> Engine<'a, T> {
             tau,
             mask,
             changed: Changed::Dense { z, values },
-            sparse: Some(sp),
+            // Only the quantisers use the device's sparse form.
+            sparse: self.lossy.then_some(sp),
         })
     }
 
@@ -396,14 +406,16 @@ pub fn encode_tensor<'a, T: Float>(
     } else {
         (None, None)
     };
-    let eng = Engine {
+    let mut eng = Engine {
         dev,
         name,
         new: &new_h,
         new_bytes,
         base: base_h.as_deref(),
+        host: new_d.is_none(),
         new_d,
         base_d,
+        lossy,
     };
     let mut tried: Vec<(String, u64, Option<f64>)> = Vec::new();
     let mut best: Option<Lossy> = None;
@@ -423,8 +435,20 @@ pub fn encode_tensor<'a, T: Float>(
             (m.sq / count as f64).sqrt()
         });
         stats.delta_max = finite(m.max);
-        let m0 = eng.masked(0.0, Some((m.mask, m.z)), &mut stats)?;
+        let mut m0 = eng.masked(0.0, Some((m.mask, m.z)), &mut stats)?;
+        if !lossy {
+            // Lossless: the device copy of the new tensor has served (verification decodes
+            // against the base and compares with the input bytes).
+            eng.new_d = None;
+        }
         let plan = Plan::new(&m0.mask, &m0.changed, m.rice);
+        if lossy && count > 0 {
+            // The lossy candidates need the memory more than the exact build needs speed:
+            // drop the kept zigzag deltas (an exact winner derives them from the tensors).
+            if let Changed::Host { z, .. } = &mut m0.changed {
+                *z = None;
+            }
+        }
         for (kind, size) in plan.sizes() {
             stats
                 .candidates
