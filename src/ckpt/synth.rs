@@ -95,7 +95,8 @@ enum Kind {
     Bias,
 }
 
-struct Rng(u64);
+/// splitmix64 with normals from Box-Muller, both of each pair used.
+struct Rng(u64, Option<f32>);
 impl Rng {
     fn next(&mut self) -> u64 {
         // splitmix64
@@ -109,8 +110,14 @@ impl Rng {
         ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
     }
     fn normal(&mut self) -> f32 {
+        if let Some(x) = self.1.take() {
+            return x;
+        }
         let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        let r = (-2.0 * u.ln()).sqrt();
+        let (s, c) = (std::f32::consts::TAU * v).sin_cos();
+        self.1 = Some(r * s);
+        r * c
     }
 }
 
@@ -134,7 +141,7 @@ pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> R
         // Which embedding rows are touched at each step (Zipf-like: id = vocab^u - 1).
         let mut touched: Vec<Vec<bool>> = Vec::new();
         if *kind == Kind::Embed {
-            let mut r = Rng(seed ^ 0xE5);
+            let mut r = Rng(seed ^ 0xE5, None);
             let rows = shape[0];
             for _ in 0..warm + between {
                 let mut t = vec![false; rows];
@@ -163,7 +170,7 @@ pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> R
             .map(|c| {
                 let lo = c * CH;
                 let hi = (lo + CH).min(n);
-                let mut r = Rng(seed.wrapping_mul(31).wrapping_add(c as u64));
+                let mut r = Rng(seed.wrapping_mul(31).wrapping_add(c as u64), None);
                 let (mut bo, mut no) = (Vec::with_capacity(hi - lo), Vec::with_capacity(hi - lo));
                 for i in lo..hi {
                     let mut w = match kind {
