@@ -122,7 +122,8 @@ impl Rng {
 }
 
 /// Write a pair of consecutive bf16 checkpoints (`base`, then `new`) of `stage` to two
-/// safetensors files. Also stores one i64 tensor (a step counter) and `__metadata__`.
+/// safetensors files. Also stores one i64 tensor (a step counter) and `__metadata__`
+/// (`{"format": "pt"}`); the same arguments give the same bytes.
 // The step index drives the per-step token sample, the bias correction and the checkpoint.
 #[allow(clippy::needless_range_loop)]
 pub fn write_pair(cfg: &SynthConfig, stage: Stage, base: &Path, new: &Path) -> Result<()> {
@@ -241,9 +242,8 @@ fn write_st(
         "step".into(),
         TensorView::new(Dtype::I64, vec![], step).map_err(err)?,
     ));
-    let meta = std::collections::HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("generator".to_string(), "tessera::ckpt::synth".to_string()),
-    ]);
+    // One metadata key: with more, the JSON key order would follow the HashMap's random
+    // order and the files would not be byte-for-byte reproducible.
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), path).map_err(err)
 }
