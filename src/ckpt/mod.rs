@@ -271,9 +271,9 @@ pub fn compress(
 /// structure; section checksums are checked by [`decompress`]).
 pub fn inspect(path: &Path) -> Result<Manifest> {
     let f = File::open(path).map_err(|e| io(format!("opening {}", path.display()), e))?;
-    // SAFETY: read-only map; every byte used is checksummed.
-    let map = unsafe { memmap2::Mmap::map(&f) }
-        .map_err(|e| io(format!("mapping {}", path.display()), e))?;
+    // Read-only map; every byte used is checksummed.
+    let map =
+        crate::device::map_file(&f).map_err(|e| io(format!("mapping {}", path.display()), e))?;
     Ok(Reader::new(&map)?.manifest)
 }
 
@@ -453,9 +453,9 @@ pub fn decompress(
 ) -> Result<DecompressReport> {
     let t0 = Instant::now();
     let f = File::open(input).map_err(|e| io(format!("opening {}", input.display()), e))?;
-    // SAFETY: read-only map; every byte used is checksummed.
-    let map = unsafe { memmap2::Mmap::map(&f) }
-        .map_err(|e| io(format!("mapping {}", input.display()), e))?;
+    // Read-only map; every byte used is checksummed.
+    let map =
+        crate::device::map_file(&f).map_err(|e| io(format!("mapping {}", input.display()), e))?;
     let r = Reader::new(&map)?;
     let bf = base.map(st::StFile::open).transpose()?;
     let dir = match out.parent() {

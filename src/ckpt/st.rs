@@ -44,9 +44,9 @@ impl StFile {
             context: format!("opening {}", path.display()),
             source: e,
         })?;
-        // SAFETY: the map is read-only; a file changed underneath by another process can give
-        // inconsistent bytes, which the checksums and output hash then report.
-        let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::Io {
+        // A file changed underneath by another process can give inconsistent bytes, which the
+        // checksums and output hash then report.
+        let map = crate::device::map_file(&f).map_err(|e| Error::Io {
             context: format!("mapping {}", path.display()),
             source: e,
         })?;

@@ -596,3 +596,12 @@ impl Event {
         matches!(self.backend, Backend::Cuda(_) | Backend::Hip(_))
     }
 }
+
+/// Map a file read-only (checkpoint inputs and `.tsnap` files). Lives here because mapping is
+/// `unsafe`: another process may change the file underneath the map. Callers only use mapped
+/// bytes they validate (the codec checksums every section and hashes every output).
+pub(crate) fn map_file(f: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: read-only mapping; a concurrent writer can only make the bytes inconsistent, which
+    // the callers' checksums and output hashes report as errors, never out-of-bounds access.
+    unsafe { memmap2::Mmap::map(f) }
+}
