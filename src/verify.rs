@@ -1148,32 +1148,7 @@ pub fn merge_inputs(
 }
 
 /// The f64 reference merge in the op's layouts.
-pub fn merge_reference(
-    o: &[f32],
-    lse: &[f32],
-    splits: usize,
-    total_q: usize,
-    heads: usize,
-    head_dim: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let rows = total_q * heads;
-    let os: Vec<Vec<f32>> = (0..splits)
-        .map(|s| o[s * rows * head_dim..(s + 1) * rows * head_dim].to_vec())
-        .collect();
-    let ls: Vec<Vec<f32>> = (0..splits)
-        .map(|s| {
-            (0..rows)
-                .map(|r| lse[s * rows + (r % heads) * total_q + r / heads])
-                .collect()
-        })
-        .collect();
-    let (mo, ml) = crate::reference::attention::merge(&os, &ls, rows, head_dim);
-    let mut out_lse = vec![f64::NEG_INFINITY; rows];
-    for (r, &x) in ml.iter().enumerate() {
-        out_lse[(r % heads) * total_q + r / heads] = x;
-    }
-    (mo, out_lse)
-}
+pub use crate::reference::attention::merge_packed as merge_reference;
 
 fn check_merge(dev: &Device) -> Row {
     let (splits, total_q, heads, d) = (5, 7, 4, 128);

@@ -528,8 +528,7 @@ fn decode_partials_host<T: HalfFloat>(
     Ok((o, lse))
 }
 
-/// CPU path of [`merge`] through [`crate::reference::attention::merge`] (rows are `i * H + h`
-/// for O and `h * total_q + i` for LSE).
+/// CPU path of [`merge`]: the f64 reference in the op's layouts, rounded to f32.
 fn merge_host(
     o: &[f32],
     lse: &[f32],
@@ -538,23 +537,8 @@ fn merge_host(
     heads: usize,
     head_dim: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let rows = total_q * heads;
-    let os: Vec<Vec<f32>> = (0..splits)
-        .map(|s| o[s * rows * head_dim..(s + 1) * rows * head_dim].to_vec())
-        .collect();
-    // Reorder each split's LSE from [H, total_q] to the O row order [total_q, H].
-    let ls: Vec<Vec<f32>> = (0..splits)
-        .map(|s| {
-            let l = &lse[s * rows..(s + 1) * rows];
-            (0..rows)
-                .map(|r| l[(r % heads) * total_q + r / heads])
-                .collect()
-        })
-        .collect();
-    let (mo, ml) = crate::reference::attention::merge(&os, &ls, rows, head_dim);
-    let mut out_lse = vec![f32::NEG_INFINITY; rows];
-    for (r, &x) in ml.iter().enumerate() {
-        out_lse[(r % heads) * total_q + r / heads] = x as f32;
-    }
-    (mo.iter().map(|&x| x as f32).collect(), out_lse)
+    let (mo, ml) =
+        crate::reference::attention::merge_packed(o, lse, splits, total_q, heads, head_dim);
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(mo), f(ml))
 }

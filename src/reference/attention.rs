@@ -139,6 +139,35 @@ pub fn merge(
     (out, out_lse)
 }
 
+/// [`merge`] in the op's layouts: O `[splits, total_q, H, D]`, LSE `[splits, H, total_q]` in;
+/// O `[total_q, H, D]`, LSE `[H, total_q]` out.
+pub fn merge_packed(
+    o: &[f32],
+    lse: &[f32],
+    splits: usize,
+    total_q: usize,
+    heads: usize,
+    head_dim: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = total_q * heads;
+    let os: Vec<Vec<f32>> = (0..splits)
+        .map(|s| o[s * rows * head_dim..(s + 1) * rows * head_dim].to_vec())
+        .collect();
+    let ls: Vec<Vec<f32>> = (0..splits)
+        .map(|s| {
+            (0..rows)
+                .map(|r| lse[s * rows + (r % heads) * total_q + r / heads])
+                .collect()
+        })
+        .collect();
+    let (mo, ml) = merge(&os, &ls, rows, head_dim);
+    let mut out_lse = vec![f64::NEG_INFINITY; rows];
+    for (r, &x) in ml.iter().enumerate() {
+        out_lse[(r % heads) * total_q + r / heads] = x;
+    }
+    (mo, out_lse)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
