@@ -364,6 +364,46 @@ fn offer<'a>(
     ok
 }
 
+/// Where a quantisation sweep offers its candidates: the best lossy one so far, the tried
+/// list, the smallest exact size and the error budget (see [`offer`]).
+type Offers<'o, 'a> = (
+    &'o mut Option<Lossy<'a>>,
+    &'o mut Vec<(String, u64, Option<f64>)>,
+    u64,
+    f64,
+);
+
+/// Quantise the whole tensor (its delta or its weights, as `make` names the encoding) at each
+/// width in [`QUANT_BITS`], offering every candidate, until one is within budget or the
+/// quantiser gives up.
+fn quant_sweep<'a, T: Float>(
+    eng: &Engine<'_, T>,
+    stats: &mut TensorStats,
+    make: impl Fn(u32, Vec<f32>) -> Encoding,
+    norm: f64,
+    (best, tried, exact_min, budget): Offers<'_, 'a>,
+) -> Result<()> {
+    for bits in QUANT_BITS {
+        let label = make(bits, Vec::new()).name();
+        let Some((centroids, widths, words)) = eng.quantise(None, bits, stats, &label)? else {
+            break;
+        };
+        let enc = make(bits, centroids);
+        let secs = vec![Section::Bytes(widths), Section::words(words)];
+        let (error, xxh3) = eng.measure(&enc, &secs, norm)?;
+        let c = Lossy {
+            encoding: enc,
+            sections: secs,
+            error,
+            xxh3,
+        };
+        if offer(best, tried, exact_min, c, budget) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Choose and build the encoding of one float tensor. `exact_only` forbids lossy encodings.
 /// `produced` receives the bytes the decoder will produce for the chosen encoding, in order
 /// (the input itself when it is exact).
@@ -540,26 +580,9 @@ pub fn encode_tensor<'a, T: Float>(
                 }
             }
             if stats.frac_changed.unwrap_or(0.0) > 0.5 {
-                for bits in QUANT_BITS {
-                    let label = format!("delta-q{bits}");
-                    let Some((centroids, widths, words)) =
-                        eng.quantise(None, bits, &mut stats, &label)?
-                    else {
-                        break;
-                    };
-                    let enc = Encoding::QuantDelta { bits, centroids };
-                    let secs = vec![Section::Bytes(widths), Section::words(words)];
-                    let (error, xxh3) = eng.measure(&enc, &secs, dnorm)?;
-                    let c = Lossy {
-                        encoding: enc,
-                        sections: secs,
-                        error,
-                        xxh3,
-                    };
-                    if offer(&mut best, &mut tried, exact_min, c, budget) {
-                        break;
-                    }
-                }
+                let mk = |bits, centroids| Encoding::QuantDelta { bits, centroids };
+                let sweep = (&mut best, &mut tried, exact_min, budget);
+                quant_sweep(&eng, &mut stats, mk, dnorm, sweep)?;
             }
         }
         exact = Some((m0, plan));
@@ -570,25 +593,9 @@ pub fn encode_tensor<'a, T: Float>(
             .map(|&x| rc::widen(x) as f64 * rc::widen(x) as f64)
             .sum::<f64>()
             .sqrt();
-        for bits in QUANT_BITS {
-            let label = format!("weights-q{bits}");
-            let Some((centroids, widths, words)) = eng.quantise(None, bits, &mut stats, &label)?
-            else {
-                break;
-            };
-            let enc = Encoding::QuantWeights { bits, centroids };
-            let secs = vec![Section::Bytes(widths), Section::words(words)];
-            let (error, xxh3) = eng.measure(&enc, &secs, wnorm)?;
-            let c = Lossy {
-                encoding: enc,
-                sections: secs,
-                error,
-                xxh3,
-            };
-            if offer(&mut best, &mut tried, u64::MAX, c, budget) {
-                break;
-            }
-        }
+        let mk = |bits, centroids| Encoding::QuantWeights { bits, centroids };
+        let sweep = (&mut best, &mut tried, u64::MAX, budget);
+        quant_sweep(&eng, &mut stats, mk, wnorm, sweep)?;
     }
     stats.candidates.extend(tried);
 
