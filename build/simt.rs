@@ -76,6 +76,12 @@ fn compile(root: &Path, out: &Path, wave: u32, files: &[PathBuf]) {
         .define("TESSERA_SIMT", None)
         .define("TESSERA_SIMT_WARP_SIZE", Some(wave.to_string().as_str()))
         .flag("-fno-strict-aliasing")
+        // Every load and store of kernel code calls a __tsan_* hook (cuda/simt/racecheck.cpp):
+        // the shared-memory race detector and static shared-memory poisoning. Loops must not
+        // become memset/memcpy calls, which the hooks would not see.
+        .flag("-fsanitize=thread")
+        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag("-fno-tree-loop-distribute-patterns")
         .flag_if_supported("-Wno-unused-function")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-variable")
@@ -104,10 +110,21 @@ pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
     for p in w32.iter().chain(&w64) {
         println!("cargo:rerun-if-changed={}", p.display());
     }
+    for p in [root.join("cuda/simt/racecheck.cpp")] {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
     // The two libraries compile in parallel.
     std::thread::scope(|s| {
         let h = s.spawn(|| compile(root, out, 64, &w64));
         compile(root, out, 32, &w32);
         h.join().expect("wave64 SIMT build panicked");
     });
+    // The race detector's hooks, not instrumented, linked after the libraries that call them.
+    cc::Build::new()
+        .cpp(true)
+        .std("c++20")
+        .opt_level(2)
+        .file(root.join("cuda/simt/racecheck.cpp"))
+        .include(root.join("cuda"))
+        .compile("tessera_simt_rc");
 }

@@ -42,13 +42,16 @@ pub fn executors(filter: Option<&str>) -> Vec<(Device, &'static str)> {
         for (wave, schedule) in [
             (32, Schedule::InOrder),
             (32, Schedule::Shuffled(0x5eed_0001)),
+            (32, Schedule::Skewed(0x5eed_0003)),
             (64, Schedule::InOrder),
             (64, Schedule::Shuffled(0x5eed_0002)),
+            (64, Schedule::Skewed(0x5eed_0004)),
         ] {
             if let Ok(d) = Device::simt_with(SimtConfig {
                 wave,
                 schedule,
                 workers: 0,
+                ..Default::default()
             }) {
                 out.push((d, "simt"));
             }
@@ -61,7 +64,7 @@ pub fn executors(filter: Option<&str>) -> Vec<(Device, &'static str)> {
 }
 
 /// The executors the test suites run on: the CPU path, host SIMT wave32 and wave64 each with the
-/// in-order schedule and the two shuffled `seeds`, and CUDA/HIP when present.
+/// in-order schedule, the two shuffled `seeds` and a warp-skew schedule, and CUDA/HIP when present.
 pub fn test_devices(seeds: [u64; 2]) -> Vec<Device> {
     let mut d = vec![Device::cpu()];
     for wave in [32, 64] {
@@ -69,12 +72,14 @@ pub fn test_devices(seeds: [u64; 2]) -> Vec<Device> {
             Schedule::InOrder,
             Schedule::Shuffled(seeds[0]),
             Schedule::Shuffled(seeds[1]),
+            Schedule::Skewed(seeds[0] ^ seeds[1]),
         ] {
             d.extend(
                 Device::simt_with(SimtConfig {
                     wave,
                     schedule,
                     workers: 2,
+                    ..Default::default()
                 })
                 .ok(),
             );

@@ -185,6 +185,7 @@ fn simt(wave: u32, schedule: Schedule) -> Device {
         wave,
         schedule,
         workers: 2,
+        ..Default::default()
     })
     .expect("SIMT device")
 }

@@ -250,6 +250,7 @@ fn simt(wave: u32, schedule: Schedule) -> Device {
         wave,
         schedule,
         workers: 2,
+        ..Default::default()
     })
     .unwrap()
 }

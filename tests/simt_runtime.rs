@@ -6,10 +6,11 @@
 use tessera::device::KernelArgs;
 use tessera::{Device, LaunchConfig, Schedule, SimtConfig};
 
-const SCHEDULES: [Schedule; 3] = [
+const SCHEDULES: [Schedule; 4] = [
     Schedule::InOrder,
     Schedule::Shuffled(1),
     Schedule::Shuffled(0x5eed_cafe),
+    Schedule::Skewed(0x5eed_beef),
 ];
 
 fn rng(seed: u64) -> impl FnMut() -> u64 {
@@ -33,6 +34,18 @@ fn dev(wave: u32, schedule: Schedule) -> Device {
         wave,
         schedule,
         workers: 2,
+        ..Default::default()
+    })
+    .expect("SIMT device")
+}
+
+/// A SIMT device with the race detector off, to show what the schedules alone catch.
+fn dev_unchecked(wave: u32, schedule: Schedule) -> Device {
+    Device::simt_with(SimtConfig {
+        wave,
+        schedule,
+        workers: 2,
+        racecheck: false,
     })
     .expect("SIMT device")
 }
@@ -269,20 +282,21 @@ fn syncthreads_count_and_or_and_ballot() {
     }
 }
 
-fn neighbor_sum(d: &Device, kernel: &str, data: &[u32], threads: u32) -> Vec<u32> {
-    let input = d.upload(data, "in").unwrap();
-    let mut out = d.alloc::<u32>(data.len(), "out").unwrap();
+fn neighbor_sum(d: &Device, kernel: &str, data: &[u32], threads: u32) -> tessera::Result<Vec<u32>> {
+    let input = d.upload(data, "in")?;
+    let mut out = d.alloc::<u32>(data.len(), "out")?;
     let mut a = KernelArgs::new();
     a.buf(&input).buf_mut(&mut out);
     let cfg = LaunchConfig::linear(data.len() as u32 / threads, threads, 4 * threads);
-    d.launch("selftest/faults", kernel, &cfg, &a).unwrap();
-    out.download().unwrap()
+    d.launch("selftest/faults", kernel, &cfg, &a)?;
+    out.download()
 }
 
-/// Fault 1: a missing barrier. In order it happens to work; some shuffled seed exposes it, while
-/// the correct variant is right on every seed.
+/// Fault 1: a missing barrier. The race detector reports it on every schedule, naming the kernel,
+/// the memory, the offset and both threads. With the detector off, in order it happens to work and
+/// some shuffled seed exposes it, while the correct variant is right on every seed.
 #[test]
-fn missing_barrier_is_exposed_by_shuffled_schedules() {
+fn missing_barrier_is_exposed_by_the_race_detector_and_shuffled_schedules() {
     let threads = 128u32;
     let data: Vec<u32> = random_u32(4 * threads as usize, 11)
         .into_iter()
@@ -299,24 +313,39 @@ fn missing_barrier_is_exposed_by_shuffled_schedules() {
         })
         .collect();
     for w in [32, 64] {
+        for s in SCHEDULES {
+            let d = dev(w, s);
+            assert_eq!(
+                neighbor_sum(&d, "selftest_neighbor_sum", &data, threads).unwrap(),
+                want,
+                "{d:?}"
+            );
+            let msg = neighbor_sum(&d, "selftest_neighbor_sum_racy", &data, threads)
+                .expect_err("the race detector must report the missing barrier")
+                .to_string();
+            assert!(
+                (msg.contains("shared-memory race (read after write)")
+                    || msg.contains("shared-memory race (write after read)"))
+                    && msg.contains("in kernel selftest_neighbor_sum_racy")
+                    && msg.contains("dynamic shared memory, byte ")
+                    && msg.contains(" it, then thread ("),
+                "{d:?}: {msg}"
+            );
+        }
         assert_eq!(
             neighbor_sum(
-                &dev(w, Schedule::InOrder),
+                &dev_unchecked(w, Schedule::InOrder),
                 "selftest_neighbor_sum_racy",
                 &data,
                 threads
-            ),
+            )
+            .unwrap(),
             want
         );
         let mut wrong = 0;
         for seed in 1..=6u64 {
-            let d = dev(w, Schedule::Shuffled(seed));
-            assert_eq!(
-                neighbor_sum(&d, "selftest_neighbor_sum", &data, threads),
-                want,
-                "{d:?}"
-            );
-            if neighbor_sum(&d, "selftest_neighbor_sum_racy", &data, threads) != want {
+            let d = dev_unchecked(w, Schedule::Shuffled(seed));
+            if neighbor_sum(&d, "selftest_neighbor_sum_racy", &data, threads).unwrap() != want {
                 wrong += 1;
             }
         }
@@ -451,6 +480,7 @@ fn barrier_cost_of_one_block() {
             wave: w,
             schedule: Schedule::InOrder,
             workers: 1,
+            ..Default::default()
         })
         .unwrap();
         let mut out = d.alloc::<u32>(256, "out").unwrap();

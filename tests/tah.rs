@@ -15,6 +15,7 @@ fn simt(wave: u32, schedule: Schedule) -> Device {
         wave,
         schedule,
         workers: 2,
+        ..Default::default()
     })
     .expect("SIMT is always built")
 }

@@ -217,6 +217,8 @@ void op_ldmatrix(WarpSlot* const* s, unsigned long long group, int) {
     for (unsigned long long m = group; m; m &= m - 1) s[__builtin_ctzll(m)]->result = err;
     return;
   }
+  for (int l = 0; l < 8 * x; ++l)  // each row-address lane reads 16 bytes of shared memory
+    ::tessera_simt::note_shared_read(reinterpret_cast<const void*>(s[l]->value), 16, s[l]->tid);
   for (int l = 0; l < 32; ++l) {
     uint32_t* out = static_cast<uint32_t*>(s[l]->out);
     for (int j = 0; j < x; ++j) {

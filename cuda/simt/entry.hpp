@@ -8,7 +8,7 @@
 //   uint32_t    tessera_simt_wN_warp_size(void);
 //   int         tessera_simt_wN_launch(const char* kernel, const uint32_t grid[3],
 //                   const uint32_t block[3], uint32_t shared_bytes, void** params,
-//                   const size_t* param_sizes, size_t nparams, int schedule /*0 in-order, 1 shuffled*/,
+//                   const size_t* param_sizes, size_t nparams, int schedule /*0 in-order, 1 shuffled, 2 warp-skew*/,
 //                   uint64_t seed, uint32_t workers /*0 = hardware threads*/, char* err, size_t err_len);
 //     returns 0, or 1 unknown kernel, 2 argument count/size mismatch, 3 bad launch configuration,
 //     4 fault in the kernel (divergent barrier or collective, exception), 5 internal error; the

@@ -49,6 +49,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "racecheck.hpp"
+
 // ---- CUDA qualifiers ------------------------------------------------------------------------------
 #define __global__
 #define __device__
@@ -270,6 +272,7 @@ struct WarpSlot {
   const void* in;
   void* out;
   uint64_t result;
+  uint32_t tid;  // the lane's linear thread id in the block (set by warp_collective)
 };
 using WarpOp = void (*)(WarpSlot* const* slots, unsigned long long group, int lanes_in_warp);
 
@@ -320,7 +323,13 @@ struct WorkerRes {
   std::vector<uint32_t> ready, order;
   unsigned char* dyn = nullptr;
   size_t dyn_cap = 0;
-  ~WorkerRes() { std::free(dyn); }
+  // race detector and static shared poisoning (racecheck.hpp)
+  tessera_rc_ctx rc{};
+  std::vector<uint32_t> warp_gen = std::vector<uint32_t>(kMaxThreads / 32);
+  ~WorkerRes() {
+    std::free(dyn);
+    tessera_simt_rc_free(&rc);
+  }
 };
 
 std::mutex& pool_mutex() {
@@ -353,6 +362,7 @@ struct Launch {
   dim3 grid, block;
   uint32_t shared_bytes;
   int schedule;
+  uint32_t rc_flags;
   uint64_t seed;
   uint64_t nblocks;
   uint32_t nthreads;
@@ -459,6 +469,7 @@ inline void warp_collective(WarpOp op, const char* name, unsigned long long mask
   f->op = op;
   f->mask = mask & kFullMask;
   f->slot = &slot;
+  slot.tid = f->linear;
   yield_fiber(f);
 }
 
@@ -468,6 +479,57 @@ void fail_block(Worker& w, std::string msg) {
     w.block_failed = true;
     w.block_err = "block " + xyz(w.block_idx) + ": " + std::move(msg);
   }
+}
+
+// Completes every warp collective of the warp starting at thread w0 whose lanes (those in its mask)
+// have all arrived with the same op and mask, and makes those lanes ready. A collective that every
+// lane of the warp that has not exited took part in is also a warp-wide ordering point for the race
+// detector. False (with w.block_err) on a malformed mask.
+bool complete_warp(Worker& w, uint32_t w0) {
+  Launch& L = *w.L;
+  const uint32_t n = L.nthreads;
+  Fiber* fb = w.res->fibers.data();
+  auto& ready = w.res->ready;
+  const uint32_t lanes = std::min<uint32_t>(kWave, n - w0);
+  const unsigned long long exist = lanes >= 64 ? ~0ull : ((1ull << lanes) - 1);
+  unsigned long long waiting = 0, live = 0;
+  for (uint32_t l = 0; l < lanes; ++l) {
+    if (fb[w0 + l].st == St::Warp) waiting |= 1ull << l;
+    if (fb[w0 + l].st != St::Exited) live |= 1ull << l;
+  }
+  unsigned long long done = 0;
+  for (unsigned long long todo = waiting; todo; todo &= todo - 1) {
+    const int l = __builtin_ctzll(todo);
+    if (done & (1ull << l)) continue;
+    Fiber& f = fb[w0 + l];
+    const unsigned long long M = f.mask & exist;
+    if (!(M & (1ull << l))) {
+      fail_block(w, "thread " + xyz(f.tid) + " calls " + f.what + " at " + site(f) + " with mask " +
+                        hexmask(f.mask) + ", which does not include its own lane " + std::to_string(l));
+      return false;
+    }
+    if (M & ~waiting) continue;
+    bool ok = true;
+    for (unsigned long long m = M; m; m &= m - 1) {
+      const Fiber& g = fb[w0 + __builtin_ctzll(m)];
+      if (g.op != f.op || (g.mask & exist) != M) { ok = false; break; }
+    }
+    if (!ok) continue;
+    WarpSlot* slots[64] = {};
+    for (unsigned long long m = M; m; m &= m - 1) {
+      const int k = __builtin_ctzll(m);
+      slots[k] = fb[w0 + k].slot;
+    }
+    f.op(slots, M, static_cast<int>(lanes));
+    if ((M & live) == live) w.res->warp_gen[w0 / kWave] += 1;
+    for (unsigned long long m = M; m; m &= m - 1) {
+      const int k = __builtin_ctzll(m);
+      fb[w0 + k].st = St::Ready;
+      ready.push_back(w0 + k);
+    }
+    done |= M;
+  }
+  return true;
 }
 
 // Returns 0 to continue, 1 when every thread exited, -1 on an error (in w.block_err).
@@ -487,44 +549,8 @@ int resolve(Worker& w) {
   }
   // 1. warp collectives whose groups are complete
   if (nwarp) {
-    for (uint32_t w0 = 0; w0 < n; w0 += kWave) {
-      const uint32_t lanes = std::min<uint32_t>(kWave, n - w0);
-      const unsigned long long exist = lanes >= 64 ? ~0ull : ((1ull << lanes) - 1);
-      unsigned long long waiting = 0;
-      for (uint32_t l = 0; l < lanes; ++l)
-        if (fb[w0 + l].st == St::Warp) waiting |= 1ull << l;
-      unsigned long long done = 0;
-      for (unsigned long long todo = waiting; todo; todo &= todo - 1) {
-        const int l = __builtin_ctzll(todo);
-        if (done & (1ull << l)) continue;
-        Fiber& f = fb[w0 + l];
-        const unsigned long long M = f.mask & exist;
-        if (!(M & (1ull << l))) {
-          fail_block(w, "thread " + xyz(f.tid) + " calls " + f.what + " at " + site(f) + " with mask " +
-                            hexmask(f.mask) + ", which does not include its own lane " + std::to_string(l));
-          return -1;
-        }
-        if (M & ~waiting) continue;
-        bool ok = true;
-        for (unsigned long long m = M; m; m &= m - 1) {
-          const Fiber& g = fb[w0 + __builtin_ctzll(m)];
-          if (g.op != f.op || (g.mask & exist) != M) { ok = false; break; }
-        }
-        if (!ok) continue;
-        WarpSlot* slots[64] = {};
-        for (unsigned long long m = M; m; m &= m - 1) {
-          const int k = __builtin_ctzll(m);
-          slots[k] = fb[w0 + k].slot;
-        }
-        f.op(slots, M, static_cast<int>(lanes));
-        for (unsigned long long m = M; m; m &= m - 1) {
-          const int k = __builtin_ctzll(m);
-          fb[w0 + k].st = St::Ready;
-          ready.push_back(w0 + k);
-        }
-        done |= M;
-      }
-    }
+    for (uint32_t w0 = 0; w0 < n; w0 += kWave)
+      if (!complete_warp(w, w0)) return -1;
     if (!ready.empty()) return 0;
   }
   if (nexit == n) return 1;
@@ -547,6 +573,7 @@ int resolve(Worker& w) {
         fb[i].st = St::Ready;
         ready.push_back(i);
       }
+      w.res->rc.epoch += 1;  // a new barrier interval
       return 0;
     }
   }
@@ -620,6 +647,82 @@ void init_fiber_stack(Worker& w, Fiber& f, char* top) {
   f.sp = sp;
 }
 
+std::string thread_name(const Worker& w, uint32_t linear) {
+  const unsigned bx = w.block_dim.x, by = w.block_dim.y;
+  return "thread " + xyz(uint3{linear % bx, (linear / bx) % by, linear / (bx * by)}) + " (warp " +
+         std::to_string(linear / kWave) + ", lane " + std::to_string(linear % kWave) + ")";
+}
+
+// The race detector's report of the block's first race, as a sentence.
+std::string race_message(const Worker& w) {
+  const tessera_rc_ctx& rc = w.res->rc;
+  const tessera_rc_race& r = rc.race;
+  std::string where;
+  if (r.dynamic) {
+    where = "dynamic shared memory, byte " + std::to_string(r.dyn_offset);
+  } else {
+    char name[512];
+    uint64_t off = 0;
+    if (tessera_simt_rc_symbolize(&rc, r.addr, name, sizeof name, &off))
+      where = std::string("__shared__ ") + name + ", byte " + std::to_string(off);
+    else
+      where = name;
+  }
+  static const char* const first_did[] = {"wrote", "read", "wrote"};
+  static const char* const second_did[] = {"read", "wrote", "wrote"};
+  static const char* const kinds[] = {"read after write", "write after read", "write after write"};
+  auto atomic = [](uint32_t a) { return a ? " atomically" : ""; };
+  return std::string("shared-memory race (") + kinds[r.kind] + ") in kernel " + w.L->k->name + " on " + where +
+         ": " + thread_name(w, static_cast<uint32_t>(r.first_tid)) + " " + first_did[r.kind] +
+         atomic(r.first_atomic) + " it, then " + thread_name(w, static_cast<uint32_t>(r.second_tid)) + " " +
+         second_did[r.kind] + atomic(r.second_atomic) +
+         " it in the same barrier interval (no __syncthreads between them, and no whole-warp collective "
+         "between lanes of one warp)";
+}
+
+// Runs fiber i until it waits or exits; false when the block failed.
+inline bool run_fiber(Worker& w, uint32_t i) {
+  Fiber* f = &w.res->fibers[i];
+  tessera_rc_ctx& rc = w.res->rc;
+  tl_cur = f;
+  rc.cur = static_cast<int32_t>(i);
+  tessera_simt_switch(&w.sched_sp, f->sp);
+  rc.cur = -1;
+  tl_cur = nullptr;
+  if (rc.raced && !w.block_failed) fail_block(w, race_message(w));
+  return !w.block_failed;
+}
+
+// The warp-skew schedule: one warp at a time runs; its collectives complete as soon as its own
+// lanes have arrived, and it keeps running for a seeded number (1..8) of collectives before another
+// warp (seeded choice) gets a turn, so warps drift apart by several collectives between block
+// barriers (the in-order and shuffled schedules complete collectives only when every thread of
+// the block waits, which hides a missing __syncthreads between warps).
+bool run_skewed(Worker& w) {
+  auto& ready = w.res->ready;
+  auto& order = w.res->order;
+  while (!ready.empty()) {
+    const uint32_t pick = ready[splitmix64(w.rng) % ready.size()];
+    const uint32_t w0 = pick - pick % kWave;
+    const uint64_t budget = 1 + splitmix64(w.rng) % 8;
+    for (uint64_t step = 0; step < budget; ++step) {
+      order.clear();
+      size_t keep = 0;
+      for (uint32_t i : ready) {
+        if (i - w0 < static_cast<uint32_t>(kWave)) order.push_back(i);
+        else ready[keep++] = i;
+      }
+      ready.resize(keep);
+      if (order.empty()) break;
+      for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[splitmix64(w.rng) % i]);
+      for (uint32_t i : order)  // run_fiber touches neither `order` nor `ready`
+        if (!run_fiber(w, i)) return false;
+      if (!complete_warp(w, w0)) return false;
+    }
+  }
+  return true;
+}
+
 // Runs block `b`; false (with w.block_err) on an error.
 bool run_block(Worker& w, uint64_t b) {
   Launch& L = *w.L;
@@ -630,6 +733,11 @@ bool run_block(Worker& w, uint64_t b) {
   w.block_failed = false;
   w.block_err.clear();
   if (L.shared_bytes) std::memset(w.res->dyn, 0xff, L.shared_bytes);
+  tessera_rc_ctx& rc = w.res->rc;
+  tessera_simt_rc_block_begin(&rc);
+  rc.dyn_lo = reinterpret_cast<uintptr_t>(w.res->dyn);
+  rc.dyn_len = L.shared_bytes;
+  std::fill(w.res->warp_gen.begin(), w.res->warp_gen.end(), 0u);
   Fiber* fb = w.res->fibers.data();
   auto& ready = w.res->ready;
   ready.clear();
@@ -650,24 +758,20 @@ bool run_block(Worker& w, uint64_t b) {
   w.rng = splitmix64(w.rng);
   auto& order = w.res->order;
   for (;;) {
-    if (L.schedule == 1) {
-      for (size_t i = ready.size(); i > 1; --i) {
-        const size_t j = splitmix64(w.rng) % i;
-        std::swap(ready[i - 1], ready[j]);
+    if (L.schedule == 2) {
+      if (!run_skewed(w)) return false;
+    } else {
+      if (L.schedule == 1) {
+        for (size_t i = ready.size(); i > 1; --i) {
+          const size_t j = splitmix64(w.rng) % i;
+          std::swap(ready[i - 1], ready[j]);
+        }
       }
+      order.swap(ready);
+      ready.clear();
+      for (uint32_t i : order)
+        if (!run_fiber(w, i)) return false;
     }
-    order.swap(ready);
-    ready.clear();
-    for (uint32_t i : order) {
-      Fiber* f = &fb[i];
-      tl_cur = f;
-      tessera_simt_switch(&w.sched_sp, f->sp);
-      if (w.block_failed) {
-        tl_cur = nullptr;
-        return false;
-      }
-    }
-    tl_cur = nullptr;
     const int r = resolve(w);
     if (r > 0) return true;
     if (r < 0) return false;
@@ -709,13 +813,22 @@ void work(Launch& L) {
     __asm__ __volatile__("fnstcw %0" : "=m"(w.fpucw));
 #endif
     tl_w = &w;
+    res->rc.flags = L.rc_flags;
+    res->rc.wave = kWave;
+    res->rc.cur = -1;
+    res->rc.warp_gen = res->warp_gen.data();
+    res->rc.skip[0] = reinterpret_cast<uintptr_t>(&tl_w);
+    res->rc.skip[1] = reinterpret_cast<uintptr_t>(&tl_cur);
+    tessera_simt_rc_bind(&res->rc, &tl_w, res->dyn_cap);
     while (!L.failed.load(std::memory_order_relaxed)) {
       const uint64_t b = L.next.fetch_add(1);
       if (b >= L.nblocks) break;
       if (!run_block(w, b)) L.fail(w.block_err);
     }
+    tessera_simt_rc_bind(nullptr, nullptr, 0);
     tl_w = nullptr;
   } catch (const std::exception& e) {
+    tessera_simt_rc_bind(nullptr, nullptr, 0);
     tl_w = nullptr;
     L.fail(std::string("runtime error: ") + e.what());
   }
@@ -751,6 +864,12 @@ int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], ui
       return 2;
     }
   }
+  const bool no_race = (schedule & 0x100) != 0;  // bit 8: race detector off for this launch
+  schedule &= ~0x100;
+  if (schedule < 0 || schedule > 2) {
+    err = "schedule " + std::to_string(schedule) + " is not 0 (in order), 1 (shuffled) or 2 (warp skew)";
+    return 3;
+  }
   const uint64_t nthreads = uint64_t(block[0]) * block[1] * block[2];
   if (nthreads == 0 || nthreads > kMaxThreads) {
     err = "block " + std::to_string(block[0]) + "x" + std::to_string(block[1]) + "x" + std::to_string(block[2]) +
@@ -773,6 +892,7 @@ int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], ui
   L.block = dim3(block[0], block[1], block[2]);
   L.shared_bytes = shared_bytes;
   L.schedule = schedule;
+  L.rc_flags = tessera_simt_rc_default_flags() & (no_race ? ~TESSERA_RC_RACES : ~0u);
   L.seed = seed;
   L.nblocks = uint64_t(grid[0]) * grid[1] * grid[2];
   L.nthreads = static_cast<uint32_t>(nthreads);
@@ -802,6 +922,12 @@ __forceinline__ const dim3& grid_dim() { return tl_w->grid_dim; }
 
 // The block's dynamic shared memory (the launch's shared_bytes, poisoned with 0xFF per block).
 inline void* dynamic_shared() { return tl_w->res->dyn; }
+
+// Tells the race detector that thread `tid` reads n bytes at p (warp ops emulated in the scheduler,
+// such as ldmatrix, read shared memory outside any fiber, where the instrumentation does not see it).
+inline void note_shared_read(const void* p, size_t n, uint32_t tid) {
+  tessera_simt_rc_access(&tl_w->res->rc, p, n, 0, static_cast<int32_t>(tid));
+}
 }  // namespace
 
 }  // namespace tessera_simt

@@ -29,6 +29,11 @@ pub enum Schedule {
     InOrder,
     /// A seeded permutation of the fibers, drawn afresh at every barrier.
     Shuffled(u64),
+    /// Warp skew: one warp runs at a time and its warp collectives complete as soon as its own
+    /// lanes arrive, so (seeded) warps run several collectives ahead of others between block
+    /// barriers. Exposes a missing `__syncthreads` between warps that the other two schedules
+    /// hide (they complete collectives only when every thread of the block waits).
+    Skewed(u64),
 }
 
 /// Configuration of the host SIMT executor.
@@ -39,6 +44,10 @@ pub struct SimtConfig {
     pub schedule: Schedule,
     /// OS threads that run blocks in parallel; 0 = one per available core.
     pub workers: usize,
+    /// The shared-memory race detector (on by default): a race between threads of a block is a
+    /// launch error. Static shared memory is poisoned either way. `TESSERA_SIMT_RACECHECK=0` in
+    /// the environment turns it off for the whole process.
+    pub racecheck: bool,
 }
 
 impl Default for SimtConfig {
@@ -47,6 +56,7 @@ impl Default for SimtConfig {
             wave: 32,
             schedule: Schedule::InOrder,
             workers: 0,
+            racecheck: true,
         }
     }
 }
@@ -91,6 +101,7 @@ impl std::fmt::Display for Backend {
                 match c.schedule {
                     Schedule::InOrder => Ok(()),
                     Schedule::Shuffled(s) => write!(f, "-shuffle{s}"),
+                    Schedule::Skewed(s) => write!(f, "-skew{s}"),
                 }
             }
             Backend::Cpu => f.write_str("cpu"),

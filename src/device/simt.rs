@@ -297,6 +297,7 @@ impl Exec for SimtExec {
         let schedule = match self.config.schedule {
             Schedule::InOrder => "in-order schedule".to_string(),
             Schedule::Shuffled(s) => format!("shuffled schedule (seed {s})"),
+            Schedule::Skewed(s) => format!("warp-skew schedule (seed {s})"),
         };
         format!(
             "host SIMT executor, wave{}, {schedule}, {} workers, {} kernels",
@@ -328,7 +329,10 @@ impl Exec for SimtExec {
         let (schedule, seed) = match self.config.schedule {
             Schedule::InOrder => (0, 0),
             Schedule::Shuffled(s) => (1, s),
+            Schedule::Skewed(s) => (2, s),
         };
+        // Bit 8 of the schedule word turns the race detector off for this launch.
+        let schedule = schedule | if self.config.racecheck { 0 } else { 0x100 };
         let mut err = vec![0u8; 4096];
         // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, grid/block are
         // 3-element arrays, `ptrs`/`sizes` have `ptrs.len()` entries pointing at argument values
