@@ -110,7 +110,10 @@ pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
     for p in w32.iter().chain(&w64) {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    for p in [root.join("cuda/simt/racecheck.cpp")] {
+    for p in [
+        root.join("cuda/simt/racecheck.cpp"),
+        root.join("cuda/simt/memory.cpp"),
+    ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     // The two libraries compile in parallel.
@@ -119,12 +122,14 @@ pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
         compile(root, out, 32, &w32);
         h.join().expect("wave64 SIMT build panicked");
     });
-    // The race detector's hooks, not instrumented, linked after the libraries that call them.
+    // The race detector's hooks and the buffer mappings, not instrumented, linked after the
+    // libraries that call them.
     cc::Build::new()
         .cpp(true)
         .std("c++20")
         .opt_level(2)
         .file(root.join("cuda/simt/racecheck.cpp"))
+        .file(root.join("cuda/simt/memory.cpp"))
         .include(root.join("cuda"))
-        .compile("tessera_simt_rc");
+        .compile("tessera_simt_host");
 }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,11 @@
 namespace {
 
 thread_local tessera_rc_ctx* g_ctx = nullptr;
+
+// Offsets (plus one; 0 = empty) in the thread-local block of the runtimes' own thread-locals, which
+// are not shared memory. Offsets are the same on every thread; each runtime registers its own.
+constexpr int kMaxSkip = 16;
+std::atomic<uint64_t> g_skip[kMaxSkip];
 
 // Per byte of shared memory. Epochs are the context's barrier intervals; gens are the accessing
 // warp's whole-warp collective count when the access happened.
@@ -52,7 +58,8 @@ void byte_access(tessera_rc_ctx* c, Cell& x, uintptr_t a, bool dyn, bool write, 
   const uint32_t wave = c->wave;
   const uint32_t W = static_cast<uint32_t>(tid) / wave;
   const uint32_t g = c->warp_gen[W];
-  if (!write && !dyn && (c->flags & TESSERA_RC_POISON) && x.w_epoch < c->block_first &&
+  // An atomic read-modify-write reads too; poisoning before an atomic store is harmless.
+  if ((!write || atomic) && !dyn && (c->flags & TESSERA_RC_POISON) && x.w_epoch < c->block_first &&
       x.p_block != c->block_first) {
     *reinterpret_cast<volatile uint8_t*>(a) = 0xFF;
     x.p_block = c->block_first;
@@ -112,11 +119,13 @@ void slow_access(tessera_rc_ctx* c, uintptr_t a, size_t n, bool write, bool atom
     size_t idx;
     bool dyn;
     if (p - c->tls_lo < c->tls_len) {
-      bool skip = false;
-      for (uintptr_t s : c->skip)
-        if (s && p - s < 8) skip = true;
-      if (skip) continue;
       idx = p - c->tls_lo;
+      bool skip = false;
+      for (const auto& k : g_skip) {
+        const uint64_t o = k.load(std::memory_order_relaxed);
+        if (o && idx - (o - 1) < 8) skip = true;
+      }
+      if (skip) continue;
       dyn = false;
     } else if (p - c->dyn_lo < c->dyn_len) {
       idx = c->tls_len + (p - c->dyn_lo);
@@ -210,6 +219,19 @@ void tessera_simt_rc_block_begin(tessera_rc_ctx* ctx) {
   ctx->epoch += 1;
   ctx->block_first = ctx->epoch;
   ctx->raced = 0;
+}
+
+void tessera_simt_rc_exclude(const void* tls_var) {
+  TlsFind f{reinterpret_cast<uintptr_t>(tls_var), 0, 0, {}};
+  dl_iterate_phdr(&find_tls, &f);
+  if (!f.len) return;
+  const uint64_t off = reinterpret_cast<uintptr_t>(tls_var) - f.lo + 1;
+  for (auto& k : g_skip) {
+    uint64_t cur = k.load();
+    if (cur == off) return;
+    if (cur == 0 && k.compare_exchange_strong(cur, off)) return;
+    if (cur == off) return;
+  }
 }
 
 void tessera_simt_rc_free(tessera_rc_ctx* ctx) {

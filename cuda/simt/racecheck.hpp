@@ -46,7 +46,6 @@ struct tessera_rc_ctx {
   // what is shared memory
   uintptr_t tls_lo, tls_len;  // the module's thread-local block (static __shared__ lives here)
   uintptr_t dyn_lo, dyn_len;  // the block's dynamic shared memory
-  uintptr_t skip[4];          // runtime thread-locals inside the TLS block (8 bytes each), not shared
   // who runs
   int32_t cur;                // linear thread id of the running fiber; -1 in the scheduler
   uint32_t wave;              // warp width
@@ -71,6 +70,10 @@ struct tessera_rc_ctx {
 int tessera_simt_rc_bind(tessera_rc_ctx* ctx, const void* tls_probe, size_t dyn_cap);
 // Starts a block: a new epoch (the shadow is cleared when epochs would wrap), no race recorded.
 void tessera_simt_rc_block_begin(tessera_rc_ctx* ctx);
+// Marks the 8-byte thread-local at `tls_var` (a runtime's own, not shared memory) as never
+// checked nor poisoned, on every thread. Each runtime registers its thread-locals before its
+// first launch.
+void tessera_simt_rc_exclude(const void* tls_var);
 // Releases the shadow of a context that is being destroyed.
 void tessera_simt_rc_free(tessera_rc_ctx* ctx);
 // Records an access made on behalf of thread `tid` (used by emulated warp ops that touch shared

@@ -46,7 +46,9 @@
 #include <utility>
 #include <vector>
 
+#include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "racecheck.hpp"
@@ -386,6 +388,7 @@ struct Worker {
   bool block_failed = false;
   std::string block_err;
   uint64_t rng = 0;
+  uintptr_t fault_addr = 0;  // set by the SIGSEGV handler for fiber_fault_exit
   uint32_t mxcsr = 0x1f80;
   uint16_t fpucw = 0x037f;
 };
@@ -793,6 +796,73 @@ bool run_block(Worker& w, uint64_t b) {
   __builtin_trap();
 }
 
+// ---- memory faults in kernel code ---------------------------------------------------------------------
+// A SIGSEGV raised while a fiber runs (a write into a buffer's guard page, a wild pointer, a fiber
+// stack overflow) does not kill the process: the handler points the faulting context at
+// fiber_fault_exit on a fresh part of the fiber's stack and returns; that function fails the block
+// with the fault address (which the Rust side maps to a buffer name) and leaves the fiber. Any other
+// SIGSEGV goes to the handler that was installed before ours.
+struct sigaction g_old_segv;
+
+[[noreturn]] void fiber_fault_exit() {
+  Worker* w = tl_w;
+  Fiber* f = tl_cur;
+  char addr[32];
+  std::snprintf(addr, sizeof addr, "0x%llx", static_cast<unsigned long long>(w->fault_addr));
+  const char* base = w->res->stacks.base;
+  const uintptr_t a = w->fault_addr, b = reinterpret_cast<uintptr_t>(base);
+  const bool stack_guard = base && a >= b && a < b + kMaxThreads * StackSet::kStride &&
+                           (a - b) % StackSet::kStride < kGuardBytes;
+  fail_block(*w, "thread " + xyz(f->tid) + " of kernel " + w->L->k->name +
+                     (stack_guard ? " overflowed its 64 KiB fiber stack" : " touched unmapped memory (segmentation fault)") +
+                     " [fault address " + addr + "]");
+  f->st = St::Exited;
+  tessera_simt_switch(&f->sp, w->sched_sp);
+  __builtin_trap();
+}
+
+void segv_handler(int sig, siginfo_t* info, void* uctx) {
+  Worker* w = tl_w;
+  Fiber* f = tl_cur;
+  if (w && f && w->res) {
+    w->fault_addr = reinterpret_cast<uintptr_t>(info->si_addr);
+    auto* uc = static_cast<ucontext_t*>(uctx);
+    const uintptr_t top = reinterpret_cast<uintptr_t>(w->res->stacks.top(f->linear));
+    const uintptr_t sp = ((top - 1024) & ~uintptr_t(15)) - 8;  // as just after a call
+#if defined(__x86_64__)
+    uc->uc_mcontext.gregs[REG_RSP] = static_cast<greg_t>(sp);
+    uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(&fiber_fault_exit);
+#else
+    uc->uc_mcontext.sp = sp + 8;
+    uc->uc_mcontext.pc = reinterpret_cast<uint64_t>(&fiber_fault_exit);
+#endif
+    return;
+  }
+  if (g_old_segv.sa_flags & SA_SIGINFO) {
+    g_old_segv.sa_sigaction(sig, info, uctx);
+  } else if (g_old_segv.sa_handler == SIG_DFL || g_old_segv.sa_handler == SIG_IGN) {
+    sigaction(SIGSEGV, &g_old_segv, nullptr);  // the faulting instruction runs again and takes it
+  } else {
+    g_old_segv.sa_handler(sig);
+  }
+}
+
+// Once per runtime, before its first launch: its thread-locals are not shared memory for the race
+// detector and poisoning (which see every thread-local of the module), then the SIGSEGV handler.
+void runtime_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    tessera_simt_rc_exclude(&tl_w);
+    tessera_simt_rc_exclude(&tl_cur);
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = &segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+  });
+}
+
 void work(Launch& L) {
   WorkerRes* res = acquire_res();
   try {
@@ -817,8 +887,6 @@ void work(Launch& L) {
     res->rc.wave = kWave;
     res->rc.cur = -1;
     res->rc.warp_gen = res->warp_gen.data();
-    res->rc.skip[0] = reinterpret_cast<uintptr_t>(&tl_w);
-    res->rc.skip[1] = reinterpret_cast<uintptr_t>(&tl_cur);
     tessera_simt_rc_bind(&res->rc, &tl_w, res->dyn_cap);
     while (!L.failed.load(std::memory_order_relaxed)) {
       const uint64_t b = L.next.fetch_add(1);
@@ -885,6 +953,7 @@ int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], ui
           " is out of range (x 1..2^31-1, y and z 1..65535)";
     return 3;
   }
+  runtime_init();
   Launch L;
   L.k = k;
   L.params = params;

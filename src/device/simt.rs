@@ -6,7 +6,6 @@
 //! 0xFF), the executor keeps a registry of its live allocations, and after every launch it checks
 //! every red zone; an overwrite is an [`Error::Kernel`] naming the buffer and the byte offset.
 
-use std::alloc::Layout;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,8 +18,6 @@ use crate::error::{Error, Result};
 
 /// Bytes of guard pattern before and after every SIMT allocation.
 pub(crate) const RED_ZONE: usize = 256;
-/// Alignment of every SIMT allocation's payload (as on a GPU, where allocations are 256-aligned).
-const ALIGN: usize = 256;
 
 type LaunchFn = unsafe extern "C" fn(
     kernel: *const c_char,
@@ -72,6 +69,16 @@ extern "C" {
     ) -> c_int;
     fn tessera_simt_w64_kernel_count() -> usize;
     fn tessera_simt_w64_kernel_name(i: usize) -> *const c_char;
+    fn tessera_simt_mem_alloc(
+        len: usize,
+        red: usize,
+        map: *mut *mut c_void,
+        map_len: *mut usize,
+        tail: *mut usize,
+    ) -> *mut c_void;
+    fn tessera_simt_mem_free(map: *mut c_void, map_len: usize);
+    fn tessera_simt_mem_front_guard() -> usize;
+    fn tessera_simt_mem_back_guard() -> usize;
 }
 
 /// The C entry points of one wave's library.
@@ -97,70 +104,120 @@ fn pattern(i: usize) -> u8 {
     0xA5 ^ (i as u8).wrapping_mul(0x1D)
 }
 
-/// One host allocation: `RED_ZONE` guard bytes, the payload, `RED_ZONE` guard bytes.
+/// One host allocation, its own mapping (cuda/simt/memory.cpp): a no-access guard region, then
+/// `RED_ZONE` pattern bytes, the payload, and pattern bytes up to the end of the last page (at
+/// least `RED_ZONE`), then a larger no-access guard region. The red zones catch near writes after
+/// the launch; the guards make a far write fault inside the kernel, which the runtime reports.
 struct Region {
-    base: NonNull<u8>,
-    layout: Layout,
+    map: NonNull<c_void>,
+    map_len: usize,
+    payload: NonNull<u8>,
     len: usize,
+    /// Pattern bytes after the payload (to the back guard).
+    tail: usize,
     label: String,
 }
 
-// SAFETY: the region owns its heap block exclusively; the raw pointer is only dereferenced through
-// `&self`/`&mut SimtMem` accessors (payload) and by the red-zone check (guard bytes only).
+// SAFETY: the region owns its mapping exclusively; the raw pointers are only dereferenced through
+// `&self`/`&mut SimtMem` accessors (payload) and by the red-zone check (pattern bytes only).
 unsafe impl Send for Region {}
-// SAFETY: shared access only reads the guard bytes or hands out `&[u8]` of the payload.
+// SAFETY: shared access only reads the pattern bytes or hands out `&[u8]` of the payload.
 unsafe impl Sync for Region {}
 
 impl Region {
     fn new(len: usize, label: &str) -> Result<Region> {
-        let size = len
-            .checked_add(2 * RED_ZONE)
-            .ok_or_else(|| Error::invalid("alloc", format!("{len} bytes overflow usize")))?;
-        let layout = Layout::from_size_align(size, ALIGN)
-            .map_err(|e| Error::invalid("alloc", format!("{len} bytes: {e}")))?;
-        // SAFETY: `layout` has a nonzero size (at least 2 * RED_ZONE).
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let base = NonNull::new(raw).ok_or_else(|| {
-            Error::driver(
+        let mut map = std::ptr::null_mut();
+        let mut map_len = 0usize;
+        let mut tail = 0usize;
+        // SAFETY: plain FFI call; the out-pointers point at live locals.
+        let payload =
+            unsafe { tessera_simt_mem_alloc(len, RED_ZONE, &mut map, &mut map_len, &mut tail) };
+        let (Some(payload), Some(map)) = (NonNull::new(payload.cast::<u8>()), NonNull::new(map))
+        else {
+            return Err(Error::driver(
                 "simt",
                 "alloc",
-                format!("out of host memory allocating {len} bytes for {label:?}"),
-            )
-        })?;
-        // SAFETY: `base` points to `size` writable bytes just allocated.
-        let all = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), size) };
-        for (i, b) in all[..RED_ZONE].iter_mut().enumerate() {
-            *b = pattern(i);
-        }
-        all[RED_ZONE..RED_ZONE + len].fill(0xFF);
-        for (i, b) in all[RED_ZONE + len..].iter_mut().enumerate() {
-            *b = pattern(i);
-        }
-        Ok(Region {
-            base,
-            layout,
+                format!("out of host memory mapping {len} bytes for {label:?}"),
+            ));
+        };
+        let r = Region {
+            map,
+            map_len,
+            payload,
             len,
+            tail,
             label: label.to_string(),
-        })
+        };
+        let (front, body, back) = r.parts();
+        for (i, b) in front.iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        body.fill(0xFF);
+        for (i, b) in back.iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+        Ok(r)
     }
 
     fn payload(&self) -> *mut u8 {
-        // SAFETY: RED_ZONE < layout.size(), so the offset stays inside the allocation.
-        unsafe { self.base.as_ptr().add(RED_ZONE) }
+        self.payload.as_ptr()
+    }
+
+    /// The front red zone, the payload and the back red zone.
+    #[allow(clippy::mut_from_ref)]
+    fn parts(&self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        // SAFETY: the mapping holds RED_ZONE readable/writable bytes before the payload and `tail`
+        // after it (tessera_simt_mem_alloc); the three ranges are disjoint. Callers use the payload
+        // slice only while they hold the buffer (`SimtMem`), and the pattern slices only here and in
+        // `check`, under the executor's registry lock or before the region is shared.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.payload().sub(RED_ZONE), RED_ZONE),
+                std::slice::from_raw_parts_mut(self.payload(), self.len),
+                std::slice::from_raw_parts_mut(self.payload().add(self.len), self.tail),
+            )
+        }
+    }
+
+    /// Names `addr` when it lies in this region's guard pages (a far out-of-bounds access).
+    fn guard_hit(&self, addr: u64) -> Option<String> {
+        // SAFETY: plain FFI calls returning constants.
+        let (fg, bg) = unsafe {
+            (
+                tessera_simt_mem_front_guard(),
+                tessera_simt_mem_back_guard(),
+            )
+        };
+        let start = self.payload() as u64;
+        let end = start + self.len as u64;
+        let back = end + self.tail as u64;
+        let map = self.map.as_ptr() as u64;
+        if addr >= back && addr < back + bg as u64 {
+            Some(format!(
+                "a far out-of-bounds access hit the guard pages after buffer {:?} ({} bytes): \
+                 address {addr:#x} is {} bytes past its end",
+                self.label,
+                self.len,
+                addr - end
+            ))
+        } else if addr >= map && addr < map + fg as u64 {
+            Some(format!(
+                "a far out-of-bounds access hit the guard pages before buffer {:?} ({} bytes): \
+                 address {addr:#x} is {} bytes before its start",
+                self.label,
+                self.len,
+                start - addr
+            ))
+        } else {
+            None
+        }
     }
 
     /// Checks both red zones; repairs them and describes the overwrite when one was hit.
     fn check(&self) -> Option<String> {
-        // SAFETY: the guard bytes [0, RED_ZONE) and [RED_ZONE + len, size) belong to this
-        // allocation and are never handed out as Rust references (only the payload is).
-        let (front, back) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.base.as_ptr(), RED_ZONE),
-                std::slice::from_raw_parts_mut(self.payload().add(self.len), RED_ZONE),
-            )
-        };
+        let (front, _, back) = self.parts();
         let bad_front: Vec<usize> = (0..RED_ZONE).filter(|&i| front[i] != pattern(i)).collect();
-        let bad_back: Vec<usize> = (0..RED_ZONE).filter(|&i| back[i] != pattern(i)).collect();
+        let bad_back: Vec<usize> = (0..back.len()).filter(|&i| back[i] != pattern(i)).collect();
         let mut msgs = Vec::new();
         if let (Some(&last), Some(&first)) = (bad_back.last(), bad_back.first()) {
             msgs.push(format!(
@@ -199,8 +256,8 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: `base` was allocated with exactly `layout` in `Region::new` and is freed once.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+        // SAFETY: `map`/`map_len` describe the mapping made in `Region::new`, unmapped once.
+        unsafe { tessera_simt_mem_free(self.map.as_ptr(), self.map_len) }
     }
 }
 
@@ -273,6 +330,28 @@ impl SimtExec {
             workers: u32::try_from(workers).unwrap_or(u32::MAX),
             live: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Appends, to a runtime fault message carrying "[fault address 0x...]", which buffer's guard
+    /// pages the address lies in.
+    fn name_fault(&self, msg: String) -> String {
+        let Some(addr) = msg
+            .split("[fault address 0x")
+            .nth(1)
+            .and_then(|t| t.split(']').next())
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        else {
+            return msg;
+        };
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = live
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .find_map(|r| r.guard_hit(addr));
+        match hit {
+            Some(h) => format!("{msg}: {h}"),
+            None => format!("{msg}: not in the guard pages of any live buffer"),
+        }
     }
 
     /// Checks (and repairs) the red zones of every live allocation.
@@ -366,6 +445,7 @@ impl Exec for SimtExec {
                 msg
             }
         });
+        let fault = fault.map(|f| self.name_fault(f));
         let red = self.check_red_zones();
         match (fault, red) {
             (None, None) => Ok(()),
