@@ -321,3 +321,89 @@ fn inspect_shows_choices() {
     let step = m.tensors.iter().find(|t| t.name == "step").unwrap();
     assert!(matches!(step.encoding, Encoding::Raw));
 }
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect()
+}
+
+/// Issue 9 (state changed on error): when the last step of a write fails (here the rename, onto
+/// a non-empty directory), compress and decompress return the error and leave neither a
+/// temporary file nor anything in place of the target.
+#[test]
+fn failed_rename_leaves_no_temp_file() {
+    let cfg = synth::SynthConfig::tiny();
+    let dev = Device::cpu();
+    let dir = tempfile::tempdir().unwrap();
+    let (b, n) = pair(dir.path(), synth::Stage::Late, &cfg);
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"keep").unwrap();
+    let e = ckpt::compress(
+        &n,
+        Some(&b),
+        &blocked,
+        &CompressOptions::default(),
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("renaming"), "{e}");
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"keep");
+
+    let out = dir.path().join("d.tsnap");
+    ckpt::compress(
+        &n,
+        Some(&b),
+        &out,
+        &CompressOptions::default(),
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    let e = ckpt::decompress(&out, Some(&b), &blocked, &dev, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("renaming"), "{e}");
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"keep");
+
+    // The synthetic checkpoint writer too: nothing half-written, no temporary file.
+    let e = synth::write_pair(&cfg, synth::Stage::Late, &blocked, &dir.path().join("x.st"));
+    assert!(e.is_err());
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    assert!(!dir.path().join("x.st").exists());
+}
+
+/// Two writers to one destination in one process get distinct temporary files: dropping one
+/// (an error on its way) does not delete or truncate the other's.
+#[test]
+fn two_writers_to_one_destination() {
+    use ckpt::format::{Manifest, Reader, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("w.tsnap");
+    let mut w1 = Writer::create(&dest).unwrap();
+    let st_header = w1.section(&[b"header bytes"]).unwrap();
+    let mut w2 = Writer::create(&dest).unwrap();
+    w2.section(&[b"other"]).unwrap();
+    assert_ne!(w1.temp_path(), w2.temp_path());
+    drop(w2);
+    let m = Manifest {
+        format_version: ckpt::format::VERSION,
+        tool: "test".into(),
+        base: None,
+        error_budget: 0.0,
+        keep_exact: vec![],
+        st_header,
+        file_len: st_header.len,
+        file_xxh3: 0,
+        tensors: vec![],
+    };
+    w1.finish(&m).unwrap();
+    let bytes = std::fs::read(&dest).unwrap();
+    let r = Reader::new(&bytes).unwrap();
+    assert_eq!(r.manifest.st_header, st_header);
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+}

@@ -875,7 +875,12 @@ fn plans_of_every_schedule() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    // No failure persistence: a failing case must not write into the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// The copy lists of any schedule move every piece, whatever its size (empty, uneven, split
     /// over two segments of its block), to its slot in the receivers' step buffers.
@@ -961,7 +966,7 @@ fn over_p2p_devices() {
                     if simt_family {
                         Device::simt()
                     } else {
-                        Device::cpu()
+                        Device::cpu_separate()
                     }
                 })
                 .collect();

@@ -360,6 +360,126 @@ fn bad_inputs_are_errors() {
     }
 }
 
+/// Everything observable about a cache: per slot, its length and contents.
+fn cache_state<T: tessera::ops::attention::HalfFloat>(
+    cache: &KvCache<T>,
+) -> Vec<(usize, tah::SlotContents<T>)> {
+    (0..cache.depths())
+        .map(|d| (cache.len(d), cache.slot_contents(d).unwrap()))
+        .collect()
+}
+
+/// A failed `attend` (issue 9: heads 3 / kv_heads 2 used to grow the cache and then fail) leaves
+/// the cache as it was: lengths and contents of every slot, and the next append still checks
+/// positions against the last successful one. Covers prefill and decode, a cache that would
+/// have to grow, and every reason `attend` refuses a call after the K/V shapes are right.
+#[test]
+fn failed_attend_leaves_cache_unchanged() {
+    let (hkv, d) = (2usize, 64usize);
+    for dev in devices() {
+        let mut r = Rng(0x5eed);
+        let mut rand = |n: usize| -> Vec<bf16> {
+            (0..n)
+                .map(|_| bf16::from_f64(r.unit() * 2.0 - 1.0))
+                .collect()
+        };
+        let mut cache = KvCache::<bf16>::new(&dev, 2, hkv, d).unwrap();
+        // 14 tokens in slot 0 (capacity 16): appending 4 more would grow it.
+        let pos0: Vec<i32> = (0..14).collect();
+        let (k0, v0) = (rand(14 * hkv * d), rand(14 * hkv * d));
+        cache
+            .append(
+                0,
+                &dev.upload(&k0, "k").unwrap(),
+                &dev.upload(&v0, "v").unwrap(),
+                &dev.upload(&pos0, "p").unwrap(),
+                None,
+            )
+            .unwrap();
+        let before = cache_state(&cache);
+        let n = 4usize;
+        let pos = dev.upload(&[14i32, 15, 16, 17], "pos").unwrap();
+        let k = dev.upload(&rand(n * hkv * d), "k").unwrap();
+        let v = dev.upload(&rand(n * hkv * d), "v").unwrap();
+        let q3 = dev.upload(&rand(n * 3 * d), "q").unwrap();
+        let q4 = dev.upload(&rand(n * 4 * d), "q").unwrap();
+        let prefill = Phase::Prefill;
+        let cases: Vec<(&str, tessera::Result<_>)> = vec![
+            (
+                "multiple of kv_heads",
+                tah::attend(&mut cache, 0, 3, &q3, &k, &v, &pos, None, 0.125, prefill),
+            ),
+            (
+                "multiple of kv_heads",
+                tah::attend(
+                    &mut cache,
+                    1,
+                    3,
+                    &q3,
+                    &k,
+                    &v,
+                    &pos,
+                    None,
+                    0.125,
+                    Phase::Decode { splits: 2 },
+                ),
+            ),
+            (
+                "scale",
+                tah::attend(&mut cache, 0, 4, &q4, &k, &v, &pos, None, f32::NAN, prefill),
+            ),
+            (
+                "splits",
+                tah::attend(
+                    &mut cache,
+                    0,
+                    4,
+                    &q4,
+                    &k,
+                    &v,
+                    &pos,
+                    None,
+                    0.125,
+                    Phase::Decode { splits: 0 },
+                ),
+            ),
+        ];
+        for (needle, res) in cases {
+            let e = res.expect_err(needle).to_string();
+            assert!(
+                cache_state(&cache) == before,
+                "{needle}: a failed attend changed the cache on {} ({e})",
+                dev.backend()
+            );
+            assert!(e.contains("tah::attend") && e.contains(needle), "{e}");
+        }
+        // Unsupported head_dim: the cache accepts D = 32, attention does not.
+        let mut c32 = KvCache::<bf16>::new(&dev, 1, 1, 32).unwrap();
+        let (k1, q1) = (
+            dev.upload(&rand(32), "k").unwrap(),
+            dev.upload(&rand(32), "q").unwrap(),
+        );
+        let p1 = dev.upload(&[0i32], "p").unwrap();
+        let e = tah::attend(&mut c32, 0, 1, &q1, &k1, &k1, &p1, None, 0.125, prefill)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tah::attend") && e.contains("head_dim 32"),
+            "{e}"
+        );
+        assert_eq!(c32.len(0), 0, "on {}", dev.backend());
+        // The failed calls consumed no positions: 14.. is still the next valid append, and a
+        // good call appends exactly once.
+        tah::attend(&mut cache, 0, 4, &q4, &k, &v, &pos, None, 0.125, prefill).unwrap();
+        assert_eq!(cache.len(0), 18);
+        assert_eq!(cache.len(1), 0);
+        assert_eq!(
+            cache.slot_contents(0).unwrap().2,
+            (0..18).collect::<Vec<i32>>()
+        );
+    }
+}
+
 /// END-TO-END (needs `attention::forward` and `attention::decode`): a two-depth prefill of 32
 /// tokens, then token-by-token decode to 48, with hard tokens chosen by `select_hard` from random
 /// decider scores; every attention output is compared with the f64 dense-mask reference over the
@@ -565,7 +685,12 @@ mod props {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+        // No failure persistence: a failing case must not write into the source tree.
+        #![proptest_config(ProptestConfig {
+            cases: 12,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         /// Random vocab, k, width and value patterns (distinct, few levels, signed zeros and
         /// infinities of the wrong side) on every executor: ids exact, outputs within 1e-5.

@@ -85,11 +85,12 @@ fn random_step(rng: &mut Rng, n: usize, lens: &[usize], count: usize) -> Vec<Cop
     out
 }
 
-/// Host-memory device factories: n distinct SIMT executors or n distinct CPU paths.
+/// Host-memory device factories: n distinct SIMT executors or n distinct CPU paths
+/// (`Device::cpu_separate`; every `Device::cpu()` is one device).
 fn host_groups(n: usize) -> Vec<(&'static str, Vec<Device>)> {
     vec![
         ("simt", (0..n).map(|_| Device::simt()).collect()),
-        ("cpu", (0..n).map(|_| Device::cpu()).collect()),
+        ("cpu", (0..n).map(|_| Device::cpu_separate()).collect()),
     ]
 }
 
@@ -210,11 +211,11 @@ fn p2p_rejects_bad_groups_and_copies() {
     let e = P2p::new(&[Device::simt(), Device::cpu()]).unwrap_err();
     assert!(e.to_string().contains("one backend"), "{e}");
     let d = Device::cpu();
-    let e = P2p::new(&[d.clone(), Device::cpu(), d]).unwrap_err();
+    let e = P2p::new(&[d.clone(), Device::cpu_separate(), d]).unwrap_err();
     assert!(e.to_string().contains("same device"), "{e}");
     assert!(P2p::new(&[]).is_err());
 
-    let devs: Vec<Device> = (0..3).map(|_| Device::cpu()).collect();
+    let devs: Vec<Device> = (0..3).map(|_| Device::cpu_separate()).collect();
     let lens = [16usize, 16];
     let mut bufs = RankBuffers {
         bufs: (0..3).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
@@ -267,7 +268,7 @@ fn p2p_rejects_bad_groups_and_copies() {
 fn peer_copy_between_host_devices() {
     for (a, b) in [
         (Device::simt(), Device::simt()),
-        (Device::cpu(), Device::cpu()),
+        (Device::cpu_separate(), Device::cpu_separate()),
     ] {
         let src = a.upload(&[1u16, 2, 3, 4, 5], "src").unwrap();
         let mut dst = b.upload(&[0u16; 6], "dst").unwrap();
@@ -286,9 +287,9 @@ fn peer_copy_between_host_devices() {
     let e = dst.copy_range_from_peer(0, &src, 0, 4).unwrap_err();
     assert!(e.to_string().contains("one backend"), "{e}");
     // a PeerGroup step refuses buffers of devices outside the group
-    let devs = [Device::cpu(), Device::cpu()];
+    let devs = [Device::cpu_separate(), Device::cpu_separate()];
     let mut g = PeerGroup::new(&devs).unwrap();
-    let outside = Device::cpu().upload(&[0u8; 4], "x").unwrap();
+    let outside = Device::cpu_separate().upload(&[0u8; 4], "x").unwrap();
     let mut d = devs[1].upload(&[0u8; 4], "d").unwrap();
     let mut step = g.step().unwrap();
     assert!(step.copy(&mut d, 0, &outside, 0, 4, 0).is_err());
@@ -587,5 +588,223 @@ fn nccl_bootstrap_from_variables() {
     ] {
         let e = run(vars(&pairs)).unwrap_err();
         assert!(e.to_string().contains(needle), "{e} (wanted {needle})");
+    }
+}
+
+/// Issue 9 (state changed on error): a step with a bad copy after good ones copies nothing, on
+/// the simulated transport too (it used to run the good copies before checking the bad one).
+#[test]
+fn simulated_failed_step_copies_nothing() {
+    for dev in [Device::cpu(), Device::simt()] {
+        let lens = [16usize, 16];
+        let mut bufs = RankBuffers {
+            bufs: (0..3).map(|r| rank_bufs(&dev, r, &lens)).collect(),
+        };
+        let mut t = Simulated::new(&dev, 3).unwrap();
+        let good = Copy {
+            src_rank: 0,
+            src_buf: 0,
+            src_off: 0,
+            dst_rank: 1,
+            dst_buf: 1,
+            dst_off: 0,
+            len: 4,
+            ring: 0,
+        };
+        let before = download_all(&bufs);
+        let other = Device::simt();
+        for c in [
+            Copy { len: 17, ..good },
+            Copy {
+                dst_rank: 0,
+                ..good
+            },
+            Copy {
+                src_rank: 3,
+                ..good
+            },
+            Copy { dst_buf: 2, ..good },
+        ] {
+            let e = t.exchange(&mut bufs, &[good, c]).unwrap_err();
+            assert!(e.to_string().contains("Simulated"), "{e}");
+            assert_eq!(download_all(&bufs), before, "{c:?} on {}", dev.backend());
+        }
+        // a buffer on another device, named by the second copy only
+        bufs.bufs[2][1] = other.upload(&[0u32; 16], "elsewhere").unwrap();
+        let before = download_all(&bufs);
+        let bad = Copy {
+            src_rank: 1,
+            dst_rank: 2,
+            ..good
+        };
+        let e = t.exchange(&mut bufs, &[good, bad]).unwrap_err();
+        assert!(e.to_string().contains("transport's device"), "{e}");
+        assert_eq!(download_all(&bufs), before, "on {}", dev.backend());
+    }
+}
+
+/// P2p checks every copy's ring before queuing any: a ring past the channel limit after a good
+/// copy used to queue (on host devices: perform) the good copy and then fail.
+#[test]
+fn p2p_bad_ring_queues_nothing() {
+    for (family, devs) in host_groups(3) {
+        let lens = [16usize, 16];
+        let mut bufs = RankBuffers {
+            bufs: (0..3).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
+        };
+        let mut t = P2p::new(&devs).unwrap();
+        let good = Copy {
+            src_rank: 0,
+            src_buf: 0,
+            src_off: 0,
+            dst_rank: 1,
+            dst_buf: 1,
+            dst_off: 0,
+            len: 4,
+            ring: 0,
+        };
+        let before = download_all(&bufs);
+        let bad = Copy {
+            ring: tessera::device::peer::MAX_CHANNELS,
+            ..good
+        };
+        let e = t.exchange(&mut bufs, &[good, bad]).unwrap_err();
+        assert_eq!(download_all(&bufs), before, "{family}: {e}");
+        assert!(
+            e.to_string().contains("P2p") && e.to_string().contains("ring"),
+            "{e}"
+        );
+        // the limit itself is fine
+        let last = Copy {
+            ring: tessera::device::peer::MAX_CHANNELS - 1,
+            ..good
+        };
+        t.exchange(&mut bufs, &[last]).unwrap();
+        Transport::<u32>::wait(&mut t).unwrap();
+    }
+}
+
+/// A transport that fails the `fail_at`-th exchange (0-based) after queuing part of it, and
+/// records whether anything is still in flight: what a caller sees after an error.
+struct Flaky {
+    inner: Simulated,
+    calls: usize,
+    fail_at: usize,
+    in_flight: bool,
+}
+
+impl<T: tessera::DType> Transport<T> for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn ranks(&self) -> usize {
+        Transport::<T>::ranks(&self.inner)
+    }
+    fn local_ranks(&self) -> Vec<usize> {
+        Transport::<T>::local_ranks(&self.inner)
+    }
+    fn device(&self, rank: usize) -> tessera::Result<&Device> {
+        Transport::<T>::device(&self.inner, rank)
+    }
+    fn exchange(&mut self, bufs: &mut RankBuffers<T>, copies: &[Copy]) -> tessera::Result<()> {
+        let call = self.calls;
+        self.calls += 1;
+        self.inner.exchange(bufs, copies)?;
+        self.in_flight = true;
+        if call == self.fail_at {
+            return Err(tessera::Error::invalid("flaky", "injected failure"));
+        }
+        Ok(())
+    }
+    fn wait(&mut self) -> tessera::Result<()> {
+        self.in_flight = false;
+        Transport::<T>::wait(&mut self.inner)
+    }
+}
+
+/// A failed step leaves nothing in flight: `all_gather` waits for the transport before it
+/// returns an error, so the caller may drop or reuse the buffers at once.
+#[test]
+fn all_gather_failure_leaves_nothing_in_flight() {
+    let n = 5;
+    let plan = AllGatherPlan::from_rings(n, &[(0..n).collect()]).unwrap();
+    let local = vec![3usize; n];
+    let pieces: Vec<Vec<Vec<Segment>>> = (0..n)
+        .map(|_| vec![vec![Segment { offset: 0, len: 3 }]])
+        .collect();
+    let layout = GatherLayout::new(&plan, 2, local, pieces).unwrap();
+    let dev = Device::cpu();
+    for fail_at in 0..n - 1 {
+        let mut bufs = RankBuffers {
+            bufs: (0..n)
+                .map(|r| {
+                    let k = dev.upload(&[r as u32; 6], "k").unwrap();
+                    let v = dev.upload(&[r as u32; 6], "v").unwrap();
+                    layout.rank_buffers(&dev, r, k, v).unwrap()
+                })
+                .collect(),
+        };
+        let mut t = Flaky {
+            inner: Simulated::new(&dev, n).unwrap(),
+            calls: 0,
+            fail_at,
+            in_flight: false,
+        };
+        let e = all_gather(&layout, &mut bufs, &mut t).unwrap_err();
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert!(!t.in_flight, "step {fail_at} failed with copies in flight");
+    }
+}
+
+/// The same for sequence-parallel attention: a failed step returns only after the transport
+/// has no copy in flight into the buffers the op is about to drop.
+#[test]
+fn sp_forward_failure_leaves_nothing_in_flight() {
+    use half::bf16;
+    use tessera::ops::attention::Path;
+    use tessera::parallel::attention::{self as sp, RankQkv, SpAttention};
+    let n = 4;
+    let plan = AllGatherPlan::from_rings(n, &[(0..n).collect()]).unwrap();
+    let (l, d) = (16usize, 64usize);
+    for causal in [false, true] {
+        for dev in [Device::cpu(), Device::simt()] {
+            let ranges = sp::token_ranges(n, l, causal);
+            let bufs: Vec<DeviceBuffer<bf16>> = ranges
+                .iter()
+                .map(|rs| {
+                    let t: usize = rs.iter().map(|r| r.len()).sum();
+                    dev.upload(&vec![bf16::ONE; t * d], "x").unwrap()
+                })
+                .collect();
+            let inputs: Vec<Option<RankQkv<bf16>>> = bufs
+                .iter()
+                .map(|b| Some(RankQkv { q: b, k: b, v: b }))
+                .collect();
+            let cfg = SpAttention {
+                plan: &plan,
+                seq_len: l,
+                heads: 1,
+                kv_heads: 1,
+                head_dim: d,
+                scale: 0.125,
+                causal,
+                path: Path::Auto,
+            };
+            for fail_at in 0..n - 1 {
+                let mut t = Flaky {
+                    inner: Simulated::new(&dev, n).unwrap(),
+                    calls: 0,
+                    fail_at,
+                    in_flight: false,
+                };
+                let e = sp::forward(&cfg, &inputs, &mut t).unwrap_err();
+                assert!(e.to_string().contains("injected"), "{e}");
+                assert!(
+                    !t.in_flight,
+                    "step {fail_at} failed with copies in flight (causal {causal}, {})",
+                    dev.backend()
+                );
+            }
+        }
     }
 }

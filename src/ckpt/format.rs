@@ -239,35 +239,90 @@ impl Manifest {
     }
 }
 
+/// A temporary path beside a destination file (same directory, so the final rename is atomic):
+/// `.<name>.tmp-<pid>-<n>`, unique within the process. [`TempPath::persist`] renames it onto the
+/// destination; dropped without that (an error on the way, or the rename failing) it deletes the
+/// temporary file. So a failed write leaves neither a partial file in place of the destination
+/// (an existing one stays as it was) nor a temporary file beside it.
+pub(crate) struct TempPath {
+    path: PathBuf,
+    dest: PathBuf,
+    persisted: bool,
+}
+
+impl TempPath {
+    pub(crate) fn beside(op: &'static str, dest: &Path) -> Result<TempPath> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let fname = dest
+            .file_name()
+            .ok_or_else(|| Error::invalid(op, format!("{} is not a file path", dest.display())))?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(TempPath {
+            path: dir.join(format!(
+                ".{}.tmp-{}-{n}",
+                fname.to_string_lossy(),
+                std::process::id()
+            )),
+            dest: dest.to_path_buf(),
+            persisted: false,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create (truncate) the temporary file.
+    pub(crate) fn create(&self) -> Result<File> {
+        File::create(&self.path).map_err(|e| io(format!("creating {}", self.path.display()), e))
+    }
+
+    /// Rename the temporary file onto the destination (the caller has flushed and synced it).
+    pub(crate) fn persist(mut self) -> Result<()> {
+        std::fs::rename(&self.path, &self.dest).map_err(|e| {
+            io(
+                format!(
+                    "renaming {} to {}",
+                    self.path.display(),
+                    self.dest.display()
+                ),
+                e,
+            )
+        })?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Streams a `.tsnap` to a temporary file next to the destination; [`Writer::finish`] writes
-/// the manifest and trailer, syncs, and renames. Dropping an unfinished writer deletes the
-/// temporary file, so an interrupted compress leaves no `.tsnap` behind.
+/// the manifest and trailer, syncs, and renames. A writer dropped unfinished, or whose finish
+/// fails, deletes the temporary file, so a failed compress leaves no `.tsnap` behind (and an
+/// existing file at the destination as it was).
 pub struct Writer {
     out: Option<BufWriter<File>>,
-    tmp: PathBuf,
-    dest: PathBuf,
+    tmp: TempPath,
     pos: u64,
 }
 
 impl Writer {
     pub fn create(dest: &Path) -> Result<Writer> {
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let fname = dest.file_name().ok_or_else(|| {
-            Error::invalid("ckpt", format!("{} is not a file path", dest.display()))
-        })?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            fname.to_string_lossy(),
-            std::process::id()
-        ));
-        let f = File::create(&tmp).map_err(|e| io(format!("creating {}", tmp.display()), e))?;
+        let tmp = TempPath::beside("ckpt", dest)?;
+        let f = tmp.create()?;
         let mut w = Writer {
             out: Some(BufWriter::with_capacity(1 << 20, f)),
             tmp,
-            dest: dest.to_path_buf(),
             pos: 0,
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
@@ -280,13 +335,13 @@ impl Writer {
 
     /// The temporary path being written (for tests).
     pub fn temp_path(&self) -> &Path {
-        &self.tmp
+        self.tmp.path()
     }
 
     fn write_all(&mut self, b: &[u8]) -> Result<()> {
         let out = self.out.as_mut().expect("writer is open");
         out.write_all(b)
-            .map_err(|e| io(format!("writing {}", self.tmp.display()), e))?;
+            .map_err(|e| io(format!("writing {}", self.tmp.path().display()), e))?;
         self.pos += b.len() as u64;
         Ok(())
     }
@@ -323,27 +378,15 @@ impl Writer {
         t.extend_from_slice(&TRAILER_MAGIC);
         self.write_all(&t)?;
         let out = self.out.take().expect("writer is open");
+        let tmp = self.tmp.path().display();
         let f = out
             .into_inner()
-            .map_err(|e| io(format!("flushing {}", self.tmp.display()), e.into_error()))?;
-        f.sync_all()
-            .map_err(|e| io(format!("syncing {}", self.tmp.display()), e))?;
+            .map_err(|e| io(format!("flushing {tmp}"), e.into_error()))?;
+        f.sync_all().map_err(|e| io(format!("syncing {tmp}"), e))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| {
-            io(
-                format!("renaming {} to {}", self.tmp.display(), self.dest.display()),
-                e,
-            )
-        })?;
+        // On an error above or in the rename, dropping `self.tmp` deletes the temporary file.
+        self.tmp.persist()?;
         Ok(self.pos)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 

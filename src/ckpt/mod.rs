@@ -458,54 +458,25 @@ pub fn decompress(
         crate::device::map_file(&f).map_err(|e| io(format!("mapping {}", input.display()), e))?;
     let r = Reader::new(&map)?;
     let bf = base.map(st::StFile::open).transpose()?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let fname = out.file_name().ok_or_else(|| {
-        Error::invalid(
-            "ckpt::decompress",
-            format!("{} is not a file path", out.display()),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        fname.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<u64> {
-        let file = File::create(&tmp).map_err(|e| io(format!("creating {}", tmp.display()), e))?;
-        let mut bw = BufWriter::with_capacity(1 << 20, file);
-        decode_to(&r, bf.as_ref(), dev, &mut bw, progress)?;
-        let file = bw
-            .into_inner()
-            .map_err(|e| io(format!("flushing {}", tmp.display()), e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| io(format!("syncing {}", tmp.display()), e))?;
-        Ok(r.manifest.file_len)
-    })();
-    match result {
-        Ok(n) => {
-            std::fs::rename(&tmp, out).map_err(|e| {
-                io(
-                    format!("renaming {} to {}", tmp.display(), out.display()),
-                    e,
-                )
-            })?;
-            Ok(DecompressReport {
-                output: out.to_path_buf(),
-                output_bytes: n,
-                tensors: r.manifest.tensors.len(),
-                lossless: r.manifest.is_lossless(),
-                seconds: t0.elapsed().as_secs_f64(),
-                backend: dev.backend().to_string(),
-            })
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    // Dropped on any error below (the rename included), `tmp` deletes the temporary file.
+    let tmp = format::TempPath::beside("ckpt::decompress", out)?;
+    let mut bw = BufWriter::with_capacity(1 << 20, tmp.create()?);
+    decode_to(&r, bf.as_ref(), dev, &mut bw, progress)?;
+    let file = bw
+        .into_inner()
+        .map_err(|e| io(format!("flushing {}", tmp.path().display()), e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| io(format!("syncing {}", tmp.path().display()), e))?;
+    drop(file);
+    tmp.persist()?;
+    Ok(DecompressReport {
+        output: out.to_path_buf(),
+        output_bytes: r.manifest.file_len,
+        tensors: r.manifest.tensors.len(),
+        lossless: r.manifest.is_lossless(),
+        seconds: t0.elapsed().as_secs_f64(),
+        backend: dev.backend().to_string(),
+    })
 }
 
 /// Parse and fully decode a `.tsnap` held in memory without a base, discarding the output:

@@ -245,5 +245,8 @@ fn write_st(
     // One metadata key: with more, the JSON key order would follow the HashMap's random
     // order and the files would not be byte-for-byte reproducible.
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path).map_err(err)
+    // Written beside the target and renamed: a failed write leaves no partial file in its place.
+    let tmp = super::format::TempPath::beside("ckpt::synth", path)?;
+    safetensors::serialize_to_file(views, Some(meta), tmp.path()).map_err(err)?;
+    tmp.persist()
 }

@@ -303,8 +303,18 @@ impl Device {
         Ok(Device::from_exec(Box::new(simt::SimtExec::new(config)?)))
     }
 
-    /// The native CPU path (pure-Rust reference implementations, parallel with rayon).
+    /// The native CPU path (pure-Rust reference implementations, parallel with rayon). Every call
+    /// returns the same device: buffers uploaded through any `Device::cpu()` handle work with
+    /// every other.
     pub fn cpu() -> Device {
+        static CPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+        CPU.get_or_init(Device::cpu_separate).clone()
+    }
+
+    /// A native CPU path device distinct from [`Device::cpu`] and from every other call's: for
+    /// modelling several host-memory ranks in one process (`parallel::transport::P2p` tests).
+    /// Ops refuse to mix its buffers with another device's, as they would two GPUs'.
+    pub fn cpu_separate() -> Device {
         Device {
             inner: Arc::new(DeviceInner {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
@@ -330,6 +340,11 @@ impl Device {
     /// True when both handles are the same device.
     pub fn same(&self, other: &Device) -> bool {
         self.inner.id == other.inner.id
+    }
+
+    /// A number that tells apart devices of one backend within a process (for messages).
+    pub(crate) fn instance(&self) -> u64 {
+        self.inner.id
     }
 
     /// Kernel names this device can launch (empty for the CPU path).

@@ -486,12 +486,20 @@ impl<T: HalfFloat> KvCache<T> {
                 format!("depths {depths}, kv_heads {kv_heads}, head_dim {head_dim} must be > 0"),
             ));
         }
-        let row = kv_heads * head_dim;
+        let cap_row = kv_heads
+            .checked_mul(head_dim)
+            .and_then(|row| row.checked_mul(INITIAL_CAP))
+            .ok_or_else(|| {
+                Error::invalid(
+                    OP,
+                    format!("kv_heads {kv_heads} x head_dim {head_dim} overflows usize"),
+                )
+            })?;
         let mut slots = Vec::with_capacity(depths);
         for _ in 0..depths {
             slots.push(Slot {
-                k: dev.alloc(INITIAL_CAP * row, "tah.cache.k")?,
-                v: dev.alloc(INITIAL_CAP * row, "tah.cache.v")?,
+                k: dev.alloc(cap_row, "tah.cache.k")?,
+                v: dev.alloc(cap_row, "tah.cache.v")?,
                 pos: dev.alloc(INITIAL_CAP, "tah.cache.pos")?,
                 valid: dev.alloc(INITIAL_CAP, "tah.cache.valid")?,
                 len: 0,
@@ -542,8 +550,23 @@ impl<T: HalfFloat> KvCache<T> {
         self.slots.get(depth).map_or(0, |s| s.cap)
     }
 
+    /// What [`KvCache::rollback`] restores slot `depth` to: its length and last position.
+    fn mark(&self, depth: usize) -> (usize, Option<i32>) {
+        let s = &self.slots[depth];
+        (s.len, s.last_pos)
+    }
+
+    /// Forget what was appended to slot `depth` since `mark` (the bytes past the length are
+    /// never read; a grown capacity stays).
+    fn rollback(&mut self, depth: usize, mark: (usize, Option<i32>)) {
+        let s = &mut self.slots[depth];
+        (s.len, s.last_pos) = mark;
+    }
+
     /// Append `n` tokens to slot `depth`: K and V `[n, H_kv, D]`, positions `[n]` strictly
     /// increasing and above the slot's last position, validity `[n]` (all valid when absent).
+    /// Everything is checked before the slot changes; on any error the slot's length, contents
+    /// and last position are as before (only its capacity may have grown).
     pub fn append(
         &mut self,
         depth: usize,
@@ -564,14 +587,14 @@ impl<T: HalfFloat> KvCache<T> {
         let row = self.kv_heads * self.head_dim;
         let n = pos.len();
         for (what, b) in [("k", k.len()), ("v", v.len())] {
-            if b != n * row {
+            if Some(b) != n.checked_mul(row) {
                 return Err(Error::invalid(
                     OP,
                     format!(
                         "{what} has {b} elements, {n} tokens of [H_kv {}, D {}] need {}",
                         self.kv_heads,
                         self.head_dim,
-                        n * row
+                        n as u128 * row as u128
                     ),
                 ));
             }
@@ -603,8 +626,17 @@ impl<T: HalfFloat> KvCache<T> {
             return Ok(());
         }
         let slot = &mut self.slots[depth];
-        if slot.len + n > slot.cap {
-            let cap = (slot.cap * 2).max(slot.len + n);
+        let want = slot
+            .len
+            .checked_add(n)
+            .filter(|w| w.checked_mul(row).is_some())
+            .ok_or_else(|| Error::invalid(OP, format!("{n} more tokens overflow usize")))?;
+        if want > slot.cap {
+            let cap = slot
+                .cap
+                .saturating_mul(2)
+                .max(want)
+                .min(usize::MAX / row.max(1));
             let mut nk = dev.alloc::<T>(cap * row, "tah.cache.k")?;
             let mut nv = dev.alloc::<T>(cap * row, "tah.cache.v")?;
             let mut np = dev.alloc::<i32>(cap, "tah.cache.pos")?;
@@ -691,7 +723,8 @@ pub enum Phase {
 /// (`[n, H_kv, D]`, positions `pos` `[n]`, strictly increasing; `valid` `[n]` marks real tokens,
 /// padding entries are cached with 0 and never attended to) to slot `depth` of the cache, then
 /// attend with Q `[n, H, D]` (positions `pos`, depth `depth`) over slots `0..=depth` in duo-causal
-/// mode. Returns O `[n, H, D]` and LSE `[H, n]` (f32).
+/// mode. Returns O `[n, H, D]` and LSE `[H, n]` (f32). A call that fails leaves the cache as it
+/// was (every input is checked before the append, and a later failure rolls the append back).
 #[allow(clippy::too_many_arguments)]
 pub fn attend<T: HalfFloat>(
     cache: &mut KvCache<T>,
@@ -709,31 +742,84 @@ pub fn attend<T: HalfFloat>(
     let dev = cache.device().clone();
     on_device(OP, "q", &dev, q)?;
     let n = pos.len();
-    if heads == 0 || q.len() != n * heads * cache.head_dim() {
+    let (hk, d) = (cache.kv_heads(), cache.head_dim());
+    // Everything the attention op would refuse is checked before the cache changes; an error
+    // after the append (a device failure) rolls the append back.
+    if d != 64 && d != 128 {
+        return Err(Error::invalid(
+            OP,
+            format!("head_dim {d}, supported: 64, 128"),
+        ));
+    }
+    if heads == 0 || heads % hk != 0 || heads > MAX_HEADS {
         return Err(Error::invalid(
             OP,
             format!(
-                "q has {} elements, {n} tokens of [H {heads}, D {}] need {}",
-                q.len(),
-                cache.head_dim(),
-                n * heads * cache.head_dim()
+                "heads {heads} must be a positive multiple of kv_heads {hk}, at most {MAX_HEADS}"
             ),
         ));
     }
-    if depth > i32::MAX as usize || n > i32::MAX as usize {
+    if !scale.is_finite() {
         return Err(Error::invalid(
             OP,
-            format!("depth {depth} / {n} tokens too large"),
+            format!("scale must be finite, got {scale}"),
         ));
     }
+    if let Phase::Decode { splits } = phase {
+        if splits == 0 || splits > MAX_SPLITS {
+            return Err(Error::invalid(
+                OP,
+                format!("splits {splits}, supported: 1..={MAX_SPLITS}"),
+            ));
+        }
+    }
+    if Some(q.len()) != n.checked_mul(heads * d) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "q has {} elements, {n} tokens of [H {heads}, D {d}] need {}",
+                q.len(),
+                n as u128 * (heads * d) as u128
+            ),
+        ));
+    }
+    cache.slot(OP, depth)?;
+    let cached: usize = (0..=depth).map(|s| cache.len(s)).sum();
+    if depth > i32::MAX as usize || cached.saturating_add(n) > i32::MAX as usize {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "depth {depth}, {n} new tokens and {cached} cached keys exceed the int32 offsets"
+            ),
+        ));
+    }
+    let mark = cache.mark(depth);
     cache.append(depth, k, v, pos, valid)?;
-    let view = cache.view(depth)?;
-    if view.len > i32::MAX as usize {
-        return Err(Error::invalid(
-            OP,
-            format!("{} cached keys exceed the int32 offsets", view.len),
-        ));
+    let out = attend_cached(cache, depth, heads, q, pos, scale, phase);
+    if out.is_err() {
+        cache.rollback(depth, mark);
     }
+    out
+}
+
+/// Largest `heads` of the attention kernels (grid y).
+const MAX_HEADS: usize = 65_535;
+/// Largest `splits` of `attention::decode` (grid z).
+const MAX_SPLITS: usize = 65_535;
+
+/// The attention half of [`attend`], over the cache after the append.
+fn attend_cached<T: HalfFloat>(
+    cache: &KvCache<T>,
+    depth: usize,
+    heads: usize,
+    q: &DeviceBuffer<T>,
+    pos: &DeviceBuffer<i32>,
+    scale: f32,
+    phase: Phase,
+) -> Result<AttentionOut> {
+    let dev = cache.device();
+    let n = pos.len();
+    let view = cache.view(depth)?;
     let q_depth = dev.upload(&vec![depth as i32; n], "tah.q_depth")?;
     let cu_q = dev.upload(&[0, n as i32], "tah.cu_q")?;
     let cu_kv = dev.upload(&[0, view.len as i32], "tah.cu_kv")?;

@@ -27,6 +27,32 @@ pub enum Positions<'a> {
     Explicit(&'a DeviceBuffer<i32>),
 }
 
+/// Check that implicit positions fit in i32: token `t` of a sequence is at `t + offset`, so the
+/// last token of the longest sequence must not overflow (the kernels compute positions in int32).
+/// `cu` must already be checked (starts at 0, non-decreasing). Explicit positions need no check.
+pub(crate) fn check_positions(
+    op: &'static str,
+    what: &str,
+    p: &Positions,
+    cu: &[i32],
+) -> Result<()> {
+    let Positions::Implicit { offset } = *p else {
+        return Ok(());
+    };
+    let longest = cu.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    if longest > 0 && offset.checked_add(longest - 1).is_none() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{what} offset {offset} + {} (the last token of a sequence of {longest}) \
+                 overflows i32: implicit positions must fit in i32",
+                longest - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Which kernel path to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Path {
@@ -217,7 +243,7 @@ pub fn merge(
             format!(
                 "lse has {} elements, splits {splits} x heads {heads} x total_q {total_q} need {}",
                 lse.len(),
-                rows * splits
+                rows as u128 * splits as u128
             ),
         ));
     }
@@ -362,6 +388,12 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
             ),
         ));
     }
+    if a.heads > 65_535 {
+        return Err(Error::invalid(
+            OP,
+            format!("heads {} exceed the kernel's limit 65535", a.heads),
+        ));
+    }
     if splits == 0 || splits > DECODE_MAX_SPLITS {
         return Err(Error::invalid(
             OP,
@@ -421,6 +453,8 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
     let cu_kv = a.cu_seqlens_kv.download()?;
     decode_check_cu(OP, "cu_seqlens_q", &cu_q, total_q)?;
     decode_check_cu(OP, "cu_seqlens_kv", &cu_kv, total_kv)?;
+    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
+    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
     if let Positions::Explicit(b) = a.q_pos {
         decode_check_len(OP, "q_pos", dev, b, total_q)?;
     }
@@ -450,7 +484,8 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
     })
 }
 
-/// Resolve positions to one per token (implicit: index in the sequence + offset).
+/// Resolve positions to one per token (implicit: index in the sequence + offset, which
+/// [`check_positions`] has checked to fit in i32).
 fn decode_positions(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
     match p {
         Positions::Explicit(b) => b.download(),
@@ -458,7 +493,7 @@ fn decode_positions(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>>
             let mut out = vec![0i32; total];
             for w in cu.windows(2) {
                 for (t, x) in out[w[0] as usize..w[1] as usize].iter_mut().enumerate() {
-                    *x = (t as i32).wrapping_add(*offset);
+                    *x = t as i32 + *offset;
                 }
             }
             Ok(out)

@@ -17,14 +17,28 @@ pub(crate) fn on_device<T: DType>(
     dev: &Device,
     buf: &DeviceBuffer<T>,
 ) -> Result<()> {
-    if dev.same(buf.device()) {
+    let other = buf.device();
+    if dev.same(other) {
         Ok(())
+    } else if other.backend().to_string() == dev.backend().to_string() {
+        // Two devices that print alike: say why they are not the same.
+        Err(Error::invalid(
+            op,
+            format!(
+                "{what} is on another {} device (instance {}) than the op's (instance {}): each \
+                 Device::simt*() or Device::cpu_separate() call makes a new device; use clones \
+                 of one handle",
+                dev.backend(),
+                other.instance(),
+                dev.instance()
+            ),
+        ))
     } else {
         Err(Error::invalid(
             op,
             format!(
                 "{what} is on {} but the op runs on {}",
-                buf.device().backend(),
+                other.backend(),
                 dev.backend()
             ),
         ))

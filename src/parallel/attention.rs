@@ -417,88 +417,97 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
         transport.exchange(bufs, &copies)
     }
     let steps = n - 1;
-    if steps > 0 {
-        queue(&layout, 0, &devs, &mut bufs, &mut stats, transport)?;
-    }
-    for t in 0..n {
-        if t >= 1 {
-            // Step t computes on what AllGather step t - 1 delivered; step t's copies (which read
-            // those buffers and write fresh ones) go out first.
-            transport.wait()?;
-            if t < steps {
-                queue(&layout, t, &devs, &mut bufs, &mut stats, transport)?;
-            }
+    // Once a step is queued, copies may be in flight into `bufs`; on any error, wait for them
+    // before `bufs` is dropped and the error returned (the wait's own error is secondary).
+    let mut run = || -> Result<()> {
+        if steps > 0 {
+            queue(&layout, 0, &devs, &mut bufs, &mut stats, transport)?;
         }
-        for r in 0..n {
-            let (Some(dev), Some((cu_q, qp_b, max_q))) = (&devs[r], &q_info[r]) else {
-                if devs[r].is_some() {
-                    stats.skipped += 1;
+        for t in 0..n {
+            if t >= 1 {
+                // Step t computes on what AllGather step t - 1 delivered; step t's copies (which
+                // read those buffers and write fresh ones) go out first.
+                transport.wait()?;
+                if t < steps {
+                    queue(&layout, t, &devs, &mut bufs, &mut stats, transport)?;
                 }
-                continue;
-            };
-            let tq = g.local_len[r];
-            let (kb, vb, tk) = if t == 0 {
-                (LOCAL_K, LOCAL_V, g.local_len[r])
-            } else {
-                (recv_k(t - 1), recv_v(t - 1), layout.recv_len(r, t - 1))
-            };
-            if tk == 0 {
-                stats.skipped += 1;
-                continue;
             }
-            let kv_pos = if cfg.causal {
-                let p = step_pos(r, t);
-                if p.iter().copied().min().unwrap_or(i32::MAX) > *max_q {
+            for r in 0..n {
+                let (Some(dev), Some((cu_q, qp_b, max_q))) = (&devs[r], &q_info[r]) else {
+                    if devs[r].is_some() {
+                        stats.skipped += 1;
+                    }
+                    continue;
+                };
+                let tq = g.local_len[r];
+                let (kb, vb, tk) = if t == 0 {
+                    (LOCAL_K, LOCAL_V, g.local_len[r])
+                } else {
+                    (recv_k(t - 1), recv_v(t - 1), layout.recv_len(r, t - 1))
+                };
+                if tk == 0 {
                     stats.skipped += 1;
                     continue;
                 }
-                Some(dev.upload(&p, "sp.kv_pos")?)
-            } else {
-                None
-            };
-            let cu_kv = dev.upload(&[0, tk as i32], "sp.cu_kv")?;
-            let (q_pos, kv_pos_arg, mode) = match (qp_b, &kv_pos) {
-                (Some(qp), Some(kp)) => (
-                    Positions::Explicit(qp),
-                    Positions::Explicit(kp),
-                    MaskMode::Causal,
-                ),
-                _ => (
-                    Positions::Implicit { offset: 0 },
-                    Positions::Implicit { offset: 0 },
-                    MaskMode::Full,
-                ),
-            };
-            let x = inputs[r]
-                .as_ref()
-                .expect("checked: local ranks have inputs");
-            let out = attention::forward(&Attention {
-                q: x.q,
-                k: bufs.get(OP, r, kb)?,
-                v: bufs.get(OP, r, vb)?,
-                heads: h,
-                kv_heads: hk,
-                head_dim: d,
-                cu_seqlens_q: cu_q,
-                cu_seqlens_kv: &cu_kv,
-                q_pos,
-                kv_pos: kv_pos_arg,
-                q_depth: None,
-                kv_depth: None,
-                kv_valid: None,
-                scale: cfg.scale,
-                mode,
-                path: cfg.path,
-            })?;
-            stats.forward_calls += 1;
-            acc[r] = Some(match acc[r].take() {
-                None => out,
-                Some(prev) => {
-                    stats.merges += 1;
-                    merge_into(dev, prev, out, tq, h, d)?
-                }
-            });
+                let kv_pos = if cfg.causal {
+                    let p = step_pos(r, t);
+                    if p.iter().copied().min().unwrap_or(i32::MAX) > *max_q {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    Some(dev.upload(&p, "sp.kv_pos")?)
+                } else {
+                    None
+                };
+                let cu_kv = dev.upload(&[0, tk as i32], "sp.cu_kv")?;
+                let (q_pos, kv_pos_arg, mode) = match (qp_b, &kv_pos) {
+                    (Some(qp), Some(kp)) => (
+                        Positions::Explicit(qp),
+                        Positions::Explicit(kp),
+                        MaskMode::Causal,
+                    ),
+                    _ => (
+                        Positions::Implicit { offset: 0 },
+                        Positions::Implicit { offset: 0 },
+                        MaskMode::Full,
+                    ),
+                };
+                let x = inputs[r]
+                    .as_ref()
+                    .expect("checked: local ranks have inputs");
+                let out = attention::forward(&Attention {
+                    q: x.q,
+                    k: bufs.get(OP, r, kb)?,
+                    v: bufs.get(OP, r, vb)?,
+                    heads: h,
+                    kv_heads: hk,
+                    head_dim: d,
+                    cu_seqlens_q: cu_q,
+                    cu_seqlens_kv: &cu_kv,
+                    q_pos,
+                    kv_pos: kv_pos_arg,
+                    q_depth: None,
+                    kv_depth: None,
+                    kv_valid: None,
+                    scale: cfg.scale,
+                    mode,
+                    path: cfg.path,
+                })?;
+                stats.forward_calls += 1;
+                acc[r] = Some(match acc[r].take() {
+                    None => out,
+                    Some(prev) => {
+                        stats.merges += 1;
+                        merge_into(dev, prev, out, tq, h, d)?
+                    }
+                });
+            }
         }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        let _ = transport.wait();
+        return Err(e);
     }
     let mut outs = Vec::with_capacity(n);
     for (r, a) in acc.into_iter().enumerate() {

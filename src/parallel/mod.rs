@@ -64,6 +64,9 @@ pub trait Transport<T: DType> {
     /// The device of a local rank.
     fn device(&self, rank: usize) -> Result<&Device>;
     /// Queue one step's copies. Copies whose source and destination are both remote are ignored.
+    /// Every copy is checked before any is queued: an invalid step is an error that queues
+    /// nothing. After an error from the device while queuing, call [`Transport::wait`] before
+    /// reusing or dropping the buffers.
     fn exchange(&mut self, bufs: &mut RankBuffers<T>, copies: &[Copy]) -> Result<()>;
     /// Wait for every queued copy.
     fn wait(&mut self) -> Result<()>;
@@ -157,6 +160,7 @@ impl<T: DType> Transport<T> for Simulated {
                 format!("{} buffer sets for {} ranks", bufs.bufs.len(), self.n),
             ));
         }
+        // Check every copy before making any, so that a failed step changes nothing.
         for c in copies {
             if c.src_rank >= self.n || c.dst_rank >= self.n {
                 return Err(Error::invalid(
@@ -168,6 +172,16 @@ impl<T: DType> Transport<T> for Simulated {
                 ));
             }
             check_copy(OP, bufs, c, true, true)?;
+            let src = &bufs.bufs[c.src_rank][c.src_buf];
+            let dst = &bufs.bufs[c.dst_rank][c.dst_buf];
+            if !src.device().same(&self.device) || !dst.device().same(&self.device) {
+                return Err(Error::invalid(
+                    OP,
+                    "simulated ranks keep every buffer on the transport's device",
+                ));
+            }
+        }
+        for c in copies {
             // Distinct ranks: borrow the source immutably and the destination mutably.
             let (src, dst) = if c.src_rank < c.dst_rank {
                 let (a, b) = bufs.bufs.split_at_mut(c.dst_rank);
@@ -176,12 +190,6 @@ impl<T: DType> Transport<T> for Simulated {
                 let (a, b) = bufs.bufs.split_at_mut(c.src_rank);
                 (&b[0][c.src_buf], &mut a[c.dst_rank][c.dst_buf])
             };
-            if !src.device().same(&self.device) || !dst.device().same(&self.device) {
-                return Err(Error::invalid(
-                    OP,
-                    "simulated ranks keep every buffer on the transport's device",
-                ));
-            }
             dst.copy_range_from(c.dst_off, src, c.src_off, c.len)?;
         }
         Ok(())

@@ -578,7 +578,13 @@ pub fn all_gather<T: DType, X: Transport<T> + ?Sized>(
         ));
     }
     for s in 0..layout.plan.n - 1 {
-        transport.exchange(bufs, &layout.copies(s)?)?;
+        let copies = layout.copies(s)?;
+        if let Err(e) = transport.exchange(bufs, &copies) {
+            // Part of the step may be queued: nothing is left in flight when this returns (the
+            // wait's own error is secondary).
+            let _ = transport.wait();
+            return Err(e);
+        }
         transport.wait()?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! (one process per rank and GPU). Both carry the same [`Copy`] lists as [`super::Simulated`].
 //!
 //! **P2p.** Rank r is device r. Between host-memory devices (n distinct `Device::simt()` or
-//! `Device::cpu()` instances) a copy is a host `memcpy`, so P2p is fully tested on the CPU. On
+//! `Device::cpu_separate()` instances) a copy is a host `memcpy`, so P2p is fully tested on the CPU. On
 //! CUDA a copy is `cuMemcpyPeerAsync` on a copy stream of the *source* device, one stream per
 //! ring (copy [`Copy::ring`]), with peer access enabled between every pair where the hardware
 //! allows it. The streams of a step wait for the compute work queued on both devices before
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 pub use crate::device::nccl::NcclId;
 use crate::device::nccl::{self, Communicator, P2pOp};
 pub use crate::device::peer::PeerGroup;
+use crate::device::peer::MAX_CHANNELS;
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -113,6 +114,15 @@ impl<T: DType> Transport<T> for P2p {
         for c in copies {
             check_ranks(OP, c, n)?;
             check_copy(OP, bufs, c, true, true)?;
+            if c.ring >= MAX_CHANNELS {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "copy {} -> {} on ring {}: at most {MAX_CHANNELS} rings (copy channels)",
+                        c.src_rank, c.dst_rank, c.ring
+                    ),
+                ));
+            }
             for (rank, i) in [(c.src_rank, c.src_buf), (c.dst_rank, c.dst_buf)] {
                 let d = bufs.bufs[rank][i].device();
                 if !d.same(&self.group.devices()[rank]) {

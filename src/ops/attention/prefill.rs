@@ -9,7 +9,7 @@
 //! Work: `4 * D` FLOPs per visible (query, key, head) triple (S and P·V); bytes: Q, O once, K/V
 //! once per Q tile that does not skip them.
 
-use super::{Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions};
+use super::{check_positions, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions};
 use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::ops::on_device;
@@ -67,7 +67,8 @@ fn check_len<U: crate::dtype::DType>(
     Ok(())
 }
 
-/// Resolved positions of one side (host), for the CPU path.
+/// Resolved positions of one side (host), for the CPU path (implicit positions were checked to
+/// fit in i32 by [`check_positions`]).
 fn resolve(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
     match p {
         Positions::Explicit(b) => b.download(),
@@ -173,6 +174,8 @@ pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
     let cu_kv = a.cu_seqlens_kv.download()?;
     check_cu("cu_seqlens_q", &cu_q, total_q)?;
     check_cu("cu_seqlens_kv", &cu_kv, total_kv)?;
+    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
+    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
     if let Positions::Explicit(b) = a.q_pos {
         check_len(&dev, "q_pos", b, total_q)?;
     }

@@ -1,0 +1,218 @@
+//! Bad inputs that used to panic or be misreported (issue 9), on the CPU path, host SIMT wave32
+//! and wave64 (CUDA/HIP when present). Small problems only, so that the file also runs in a debug
+//! build, where integer overflow panics: `cargo test --test bad_inputs` (no `--release`).
+//!
+//! - Implicit positions (`t + offset`) that overflow i32 are an `InvalidArgument` naming the op,
+//!   for `attention::forward`, `decode` and `decode_partials`; the largest and smallest offsets
+//!   that fit run and give the right masks.
+//! - Every `Device::cpu()` handle is the same device; buffers of two distinct devices of one
+//!   backend are refused with a message that says why.
+
+use half::bf16;
+use tessera::ops::attention::{self as attn, Attention, AttentionOut, MaskMode, Path, Positions};
+use tessera::{Device, Error, Schedule, SimtConfig};
+
+/// The CPU path, SIMT wave32 and wave64 (in order), and CUDA/HIP when present.
+fn executors() -> Vec<Device> {
+    let mut d = vec![Device::cpu()];
+    for wave in [32, 64] {
+        d.push(
+            Device::simt_with(SimtConfig {
+                wave,
+                schedule: Schedule::InOrder,
+                workers: 2,
+                ..Default::default()
+            })
+            .expect("SIMT is always built"),
+        );
+    }
+    d.extend(Device::cuda(0).ok());
+    d.extend(Device::hip(0).ok());
+    d
+}
+
+fn expect_invalid<T: std::fmt::Debug>(r: tessera::Result<T>, op: &str, needles: &[&str]) {
+    match r {
+        Err(Error::InvalidArgument { op: o, msg }) => {
+            assert_eq!(o, op, "{msg}");
+            for n in needles {
+                assert!(msg.contains(n), "{op}: '{msg}' lacks '{n}'");
+            }
+        }
+        other => panic!("{op}: expected InvalidArgument ({needles:?}), got {other:?}"),
+    }
+}
+
+const H: usize = 2;
+const D: usize = 64;
+/// Two sequences of 1 and 2 tokens (queries and keys alike).
+const CU: [i32; 3] = [0, 1, 3];
+
+struct Bufs {
+    q: tessera::DeviceBuffer<bf16>,
+    kv: tessera::DeviceBuffer<bf16>,
+    cu: tessera::DeviceBuffer<i32>,
+}
+
+fn bufs(dev: &Device) -> Bufs {
+    Bufs {
+        q: dev.upload(&[bf16::ZERO; 3 * H * D], "q").unwrap(),
+        kv: dev.upload(&[bf16::ZERO; 3 * D], "kv").unwrap(),
+        cu: dev.upload(&CU, "cu").unwrap(),
+    }
+}
+
+fn problem(b: &Bufs, q_off: i32, kv_off: i32) -> Attention<'_, bf16> {
+    Attention {
+        q: &b.q,
+        k: &b.kv,
+        v: &b.kv,
+        heads: H,
+        kv_heads: 1,
+        head_dim: D,
+        cu_seqlens_q: &b.cu,
+        cu_seqlens_kv: &b.cu,
+        q_pos: Positions::Implicit { offset: q_off },
+        kv_pos: Positions::Implicit { offset: kv_off },
+        q_depth: None,
+        kv_depth: None,
+        kv_valid: None,
+        scale: 0.125,
+        mode: MaskMode::Causal,
+        path: Path::Auto,
+    }
+}
+
+/// All-zero inputs, equal offsets, causal: row t of a sequence sees t + 1 keys, all with score
+/// 0, so O = 0 and LSE = ln(t + 1).
+fn check_equal_offsets(out: &AttentionOut, what: &str) {
+    let lse = out.lse.download().unwrap();
+    let want: Vec<f32> = (0..H).flat_map(|_| [0f32, 0.0, 2f32.ln()]).collect();
+    for (g, w) in lse.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{what}: lse {lse:?}, want {want:?}");
+    }
+    assert!(
+        out.o.download().unwrap().iter().all(|&x| x == 0.0),
+        "{what}"
+    );
+}
+
+/// `Positions::Implicit { offset: i32::MAX }` used to panic in a debug build ("attempt to add
+/// with overflow" in ops/attention/prefill.rs) and to wrap in release and on the kernels.
+#[test]
+fn forward_rejects_overflowing_positions() {
+    for dev in executors() {
+        let b = bufs(&dev);
+        let on = dev.backend();
+        for path in [Path::Auto, Path::Scalar] {
+            for (q_off, kv_off, side) in [
+                (i32::MAX, 0, "q_pos"),
+                (0, i32::MAX, "kv_pos"),
+                (i32::MAX, i32::MAX, "q_pos"),
+            ] {
+                let a = Attention {
+                    path,
+                    ..problem(&b, q_off, kv_off)
+                };
+                expect_invalid(
+                    attn::forward(&a),
+                    "attention",
+                    &[side, "overflows i32", &q_off.max(kv_off).to_string()],
+                );
+            }
+            // The extremes that fit: the last token at i32::MAX, the first at i32::MIN.
+            for off in [i32::MAX - 1, i32::MIN] {
+                let a = Attention {
+                    path,
+                    ..problem(&b, off, off)
+                };
+                let out = attn::forward(&a)
+                    .unwrap_or_else(|e| panic!("offset {off} {path:?} on {on}: {e}"));
+                check_equal_offsets(&out, &format!("forward offset {off} {path:?} on {on}"));
+            }
+        }
+        // Explicit positions need no arithmetic: i32::MAX is a position like any other.
+        let pos = dev
+            .upload(&[i32::MAX, i32::MAX - 1, i32::MAX], "pos")
+            .unwrap();
+        let a = Attention {
+            q_pos: Positions::Explicit(&pos),
+            kv_pos: Positions::Explicit(&pos),
+            ..problem(&b, 0, 0)
+        };
+        check_equal_offsets(&attn::forward(&a).unwrap(), &format!("explicit on {on}"));
+    }
+}
+
+/// The same for flash-decoding (`decode_partials` used `wrapping_add`).
+#[test]
+fn decode_rejects_overflowing_positions() {
+    for dev in executors() {
+        let b = bufs(&dev);
+        let on = dev.backend();
+        for (q_off, kv_off, side) in [(i32::MAX, 0, "q_pos"), (0, i32::MAX, "kv_pos")] {
+            let a = problem(&b, q_off, kv_off);
+            let needles = [side, "overflows i32"];
+            expect_invalid(attn::decode(&a, 1), "attention::decode", &needles);
+            expect_invalid(attn::decode(&a, 2), "attention::decode", &needles);
+            expect_invalid(attn::decode_partials(&a, 2), "attention::decode", &needles);
+        }
+        for off in [i32::MAX - 1, i32::MIN] {
+            for splits in [1, 2] {
+                let out = attn::decode(&problem(&b, off, off), splits)
+                    .unwrap_or_else(|e| panic!("offset {off} on {on}: {e}"));
+                check_equal_offsets(&out, &format!("decode offset {off} S={splits} on {on}"));
+            }
+        }
+    }
+}
+
+/// `k` uploaded through a second `Device::cpu()` handle gave "k is on cpu but the op runs on
+/// cpu": every `Device::cpu()` is now the same device.
+#[test]
+fn every_cpu_handle_is_one_device() {
+    let (a, b) = (Device::cpu(), Device::cpu());
+    assert!(a.same(&b));
+    let (qa, kb) = (bufs(&a), bufs(&b));
+    let p = Attention {
+        k: &kb.kv,
+        v: &kb.kv,
+        cu_seqlens_kv: &kb.cu,
+        ..problem(&qa, 0, 0)
+    };
+    check_equal_offsets(&attn::forward(&p).unwrap(), "forward, two cpu handles");
+    check_equal_offsets(&attn::decode(&p, 2).unwrap(), "decode, two cpu handles");
+    let base = a.upload(&[1.0f32, 2.0, 3.0], "base").unwrap();
+    let new = b.upload(&[1.0f32, 2.5, 3.0], "new").unwrap();
+    let delta = tessera::ops::bitmask::sparsify(&base, &new, 0.0).unwrap();
+    let back = tessera::ops::bitmask::densify(&base, &delta).unwrap();
+    assert_eq!(back.download().unwrap(), vec![1.0, 2.5, 3.0]);
+}
+
+/// Distinct devices that print alike (two SIMT executors, a separate CPU device) are refused
+/// with a message that says why, not "k is on cpu but the op runs on cpu".
+#[test]
+fn distinct_devices_of_one_backend_say_why() {
+    for (a, b) in [
+        (Device::cpu(), Device::cpu_separate()),
+        (Device::simt(), Device::simt()),
+    ] {
+        assert!(!a.same(&b));
+        let (qa, kb) = (bufs(&a), bufs(&b));
+        let p = Attention {
+            k: &kb.kv,
+            ..problem(&qa, 0, 0)
+        };
+        let what = a.backend().to_string();
+        expect_invalid(
+            attn::forward(&p),
+            "attention",
+            &["k is on another", &what, "use clones of one handle"],
+        );
+        expect_invalid(
+            attn::decode(&p, 1),
+            "attention::decode",
+            &["k is on another", &what],
+        );
+    }
+}
