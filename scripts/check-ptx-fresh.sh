@@ -23,6 +23,10 @@ while IFS= read -r f; do
   [ -f "$TMP/ptx/$f" ] || stale+=("ptx/$f (stale: no kernel source produces it)")
 done < <(cd ptx && find . -name '*.ptx' | sed 's|^\./||' | LC_ALL=C sort)
 
+if ! cmp -s "$TMP/ptx/sources.sha256" ptx/sources.sha256; then
+  stale+=("ptx/sources.sha256 (the kernel sources changed since ptx/ was generated)")
+fi
+
 if ((${#stale[@]})); then
   echo "check-ptx-fresh: the committed PTX is not what cuda/ compiles to:" >&2
   printf '  %s\n' "${stale[@]}" >&2

@@ -2,7 +2,11 @@
 # Regenerates the committed PTX (ptx/<module>.<arch>.ptx for sm_80 and sm_90a) from every
 # cuda/**/*.cu except cuda/simt, with the pinned nvcc and exactly the command build/ptx.rs runs:
 #   cd <crate root> && nvcc -ptx -arch=<arch> $(build/nvcc-flags.txt) -I cuda -o <out> cuda/<module>.cu
-# Stale files (kernels that no longer exist) are deleted.
+# Stale files (kernels that no longer exist) are deleted. ptx/sources.sha256 records the SHA-256
+# of every input (each .cu/.cuh under cuda/ but cuda/simt/, and build/nvcc-flags.txt, in
+# `sha256sum` format, sorted by path); a build that embeds the committed ptx/ (no nvcc) warns
+# when an input no longer matches it. So any change to those inputs needs a regen (CI's
+# scripts/check-ptx-fresh.sh fails otherwise), even one that leaves the PTX itself unchanged.
 #
 # Usage: scripts/regen-ptx.sh [OUT_DIR]     (default: ptx/)
 # nvcc: $NVCC when it is the pinned version, else scripts/install-toolchains.sh provides it.
@@ -45,6 +49,10 @@ for src in "${SOURCES[@]}"; do
     fi
   done
 done
+
+# What this PTX was generated from (build/ptx.rs compares it with the sources it builds).
+mapfile -t INPUTS < <({ find cuda -type f \( -name '*.cu' -o -name '*.cuh' \) -not -path 'cuda/simt/*'; echo build/nvcc-flags.txt; } | LC_ALL=C sort)
+sha256sum "${INPUTS[@]}" > "$TMP/sources.sha256"
 
 # Replace DEST wholesale so stale PTX disappears.
 rm -rf "$DEST"

@@ -282,7 +282,12 @@ fn head_dim() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
+    // No failure persistence: a failing case must not write into the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn full(batch in 1usize..4, g in gqa(), d in head_dim(), bf in any::<bool>(), seed: u64) {

@@ -94,7 +94,12 @@ fn pattern() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    // No failure persistence: a failing case must not write into the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn matches_reference_f32(n in interesting_len(), p in pattern(), seed: u64, lossy in any::<bool>()) {

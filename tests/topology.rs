@@ -522,7 +522,12 @@ fn validate_names_the_problem() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // No failure persistence: a failing case must not write into the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Random n and a random corruption of its schedule: `validate` rejects exactly when the
     /// independent checker does, and always for the corruptions that must break it.
