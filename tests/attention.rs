@@ -493,3 +493,370 @@ fn errors() {
         "k is on",
     );
 }
+
+// ---- NaN and Inf (docs/architecture.md, "NaN and Inf in attention") ----------------------------
+//
+// Each test poisons a finite problem and builds the expected answer from the clean problem's
+// reference by the documented rules, independently of the reference's own NaN handling; the
+// reference, the CPU path and every kernel path must match it: NaN where NaN, the same infinity
+// where infinite, and within the usual tolerances elsewhere.
+
+/// One sequence of `n` tokens at positions `0..n`, random contents, all keys valid.
+fn seq_case<T: HalfFloat>(
+    mode: MaskMode,
+    n: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    seed: u64,
+) -> Case {
+    let mut r = Rng(seed);
+    let mut gen = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| T::from_f64((r.unit() - 0.5) * 4.0).to_f32())
+            .collect()
+    };
+    let q = gen(n * heads * d);
+    let k = gen(n * kv_heads * d);
+    let v = gen(n * kv_heads * d);
+    let pos: Vec<i32> = (0..n as i32).collect();
+    Case {
+        heads,
+        kv_heads,
+        d,
+        cu_q: vec![0, n as i32],
+        cu_kv: vec![0, n as i32],
+        q_pos: pos.clone(),
+        kv_pos: pos,
+        implicit: (mode != MaskMode::DuoCausal).then_some((0, 0)),
+        q_depth: vec![0; n],
+        kv_depth: vec![0; n],
+        kv_valid: None,
+        mode,
+        q,
+        k,
+        v,
+        scale: 1.0 / (d as f32).sqrt(),
+    }
+}
+
+/// Whether query token `i` sees key token `j` in `c` (same sequence and visible).
+fn sees(c: &Case, i: usize, j: usize) -> bool {
+    let seq = |cu: &[i32], t: usize| {
+        cu.windows(2)
+            .position(|w| (w[0] as usize..w[1] as usize).contains(&t))
+    };
+    if seq(&c.cu_q, i) != seq(&c.cu_kv, j) {
+        return false;
+    }
+    let valid = c.kv_valid.as_ref().map_or(1, |v| v[j]) != 0;
+    valid
+        && match c.mode {
+            MaskMode::Full => true,
+            MaskMode::Causal => c.kv_pos[j] <= c.q_pos[i],
+            MaskMode::DuoCausal => c.kv_pos[j] <= c.q_pos[i] && c.kv_depth[j] <= c.q_depth[i],
+        }
+}
+
+/// Index of element `e` of row `t`, head `h` in a `[tokens, heads, d]` tensor.
+fn at(heads: usize, d: usize, t: usize, h: usize, e: usize) -> usize {
+    (t * heads + h) * d + e
+}
+
+/// The clean reference of `c`, then: rows (i, h) with `nan(i, h)` all NaN (O and LSE); else O
+/// entries listed by `inf(i, h)` (d, value) replaced.
+fn expected(
+    clean: &Case,
+    nan: impl Fn(usize, usize) -> bool,
+    inf: impl Fn(usize, usize) -> Vec<(usize, f64)>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut o, mut l) = reference_of(clean);
+    let (h_n, d, tq) = (clean.heads, clean.d, clean.q_pos.len());
+    for i in 0..tq {
+        for h in 0..h_n {
+            if nan(i, h) {
+                o[at(h_n, d, i, h, 0)..][..d].fill(f64::NAN);
+                l[h * tq + i] = f64::NAN;
+            } else {
+                for (e, x) in inf(i, h) {
+                    o[at(h_n, d, i, h, e)] = x;
+                }
+            }
+        }
+    }
+    (o, l)
+}
+
+/// Class-exact comparison (NaN, +-inf) and, on the entries finite in `eo`/`el`, O relative L2
+/// <= 1e-2 and LSE abs 1e-3. Returns (O error, LSE error).
+fn compare_nonfinite(o: &[f32], l: &[f32], eo: &[f64], el: &[f64]) -> Result<(f64, f64), String> {
+    if o.len() != eo.len() || l.len() != el.len() {
+        return Err("length mismatch".into());
+    }
+    let same_class = |x: f32, y: f64| {
+        if y.is_nan() {
+            x.is_nan()
+        } else if y.is_infinite() {
+            x as f64 == y
+        } else {
+            x.is_finite()
+        }
+    };
+    let (mut num, mut den) = (0f64, 0f64);
+    for (n, (&x, &y)) in o.iter().zip(eo).enumerate() {
+        if !same_class(x, y) {
+            return Err(format!("O[{n}] = {x}, expected {y}"));
+        }
+        if y.is_finite() {
+            num += (x as f64 - y).powi(2);
+            den += y * y;
+        }
+    }
+    let eo_err = if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    };
+    if eo_err > 1e-2 {
+        return Err(format!("O rel L2 {eo_err:.2e} on the finite entries"));
+    }
+    let mut el_err = 0f64;
+    for (n, (&x, &y)) in l.iter().zip(el).enumerate() {
+        if !same_class(x, y) {
+            return Err(format!("LSE[{n}] = {x}, expected {y}"));
+        }
+        if y.is_finite() {
+            el_err = el_err.max((x as f64 - y).abs());
+        }
+    }
+    if el_err > 1e-3 {
+        return Err(format!("LSE abs error {el_err:.2e}"));
+    }
+    Ok((eo_err, el_err))
+}
+
+/// `c` (poisoned) against `exp` on the reference, the CPU path and every kernel path; every
+/// failure is reported.
+fn check_nonfinite<T: HalfFloat>(c: &Case, exp: &(Vec<f64>, Vec<f64>), what: &str) {
+    let (ro, rl) = reference_of(c);
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut errs = vec![];
+    if let Err(e) = compare_nonfinite(&to32(&ro), &to32(&rl), &exp.0, &exp.1) {
+        errs.push(format!("reference: {e}"));
+    }
+    let mut worst = (0f64, 0f64);
+    for dev in devices() {
+        let paths: &[Path] = if dev.backend().runs_kernels() {
+            &[Path::Auto, Path::Scalar]
+        } else {
+            &[Path::Auto]
+        };
+        for &path in paths {
+            let (o, l) = run::<T>(&dev, c, path).unwrap();
+            match compare_nonfinite(&o, &l, &exp.0, &exp.1) {
+                Ok((eo, el)) => worst = (worst.0.max(eo), worst.1.max(el)),
+                Err(e) => errs.push(format!("{} {path:?}: {e}", dev.backend())),
+            }
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "{what} {}: {} failures:\n{}",
+        std::any::type_name::<T>(),
+        errs.len(),
+        errs.join("\n")
+    );
+    eprintln!(
+        "{what} {}: worst O rel L2 {:.2e}, LSE abs {:.2e}",
+        std::any::type_name::<T>(),
+        worst.0,
+        worst.1
+    );
+}
+
+/// Defect 1: a NaN in a visible key, a query or a visible value makes exactly the rows that see
+/// it NaN, O and LSE (the kernels used to return LSE = -inf for them, and a NaN value used to
+/// poison only its column).
+#[test]
+fn nan_poisons_exactly_the_rows_that_see_it() {
+    fn one<T: HalfFloat>() {
+        let (heads, kv_heads, d) = (4, 2, 64);
+        let clean = seq_case::<T>(MaskMode::Causal, 100, heads, kv_heads, d, 11);
+        let mut c = clean.clone();
+        c.k[at(kv_heads, d, 40, 1, 3)] = f32::NAN; // rows >= 40 of heads 2, 3
+        c.q[at(heads, d, 10, 0, 0)] = f32::NAN; // row 10 of head 0
+        c.v[at(kv_heads, d, 70, 0, 5)] = f32::NAN; // rows >= 70 of heads 0, 1 (whole rows)
+        let exp = expected(
+            &clean,
+            |i, h| (h >= 2 && i >= 40) || (i == 10 && h == 0) || (h < 2 && i >= 70),
+            |_, _| vec![],
+        );
+        check_nonfinite::<T>(&c, &exp, "NaN in k, q, v");
+    }
+    one::<bf16>();
+    one::<f16>();
+}
+
+/// Defect 2: Inf and NaN in the V rows of keys a query cannot see change nothing for it (the
+/// kernels used to compute 0 * Inf on boundary tiles, poisoning the whole 64-row tile); a visible
+/// +-Inf in V gives that O entry +-Inf (both signs: NaN), the rest of the row as without it.
+#[test]
+fn masked_inf_and_nan_in_v_leak_nowhere() {
+    fn one<T: HalfFloat>() {
+        let (heads, kv_heads, d) = (2, 1, 64);
+        let clean = seq_case::<T>(MaskMode::Causal, 100, heads, kv_heads, d, 12);
+        let mut c = clean.clone();
+        let mut zeroed = clean.clone();
+        for (j, e, x) in [
+            (32, 5, f32::INFINITY),
+            (33, 5, f32::NEG_INFINITY),
+            (40, 6, f32::NEG_INFINITY),
+            (63, 7, f32::INFINITY),
+            (90, 8, f32::NAN),
+        ] {
+            c.v[at(kv_heads, d, j, 0, e)] = x;
+            zeroed.v[at(kv_heads, d, j, 0, e)] = 0.0;
+        }
+        let exp = expected(
+            &zeroed,
+            |i, _| i >= 90,
+            |i, _| {
+                let mut v = vec![];
+                if i == 32 {
+                    v.push((5, f64::INFINITY));
+                } else if i > 32 {
+                    v.push((5, f64::NAN));
+                }
+                if i >= 40 {
+                    v.push((6, f64::NEG_INFINITY));
+                }
+                if i >= 63 {
+                    v.push((7, f64::INFINITY));
+                }
+                v
+            },
+        );
+        check_nonfinite::<T>(&c, &exp, "causal, Inf/NaN in v");
+    }
+    one::<bf16>();
+    one::<f16>();
+}
+
+/// Defect 2 in duo mode: an Inf in the V of a depth-1 key does not reach depth-0 rows, and
+/// K/V rows of invalid slots holding NaN and Inf reach nobody.
+#[test]
+fn duo_depth1_inf_and_invalid_slots_leak_nowhere() {
+    fn one<T: HalfFloat>() {
+        // 60 positions at depth 0, every third one again at depth 1 (rows 60..80), one slot
+        // per (position, depth), grouped by depth.
+        let (heads, kv_heads, d) = (2, 1, 64);
+        let mut clean = seq_case::<T>(MaskMode::DuoCausal, 80, heads, kv_heads, d, 13);
+        let pos: Vec<i32> = (0..60).chain((0..60).step_by(3)).collect();
+        let depth: Vec<i32> = (0..80).map(|t| i32::from(t >= 60)).collect();
+        clean.q_pos = pos.clone();
+        clean.kv_pos = pos;
+        clean.q_depth = depth.clone();
+        clean.kv_depth = depth;
+        let mut valid = vec![1u8; 80];
+        valid[20] = 0;
+        valid[70] = 0;
+        clean.kv_valid = Some(valid);
+        let mut c = clean.clone();
+        let mut zeroed = clean.clone();
+        // Key 65: position 15, depth 1. Rows that see it: depth 1, position >= 15.
+        c.v[at(kv_heads, d, 65, 0, 4)] = f32::INFINITY;
+        zeroed.v[at(kv_heads, d, 65, 0, 4)] = 0.0;
+        for j in [20, 70] {
+            for e in 0..d {
+                c.k[at(kv_heads, d, j, 0, e)] = if e % 2 == 0 { f32::NAN } else { f32::INFINITY };
+                c.v[at(kv_heads, d, j, 0, e)] = if e % 2 == 0 { f32::INFINITY } else { f32::NAN };
+            }
+        }
+        let exp = expected(
+            &zeroed,
+            |_, _| false,
+            |i, _| {
+                if sees(&clean, i, 65) {
+                    vec![(4, f64::INFINITY)]
+                } else {
+                    vec![]
+                }
+            },
+        );
+        assert!((0..80).filter(|&i| sees(&clean, i, 65)).count() >= 10);
+        check_nonfinite::<T>(
+            &c,
+            &exp,
+            "duo, Inf in a depth-1 v, NaN/Inf in invalid slots",
+        );
+    }
+    one::<bf16>();
+    one::<f16>();
+}
+
+/// K: a masked NaN/Inf key changes nothing; a visible one follows IEEE arithmetic on the score:
+/// NaN or +inf makes the row NaN, -inf gives the key weight 0 as if it were masked (a row whose
+/// every visible score is -inf: O = 0, LSE = -inf).
+#[test]
+fn inf_and_nan_keys() {
+    fn one<T: HalfFloat>() {
+        let (heads, kv_heads, d) = (2, 1, 64);
+        let mut clean = seq_case::<T>(MaskMode::Causal, 100, heads, kv_heads, d, 14);
+        for i in 0..100 {
+            for h in 0..heads {
+                clean.q[at(heads, d, i, h, 0)] = 1.0; // the sign of q . k where k[0] is infinite
+            }
+        }
+        let mut c = clean.clone();
+        c.k[at(kv_heads, d, 0, 0, 0)] = f32::NEG_INFINITY; // score -inf: row 0 sees nothing else
+        c.k[at(kv_heads, d, 10, 0, 0)] = f32::NEG_INFINITY; // score -inf
+        c.k[at(kv_heads, d, 50, 0, 0)] = f32::INFINITY; // score +inf: rows >= 50 NaN
+        c.k[at(kv_heads, d, 35, 0, 9)] = f32::NAN; // rows >= 35 NaN
+        let mut masked = clean.clone();
+        let mut valid = vec![1u8; 100];
+        valid[0] = 0;
+        valid[10] = 0;
+        masked.kv_valid = Some(valid);
+        let exp = expected(&masked, |i, _| i >= 35, |_, _| vec![]);
+        assert_eq!(exp.1[0], f64::NEG_INFINITY);
+        check_nonfinite::<T>(&c, &exp, "Inf/NaN in k");
+    }
+    one::<bf16>();
+    one::<f16>();
+}
+
+/// A visible Inf in V whose weight underflows (to 0 in f16/bf16 P, in f32 exp, and in the
+/// rescaling factor when a later tile raises the running max by ~160) still gives +Inf, not NaN:
+/// the weight of a key with a finite score is positive.
+#[test]
+fn inf_in_v_with_vanishing_weight() {
+    fn one<T: HalfFloat>() {
+        let (heads, kv_heads, d) = (2, 1, 64);
+        let mut clean = seq_case::<T>(MaskMode::Causal, 100, heads, kv_heads, d, 15);
+        for i in 0..100 {
+            for h in 0..heads {
+                clean.q[at(heads, d, i, h, 0)] = 30.0;
+            }
+            // keys 0..32 score about -112, later keys about +112 (scale 1/8)
+            clean.k[at(kv_heads, d, i, 0, 0)] = if i < 32 { -30.0 } else { 30.0 };
+        }
+        let mut c = clean.clone();
+        let mut zeroed = clean.clone();
+        c.v[at(kv_heads, d, 3, 0, 2)] = f32::INFINITY;
+        zeroed.v[at(kv_heads, d, 3, 0, 2)] = 0.0;
+        let exp = expected(
+            &zeroed,
+            |_, _| false,
+            |i, _| {
+                if i >= 3 {
+                    vec![(2, f64::INFINITY)]
+                } else {
+                    vec![]
+                }
+            },
+        );
+        check_nonfinite::<T>(&c, &exp, "Inf in v with a vanishing weight");
+    }
+    one::<bf16>();
+    one::<f16>();
+}

@@ -9,15 +9,23 @@
 //   a warp sum, and each warp keeps an online softmax (max, sum, O accumulator) per head in f32.
 //   The warps' states are combined through shared memory at the end. A range where no key is
 //   visible gives O = 0 and LSE = -inf.
+//   NaN and Inf (docs/architecture.md, "NaN and Inf in attention"; the reference's rules): a key
+//   whose score is NaN or +inf poisons its head (the row is NaN); a score of -inf is skipped like
+//   a masked key; a NaN in a visible V row makes every head of the block NaN (they share the kv
+//   head); a +-Inf V entry is summed as 0 and flagged per (head, element), and the flag turns the
+//   O entry into that infinity at the end, whatever the key's weight (so neither an underflowed
+//   weight nor a rescaling by 0 makes 0 * Inf).
 //   Visibility (exactly the reference's, src/reference/attention.rs): the key slot is valid
 //   (kv_valid null = all valid) and, for mode 1 (causal) kv_pos <= q_pos, for mode 2
 //   (duo-causal) also kv_depth <= q_depth; mode 0 (full) sees every valid key. A null position
 //   array means implicit positions: token t of a sequence has position t + offset.
 //
 // attn_merge(...) -> O [total_q, H, D], LSE [H, total_q]: one thread per output element.
-//   m = max_s lse_s; m == -inf gives O = 0, LSE = -inf; else w_s = exp(lse_s - m) (splits with
-//   lse_s == -inf are skipped, so their O is never read), O = sum w_s O_s / sum w_s and
-//   LSE = m + log(sum w_s). No NaN arises from -inf.
+//   A NaN or +inf lse_s makes the element and the LSE NaN. m = max_s lse_s; m == -inf gives
+//   O = 0, LSE = -inf; else w_s = exp(lse_s - m) (splits with lse_s == -inf are skipped, so their
+//   O is never read), O = sum w_s O_s / sum w_s and LSE = m + log(sum w_s), where a non-finite
+//   O_s (+-Inf, NaN) is summed apart and is the result whatever w_s (a split with a finite LSE
+//   has a positive weight). No NaN arises from -inf.
 //
 // Bytes: decode reads each visible sequence's K and V once per (query token, head chunk) —
 // for one query per sequence and one chunk per kv head that is exactly K and V once — and writes
@@ -34,6 +42,9 @@ constexpr int kMaxDim = 128;
 constexpr int kMergeBlock = 256;
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(static_cast<int>(0xff800000u)); }
+__device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float qnan() { return __int_as_float(0x7fc00000); }
+__device__ __forceinline__ bool is_finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
 // The decode block's shared state: each warp's online-softmax (max, sum, O) per head. One
 // function owns it so that the D = 64 and D = 128 paths of a kernel share one allocation.
@@ -128,6 +139,10 @@ __device__ __forceinline__ void split_kernel(const uint16_t* __restrict__ q,
   float qv[kMaxHeads][kE];
   float acc[kMaxHeads][kE];
   float m[kMaxHeads], l[kMaxHeads];
+  static_assert(kMaxHeads * kE <= 64, "one bit per (head, element) in a uint64");
+  uint64_t pinf = 0, ninf = 0;  // bit h * kE + e: a +-Inf V entry at element e, seen by head h
+  uint32_t poison = 0;          // bit h: head h saw a NaN or +inf score
+  bool vnan = false;            // a V row this query sees holds a NaN (in this lane's elements)
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
     m[h] = kNegInf;
@@ -157,6 +172,23 @@ __device__ __forceinline__ void split_kernel(const uint16_t* __restrict__ q,
     float kr[kE], vr[kE];
     load_row<E>(k + row, kr);
     load_row<E>(v + row, vr);
+    bool vbad = false;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) vbad = vbad || !is_finite(vr[e]);
+    uint32_t vp = 0, vn = 0;  // bit e: vr[e] is +Inf / -Inf (then summed as 0)
+    if (vbad) {
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        if (is_finite(vr[e])) continue;
+        if (vr[e] != vr[e])
+          vnan = true;
+        else if (vr[e] > 0.0f)
+          vp |= 1u << e;
+        else
+          vn |= 1u << e;
+        vr[e] = 0.0f;
+      }
+    }
 #pragma unroll
     for (int h = 0; h < kMaxHeads; ++h) {
       if (h < hn) {
@@ -164,6 +196,14 @@ __device__ __forceinline__ void split_kernel(const uint16_t* __restrict__ q,
 #pragma unroll
         for (int e = 0; e < kE; ++e) dot = fmaf(qv[h][e], kr[e], dot);
         const float sc = warp_sum(dot);
+        if (!is_finite(sc)) {  // warp-uniform
+          if (sc != kNegInf) poison |= 1u << h;  // NaN or +inf: the row is NaN
+          continue;                              // -inf: weight 0, as if masked
+        }
+        if (vbad) {
+          pinf |= static_cast<uint64_t>(vp) << (h * kE);
+          ninf |= static_cast<uint64_t>(vn) << (h * kE);
+        }
         if (sc > m[h]) {
           const float corr = expf(m[h] - sc);  // 0 when m was -inf
           l[h] = l[h] * corr + 1.0f;
@@ -180,33 +220,49 @@ __device__ __forceinline__ void split_kernel(const uint16_t* __restrict__ q,
     }
   }
 
+  // Each warp's state; a poisoned head's max is NaN, a flagged accumulator entry is its
+  // infinity (or NaN for both signs).
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
     if (h < hn) {
       if (lane == 0) {
-        red.m[warp][h] = m[h];
+        red.m[warp][h] = (poison >> h) & 1u ? qnan() : m[h];
         red.l[warp][h] = l[h];
       }
 #pragma unroll
-      for (int e = 0; e < kE; ++e) red.acc[warp][h][lane * kE + e] = acc[h][e];
+      for (int e = 0; e < kE; ++e) {
+        const int k = h * kE + e;
+        const bool pi = ((pinf >> k) & 1u) != 0, ni = ((ninf >> k) & 1u) != 0;
+        red.acc[warp][h][lane * kE + e] = pi ? (ni ? qnan() : pos_inf()) : (ni ? kNegInf : acc[h][e]);
+      }
     }
   }
-  __syncthreads();
+  const bool nan_v = __syncthreads_or(vnan) != 0;  // some visible V row holds a NaN
 
   for (int idx = static_cast<int>(threadIdx.x); idx < hn * D; idx += static_cast<int>(blockDim.x)) {
     const int h = idx / D, d = idx % D;
     float mx = kNegInf;
-    for (int w = 0; w < nwarps; ++w) mx = fmaxf(mx, red.m[w][h]);
+    bool nan = nan_v;
+    for (int w = 0; w < nwarps; ++w) {
+      nan = nan || red.m[w][h] != red.m[w][h];
+      mx = fmaxf(mx, red.m[w][h]);
+    }
     float out = 0.0f, lse = kNegInf;
-    if (mx != kNegInf) {
-      float sum = 0.0f, a = 0.0f;
+    if (nan) {
+      out = lse = qnan();
+    } else if (mx != kNegInf) {
+      float sum = 0.0f, a = 0.0f, sp = 0.0f;  // sp: the infinite entries, summed apart
       for (int w = 0; w < nwarps; ++w) {
         if (red.m[w][h] == kNegInf) continue;
         const float f = expf(red.m[w][h] - mx);
         sum = fmaf(red.l[w][h], f, sum);
-        a = fmaf(red.acc[w][h][d], f, a);
+        const float x = red.acc[w][h][d];
+        if (is_finite(x))
+          a = fmaf(x, f, a);
+        else
+          sp += x;
       }
-      out = a / sum;
+      out = is_finite(sp) ? a / sum : sp;
       lse = mx + logf(sum);
     }
     const int hg = h0 + h;
@@ -230,18 +286,29 @@ __device__ __forceinline__ void merge_kernel(const float* __restrict__ o_part,
   const int64_t rows = static_cast<int64_t>(heads) * total_q;
   const int64_t lrow = static_cast<int64_t>(h) * total_q + i;
   float mx = kNegInf;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, lse_part[s * rows + lrow]);
+  bool nan = false;  // a NaN or +inf LSE
+  for (int s = 0; s < splits; ++s) {
+    const float ls = lse_part[s * rows + lrow];
+    nan = nan || !(ls < pos_inf());
+    mx = fmaxf(mx, ls);
+  }
   float out = 0.0f, l = kNegInf;
-  if (mx != kNegInf) {
-    float sum = 0.0f, a = 0.0f;
+  if (nan) {
+    out = l = qnan();
+  } else if (mx != kNegInf) {
+    float sum = 0.0f, a = 0.0f, sp = 0.0f;  // sp: the non-finite O entries, summed apart
     for (int s = 0; s < splits; ++s) {
       const float ls = lse_part[s * rows + lrow];
       if (ls == kNegInf) continue;
       const float w = expf(ls - mx);
       sum += w;
-      a = fmaf(w, o_part[s * n + idx], a);
+      const float x = o_part[s * n + idx];
+      if (is_finite(x))
+        a = fmaf(w, x, a);
+      else
+        sp += x;
     }
-    out = a / sum;
+    out = is_finite(sp) ? a / sum : sp;
     l = mx + logf(sum);
   }
   o[idx] = out;

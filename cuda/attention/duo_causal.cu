@@ -21,6 +21,16 @@
 //                       running max is still -inf uses 0 as the shift, so exp2(-inf - 0) = 0 and
 //                       no -inf - -inf appears.
 //
+// NaN and Inf (docs/architecture.md, "NaN and Inf in attention"; the reference's rules): masked
+// scores are replaced (select), never multiplied, so a masked K row cannot reach a row. V is
+// checked as it is loaded: non-finite entries are stored as 0 in shared memory (so P V on a
+// boundary tile never computes 0 * Inf), a key whose V row holds a NaN is recorded in a bit mask
+// and gives a NaN score to every row that sees it, and +-Inf entries are recorded per (column,
+// key) bit masks; a row then flags O[d] +-Inf when a key with a finite score (score > -inf) it
+// sees has one, whatever the key's weight. A NaN or +inf score makes l NaN, and a NaN l writes
+// the whole row (O and LSE) as NaN; a -inf score gives exp2 = 0, so that key contributes
+// nothing. All of this costs only the load-time check when the tile's V is finite.
+//
 // Paths (runtime argument `tc`):
 //   tensor cores (CUDA, wave32): each warp owns 16 query rows. S = Q K^T with mma.sync m16n8k16
 //     (Q fragments loaded once with ldmatrix_a from shared; K [n][d] is a column-major B:
@@ -34,8 +44,8 @@
 //     with MFMA 32x32x8 (rows of S sit in lanes; P stays in registers; see fwd_tc below).
 //
 // Shared memory (static): Q 64 x (D + 8), K and V 32 x (D + 8) halves (rows padded by 8 halves so
-// they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths. D = 128:
-// 34.8 KiB.
+// they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths, the tile's
+// non-finite V masks (2 D + 2 words), per-thread O infinity flags (16 bytes). D = 128: 37.9 KiB.
 //
 // Layouts: Q [total_q, H, D], K/V [total_kv, H_kv, D] (query head h reads kv head h / (H / H_kv)),
 // O [total_q, H, D] f32, LSE [H, total_q] f32. Tile tables (built by the op from cu_seqlens):
@@ -58,6 +68,7 @@ constexpr int kFlagAllInvalid = 2;
 constexpr int kModeFull = 0, kModeDuo = 2;  // mode 1: causal
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+static_assert(kBlockN <= 32, "a K/V tile's keys are the bits of one uint32 (v_inf, v_bad, key masks)");
 
 struct Side {
   const int32_t* pos;     // explicit positions, or unused when has_pos == 0
@@ -74,6 +85,24 @@ __device__ __forceinline__ int32_t pos_of(const Side& s, int seq, int row) {
 __device__ __forceinline__ int32_t depth_of(const Side& s, int row) { return s.has_depth ? s.depth[row] : 0; }
 
 __device__ __forceinline__ float neg_inf() { return -INFINITY; }
+__device__ __forceinline__ float pos_inf() { return INFINITY; }
+__device__ __forceinline__ float qnan() { return __int_as_float(0x7fc00000); }
+
+// Exponent and mantissa fields of the 16-bit input types (an all-ones exponent: Inf or NaN).
+template <typename E> struct HalfBits;
+template <> struct HalfBits<BF16> {
+  static constexpr uint32_t kExp = 0x7f80u, kMan = 0x007fu;
+};
+template <> struct HalfBits<F16> {
+  static constexpr uint32_t kExp = 0x7c00u, kMan = 0x03ffu;
+};
+
+// O entry k of a row: +-Inf when a key the row sees with a finite score has +-Inf in that V
+// column (NaN for both signs), else x.
+__device__ __forceinline__ float with_inf(float x, uint64_t pinf, uint64_t ninf, int k) {
+  const bool p = ((pinf >> k) & 1u) != 0, n = ((ninf >> k) & 1u) != 0;
+  return p ? (n ? qnan() : pos_inf()) : (n ? neg_inf() : x);
+}
 
 // One thread per tile: tiles [0, nq) are Q tiles, [nq, nq + nkv) K/V tiles.
 __device__ __forceinline__ void tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv,
@@ -162,24 +191,69 @@ struct Params {
   float* lse;
 };
 
-// Block-wide state shared by both paths: the Q tile and the current K/V tile in shared memory.
+// Block-wide state shared by both paths: the Q tile and the current K/V tile in shared memory,
+// with the K/V tile's metadata and its non-finite V masks. One static __shared__ object whose
+// reference the paths take (an aggregate of shared-memory pointers instead is folded by clang
+// (HIP) into a constant initializer it cannot lower once the paths are not inlined).
 template <int D>
 struct Smem {
   static constexpr int kLd = D + kPad;
-  uint16_t* q;
-  uint16_t* k;
-  uint16_t* v;
-  int32_t* q_pos;
-  int32_t* q_depth;
-  int32_t* k_pos;
-  int32_t* k_depth;
-  int32_t* k_valid;
+  alignas(16) uint16_t q[kBlockM * kLd];
+  alignas(16) uint16_t k[kBlockN * kLd];
+  alignas(16) uint16_t v[kBlockN * kLd];
+  int32_t q_pos[kBlockM];
+  int32_t q_depth[kBlockM];
+  int32_t k_pos[kBlockN];
+  int32_t k_depth[kBlockN];
+  int32_t k_valid[kBlockN];
+  // Non-finite V of the current tile: v_inf[d] / v_inf[D + d] bit c: V[c][d] is +Inf / -Inf;
+  // v_bad[0] bit c: V row c holds a NaN; v_bad[1] != 0: the tile's V holds a non-finite entry.
+  uint32_t v_inf[2 * D];
+  uint32_t v_bad[2];
+  // Per thread, over the whole K/V loop: bit k set when the thread's O entry k is +Inf / -Inf
+  // (both: NaN). In shared memory, not registers: it is touched only on tiles with non-finite V
+  // and at the end, and the MFMA kernels are at the VGPR limit.
+  uint64_t o_pinf[kThreads];
+  uint64_t o_ninf[kThreads];
 };
 
-// Loads K/V tile kt of the block's sequence (rows past the end or invalid: zeros). Every thread
-// of the block calls it; returns the tile class (0 skip, 1 full, 2 boundary), uniform per block.
-template <int D>
-__device__ __forceinline__ int load_kv_tile(const Params& p, const Smem<D>& sm, int seq, int kvh, int kt,
+// V rows like load_rows, checked: a non-finite entry is stored as 0 and recorded in sm.v_inf /
+// sm.v_bad (shared atomics; the caller zeroed them and synchronises after).
+template <typename E, int D>
+__device__ __forceinline__ void load_v_rows(Smem<D>& sm, const uint16_t* src, size_t stride, int n) {
+  constexpr int kVec = D / 8;
+  constexpr uint32_t kExp = HalfBits<E>::kExp, kMan = HalfBits<E>::kMan;
+  for (int x = threadIdx.x; x < kBlockN * kVec; x += blockDim.x) {
+    const int r = x / kVec, c = x % kVec;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < n && sm.k_valid[r]) v = *reinterpret_cast<const uint4*>(src + r * stride + 8 * c);
+    uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) bad = bad || (w[i] & kExp) == kExp || ((w[i] >> 16) & kExp) == kExp;
+    if (bad) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const uint32_t h = (w[i / 2] >> (16 * (i % 2))) & 0xffffu;
+        if ((h & kExp) != kExp) continue;
+        if ((h & kMan) != 0)
+          atomicOr(&sm.v_bad[0], 1u << r);
+        else
+          atomicOr(&sm.v_inf[((h & 0x8000u) ? D : 0) + 8 * c + i], 1u << r);
+        w[i / 2] &= ~(0xffffu << (16 * (i % 2)));
+      }
+      atomicOr(&sm.v_bad[1], 1u);
+      v = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    *reinterpret_cast<uint4*>(sm.v + r * (D + kPad) + 8 * c) = v;
+  }
+}
+
+// Loads K/V tile kt of the block's sequence (rows past the end or invalid: zeros; non-finite V
+// entries: zeros, recorded in sm.v_inf / sm.v_bad). Every thread of the block calls it; returns
+// the tile class (0 skip, 1 full, 2 boundary), uniform per block.
+template <typename E, int D>
+__device__ __forceinline__ int load_kv_tile(const Params& p, Smem<D>& sm, int seq, int kvh, int kt,
                                             const int32_t* qm) {
   const int cls = classify(qm, p.kv_meta + kMeta * kt, static_cast<int>(p.mode));
   if (cls == 0) return 0;
@@ -193,10 +267,12 @@ __device__ __forceinline__ int load_kv_tile(const Params& p, const Smem<D>& sm, 
     sm.k_pos[r] = in ? pos_of(p.ks, seq, k0 + r) : 0;
     sm.k_depth[r] = in ? depth_of(p.ks, k0 + r) : 0;
   }
+  for (int d = threadIdx.x; d < 2 * D; d += blockDim.x) sm.v_inf[d] = 0u;
+  if (threadIdx.x < 2) sm.v_bad[threadIdx.x] = 0u;
   __syncthreads();
   const size_t kvoff = static_cast<size_t>(k0) * kv_stride + static_cast<size_t>(kvh) * D;
   load_rows<D>(sm.k, p.k + kvoff, kv_stride, kBlockN, nk, sm.k_valid);
-  load_rows<D>(sm.v, p.v + kvoff, kv_stride, kBlockN, nk, sm.k_valid);
+  load_v_rows<E, D>(sm, p.v + kvoff, kv_stride, nk);
   __syncthreads();
   return cls;
 }
@@ -204,7 +280,7 @@ __device__ __forceinline__ int load_kv_tile(const Params& p, const Smem<D>& sm, 
 #if !TESSERA_TARGET_HIP
 // Tensor-core path (wave32): warp w owns query rows 16w..16w+15 of the tile.
 template <typename E, int D>
-__device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
                        const int32_t* qm) {
   constexpr int kLd = D + kPad;
   const int mode = static_cast<int>(p.mode);
@@ -215,6 +291,7 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
   mma::FragA qf[D / 16];
   mma::FragC oacc[D / 8];
   float tm[2] = {neg_inf(), neg_inf()}, tl[2] = {0.0f, 0.0f};
+  sm.o_pinf[threadIdx.x] = sm.o_ninf[threadIdx.x] = 0;  // bit 4 dt + i: O entry oacc[dt].x[i]
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) mma::ldmatrix_a(qf[ks], sm.q + 16 * warp * kLd + 16 * ks, kLd);
 #pragma unroll
@@ -222,9 +299,11 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 
   const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
   for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
+    const bool vbad = sm.v_bad[1] != 0;
+    const uint32_t vnan = sm.v_bad[0];
     // S (16 x kBlockN per warp) = Q K^T
     mma::FragC s[kBlockN / 8];
 #pragma unroll
@@ -245,13 +324,43 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float x = s[nt].x[i] * sl2;
-        if (masked) {
+        if (masked || vbad) {
           const int r = 16 * warp + g + 8 * (i >> 1), c = 8 * nt + 2 * t4 + (i & 1);
-          if (!visible(mode, sm.q_pos[r], sm.q_depth[r], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c])) x = neg_inf();
+          if (masked && !visible(mode, sm.q_pos[r], sm.q_depth[r], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c]))
+            x = neg_inf();
+          else if ((vnan >> c) & 1u)
+            x = qnan();  // a NaN in the V row of a key this row sees
         }
         s[nt].x[i] = x;
         mx[i >> 1] = fmaxf(mx[i >> 1], x);
       }
+    }
+    if (vbad) {
+      // Keys with a finite score (weight > 0) for rows g and g + 8, gathered over the quad.
+      uint32_t km[2] = {0u, 0u};
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (s[nt].x[i] > neg_inf()) km[i >> 1] |= 1u << (8 * nt + 2 * t4 + (i & 1));
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        km[j] |= shfl_xor(km[j], 1);
+        km[j] |= shfl_xor(km[j], 2);
+      }
+      uint64_t pinf = 0, ninf = 0;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int dd = 8 * dt + 2 * t4 + (i & 1);
+          if (sm.v_inf[dd] & km[i >> 1]) pinf |= 1ull << (4 * dt + i);
+          if (sm.v_inf[D + dd] & km[i >> 1]) ninf |= 1ull << (4 * dt + i);
+        }
+      }
+      sm.o_pinf[threadIdx.x] |= pinf;
+      sm.o_ninf[threadIdx.x] |= ninf;
     }
     float alpha[2], shift[2];
 #pragma unroll
@@ -303,6 +412,7 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
   }
 
   const size_t q_stride = static_cast<size_t>(p.heads) * D;
+  const uint64_t pinf = sm.o_pinf[threadIdx.x], ninf = sm.o_ninf[threadIdx.x];
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     tl[j] += shfl_xor(tl[j], 1);
@@ -312,14 +422,20 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
   for (int j = 0; j < 2; ++j) {
     const int r = 16 * warp + g + 8 * j;
     if (r >= nq) continue;
+    const bool nan = tl[j] != tl[j];  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = tl[j] > 0.0f ? 1.0f / tl[j] : 0.0f;
     float* orow = p.o + static_cast<size_t>(q0 + r) * q_stride + static_cast<size_t>(h) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<float2*>(orow + 8 * dt + 2 * t4) = make_float2(oacc[dt].x[2 * j] * inv, oacc[dt].x[2 * j + 1] * inv);
+      const int k = 4 * dt + 2 * j;
+      *reinterpret_cast<float2*>(orow + 8 * dt + 2 * t4) =
+          nan ? make_float2(qnan(), qnan())
+              : make_float2(with_inf(oacc[dt].x[2 * j] * inv, pinf, ninf, k),
+                            with_inf(oacc[dt].x[2 * j + 1] * inv, pinf, ninf, k + 1));
     }
     if (t4 == 0)
-      p.lse[static_cast<size_t>(h) * p.total_q + q0 + r] = tl[j] > 0.0f ? (tm[j] + log2f(tl[j])) * kLn2 : neg_inf();
+      p.lse[static_cast<size_t>(h) * p.total_q + q0 + r] =
+          nan ? qnan() : tl[j] > 0.0f ? (tm[j] + log2f(tl[j])) * kLn2 : neg_inf();
   }
 }
 #else
@@ -329,7 +445,7 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 // lane's elements and shfl_xor 32. O^T = V^T P^T: the B operand of key chunk c (keys 8c..8c+7)
 // is exactly elements 4c..4c+3 of the lane's S^T accumulator, so P stays in registers.
 template <typename E, int D>
-__device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
                        const int32_t* qm) {
   static_assert(kBlockN == 32 && kBlockM == 64 && kThreads == 128, "MFMA tiling: 2 waves x 32 rows, 32 keys");
   constexpr int kLd = D + kPad;
@@ -342,13 +458,16 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 #pragma unroll
   for (int dt = 0; dt < D / 32; ++dt) mma::zero(oacc[dt]);
   float tm = neg_inf(), tl = 0.0f;
+  sm.o_pinf[threadIdx.x] = sm.o_ninf[threadIdx.x] = 0;  // bit 16 dt + e: O entry oacc[dt].x[e]
   const uint16_t* qw = sm.q + 32 * wave * kLd;
 
   const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
   for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
+    const bool vbad = sm.v_bad[1] != 0;
+    const uint32_t vnan = sm.v_bad[0];
     mma::MfmaFragC st;  // S^T: 32 keys x 32 queries
     mma::zero(st);
 #pragma unroll 4
@@ -362,12 +481,35 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 #pragma unroll
     for (int e = 0; e < 16; ++e) {
       float x = st.x[e] * sl2;
-      if (masked) {
+      if (masked || vbad) {
         const int c = mma::mfma_c_row(lane, e);
-        if (!visible(mode, sm.q_pos[jq], sm.q_depth[jq], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c])) x = neg_inf();
+        if (masked && !visible(mode, sm.q_pos[jq], sm.q_depth[jq], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c]))
+          x = neg_inf();
+        else if ((vnan >> c) & 1u)
+          x = qnan();  // a NaN in the V row of a key this row sees
       }
       st.x[e] = x;
       mx = fmaxf(mx, x);
+    }
+    if (vbad) {
+      // Keys with a finite score (weight > 0) for query jq: this lane's 16 and lane ^ 32's.
+      uint32_t km = 0u;
+#pragma unroll
+      for (int e = 0; e < 16; ++e)
+        if (st.x[e] > neg_inf()) km |= 1u << mma::mfma_c_row(lane, e);
+      km |= shfl_xor(km, 32);
+      uint64_t pinf = 0, ninf = 0;
+#pragma unroll
+      for (int dt = 0; dt < D / 32; ++dt) {
+#pragma unroll
+        for (int e = 0; e < 16; ++e) {
+          const int dd = 32 * dt + mma::mfma_c_row(lane, e);
+          if (sm.v_inf[dd] & km) pinf |= 1ull << (16 * dt + e);
+          if (sm.v_inf[D + dd] & km) ninf |= 1ull << (16 * dt + e);
+        }
+      }
+      sm.o_pinf[threadIdx.x] |= pinf;
+      sm.o_ninf[threadIdx.x] |= ninf;
     }
     mx = fmaxf(mx, shfl_xor(mx, 32));
     const float mn = fmaxf(tm, mx);
@@ -403,15 +545,19 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
   tl += shfl_xor(tl, 32);
   if (jq < nq) {
     const size_t q_stride = static_cast<size_t>(p.heads) * D;
+    const bool nan = tl != tl;  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = tl > 0.0f ? 1.0f / tl : 0.0f;
+    const uint64_t pinf = sm.o_pinf[threadIdx.x], ninf = sm.o_ninf[threadIdx.x];
     float* orow = p.o + static_cast<size_t>(q0 + jq) * q_stride + static_cast<size_t>(h) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 32; ++dt) {
 #pragma unroll
-      for (int e = 0; e < 16; ++e) orow[32 * dt + mma::mfma_c_row(lane, e)] = oacc[dt].x[e] * inv;
+      for (int e = 0; e < 16; ++e)
+        orow[32 * dt + mma::mfma_c_row(lane, e)] = nan ? qnan() : with_inf(oacc[dt].x[e] * inv, pinf, ninf, 16 * dt + e);
     }
     if (lane < 32)
-      p.lse[static_cast<size_t>(h) * p.total_q + q0 + jq] = tl > 0.0f ? (tm + log2f(tl)) * kLn2 : neg_inf();
+      p.lse[static_cast<size_t>(h) * p.total_q + q0 + jq] =
+          nan ? qnan() : tl > 0.0f ? (tm + log2f(tl)) * kLn2 : neg_inf();
   }
 }
 #endif
@@ -419,7 +565,7 @@ __device__ void fwd_tc(const Params& p, const Smem<D>& sm, int seq, int q0, int 
 // Scalar path (any warp width): thread t owns query row t / 2; the two threads of a row take
 // half of the tile's keys each for S and half of the head dim each for O.
 template <typename E, int D>
-__device__ void fwd_scalar(const Params& p, const Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
+__device__ __forceinline__ void fwd_scalar(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
                            const int32_t* qm) {
   constexpr int kLd = D + kPad;
   constexpr int kHalfN = kBlockN / 2, kHalfD = D / 2;
@@ -430,11 +576,14 @@ __device__ void fwd_scalar(const Params& p, const Smem<D>& sm, int seq, int q0, 
 #pragma unroll
   for (int c = 0; c < kHalfD; ++c) so[c] = 0.0f;
   float m = neg_inf(), l = 0.0f;
+  sm.o_pinf[threadIdx.x] = sm.o_ninf[threadIdx.x] = 0;  // bit c: O entry so[c]
   const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
   for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<D>(p, sm, seq, kvh, kt, qm);
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
+    const bool vbad = sm.v_bad[1] != 0;
+    const uint32_t vnan = sm.v_bad[0];
     float s[kHalfN];
     float mx = neg_inf();
     const uint16_t* qrow = sm.q + sr * kLd;
@@ -447,8 +596,27 @@ __device__ void fwd_scalar(const Params& p, const Smem<D>& sm, int seq, int q0, 
       float x = acc * sl2;
       if (masked && !visible(mode, sm.q_pos[sr], sm.q_depth[sr], sm.k_pos[c], sm.k_depth[c], sm.k_valid[c]))
         x = neg_inf();
+      else if ((vnan >> c) & 1u)
+        x = qnan();  // a NaN in the V row of a key this row sees
       s[j] = x;
       mx = fmaxf(mx, x);
+    }
+    if (vbad) {
+      // Keys with a finite score (weight > 0) for row sr: this thread's half and its partner's.
+      uint32_t km = 0u;
+#pragma unroll
+      for (int j = 0; j < kHalfN; ++j)
+        if (s[j] > neg_inf()) km |= 1u << (sh * kHalfN + j);
+      km |= shfl_xor(km, 1);
+      uint64_t pinf = 0, ninf = 0;
+#pragma unroll
+      for (int c = 0; c < kHalfD; ++c) {
+        const int dd = sh * kHalfD + c;
+        if (sm.v_inf[dd] & km) pinf |= 1ull << c;
+        if (sm.v_inf[D + dd] & km) ninf |= 1ull << c;
+      }
+      sm.o_pinf[threadIdx.x] |= pinf;
+      sm.o_ninf[threadIdx.x] |= ninf;
     }
     mx = fmaxf(mx, shfl_xor(mx, 1));
     const float mn = fmaxf(m, mx);
@@ -477,23 +645,22 @@ __device__ void fwd_scalar(const Params& p, const Smem<D>& sm, int seq, int q0, 
   l += shfl_xor(l, 1);
   if (sr < nq) {
     const size_t q_stride = static_cast<size_t>(p.heads) * D;
+    const bool nan = l != l;  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const uint64_t pinf = sm.o_pinf[threadIdx.x], ninf = sm.o_ninf[threadIdx.x];
     float* orow = p.o + static_cast<size_t>(q0 + sr) * q_stride + static_cast<size_t>(h) * D + sh * kHalfD;
 #pragma unroll
-    for (int c = 0; c < kHalfD; ++c) orow[c] = so[c] * inv;
-    if (sh == 0) p.lse[static_cast<size_t>(h) * p.total_q + q0 + sr] = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+    for (int c = 0; c < kHalfD; ++c) orow[c] = nan ? qnan() : with_inf(so[c] * inv, pinf, ninf, c);
+    if (sh == 0)
+      p.lse[static_cast<size_t>(h) * p.total_q + q0 + sr] = nan ? qnan() : l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
   }
 }
 
+// fwd, fwd_tc and fwd_scalar are force-inlined into the kernel: left to clang (HIP), the f16
+// D = 128 kernel calls fwd with its arguments on the scratch stack.
 template <typename E, int D>
-__device__ void fwd(const Params& p) {
-  constexpr int kLd = D + kPad;
-  __shared__ __align__(16) uint16_t sQ[kBlockM * kLd];
-  __shared__ __align__(16) uint16_t sK[kBlockN * kLd];
-  __shared__ __align__(16) uint16_t sV[kBlockN * kLd];
-  __shared__ int32_t sQPos[kBlockM], sQDepth[kBlockM];
-  __shared__ int32_t sKPos[kBlockN], sKDepth[kBlockN], sKValid[kBlockN];
-  const Smem<D> sm{sQ, sK, sV, sQPos, sQDepth, sKPos, sKDepth, sKValid};
+__device__ __forceinline__ void fwd(const Params& p) {
+  __shared__ __align__(16) Smem<D> sm;
 
   const int tile = blockIdx.x;
   const int h = blockIdx.y;
@@ -502,11 +669,11 @@ __device__ void fwd(const Params& p) {
   const int nq = q1 - q0;
   const int32_t* qm = p.q_meta + kMeta * tile;
   const size_t q_stride = static_cast<size_t>(p.heads) * D;
-  load_rows<D>(sQ, p.q + static_cast<size_t>(q0) * q_stride + static_cast<size_t>(h) * D, q_stride, kBlockM, nq,
+  load_rows<D>(sm.q, p.q + static_cast<size_t>(q0) * q_stride + static_cast<size_t>(h) * D, q_stride, kBlockM, nq,
                nullptr);
   for (int r = threadIdx.x; r < kBlockM; r += blockDim.x) {
-    sQPos[r] = r < nq ? pos_of(p.qs, seq, q0 + r) : 0;
-    sQDepth[r] = r < nq ? depth_of(p.qs, q0 + r) : 0;
+    sm.q_pos[r] = r < nq ? pos_of(p.qs, seq, q0 + r) : 0;
+    sm.q_depth[r] = r < nq ? depth_of(p.qs, q0 + r) : 0;
   }
   __syncthreads();
   if (p.tc != 0) {

@@ -12,6 +12,14 @@
 //! * `DuoCausal`: `kv_pos[j] <= q_pos[i]` and `kv_depth[j] <= q_depth[i]`.
 //!
 //! A row that sees no key has O = 0 and LSE = -inf.
+//!
+//! NaN and Inf (docs/architecture.md, "NaN and Inf in attention"): scores are `scale * q . k` in
+//! IEEE arithmetic. A row is NaN (O and LSE) when it sees a key whose score is NaN or +inf or
+//! whose V row holds a NaN. A key whose score is -inf has weight exactly 0 and contributes
+//! nothing, as if masked (a row whose every visible score is -inf has O = 0, LSE = -inf). Every
+//! key with a finite score has a positive weight, so a +-Inf at entry `d` of its V row makes
+//! `O[d]` that infinity (both signs: NaN) whatever the weight's size; the rest of the row and the
+//! LSE are as if that entry were 0. Masked keys and values are never read.
 
 /// Which keys a query sees (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +80,11 @@ pub fn attention(p: &Problem) -> (Vec<f64>, Vec<f64>) {
             for h in 0..h_n {
                 let kh = h / group;
                 let qrow = &p.q[(i * h_n + h) * d..][..d];
+                let vrow = |j: usize| &p.v[(j * p.kv_heads + kh) * d..][..d];
+                let out = &mut o[(i * h_n + h) * d..][..d];
+                // Scores of the visible keys with a finite score; NaN when the row is NaN.
                 let mut scores = Vec::new();
+                let mut nan = false;
                 for j in k0..k1 {
                     if !visible(p, i, j) {
                         continue;
@@ -83,7 +95,19 @@ pub fn attention(p: &Problem) -> (Vec<f64>, Vec<f64>) {
                         .zip(krow)
                         .map(|(&a, &b)| a as f64 * b as f64)
                         .sum();
-                    scores.push((j, dot * p.scale as f64));
+                    let s = dot * p.scale as f64;
+                    if s.is_nan() || s == f64::INFINITY || vrow(j).iter().any(|x| x.is_nan()) {
+                        nan = true;
+                        break;
+                    }
+                    if s > f64::NEG_INFINITY {
+                        scores.push((j, s));
+                    }
+                }
+                if nan {
+                    out.fill(f64::NAN);
+                    lse[h * total_q + i] = f64::NAN;
+                    continue;
                 }
                 if scores.is_empty() {
                     continue;
@@ -91,12 +115,21 @@ pub fn attention(p: &Problem) -> (Vec<f64>, Vec<f64>) {
                 let m = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|s| (s.1 - m).exp()).sum();
                 lse[h * total_q + i] = m + sum.ln();
-                let out = &mut o[(i * h_n + h) * d..][..d];
+                // Infinite V entries, summed apart (their weight is positive, however small).
+                let mut special = vec![0f64; d];
                 for &(j, s) in &scores {
                     let w = (s - m).exp() / sum;
-                    let vrow = &p.v[(j * p.kv_heads + kh) * d..][..d];
-                    for (x, &vv) in out.iter_mut().zip(vrow) {
-                        *x += w * vv as f64;
+                    for ((x, sp), &vv) in out.iter_mut().zip(&mut special).zip(vrow(j)) {
+                        if vv.is_finite() {
+                            *x += w * vv as f64;
+                        } else {
+                            *sp += vv as f64;
+                        }
+                    }
+                }
+                for (x, sp) in out.iter_mut().zip(special) {
+                    if sp != 0.0 {
+                        *x = sp;
                     }
                 }
             }
@@ -107,7 +140,10 @@ pub fn attention(p: &Problem) -> (Vec<f64>, Vec<f64>) {
 
 /// Merge partial results over `s` splits: `o[s]` is `[rows, D]`, `lse[s]` is `[rows]`
 /// (each split attended to a disjoint subset of the keys). Returns the combined (O, LSE) in f64.
-/// Splits with LSE = -inf contribute nothing; a row with every LSE = -inf gets O = 0, LSE = -inf.
+/// Splits with LSE = -inf contribute nothing (their O is not read); a row with every LSE = -inf
+/// gets O = 0, LSE = -inf. A NaN or +inf LSE makes the row NaN (O and LSE). Every other split has
+/// a positive weight, so an infinite entry of its O stays infinite (opposite signs, or a NaN
+/// entry: NaN) whatever the weight's size.
 pub fn merge(
     o: &[Vec<f32>],
     lse: &[Vec<f32>],
@@ -117,6 +153,12 @@ pub fn merge(
     let mut out = vec![0f64; rows * head_dim];
     let mut out_lse = vec![f64::NEG_INFINITY; rows];
     for r in 0..rows {
+        let row = &mut out[r * head_dim..][..head_dim];
+        if lse.iter().any(|l| l[r].is_nan() || l[r] == f32::INFINITY) {
+            row.fill(f64::NAN);
+            out_lse[r] = f64::NAN;
+            continue;
+        }
         let m = lse
             .iter()
             .map(|l| l[r] as f64)
@@ -126,13 +168,27 @@ pub fn merge(
         }
         let sum: f64 = lse.iter().map(|l| (l[r] as f64 - m).exp()).sum();
         out_lse[r] = m + sum.ln();
+        let mut special = vec![0f64; head_dim];
         for (os, ls) in o.iter().zip(lse) {
-            let w = (ls[r] as f64 - out_lse[r]).exp();
-            if w == 0.0 {
+            if ls[r] == f32::NEG_INFINITY {
                 continue;
             }
-            for c in 0..head_dim {
-                out[r * head_dim + c] += w * os[r * head_dim + c] as f64;
+            let w = (ls[r] as f64 - m).exp() / sum;
+            for ((x, sp), &v) in row
+                .iter_mut()
+                .zip(&mut special)
+                .zip(&os[r * head_dim..][..head_dim])
+            {
+                if v.is_finite() {
+                    *x += w * v as f64;
+                } else {
+                    *sp += v as f64;
+                }
+            }
+        }
+        for (x, sp) in row.iter_mut().zip(special) {
+            if sp != 0.0 {
+                *x = sp;
             }
         }
     }
@@ -215,6 +271,63 @@ mod tests {
         let (o3, lse3) = attention(&p3);
         assert_eq!(o3[0], 0.0);
         assert_eq!(lse3[0], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn nan_and_inf_by_hand() {
+        // The two-key case of `two_keys_by_hand`, poisoned.
+        let run = |k: [f32; 2], v: [f32; 2]| {
+            let p = Problem {
+                q: &[1.0],
+                k: &k,
+                v: &v,
+                heads: 1,
+                kv_heads: 1,
+                head_dim: 1,
+                cu_q: &[0, 1],
+                cu_kv: &[0, 2],
+                q_pos: &[1],
+                kv_pos: &[0, 1],
+                q_depth: &[0],
+                kv_depth: &[0, 0],
+                kv_valid: &[1, 1],
+                scale: 1.0,
+                mode: MaskMode::Causal,
+            };
+            let (o, l) = attention(&p);
+            (o[0], l[0])
+        };
+        let nan = |(o, l): (f64, f64)| o.is_nan() && l.is_nan();
+        assert!(nan(run([f32::NAN, 2.0], [10.0, 20.0])));
+        assert!(nan(run([1.0, f32::INFINITY], [10.0, 20.0]))); // score +inf
+        assert!(nan(run([1.0, 2.0], [10.0, f32::NAN])));
+        // Score -inf: weight 0, as if masked; every score -inf: as if no key.
+        assert_eq!(
+            run([1.0, f32::NEG_INFINITY], [10.0, f32::INFINITY]),
+            (10.0, 1.0)
+        );
+        assert_eq!(
+            run([f32::NEG_INFINITY; 2], [10.0, 20.0]),
+            (0.0, f64::NEG_INFINITY)
+        );
+        // An infinite value of a visible key with a finite score, however small its weight.
+        let (o, l) = run([-800.0, 2.0], [f32::INFINITY, 20.0]);
+        assert_eq!((o, l), (f64::INFINITY, 2.0));
+        assert!(run([1.0, 2.0], [f32::INFINITY, f32::NEG_INFINITY])
+            .0
+            .is_nan());
+        // Merge: a NaN or +inf LSE poisons the row; a -inf split is not read.
+        let m = |o: [f32; 2], l: [f32; 2]| {
+            merge(&[vec![o[0]], vec![o[1]]], &[vec![l[0]], vec![l[1]]], 1, 1)
+        };
+        let (o, l) = m([1.0, 2.0], [f32::NAN, 0.0]);
+        assert!(o[0].is_nan() && l[0].is_nan());
+        let (o, l) = m([1.0, 2.0], [f32::INFINITY, 0.0]);
+        assert!(o[0].is_nan() && l[0].is_nan());
+        let (o, l) = m([f32::NAN, 2.0], [f32::NEG_INFINITY, 0.0]);
+        assert_eq!((o[0], l[0]), (2.0, 0.0));
+        let (o, _) = m([f32::INFINITY, 2.0], [-1000.0, 0.0]);
+        assert_eq!(o[0], f64::INFINITY);
     }
 
     #[test]
