@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,14 +26,16 @@ thread_local tessera_rc_ctx* g_ctx = nullptr;
 // Offsets (plus one; 0 = empty) in the thread-local block of the runtimes' own thread-locals, which
 // are not shared memory. Offsets are the same on every thread; each runtime registers its own.
 constexpr int kMaxSkip = 16;
-std::atomic<uint64_t> g_skip[kMaxSkip];
+size_t g_skip[kMaxSkip];
+std::atomic<int> g_nskip{0};
+std::mutex g_skip_mutex;
 
-// Per byte of shared memory. Epochs are the context's barrier intervals; gens are the accessing
-// warp's whole-warp collective count when the access happened.
+// Per byte of shared memory (20 bytes). Epochs are the context's barrier intervals; gens are the
+// accessing warp's count of whole-warp collectives in the interval when the access happened.
 struct Cell {
-  uint32_t w_epoch, w_gen;  // last write
-  uint32_t r_epoch, r_gen;  // reads of the interval (r_gen: the latest gen of its reads)
-  uint32_t p_block;         // block_first of the block in which this byte was poisoned
+  uint32_t w_epoch;       // last write
+  uint32_t r_epoch;       // reads of that interval
+  uint16_t w_gen, r_gen;  // r_gen: the latest gen of the interval's reads
   uint16_t w_tid, r_tid, r_tid2;
   uint8_t w_atomic, r_flags;
 };
@@ -53,54 +56,61 @@ void report(tessera_rc_ctx* c, uintptr_t a, bool dyn, uint32_t kind, int first, 
   c->race.dyn_offset = dyn ? a - c->dyn_lo : 0;
 }
 
-void byte_access(tessera_rc_ctx* c, Cell& x, uintptr_t a, bool dyn, bool write, bool atomic, int tid) {
-  const uint32_t E = c->epoch;
-  const uint32_t wave = c->wave;
-  const uint32_t W = static_cast<uint32_t>(tid) / wave;
-  const uint32_t g = c->warp_gen[W];
-  // An atomic read-modify-write reads too; poisoning before an atomic store is harmless.
-  if ((!write || atomic) && !dyn && (c->flags & TESSERA_RC_POISON) && x.w_epoch < c->block_first &&
-      x.p_block != c->block_first) {
+// What every byte of one access shares.
+struct Access {
+  tessera_rc_ctx* c;
+  uint32_t E, block_first, shift, W;  // shift: log2 of the warp width
+  uint16_t g;
+  int tid;
+  bool write, atomic, races, poison;
+};
+
+inline void byte_access(const Access& A, Cell& x, uintptr_t a, bool dyn) {
+  const int tid = A.tid;
+  const uint32_t E = A.E, W = A.W, g = A.g, shift = A.shift;
+  const bool write = A.write, atomic = A.atomic;
+  // Poison on a read of a byte not written in this block (again on every such read: until a write,
+  // the byte holds the poison anyway). An atomic read-modify-write reads too; poisoning before an
+  // atomic store is harmless.
+  if (A.poison && (!write || atomic) && !dyn && x.w_epoch < A.block_first)
     *reinterpret_cast<volatile uint8_t*>(a) = 0xFF;
-    x.p_block = c->block_first;
-  }
-  if (c->flags & TESSERA_RC_RACES) {
+  if (A.races) {
     if (x.w_epoch == E && x.w_tid != tid && !(x.w_atomic && atomic)) {
-      const bool ordered = x.w_tid / wave == W && x.w_gen < g;
-      if (!ordered) report(c, a, dyn, write ? 2 : 0, x.w_tid, tid, x.w_atomic, atomic);
+      const bool ordered = (uint32_t(x.w_tid) >> shift) == W && x.w_gen < g;
+      if (!ordered) report(A.c, a, dyn, write ? 2 : 0, x.w_tid, tid, x.w_atomic, atomic);
     }
     if (write && x.r_epoch == E && !(atomic && !(x.r_flags & kPlainRead))) {
       int other = -1;
       if (x.r_flags & kMultiWarp) {
-        other = x.r_tid / wave != W ? x.r_tid : x.r_tid2;
-      } else if (x.r_tid / wave != W) {
+        other = (uint32_t(x.r_tid) >> shift) != W ? x.r_tid : x.r_tid2;
+      } else if ((uint32_t(x.r_tid) >> shift) != W) {
         other = x.r_tid;
       } else if (x.r_gen >= g) {
         if (x.r_tid != tid) other = x.r_tid;
         else if (x.r_flags & kMulti) other = x.r_tid2;
       }
-      if (other >= 0 && other != tid) report(c, a, dyn, 1, other, tid, false, atomic);
+      if (other >= 0 && other != tid) report(A.c, a, dyn, 1, other, tid, false, atomic);
     }
   }
   if (write) {
     x.w_epoch = E;
-    x.w_gen = g;
+    x.w_gen = static_cast<uint16_t>(g);
     x.w_tid = static_cast<uint16_t>(tid);
-    x.w_atomic = atomic;
+    x.w_atomic = atomic ? 1 : 0;
   } else if (x.r_epoch != E) {
     x.r_epoch = E;
-    x.r_gen = g;
+    x.r_gen = static_cast<uint16_t>(g);
     x.r_tid = static_cast<uint16_t>(tid);
     x.r_flags = atomic ? 0 : kPlainRead;
   } else {
     if (!atomic) x.r_flags |= kPlainRead;
     if (x.r_flags & kMultiWarp) {
-    } else if (x.r_tid / wave != W) {
+    } else if ((uint32_t(x.r_tid) >> shift) != W) {
       x.r_flags |= kMultiWarp;
       x.r_tid2 = x.r_tid;
       x.r_tid = static_cast<uint16_t>(tid);
     } else if (g > x.r_gen) {
-      x.r_gen = g;
+      x.r_gen = static_cast<uint16_t>(g);
       x.r_tid = static_cast<uint16_t>(tid);
       x.r_flags &= static_cast<uint8_t>(~kMulti);
     } else if (tid != x.r_tid) {
@@ -111,31 +121,43 @@ void byte_access(tessera_rc_ctx* c, Cell& x, uintptr_t a, bool dyn, bool write, 
   }
 }
 
+// The bytes of [a, a + n) inside [lo, lo + len), whose shadow starts at cell `first`.
+inline void range_access(const Access& A, Cell* cells, uintptr_t a, size_t n, uintptr_t lo, size_t len,
+                         size_t first, bool dyn) {
+  const uintptr_t b = a > lo ? a : lo;
+  const uintptr_t e = a + n < lo + len ? a + n : lo + len;
+  if (b >= e) return;
+  const size_t i0 = b - lo;
+  if (!dyn) {
+    // The runtimes' own thread-locals are not shared memory.
+    const int ns = g_nskip.load(std::memory_order_acquire);
+    for (int k = 0; k < ns; ++k) {
+      const size_t o = g_skip[k];
+      if (i0 < o + 8 && o < i0 + (e - b)) return;
+    }
+  }
+  if (first + i0 + (e - b) > A.c->shadow_cells) return;
+  Cell* x = cells + first + i0;
+  for (uintptr_t p = b; p < e; ++p, ++x) byte_access(A, *x, p, dyn);
+}
+
 void slow_access(tessera_rc_ctx* c, uintptr_t a, size_t n, bool write, bool atomic, int tid) {
   Cell* cells = static_cast<Cell*>(c->shadow);
-  if (!cells) return;
-  for (size_t i = 0; i < n; ++i) {
-    const uintptr_t p = a + i;
-    size_t idx;
-    bool dyn;
-    if (p - c->tls_lo < c->tls_len) {
-      idx = p - c->tls_lo;
-      bool skip = false;
-      for (const auto& k : g_skip) {
-        const uint64_t o = k.load(std::memory_order_relaxed);
-        if (o && idx - (o - 1) < 8) skip = true;
-      }
-      if (skip) continue;
-      dyn = false;
-    } else if (p - c->dyn_lo < c->dyn_len) {
-      idx = c->tls_len + (p - c->dyn_lo);
-      dyn = true;
-    } else {
-      continue;
-    }
-    if (idx >= c->shadow_cells) continue;
-    byte_access(c, cells[idx], p, dyn, write, atomic, tid);
-  }
+  if (!cells || !c->flags) return;
+  Access A;
+  A.c = c;
+  A.E = c->epoch;
+  A.block_first = c->block_first;
+  A.shift = c->wave == 64 ? 6 : 5;
+  A.W = static_cast<uint32_t>(tid) >> A.shift;
+  A.g = c->warp_gen[A.W];
+  A.tid = tid;
+  A.write = write;
+  A.atomic = atomic;
+  A.races = (c->flags & TESSERA_RC_RACES) != 0;
+  A.poison = (c->flags & TESSERA_RC_POISON) != 0;
+  range_access(A, cells, a, n, c->tls_lo, c->tls_len, 0, false);
+  range_access(A, cells, a, n, c->dyn_lo, c->dyn_len, c->tls_len, true);
 }
 
 inline void access(const volatile void* addr, size_t n, bool write, bool atomic) {
@@ -225,13 +247,14 @@ void tessera_simt_rc_exclude(const void* tls_var) {
   TlsFind f{reinterpret_cast<uintptr_t>(tls_var), 0, 0, {}};
   dl_iterate_phdr(&find_tls, &f);
   if (!f.len) return;
-  const uint64_t off = reinterpret_cast<uintptr_t>(tls_var) - f.lo + 1;
-  for (auto& k : g_skip) {
-    uint64_t cur = k.load();
-    if (cur == off) return;
-    if (cur == 0 && k.compare_exchange_strong(cur, off)) return;
-    if (cur == off) return;
-  }
+  const size_t off = reinterpret_cast<uintptr_t>(tls_var) - f.lo;
+  std::lock_guard<std::mutex> lock(g_skip_mutex);
+  const int n = g_nskip.load();
+  for (int k = 0; k < n; ++k)
+    if (g_skip[k] == off) return;
+  if (n == kMaxSkip) return;
+  g_skip[n] = off;  // written before the count that publishes it
+  g_nskip.store(n + 1, std::memory_order_release);
 }
 
 void tessera_simt_rc_free(tessera_rc_ctx* ctx) {

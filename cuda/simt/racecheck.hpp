@@ -51,7 +51,7 @@ struct tessera_rc_ctx {
   uint32_t wave;              // warp width
   uint32_t epoch;             // the barrier interval; bumped at block start and every __syncthreads
   uint32_t block_first;       // epoch at the block's start
-  const uint32_t* warp_gen;   // per warp: whole-warp collectives completed in this block
+  const uint16_t* warp_gen;   // per warp: whole-warp collectives completed in this interval
   uint32_t flags;             // TESSERA_RC_RACES | TESSERA_RC_POISON
   // result
   uint32_t raced;             // 1 once `race` holds the block's first race

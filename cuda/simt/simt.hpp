@@ -327,7 +327,7 @@ struct WorkerRes {
   size_t dyn_cap = 0;
   // race detector and static shared poisoning (racecheck.hpp)
   tessera_rc_ctx rc{};
-  std::vector<uint32_t> warp_gen = std::vector<uint32_t>(kMaxThreads / 32);
+  std::vector<uint16_t> warp_gen = std::vector<uint16_t>(kMaxThreads / 32);
   ~WorkerRes() {
     std::free(dyn);
     tessera_simt_rc_free(&rc);
@@ -524,7 +524,10 @@ bool complete_warp(Worker& w, uint32_t w0) {
       slots[k] = fb[w0 + k].slot;
     }
     f.op(slots, M, static_cast<int>(lanes));
-    if ((M & live) == live) w.res->warp_gen[w0 / kWave] += 1;
+    // (saturates: after 65535 whole-warp collectives in one barrier interval, later accesses of
+    // the warp's lanes are no longer ordered by collectives; a false report is then possible)
+    uint16_t& gen = w.res->warp_gen[w0 / kWave];
+    if ((M & live) == live && gen < 0xffff) ++gen;
     for (unsigned long long m = M; m; m &= m - 1) {
       const int k = __builtin_ctzll(m);
       fb[w0 + k].st = St::Ready;
@@ -576,7 +579,8 @@ int resolve(Worker& w) {
         fb[i].st = St::Ready;
         ready.push_back(i);
       }
-      w.res->rc.epoch += 1;  // a new barrier interval
+      w.res->rc.epoch += 1;  // a new barrier interval: warp generations count within one
+      std::fill(w.res->warp_gen.begin(), w.res->warp_gen.end(), uint16_t{0});
       return 0;
     }
   }
@@ -740,7 +744,7 @@ bool run_block(Worker& w, uint64_t b) {
   tessera_simt_rc_block_begin(&rc);
   rc.dyn_lo = reinterpret_cast<uintptr_t>(w.res->dyn);
   rc.dyn_len = L.shared_bytes;
-  std::fill(w.res->warp_gen.begin(), w.res->warp_gen.end(), 0u);
+  std::fill(w.res->warp_gen.begin(), w.res->warp_gen.end(), uint16_t{0});
   Fiber* fb = w.res->fibers.data();
   auto& ready = w.res->ready;
   ready.clear();
