@@ -9,10 +9,11 @@ use half::{bf16, f16};
 use tessera::device::KernelArgs;
 use tessera::{Device, LaunchConfig, Schedule, SimtConfig};
 
-const SCHEDULES: [Schedule; 3] = [
+const SCHEDULES: [Schedule; 4] = [
     Schedule::InOrder,
     Schedule::Shuffled(1),
     Schedule::Shuffled(0x5eed_cafe),
+    Schedule::Skewed(0x5eed_5e3d),
 ];
 const SEEDS: [u64; 3] = [1, 2, 0xdead_beef];
 /// f32 accumulation of exact products of halves, against f64.
