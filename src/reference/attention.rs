@@ -228,16 +228,12 @@ pub fn merge_packed(
 mod tests {
     use super::*;
 
-    #[test]
-    fn two_keys_by_hand() {
-        // One query, two keys, D = 1, scale 1: scores 1 and 2.
-        let q = [1.0f32];
-        let k = [1.0f32, 2.0];
-        let v = [10.0f32, 20.0];
-        let p = Problem {
-            q: &q,
-            k: &k,
-            v: &v,
+    /// One query (q = 1) at position 1, two keys at positions 0 and 1, D = 1, scale 1, causal.
+    fn two_keys<'a>(k: &'a [f32], v: &'a [f32]) -> Problem<'a> {
+        Problem {
+            q: &[1.0],
+            k,
+            v,
             heads: 1,
             kv_heads: 1,
             head_dim: 1,
@@ -250,7 +246,13 @@ mod tests {
             kv_valid: &[1, 1],
             scale: 1.0,
             mode: MaskMode::Causal,
-        };
+        }
+    }
+
+    #[test]
+    fn two_keys_by_hand() {
+        // Scores 1 and 2.
+        let p = two_keys(&[1.0, 2.0], &[10.0, 20.0]);
         let (o, lse) = attention(&p);
         let (e1, e2) = (1f64.exp(), 2f64.exp());
         assert!((lse[0] - (e1 + e2).ln()).abs() < 1e-12);
@@ -277,24 +279,7 @@ mod tests {
     fn nan_and_inf_by_hand() {
         // The two-key case of `two_keys_by_hand`, poisoned.
         let run = |k: [f32; 2], v: [f32; 2]| {
-            let p = Problem {
-                q: &[1.0],
-                k: &k,
-                v: &v,
-                heads: 1,
-                kv_heads: 1,
-                head_dim: 1,
-                cu_q: &[0, 1],
-                cu_kv: &[0, 2],
-                q_pos: &[1],
-                kv_pos: &[0, 1],
-                q_depth: &[0],
-                kv_depth: &[0, 0],
-                kv_valid: &[1, 1],
-                scale: 1.0,
-                mode: MaskMode::Causal,
-            };
-            let (o, l) = attention(&p);
+            let (o, l) = attention(&two_keys(&k, &v));
             (o[0], l[0])
         };
         let nan = |(o, l): (f64, f64)| o.is_nan() && l.is_nan();
