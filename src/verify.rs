@@ -1804,40 +1804,25 @@ struct DecodeCase {
     splits: usize,
 }
 
+/// The three explicit-position cases: one per mode over the same ragged batch.
+const fn decode_mode_case(name: &'static str, mode: MaskMode) -> DecodeCase {
+    DecodeCase {
+        name,
+        q_lens: &[1, 2, 0, 1],
+        kv_lens: &[300, 77, 0, 5],
+        heads: 8,
+        kv_heads: 2,
+        d: 128,
+        mode,
+        implicit: false,
+        splits: 3,
+    }
+}
+
 const DECODE_CASES: &[DecodeCase] = &[
-    DecodeCase {
-        name: "full",
-        q_lens: &[1, 2, 0, 1],
-        kv_lens: &[300, 77, 0, 5],
-        heads: 8,
-        kv_heads: 2,
-        d: 128,
-        mode: MaskMode::Full,
-        implicit: false,
-        splits: 3,
-    },
-    DecodeCase {
-        name: "causal",
-        q_lens: &[1, 2, 0, 1],
-        kv_lens: &[300, 77, 0, 5],
-        heads: 8,
-        kv_heads: 2,
-        d: 128,
-        mode: MaskMode::Causal,
-        implicit: false,
-        splits: 3,
-    },
-    DecodeCase {
-        name: "duocausal",
-        q_lens: &[1, 2, 0, 1],
-        kv_lens: &[300, 77, 0, 5],
-        heads: 8,
-        kv_heads: 2,
-        d: 128,
-        mode: MaskMode::DuoCausal,
-        implicit: false,
-        splits: 3,
-    },
+    decode_mode_case("full", MaskMode::Full),
+    decode_mode_case("causal", MaskMode::Causal),
+    decode_mode_case("duocausal", MaskMode::DuoCausal),
     // Implicit positions (queries at t + 1): most keys of the long sequences are in the future,
     // so many splits see nothing (-inf partials the merge skips); a query over no keys; a
     // sequence of 2 keys in 4 splits (empty ranges); GQA 12 = a chunk of 8 heads and one of 4;
