@@ -34,6 +34,26 @@ fn rank_bufs(dev: &Device, r: usize, lens: &[usize]) -> Vec<DeviceBuffer<u32>> {
         .collect()
 }
 
+/// Three ranks with two 16-word buffers each, a P2p transport over `devs`, and a valid copy of
+/// 4 words from rank 0's buffer 0 to rank 1's buffer 1 on ring 0.
+fn p2p_three_ranks(devs: &[Device]) -> (RankBuffers<u32>, P2p, Copy) {
+    let lens = [16usize, 16];
+    let bufs = RankBuffers {
+        bufs: (0..3).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
+    };
+    let good = Copy {
+        src_rank: 0,
+        src_buf: 0,
+        src_off: 0,
+        dst_rank: 1,
+        dst_buf: 1,
+        dst_off: 0,
+        len: 4,
+        ring: 0,
+    };
+    (bufs, P2p::new(devs).unwrap(), good)
+}
+
 fn download_all(b: &RankBuffers<u32>) -> Vec<Vec<Vec<u32>>> {
     b.bufs
         .iter()
@@ -216,21 +236,7 @@ fn p2p_rejects_bad_groups_and_copies() {
     assert!(P2p::new(&[]).is_err());
 
     let devs: Vec<Device> = (0..3).map(|_| Device::cpu_separate()).collect();
-    let lens = [16usize, 16];
-    let mut bufs = RankBuffers {
-        bufs: (0..3).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
-    };
-    let mut t = P2p::new(&devs).unwrap();
-    let good = Copy {
-        src_rank: 0,
-        src_buf: 0,
-        src_off: 0,
-        dst_rank: 1,
-        dst_buf: 1,
-        dst_off: 0,
-        len: 4,
-        ring: 0,
-    };
+    let (mut bufs, mut t, good) = p2p_three_ranks(&devs);
     let before = download_all(&bufs);
     for c in [
         Copy { len: 17, ..good },
@@ -259,7 +265,7 @@ fn p2p_rejects_bad_groups_and_copies() {
     assert!(e.to_string().contains("not on the rank's device"), "{e}");
     // wrong number of buffer sets
     let mut two = RankBuffers {
-        bufs: (0..2).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
+        bufs: (0..2).map(|r| rank_bufs(&devs[r], r, &[16, 16])).collect(),
     };
     assert!(t.exchange(&mut two, &[]).is_err());
 }
@@ -648,21 +654,7 @@ fn simulated_failed_step_copies_nothing() {
 #[test]
 fn p2p_bad_ring_queues_nothing() {
     for (family, devs) in host_groups(3) {
-        let lens = [16usize, 16];
-        let mut bufs = RankBuffers {
-            bufs: (0..3).map(|r| rank_bufs(&devs[r], r, &lens)).collect(),
-        };
-        let mut t = P2p::new(&devs).unwrap();
-        let good = Copy {
-            src_rank: 0,
-            src_buf: 0,
-            src_off: 0,
-            dst_rank: 1,
-            dst_buf: 1,
-            dst_off: 0,
-            len: 4,
-            ring: 0,
-        };
+        let (mut bufs, mut t, good) = p2p_three_ranks(&devs);
         let before = download_all(&bufs);
         let bad = Copy {
             ring: tessera::device::peer::MAX_CHANNELS,
