@@ -215,15 +215,23 @@ int tessera_simt_rc_bind(tessera_rc_ctx* ctx, const void* tls_probe, size_t dyn_
     g_ctx = nullptr;
     return 0;
   }
-  TlsFind f{reinterpret_cast<uintptr_t>(tls_probe), 0, 0, {}};
-  dl_iterate_phdr(&find_tls, &f);
-  if (!f.len) {
+  // The calling thread's thread-local block holding the probe: found once per OS thread (it never
+  // moves), not at every launch.
+  static thread_local uintptr_t t_lo = 0, t_len = 0;
+  const uintptr_t probe = reinterpret_cast<uintptr_t>(tls_probe);
+  if (probe - t_lo >= t_len) {
+    TlsFind f{probe, 0, 0, {}};
+    dl_iterate_phdr(&find_tls, &f);
+    t_lo = f.lo;
+    t_len = f.len;
+  }
+  if (!t_len) {
     g_ctx = nullptr;
     return -1;
   }
-  ctx->tls_lo = f.lo;
-  ctx->tls_len = f.len;
-  ensure_shadow(ctx, f.len + dyn_cap);
+  ctx->tls_lo = t_lo;
+  ctx->tls_len = t_len;
+  ensure_shadow(ctx, t_len + dyn_cap);
   if (!ctx->shadow) {
     g_ctx = nullptr;
     return -1;
