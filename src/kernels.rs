@@ -47,3 +47,12 @@ pub fn ptx_for(module: &str, sm: u32) -> Option<&'static PtxEntry> {
     want.iter()
         .find_map(|arch| PTX.iter().find(|e| e.module == module && e.arch == *arch))
 }
+
+/// Every kernel instance the ops declare ([`crate::device::kernel`]), family by family.
+/// `tests/declarations.rs` checks each against the host SIMT registry and the PTX.
+pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
+    let mut all = Vec::new();
+    all.extend(crate::ops::bitmask::declarations());
+    all.extend(crate::ops::codec::declarations());
+    all
+}

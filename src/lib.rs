@@ -12,6 +12,8 @@
 //! assert_eq!(back.download().unwrap(), vec![1.0, 2.5, 3.0]);
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod bench;
 pub mod ckpt;
 pub mod device;

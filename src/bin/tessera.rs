@@ -66,6 +66,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The op table: every public op, its tensors, parameters and outputs (running an op on
+    /// tensors from a file is the next step; today only `--list`).
+    Run {
+        /// List the ops.
+        #[arg(long)]
+        list: bool,
+        /// As JSON.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// As the Markdown op reference (docs/ops.md).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Checkpoint compression (BitSnap): safetensors <-> .tsnap.
     Ckpt {
         #[command(subcommand)]
@@ -150,10 +163,68 @@ fn main() -> ExitCode {
             reps,
             json,
         } => run_bench(backend, elements, reps, json),
+        Cmd::Run {
+            list,
+            json,
+            markdown,
+        } => run_ops(list, json, markdown),
         Cmd::Ckpt { cmd } => run_ckpt(cmd),
         Cmd::Tasp { cmd } => run_tasp(cmd),
         Cmd::Topo { cmd } => run_topo(cmd),
     }
+}
+
+fn run_ops(list: bool, json: bool, markdown: bool) -> ExitCode {
+    use tessera::ops::table::{ParamType, OPS};
+    if !list {
+        eprintln!(
+            "tessera run: only --list is available; running an op on tensors from a file is \
+             not built yet"
+        );
+        return ExitCode::from(2);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(OPS).expect("the op table serialises")
+        );
+    } else if markdown {
+        print!("{}", tessera::ops::table::markdown());
+    } else {
+        for op in OPS {
+            let names = |ts: &[tessera::ops::table::TensorSpec]| {
+                ts.iter()
+                    .map(|t| {
+                        let q = if t.optional { "?" } else { "" };
+                        format!("{}{q}: {}{}", t.name, t.dtypes.names().join("|"), t.shape)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let params = op
+                .params
+                .iter()
+                .map(|p| {
+                    let ty = match p.ty {
+                        ParamType::Enum(w) => w.join("|"),
+                        other => format!("{other:?}").to_lowercase(),
+                    };
+                    match p.default {
+                        Some(d) => format!("{}: {ty} = {d}", p.name),
+                        None => format!("{}: {ty}", p.name),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("{}  ({})", op.name, op.summary);
+            println!("    in:     {}", names(op.inputs));
+            if !params.is_empty() {
+                println!("    params: {params}");
+            }
+            println!("    out:    {}", names(op.outputs));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn pick_device(backend: Option<BackendArg>) -> Device {

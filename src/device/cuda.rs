@@ -277,11 +277,7 @@ impl Exec for CudaExec {
                 &mut params,
             )
         }
-        .map_err(|e| Error::kernel(B, kernel, format!("cuLaunchKernel: {e:?}")))?;
-        // Surface asynchronous faults at the op that caused them.
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::kernel(B, kernel, format!("execution failed: {e:?}")))
+        .map_err(|e| Error::kernel(B, kernel, format!("cuLaunchKernel: {e:?}")))
     }
 
     fn synchronize(&self) -> Result<()> {

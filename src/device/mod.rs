@@ -1,13 +1,16 @@
 //! Devices, buffers, streams, events and the kernel executors.
 //!
-//! This module (with `src/capi`) is the only place that holds `unsafe` code. Every executor
-//! launches a kernel the same way: module (the kernel's source file, e.g. `ckpt/bitmask`),
+//! This module is the only place that holds `unsafe` code (the crate root denies it elsewhere).
+//! Every executor launches a kernel the same way: module (the kernel's source file, e.g. `ckpt/bitmask`),
 //! kernel name, grid, block, dynamic shared-memory bytes, and an array of pointers to the
 //! argument values, as `cuLaunchKernel` takes it.
+
+#![allow(unsafe_code)]
 
 pub mod args;
 pub mod cuda;
 pub mod hip;
+pub mod kernel;
 pub mod nccl;
 pub mod peer;
 pub mod simt;
@@ -107,6 +110,15 @@ impl std::fmt::Display for Backend {
             Backend::Cpu => f.write_str("cpu"),
         }
     }
+}
+
+/// Whether every launch is followed by a synchronisation, so that an asynchronous fault is
+/// reported by the op that caused it: `TESSERA_SYNC_LAUNCHES=1`, read once. Off by default:
+/// launches are asynchronous on CUDA and HIP (the host SIMT executor runs a launch to completion
+/// before it returns either way).
+pub fn sync_after_launch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TESSERA_SYNC_LAUNCHES").is_ok_and(|v| v == "1"))
 }
 
 /// Launch geometry.
@@ -378,18 +390,48 @@ impl Device {
             .ok_or_else(|| Error::invalid(op, "the CPU path launches no kernels"))
     }
 
-    /// Launch a kernel by name: the raw launch path. Ops call it after validating their inputs,
-    /// and runtime tests (tests/simt_runtime.rs) call it directly. `module` is the kernel's source
-    /// file stem (e.g. `ckpt/bitmask`); the arguments are not checked against the kernel except by
-    /// the host SIMT executor, so a wrong buffer or length is as unsafe as it is on a GPU.
-    pub fn launch(
+    /// Launch a kernel by name: the raw launch path, for runtime tests and users who bring their
+    /// own kernels. The ops launch through their typed declarations
+    /// ([`kernel`](crate::device::kernel)). `module` is the kernel's source file stem (e.g.
+    /// `ckpt/bitmask`).
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters, every pointer must be a live
+    /// allocation of this device large enough for every access the kernel makes with these
+    /// arguments, and no buffer the kernel writes may be read or written elsewhere until the
+    /// launch has completed. Only the host SIMT executor checks the argument count and sizes; a
+    /// wrong length or pointer writes out of bounds on a GPU as it does on SIMT.
+    pub unsafe fn launch_raw(
         &self,
         module: &str,
         kernel: &str,
         cfg: &LaunchConfig,
         args: &KernelArgs,
     ) -> Result<()> {
-        self.exec("launch")?.launch(module, kernel, cfg, args)
+        self.launch(module, kernel, cfg, args)
+    }
+
+    /// The launch behind the typed declarations: the ops validate what the kernel trusts before
+    /// they fill a declaration, which is why this is crate-internal rather than `unsafe`.
+    pub(crate) fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()> {
+        let exec = self.exec("launch")?;
+        exec.launch(module, kernel, cfg, args)?;
+        if sync_after_launch() {
+            exec.synchronize().map_err(|e| {
+                Error::kernel(
+                    self.backend().family(),
+                    kernel,
+                    format!("execution failed (TESSERA_SYNC_LAUNCHES=1): {e}"),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Allocate an uninitialised-contents buffer of `len` elements. On the host SIMT executor the

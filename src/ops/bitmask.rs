@@ -6,16 +6,70 @@
 //! pass reads `new` again for words with changes) and writes n/8 mask bytes plus the values;
 //! densify reads base, mask and values and writes the tensor.
 
-use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
+use half::{bf16, f16};
+
+use crate::device::kernel::{BitsOf, BitsOfMut, Grid};
+use crate::device::{Device, DeviceBuffer};
 use crate::dtype::{DTypeKind, Float};
 use crate::error::{Error, Result};
-use crate::ops::{on_device, same_len};
+use crate::ops::{cpu_path, on_device, same_len};
 use crate::reference::bitmask as reference;
 
-pub(crate) const MODULE: &str = "ckpt/bitmask";
-/// Threads per block; each thread owns one 32-element mask word (kBlock in the kernel).
+/// Threads per block; each thread owns one 32-element mask word (`kBlock` in the kernel, which
+/// every kernel of the file requires).
 pub(crate) const BLOCK: u32 = 256;
 const ELEMS_PER_BLOCK: u64 = BLOCK as u64 * 32;
+
+crate::kernels! {
+    module = "ckpt/bitmask";
+    /// The change mask of `n` elements and each block's count of changed elements.
+    pub(crate) struct MaskKernel<'a, T: Float> = "bitmask_mask" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        new: &'a DeviceBuffer<T>,
+        n: u64,
+        tau: f32,
+        mask: &'a mut DeviceBuffer<u32>,
+        block_counts: &'a mut DeviceBuffer<u32>,
+    }
+    /// The changed values, packed at each block's offset.
+    pub(crate) struct CompactKernel<'a, T: Float> = "bitmask_compact" [(f32), (f16), (bf16)] block = BLOCK {
+        new: &'a DeviceBuffer<T>,
+        mask: &'a DeviceBuffer<u32>,
+        block_offsets: &'a DeviceBuffer<u64>,
+        n: u64,
+        values: &'a mut DeviceBuffer<T>,
+    }
+    /// [`CompactKernel`] on raw element bits: the f32 instance serves every 4-byte type and the
+    /// f16 instance every 2-byte type (the codec's gather).
+    pub(crate) struct CompactBitsKernel<'a, E: Float> = "bitmask_compact" [(f32), (f16)] block = BLOCK {
+        new: BitsOf<'a, E>,
+        mask: &'a DeviceBuffer<u32>,
+        block_offsets: &'a DeviceBuffer<u64>,
+        n: u64,
+        values: BitsOfMut<'a, E>,
+    }
+    /// The dense tensor from base, mask and packed values.
+    pub(crate) struct DensifyKernel<'a, T: Float> = "bitmask_densify" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        mask: &'a DeviceBuffer<u32>,
+        values: &'a DeviceBuffer<T>,
+        block_offsets: &'a DeviceBuffer<u64>,
+        n: u64,
+        out: &'a mut DeviceBuffer<T>,
+    }
+    /// Each block's count of set bits of an existing mask.
+    pub(crate) struct PopcountKernel<'a> = "bitmask_popcount" block = BLOCK {
+        mask: &'a DeviceBuffer<u32>,
+        n: u64,
+        block_counts: &'a mut DeviceBuffer<u32>,
+    }
+    /// Exclusive scan of per-block counts into `nblocks + 1` offsets (one block).
+    pub(crate) struct ScanCountsKernel<'a> = "bitmask_scan_counts" block = BLOCK {
+        counts: &'a DeviceBuffer<u32>,
+        nblocks: u64,
+        offsets: &'a mut DeviceBuffer<u64>,
+    }
+}
 
 /// A sparsified delta: the change mask and the packed new values of the changed elements.
 #[derive(Debug)]
@@ -54,14 +108,12 @@ pub(crate) fn scan_counts(
 ) -> Result<(DeviceBuffer<u64>, u64)> {
     let nb = counts.len();
     let mut offsets = dev.alloc::<u64>(nb + 1, "bitmask.offsets")?;
-    let mut a = KernelArgs::new();
-    a.buf(counts).push(nb as u64).buf_mut(&mut offsets);
-    dev.launch(
-        MODULE,
-        "bitmask_scan_counts",
-        &LaunchConfig::linear(1, BLOCK, 0),
-        &a,
-    )?;
+    ScanCountsKernel {
+        counts,
+        nblocks: nb as u64,
+        offsets: &mut offsets,
+    }
+    .launch(dev, Grid::linear(1))?;
     let total = offsets.download_range(nb, 1)?[0];
     Ok((offsets, total))
 }
@@ -89,11 +141,8 @@ pub fn sparsify<T: Float>(
     let n = base.len();
     let nb = blocks(OP, n)?;
 
-    if !dev.backend().runs_kernels() {
-        let (b, x) = (
-            base.host_slice().expect("cpu"),
-            new.host_slice().expect("cpu"),
-        );
+    if let Some(h) = cpu_path(OP, &dev) {
+        let (b, x) = (h.slice(base)?, h.slice(new)?);
         let (mask, values) = reference::sparsify(b, x, tau);
         return Ok(Sparse {
             mask: dev.upload(&mask, "bitmask.mask")?,
@@ -102,7 +151,6 @@ pub fn sparsify<T: Float>(
         });
     }
 
-    let sfx = T::KIND.name();
     let mut mask = dev.alloc::<u32>(mask_words(n), "bitmask.mask")?;
     if n == 0 {
         return Ok(Sparse {
@@ -112,19 +160,15 @@ pub fn sparsify<T: Float>(
         });
     }
     let mut counts = dev.alloc::<u32>(nb as usize, "bitmask.block_counts")?;
-    let mut a = KernelArgs::new();
-    a.buf(base)
-        .buf(new)
-        .push(n as u64)
-        .push(tau)
-        .buf_mut(&mut mask)
-        .buf_mut(&mut counts);
-    dev.launch(
-        MODULE,
-        &format!("bitmask_mask_{sfx}"),
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    MaskKernel {
+        base,
+        new,
+        n: n as u64,
+        tau,
+        mask: &mut mask,
+        block_counts: &mut counts,
+    }
+    .launch(&dev, Grid::linear(nb))?;
 
     let (offsets, total) = scan_counts(&dev, &counts)?;
     let total = usize::try_from(total)
@@ -139,18 +183,14 @@ pub fn sparsify<T: Float>(
         })?;
     let mut values = dev.alloc::<T>(total, "bitmask.values")?;
     if total > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(new)
-            .buf(&mask)
-            .buf(&offsets)
-            .push(n as u64)
-            .buf_mut(&mut values);
-        dev.launch(
-            MODULE,
-            &format!("bitmask_compact_{sfx}"),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        CompactKernel {
+            new,
+            mask: &mask,
+            block_offsets: &offsets,
+            n: n as u64,
+            values: &mut values,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(Sparse {
         mask,
@@ -212,12 +252,8 @@ pub fn densify_parts<T: Float>(
     check_mask(OP, mask, n)?;
     let nb = blocks(OP, n)?;
 
-    if !dev.backend().runs_kernels() {
-        let (b, m, v) = (
-            base.host_slice().expect("cpu"),
-            mask.host_slice().expect("cpu"),
-            values.host_slice().expect("cpu"),
-        );
+    if let Some(h) = cpu_path(OP, &dev) {
+        let (b, m, v) = (h.slice(base)?, h.slice(mask)?, h.slice(values)?);
         let set = reference::count(m, n);
         if set != v.len() as u64 {
             return Err(Error::invalid(
@@ -239,14 +275,12 @@ pub fn densify_parts<T: Float>(
         return Ok(out);
     }
     let mut counts = dev.alloc::<u32>(nb as usize, "bitmask.block_counts")?;
-    let mut a = KernelArgs::new();
-    a.buf(mask).push(n as u64).buf_mut(&mut counts);
-    dev.launch(
-        MODULE,
-        "bitmask_popcount",
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    PopcountKernel {
+        mask,
+        n: n as u64,
+        block_counts: &mut counts,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     let (offsets, total) = scan_counts(&dev, &counts)?;
     if total != values.len() as u64 {
         return Err(Error::invalid(
@@ -254,19 +288,15 @@ pub fn densify_parts<T: Float>(
             format!("mask marks {total} elements, values has {}", values.len()),
         ));
     }
-    let mut a = KernelArgs::new();
-    a.buf(base)
-        .buf(mask)
-        .buf(values)
-        .buf(&offsets)
-        .push(n as u64)
-        .buf_mut(&mut out);
-    dev.launch(
-        MODULE,
-        &format!("bitmask_densify_{}", T::KIND.name()),
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    DensifyKernel {
+        base,
+        mask,
+        values,
+        block_offsets: &offsets,
+        n: n as u64,
+        out: &mut out,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     Ok(out)
 }
 

@@ -20,16 +20,135 @@
 //! wrapped W-bit signed difference: `(d << 1) ^ (d >> (W-1))`. So widths are <= W, a change of
 //! one ulp gives 1 or 2, -0.0 -> +0.0 is a step of one, and NaN payloads round-trip exactly.
 
-use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
+use half::{bf16, f16};
+
+use crate::device::kernel::{BitsOf, BitsOfMut, Grid};
+use crate::device::{Device, DeviceBuffer};
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::ops::bitmask as bm;
-use crate::ops::{on_device, same_len};
+use crate::ops::{cpu_path, on_device, same_len};
 use crate::reference::bitmask as bm_ref;
 use crate::reference::codec as reference;
 
-const MODULE: &str = "ckpt/codec";
+/// Threads per block of every codec kernel (`kBlock` in the kernel file).
 const BLOCK: u32 = 256;
+
+crate::kernels! {
+    module = "ckpt/codec";
+    /// Per pack block: the bit width of its zigzag deltas; `stats[0]` = the largest.
+    pub(crate) struct WidthsDeltaKernel<'a, T: Float> = "codec_widths_delta" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        new: &'a DeviceBuffer<T>,
+        n: u64,
+        widths: &'a mut DeviceBuffer<u8>,
+        stats: &'a mut DeviceBuffer<u32>,
+    }
+    /// Pack the zigzag deltas at each block's width and word offset.
+    pub(crate) struct PackDeltaKernel<'a, T: Float> = "codec_pack_delta" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        new: &'a DeviceBuffer<T>,
+        n: u64,
+        widths: &'a DeviceBuffer<u8>,
+        offsets: &'a DeviceBuffer<u64>,
+        words: &'a mut DeviceBuffer<u32>,
+    }
+    /// Inverse of the two above: `out = base + unzigzag(delta)`.
+    pub(crate) struct UnpackDeltaKernel<'a, T: Float> = "codec_unpack_delta" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        words: &'a DeviceBuffer<u32>,
+        widths: &'a DeviceBuffer<u8>,
+        offsets: &'a DeviceBuffer<u64>,
+        n: u64,
+        out: &'a mut DeviceBuffer<T>,
+    }
+    /// `out = round_T(base + centroids[idx])` (`has_base` 0: no base).
+    pub(crate) struct DequantizeKernel<'a, T: Float> = "codec_dequantize" [(f32), (f16), (bf16)] block = BLOCK {
+        words: &'a DeviceBuffer<u32>,
+        widths: &'a DeviceBuffer<u8>,
+        offsets: &'a DeviceBuffer<u64>,
+        n: u64,
+        centroids: &'a DeviceBuffer<f32>,
+        k: u32,
+        base: Option<&'a DeviceBuffer<T>>,
+        has_base: u32,
+        out: &'a mut DeviceBuffer<T>,
+    }
+    /// `out = new - base` in f32.
+    pub(crate) struct DeltaF32Kernel<'a, T: Float> = "codec_delta_f32" [(f32), (f16), (bf16)] block = BLOCK {
+        base: &'a DeviceBuffer<T>,
+        new: &'a DeviceBuffer<T>,
+        n: u64,
+        out: &'a mut DeviceBuffer<f32>,
+    }
+    /// Widen to f32.
+    pub(crate) struct ToF32Kernel<'a, T: Float> = "codec_to_f32" [(f32), (f16), (bf16)] block = BLOCK {
+        x: &'a DeviceBuffer<T>,
+        n: u64,
+        out: &'a mut DeviceBuffer<f32>,
+    }
+    /// Per pack block: the bit width of its indices (or `fixed` when nonzero); `stats[0]` = the
+    /// largest index width.
+    pub(crate) struct WidthsIdxKernel<'a> = "codec_widths_idx" block = BLOCK {
+        idx: &'a DeviceBuffer<u8>,
+        n: u64,
+        fixed: u32,
+        widths: &'a mut DeviceBuffer<u8>,
+        stats: &'a mut DeviceBuffer<u32>,
+    }
+    /// Pack indices at each block's width and word offset.
+    pub(crate) struct PackIdxKernel<'a> = "codec_pack_idx" block = BLOCK {
+        idx: &'a DeviceBuffer<u8>,
+        n: u64,
+        widths: &'a DeviceBuffer<u8>,
+        offsets: &'a DeviceBuffer<u64>,
+        words: &'a mut DeviceBuffer<u32>,
+    }
+    /// Widths -> word offsets (`nb + 1`) and the largest width (one block).
+    pub(crate) struct ScanWidthsKernel<'a> = "codec_scan_widths" block = BLOCK {
+        widths: &'a DeviceBuffer<u8>,
+        nb: u64,
+        count: u64,
+        offsets: &'a mut DeviceBuffer<u64>,
+        max_width: &'a mut DeviceBuffer<u32>,
+    }
+    /// Per block: min, max and the count of non-finite values.
+    pub(crate) struct MinMaxKernel<'a> = "codec_minmax" block = BLOCK {
+        x: &'a DeviceBuffer<f32>,
+        n: u64,
+        bmin: &'a mut DeviceBuffer<f32>,
+        bmax: &'a mut DeviceBuffer<f32>,
+        bnonfinite: &'a mut DeviceBuffer<u32>,
+    }
+    /// The evenly strided k-means sample: `out[i] = x[i * n / s]`.
+    pub(crate) struct KmeansSampleKernel<'a> = "codec_kmeans_sample" block = BLOCK {
+        x: &'a DeviceBuffer<f32>,
+        n: u64,
+        s: u64,
+        out: &'a mut DeviceBuffer<f32>,
+    }
+    /// Assign each value to its centroid; with `accumulate`, per-block fixed-point sums.
+    pub(crate) struct KmeansAssignKernel<'a> = "codec_kmeans_assign" block = BLOCK {
+        x: &'a DeviceBuffer<f32>,
+        n: u64,
+        mids: &'a DeviceBuffer<f32>,
+        k: u32,
+        scale_exp: i32,
+        accumulate: u32,
+        idx: &'a mut DeviceBuffer<u8>,
+        psums: &'a mut DeviceBuffer<u64>,
+        pcounts: &'a mut DeviceBuffer<u32>,
+    }
+    /// Reduce the per-block sums and counts (one block).
+    pub(crate) struct KmeansReduceKernel<'a> = "codec_kmeans_reduce" block = BLOCK {
+        psums: &'a DeviceBuffer<u64>,
+        pcounts: &'a DeviceBuffer<u32>,
+        nblocks: u64,
+        k: u32,
+        sums: &'a mut DeviceBuffer<u64>,
+        counts: &'a mut DeviceBuffer<u64>,
+    }
+}
 
 /// Values per width block of [`Packed`].
 pub const PACK_BLOCK: usize = 256;
@@ -76,11 +195,6 @@ fn grid(op: &'static str, items: usize, per_block: usize) -> Result<u32> {
         })
 }
 
-fn host<T: DType>(b: &DeviceBuffer<T>) -> &[T] {
-    b.host_slice()
-        .expect("CPU-path buffers live in host memory")
-}
-
 /// Validate a packed stream (device, widths length, each width <= `max_width`, words length) and,
 /// on a kernel executor, compute its block word offsets on the device. Returns the offsets
 /// (None on the CPU path) and the largest width.
@@ -103,21 +217,26 @@ fn packed_layout(
             ),
         ));
     }
-    let (offsets, total, wmax) = if dev.backend().runs_kernels() {
+    let (offsets, total, wmax) = if let Some(h) = cpu_path(op, dev) {
+        let w = h.slice(&p.widths)?;
+        let wmax = w.iter().copied().max().unwrap_or(0) as u32;
+        let total = if wmax <= 32 {
+            reference::packed_words(w, p.count)
+        } else {
+            0
+        };
+        (None, total, wmax)
+    } else {
         let mut offsets = dev.alloc::<u64>(nb + 1, "codec.offsets")?;
         let mut maxw = dev.upload(&[0u32], "codec.max_width")?;
-        let mut a = KernelArgs::new();
-        a.buf(&p.widths)
-            .push(nb as u64)
-            .push(p.count as u64)
-            .buf_mut(&mut offsets)
-            .buf_mut(&mut maxw);
-        dev.launch(
-            MODULE,
-            "codec_scan_widths",
-            &LaunchConfig::linear(1, BLOCK, 0),
-            &a,
-        )?;
+        ScanWidthsKernel {
+            widths: &p.widths,
+            nb: nb as u64,
+            count: p.count as u64,
+            offsets: &mut offsets,
+            max_width: &mut maxw,
+        }
+        .launch(dev, Grid::linear(1))?;
         let wmax = maxw.download()?[0];
         // The total is only meaningful when every width is valid.
         let total = if wmax <= 32 {
@@ -126,15 +245,6 @@ fn packed_layout(
             0
         };
         (Some(offsets), total, wmax)
-    } else {
-        let w = host(&p.widths);
-        let wmax = w.iter().copied().max().unwrap_or(0) as u32;
-        let total = if wmax <= 32 {
-            reference::packed_words(w, p.count)
-        } else {
-            0
-        };
-        (None, total, wmax)
     };
     if wmax > max_width {
         return Err(Error::invalid(
@@ -177,12 +287,15 @@ pub fn gather<T: DType>(
     bm::check_mask(OP, mask, n)?;
     let mismatch =
         |set: u64| Error::invalid(OP, format!("mask marks {set} elements, count is {count}"));
-    if !dev.backend().runs_kernels() {
-        let set = bm_ref::count(host(mask), n);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let set = bm_ref::count(h.slice(mask)?, n);
         if set != count as u64 {
             return Err(mismatch(set));
         }
-        return dev.upload(&reference::gather(host(src), host(mask)), "codec.gathered");
+        return dev.upload(
+            &reference::gather(h.slice(src)?, h.slice(mask)?),
+            "codec.gathered",
+        );
     }
     if n == 0 {
         if count != 0 {
@@ -192,14 +305,12 @@ pub fn gather<T: DType>(
     }
     let nb = bm::blocks(OP, n)?;
     let mut counts = dev.alloc::<u32>(nb as usize, "codec.block_counts")?;
-    let mut a = KernelArgs::new();
-    a.buf(mask).push(n as u64).buf_mut(&mut counts);
-    dev.launch(
-        bm::MODULE,
-        "bitmask_popcount",
-        &LaunchConfig::linear(nb, bm::BLOCK, 0),
-        &a,
-    )?;
+    bm::PopcountKernel {
+        mask,
+        n: n as u64,
+        block_counts: &mut counts,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     let (offsets, total) = bm::scan_counts(&dev, &counts)?;
     if total != count as u64 {
         return Err(mismatch(total));
@@ -207,24 +318,30 @@ pub fn gather<T: DType>(
     let mut out = dev.alloc::<T>(count, "codec.gathered")?;
     if count > 0 {
         // The compaction kernel copies bit patterns: its f32 instance serves every 4-byte type
-        // and its f16 instance every 2-byte type.
-        let kernel = if size == 4 {
-            "bitmask_compact_f32"
+        // and its f16 instance every 2-byte type (the size was checked above).
+        fn compact<E: Float, T: DType>(
+            dev: &Device,
+            src: &DeviceBuffer<T>,
+            mask: &DeviceBuffer<u32>,
+            block_offsets: &DeviceBuffer<u64>,
+            out: &mut DeviceBuffer<T>,
+            nb: u32,
+        ) -> Result<()> {
+            let sized = || Error::invalid("codec::gather", "element size changed");
+            bm::CompactBitsKernel::<E> {
+                new: BitsOf::of(src).ok_or_else(sized)?,
+                mask,
+                block_offsets,
+                n: src.len() as u64,
+                values: BitsOfMut::of(out).ok_or_else(sized)?,
+            }
+            .launch(dev, Grid::linear(nb))
+        }
+        if size == 4 {
+            compact::<f32, T>(&dev, src, mask, &offsets, &mut out, nb)?;
         } else {
-            "bitmask_compact_f16"
-        };
-        let mut a = KernelArgs::new();
-        a.buf(src)
-            .buf(mask)
-            .buf(&offsets)
-            .push(n as u64)
-            .buf_mut(&mut out);
-        dev.launch(
-            bm::MODULE,
-            kernel,
-            &LaunchConfig::linear(nb, bm::BLOCK, 0),
-            &a,
-        )?;
+            compact::<f16, T>(&dev, src, mask, &offsets, &mut out, nb)?;
+        }
     }
     Ok(out)
 }
@@ -242,15 +359,14 @@ pub fn delta_encode<T: Float>(
     same_len(OP, base_vals.len(), new_vals.len())?;
     let n = base_vals.len();
     let nb = grid(OP, n, PACK_BLOCK)?;
-    if !dev.backend().runs_kernels() {
-        let (words, widths) = reference::delta_encode(host(base_vals), host(new_vals));
+    if let Some(h) = cpu_path(OP, &dev) {
+        let (words, widths) = reference::delta_encode(h.slice(base_vals)?, h.slice(new_vals)?);
         return Ok(Packed {
             words: dev.upload(&words, "codec.words")?,
             widths: dev.upload(&widths, "codec.widths")?,
             count: n,
         });
     }
-    let sfx = T::KIND.name();
     let mut widths = dev.alloc::<u8>(nb as usize, "codec.widths")?;
     if n == 0 {
         return Ok(Packed {
@@ -260,34 +376,26 @@ pub fn delta_encode<T: Float>(
         });
     }
     let mut stats = dev.upload(&[0u32], "codec.stats")?;
-    let mut a = KernelArgs::new();
-    a.buf(base_vals)
-        .buf(new_vals)
-        .push(n as u64)
-        .buf_mut(&mut widths)
-        .buf_mut(&mut stats);
-    dev.launch(
-        MODULE,
-        &format!("codec_widths_delta_{sfx}"),
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    WidthsDeltaKernel {
+        base: base_vals,
+        new: new_vals,
+        n: n as u64,
+        widths: &mut widths,
+        stats: &mut stats,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     let (words, offsets) = alloc_words(OP, &dev, &widths, n)?;
     let mut words = words;
     if !words.is_empty() {
-        let mut a = KernelArgs::new();
-        a.buf(base_vals)
-            .buf(new_vals)
-            .push(n as u64)
-            .buf(&widths)
-            .buf(&offsets)
-            .buf_mut(&mut words);
-        dev.launch(
-            MODULE,
-            &format!("codec_pack_delta_{sfx}"),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        PackDeltaKernel {
+            base: base_vals,
+            new: new_vals,
+            n: n as u64,
+            widths: &widths,
+            offsets: &offsets,
+            words: &mut words,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(Packed {
         words,
@@ -306,18 +414,14 @@ fn alloc_words(
     let nb = widths.len();
     let mut offsets = dev.alloc::<u64>(nb + 1, "codec.offsets")?;
     let mut maxw = dev.upload(&[0u32], "codec.max_width")?;
-    let mut a = KernelArgs::new();
-    a.buf(widths)
-        .push(nb as u64)
-        .push(n as u64)
-        .buf_mut(&mut offsets)
-        .buf_mut(&mut maxw);
-    dev.launch(
-        MODULE,
-        "codec_scan_widths",
-        &LaunchConfig::linear(1, BLOCK, 0),
-        &a,
-    )?;
+    ScanWidthsKernel {
+        widths,
+        nb: nb as u64,
+        count: n as u64,
+        offsets: &mut offsets,
+        max_width: &mut maxw,
+    }
+    .launch(dev, Grid::linear(1))?;
     let total = offsets.download_range(nb, 1)?[0];
     let total = usize::try_from(total)
         .ok()
@@ -354,25 +458,26 @@ pub fn delta_decode<T: Float>(
     let n = packed.count;
     let nb = grid(OP, n, BLOCK as usize)?;
     let Some(offsets) = offsets else {
-        let out =
-            reference::delta_decode(host(base_vals), host(&packed.words), host(&packed.widths));
+        let h =
+            cpu_path(OP, &dev).ok_or_else(|| Error::invalid(OP, "no offsets on a kernel path"))?;
+        let out = reference::delta_decode(
+            h.slice(base_vals)?,
+            h.slice(&packed.words)?,
+            h.slice(&packed.widths)?,
+        );
         return dev.upload(&out, "codec.decoded");
     };
     let mut out = dev.alloc::<T>(n, "codec.decoded")?;
     if n > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(base_vals)
-            .buf(&packed.words)
-            .buf(&packed.widths)
-            .buf(&offsets)
-            .push(n as u64)
-            .buf_mut(&mut out);
-        dev.launch(
-            MODULE,
-            &format!("codec_unpack_delta_{}", T::KIND.name()),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        UnpackDeltaKernel {
+            base: base_vals,
+            words: &packed.words,
+            widths: &packed.widths,
+            offsets: &offsets,
+            n: n as u64,
+            out: &mut out,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(out)
 }
@@ -388,25 +493,21 @@ pub fn delta_f32<T: Float>(
     same_len(OP, base_vals.len(), new_vals.len())?;
     let n = base_vals.len();
     let nb = grid(OP, n, BLOCK as usize)?;
-    if !dev.backend().runs_kernels() {
+    if let Some(h) = cpu_path(OP, &dev) {
         return dev.upload(
-            &reference::delta_f32(host(base_vals), host(new_vals)),
+            &reference::delta_f32(h.slice(base_vals)?, h.slice(new_vals)?),
             "codec.delta",
         );
     }
     let mut out = dev.alloc::<f32>(n, "codec.delta")?;
     if n > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(base_vals)
-            .buf(new_vals)
-            .push(n as u64)
-            .buf_mut(&mut out);
-        dev.launch(
-            MODULE,
-            &format!("codec_delta_f32_{}", T::KIND.name()),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        DeltaF32Kernel {
+            base: base_vals,
+            new: new_vals,
+            n: n as u64,
+            out: &mut out,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(out)
 }
@@ -417,19 +518,17 @@ pub fn to_f32<T: Float>(values: &DeviceBuffer<T>) -> Result<DeviceBuffer<f32>> {
     let dev = values.device().clone();
     let n = values.len();
     let nb = grid(OP, n, BLOCK as usize)?;
-    if !dev.backend().runs_kernels() {
-        return dev.upload(&reference::to_f32(host(values)), "codec.f32");
+    if let Some(h) = cpu_path(OP, &dev) {
+        return dev.upload(&reference::to_f32(h.slice(values)?), "codec.f32");
     }
     let mut out = dev.alloc::<f32>(n, "codec.f32")?;
     if n > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(values).push(n as u64).buf_mut(&mut out);
-        dev.launch(
-            MODULE,
-            &format!("codec_to_f32_{}", T::KIND.name()),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        ToF32Kernel {
+            x: values,
+            n: n as u64,
+            out: &mut out,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(out)
 }
@@ -478,8 +577,8 @@ pub fn kmeans(values: &DeviceBuffer<f32>, bits: u32, max_iters: u32, tol: f32) -
             format!("values must be finite, {bad} are NaN or infinite"),
         )
     };
-    if !dev.backend().runs_kernels() {
-        let v = host(values);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let v = h.slice(values)?;
         let (_, _, bad) = reference::min_max(v);
         if bad > 0 {
             return Err(nonfinite(bad as u64));
@@ -505,18 +604,14 @@ pub fn kmeans(values: &DeviceBuffer<f32>, bits: u32, max_iters: u32, tol: f32) -
     let mut bmin = dev.alloc::<f32>(g, "codec.bmin")?;
     let mut bmax = dev.alloc::<f32>(g, "codec.bmax")?;
     let mut bbad = dev.alloc::<u32>(g, "codec.bnonfinite")?;
-    let mut a = KernelArgs::new();
-    a.buf(values)
-        .push(n as u64)
-        .buf_mut(&mut bmin)
-        .buf_mut(&mut bmax)
-        .buf_mut(&mut bbad);
-    dev.launch(
-        MODULE,
-        "codec_minmax",
-        &LaunchConfig::linear(g as u32, BLOCK, 0),
-        &a,
-    )?;
+    MinMaxKernel {
+        x: values,
+        n: n as u64,
+        bmin: &mut bmin,
+        bmax: &mut bmax,
+        bnonfinite: &mut bbad,
+    }
+    .launch(&dev, Grid::linear(g as u32))?;
     let bad: u64 = bbad.download()?.iter().map(|&b| b as u64).sum();
     if bad > 0 {
         return Err(nonfinite(bad));
@@ -532,17 +627,13 @@ pub fn kmeans(values: &DeviceBuffer<f32>, bits: u32, max_iters: u32, tol: f32) -
     // Initialisation from the strided sample, sorted on the host.
     let s = reference::sample_len(n);
     let mut sample = dev.alloc::<f32>(s, "codec.sample")?;
-    let mut a = KernelArgs::new();
-    a.buf(values)
-        .push(n as u64)
-        .push(s as u64)
-        .buf_mut(&mut sample);
-    dev.launch(
-        MODULE,
-        "codec_kmeans_sample",
-        &LaunchConfig::linear(grid(OP, s, BLOCK as usize)?, BLOCK, 0),
-        &a,
-    )?;
+    KmeansSampleKernel {
+        x: values,
+        n: n as u64,
+        s: s as u64,
+        out: &mut sample,
+    }
+    .launch(&dev, Grid::linear(grid(OP, s, BLOCK as usize)?))?;
     let mut c = reference::init_centroids(sample.download()?, k);
 
     let mut psums = dev.alloc::<u64>(g * k, "codec.psums")?;
@@ -553,36 +644,28 @@ pub fn kmeans(values: &DeviceBuffer<f32>, bits: u32, max_iters: u32, tol: f32) -
     let mut assign =
         |c: &[f32], accumulate: bool, indices: &mut DeviceBuffer<u8>| -> Result<Sums> {
             let mids = dev.upload(&reference::midpoints(c), "codec.mids")?;
-            let mut a = KernelArgs::new();
-            a.buf(values)
-                .push(n as u64)
-                .buf(&mids)
-                .push(k as u32)
-                .push(e)
-                .push(accumulate as u32)
-                .buf_mut(indices)
-                .buf_mut(&mut psums)
-                .buf_mut(&mut pcounts);
-            dev.launch(
-                MODULE,
-                "codec_kmeans_assign",
-                &LaunchConfig::linear(g as u32, BLOCK, 0),
-                &a,
-            )?;
+            KmeansAssignKernel {
+                x: values,
+                n: n as u64,
+                mids: &mids,
+                k: k as u32,
+                scale_exp: e,
+                accumulate: accumulate as u32,
+                idx: indices,
+                psums: &mut psums,
+                pcounts: &mut pcounts,
+            }
+            .launch(&dev, Grid::linear(g as u32))?;
             if accumulate {
-                let mut a = KernelArgs::new();
-                a.buf(&psums)
-                    .buf(&pcounts)
-                    .push(g as u64)
-                    .push(k as u32)
-                    .buf_mut(&mut sums)
-                    .buf_mut(&mut counts);
-                dev.launch(
-                    MODULE,
-                    "codec_kmeans_reduce",
-                    &LaunchConfig::linear(1, BLOCK, 0),
-                    &a,
-                )?;
+                KmeansReduceKernel {
+                    psums: &psums,
+                    pcounts: &pcounts,
+                    nblocks: g as u64,
+                    k: k as u32,
+                    sums: &mut sums,
+                    counts: &mut counts,
+                }
+                .launch(&dev, Grid::linear(1))?;
                 let s = sums.download()?.into_iter().map(|v| v as i64).collect();
                 return Ok(Some((s, counts.download()?)));
             }
@@ -625,8 +708,8 @@ pub fn pack_indices(indices: &DeviceBuffer<u8>, bits: u32) -> Result<Packed> {
             format!("an index needs {w} bits, more than bits = {bits}"),
         )
     };
-    if !dev.backend().runs_kernels() {
-        let idx = host(indices);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let idx = h.slice(indices)?;
         let w = reference::bit_width(idx.iter().copied().max().unwrap_or(0) as u32);
         if w > bits {
             return Err(too_wide(w));
@@ -647,35 +730,27 @@ pub fn pack_indices(indices: &DeviceBuffer<u8>, bits: u32) -> Result<Packed> {
         });
     }
     let mut stats = dev.upload(&[0u32], "codec.stats")?;
-    let mut a = KernelArgs::new();
-    a.buf(indices)
-        .push(n as u64)
-        .push(bits)
-        .buf_mut(&mut widths)
-        .buf_mut(&mut stats);
-    dev.launch(
-        MODULE,
-        "codec_widths_idx",
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    WidthsIdxKernel {
+        idx: indices,
+        n: n as u64,
+        fixed: bits,
+        widths: &mut widths,
+        stats: &mut stats,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     let w = stats.download()?[0];
     if w > bits {
         return Err(too_wide(w));
     }
     let (mut words, offsets) = alloc_words(OP, &dev, &widths, n)?;
-    let mut a = KernelArgs::new();
-    a.buf(indices)
-        .push(n as u64)
-        .buf(&widths)
-        .buf(&offsets)
-        .buf_mut(&mut words);
-    dev.launch(
-        MODULE,
-        "codec_pack_idx",
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    PackIdxKernel {
+        idx: indices,
+        n: n as u64,
+        widths: &widths,
+        offsets: &offsets,
+        words: &mut words,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     Ok(Packed {
         words,
         widths,
@@ -727,36 +802,36 @@ pub fn dequantize<T: Float>(
     let n = indices.count;
     let nb = grid(OP, n, BLOCK as usize)?;
     let Some(offsets) = offsets else {
+        let h =
+            cpu_path(OP, &dev).ok_or_else(|| Error::invalid(OP, "no offsets on a kernel path"))?;
+        let base = match base_vals {
+            Some(b) => Some(h.slice(b)?),
+            None => None,
+        };
         let out = reference::dequantize::<T>(
-            host(&indices.words),
-            host(&indices.widths),
+            h.slice(&indices.words)?,
+            h.slice(&indices.widths)?,
             n,
             centroids,
-            base_vals.map(host),
+            base,
         );
         return dev.upload(&out, "codec.dequantized");
     };
     let mut out = dev.alloc::<T>(n, "codec.dequantized")?;
     if n > 0 {
         let c = dev.upload(centroids, "codec.centroids")?;
-        let mut a = KernelArgs::new();
-        a.buf(&indices.words)
-            .buf(&indices.widths)
-            .buf(&offsets)
-            .push(n as u64)
-            .buf(&c)
-            .push(k as u32);
-        match base_vals {
-            Some(b) => a.buf(b).push(1u32),
-            None => a.push(0u64).push(0u32),
-        };
-        a.buf_mut(&mut out);
-        dev.launch(
-            MODULE,
-            &format!("codec_dequantize_{}", T::KIND.name()),
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        DequantizeKernel {
+            words: &indices.words,
+            widths: &indices.widths,
+            offsets: &offsets,
+            n: n as u64,
+            centroids: &c,
+            k: k as u32,
+            base: base_vals,
+            has_base: base_vals.is_some() as u32,
+            out: &mut out,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(out)
 }

@@ -1,14 +1,45 @@
 //! Typed ops. Each op validates its inputs (lengths, dtypes, device identity, sizes), picks the
-//! launch geometry, and launches through the device's executor, or runs the reference on the
-//! native CPU path. Ops never know which executor runs them.
+//! launch geometry, and launches its family's typed kernel declarations
+//! ([`crate::device::kernel`]), or runs the reference on the native CPU path ([`cpu_path`]
+//! decides). Ops never know which executor runs them.
 
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod table;
 
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+
+/// Host access for the native CPU path: every buffer of a device without an executor is host
+/// memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Host {
+    op: &'static str,
+}
+
+impl Host {
+    /// `b`'s elements. An error (not a panic) if `b` is not host memory, which validation
+    /// (`on_device`) rules out before the CPU path runs.
+    pub(crate) fn slice<T: DType>(self, b: &DeviceBuffer<T>) -> Result<&[T]> {
+        b.host_slice().ok_or_else(|| {
+            Error::invalid(
+                self.op,
+                format!(
+                    "a {}-element buffer of the CPU path is not host memory",
+                    b.len()
+                ),
+            )
+        })
+    }
+}
+
+/// The one place an op decides between the native CPU path (the reference on host memory:
+/// `Some`) and its kernels (`None`: the device has an executor).
+pub(crate) fn cpu_path(op: &'static str, dev: &Device) -> Option<Host> {
+    (!dev.backend().runs_kernels()).then_some(Host { op })
+}
 
 /// Check that `buf` lives on `dev`.
 pub(crate) fn on_device<T: DType>(

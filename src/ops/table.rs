@@ -1,0 +1,581 @@
+//! The op table: every public op declared once, with its name (`family.op`), input tensors
+//! (name, allowed dtypes, shape rule), scalar parameters (name, type, default) and outputs.
+//!
+//! Names are the Rust names: inputs and parameters are the op function's argument names or its
+//! problem struct's fields (`packed.words` is field `words` of argument `packed`), outputs are
+//! its output struct's fields (`o`, `lse`, ...). The table
+//! drives `tessera run --list [--json]` and the op reference `docs/ops.md`
+//! (`tessera run --list --markdown`; a test keeps the file fresh); the C ABI, the Python package
+//! and `tessera run` on tensors are generated from it next.
+//!
+//! A new op is one entry of [`OPS`]. Its names are checked against the Rust code: by the
+//! exhaustive destructuring in `field_checks` for struct-based ops (a renamed or added field
+//! fails to compile), and by the `names_match_the_rust_signatures` test for argument-based ops.
+
+use serde::Serialize;
+
+/// Element types a tensor may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtypes {
+    /// f32, f16 or bf16 (one type per call, shared by the tensors marked so).
+    Float,
+    /// f16 or bf16.
+    Half,
+    /// Any 2- or 4-byte element type (bits are copied).
+    Bits16Or32,
+    F32,
+    I32,
+    U32,
+    U8,
+}
+
+impl Dtypes {
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Dtypes::Float => &["f32", "f16", "bf16"],
+            Dtypes::Half => &["f16", "bf16"],
+            Dtypes::Bits16Or32 => &["f32", "f16", "bf16", "u32", "i32", "u16"],
+            Dtypes::F32 => &["f32"],
+            Dtypes::I32 => &["i32"],
+            Dtypes::U32 => &["u32"],
+            Dtypes::U8 => &["u8"],
+        }
+    }
+}
+
+/// One tensor argument or output.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TensorSpec {
+    pub name: &'static str,
+    #[serde(serialize_with = "dtype_names")]
+    pub dtypes: Dtypes,
+    /// Shape rule, in the op's own size names (`[n]`, `[total_q, heads, head_dim]`, ...).
+    pub shape: &'static str,
+    /// May be absent (`Option` in Rust).
+    pub optional: bool,
+}
+
+fn dtype_names<S: serde::Serializer>(d: &Dtypes, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(d.names())
+}
+
+/// Scalar parameter types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    F32,
+    F64,
+    U32,
+    I32,
+    Usize,
+    /// One of the listed words (a Rust enum).
+    Enum(&'static [&'static str]),
+    /// A host array of f32 (not a device tensor).
+    F32List,
+}
+
+/// One scalar parameter.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    /// The default, when the parameter may be left out.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+/// One op.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct OpSpec {
+    /// `family.op`.
+    pub name: &'static str,
+    /// The Rust function.
+    pub rust: &'static str,
+    pub summary: &'static str,
+    pub inputs: &'static [TensorSpec],
+    pub params: &'static [ParamSpec],
+    pub outputs: &'static [TensorSpec],
+}
+
+const fn t(name: &'static str, dtypes: Dtypes, shape: &'static str) -> TensorSpec {
+    TensorSpec {
+        name,
+        dtypes,
+        shape,
+        optional: false,
+    }
+}
+
+const fn opt(name: &'static str, dtypes: Dtypes, shape: &'static str) -> TensorSpec {
+    TensorSpec {
+        name,
+        dtypes,
+        shape,
+        optional: true,
+    }
+}
+
+const fn p(
+    name: &'static str,
+    ty: ParamType,
+    default: Option<&'static str>,
+    doc: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        default,
+        doc,
+    }
+}
+
+const MODES: ParamType = ParamType::Enum(&["full", "causal", "duo_causal"]);
+const PATHS: ParamType = ParamType::Enum(&["auto", "tensor_core", "scalar"]);
+
+/// The attention problem's tensors and parameters (`ops::attention::Attention`).
+const ATTENTION_INPUTS: &[TensorSpec] = &[
+    t("q", Dtypes::Half, "[total_q, heads, head_dim]"),
+    t("k", Dtypes::Half, "[total_kv, kv_heads, head_dim]"),
+    t("v", Dtypes::Half, "[total_kv, kv_heads, head_dim]"),
+    t("cu_seqlens_q", Dtypes::I32, "[batch + 1]"),
+    t("cu_seqlens_kv", Dtypes::I32, "[batch + 1]"),
+    opt("q_pos", Dtypes::I32, "[total_q]"),
+    opt("kv_pos", Dtypes::I32, "[total_kv]"),
+    opt("q_depth", Dtypes::I32, "[total_q]"),
+    opt("kv_depth", Dtypes::I32, "[total_kv]"),
+    opt("kv_valid", Dtypes::U8, "[total_kv]"),
+];
+
+const ATTENTION_PARAMS: &[ParamSpec] = &[
+    p("heads", ParamType::Usize, None, "query heads H"),
+    p(
+        "kv_heads",
+        ParamType::Usize,
+        None,
+        "key/value heads (H is a multiple)",
+    ),
+    p("head_dim", ParamType::Usize, None, "D: 64 or 128"),
+    p(
+        "scale",
+        ParamType::F32,
+        None,
+        "softmax scale, usually 1/sqrt(D)",
+    ),
+    p(
+        "mode",
+        MODES,
+        None,
+        "mask: full, causal (by position) or duo_causal (position and depth)",
+    ),
+    p("path", PATHS, Some("auto"), "kernel path"),
+];
+
+const O_LSE: &[TensorSpec] = &[
+    t("o", Dtypes::F32, "[total_q, heads, head_dim]"),
+    t("lse", Dtypes::F32, "[heads, total_q]"),
+];
+
+/// Every public op.
+pub static OPS: &[OpSpec] = &[
+    OpSpec {
+        name: "bitmask.sparsify",
+        rust: "ops::bitmask::sparsify",
+        summary: "change bitmask of new vs base and the packed changed values",
+        inputs: &[
+            t("base", Dtypes::Float, "[n]"),
+            t("new", Dtypes::Float, "[n]"),
+        ],
+        params: &[p(
+            "tau",
+            ParamType::F32,
+            Some("0"),
+            "changes with |new - base| <= tau are dropped; 0 compares bit patterns",
+        )],
+        outputs: &[
+            t("mask", Dtypes::U32, "[ceil(n / 32)]"),
+            t("values", Dtypes::Float, "[popcount(mask)]"),
+        ],
+    },
+    OpSpec {
+        name: "bitmask.densify",
+        rust: "ops::bitmask::densify_parts",
+        summary: "the dense tensor from base, change mask and packed values",
+        inputs: &[
+            t("base", Dtypes::Float, "[n]"),
+            t("mask", Dtypes::U32, "[ceil(n / 32)]"),
+            t("values", Dtypes::Float, "[popcount(mask)]"),
+        ],
+        params: &[],
+        outputs: &[t("out", Dtypes::Float, "[n]")],
+    },
+    OpSpec {
+        name: "codec.gather",
+        rust: "ops::codec::gather",
+        summary: "the elements of src whose mask bit is set, in order",
+        inputs: &[
+            t("src", Dtypes::Bits16Or32, "[n]"),
+            t("mask", Dtypes::U32, "[ceil(n / 32)]"),
+        ],
+        params: &[p(
+            "count",
+            ParamType::Usize,
+            None,
+            "number of set mask bits",
+        )],
+        outputs: &[t("out", Dtypes::Bits16Or32, "[count]")],
+    },
+    OpSpec {
+        name: "codec.delta_encode",
+        rust: "ops::codec::delta_encode",
+        summary: "lossless zigzag-delta code of new_vals against base_vals, bit-packed per block",
+        inputs: &[
+            t("base_vals", Dtypes::Float, "[n]"),
+            t("new_vals", Dtypes::Float, "[n]"),
+        ],
+        params: &[],
+        outputs: &[
+            t("words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("widths", Dtypes::U8, "[ceil(n / 256)]"),
+        ],
+    },
+    OpSpec {
+        name: "codec.delta_decode",
+        rust: "ops::codec::delta_decode",
+        summary: "inverse of codec.delta_encode, bit-exact",
+        inputs: &[
+            t("base_vals", Dtypes::Float, "[n]"),
+            t("packed.words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("packed.widths", Dtypes::U8, "[ceil(n / 256)]"),
+        ],
+        params: &[],
+        outputs: &[t("out", Dtypes::Float, "[n]")],
+    },
+    OpSpec {
+        name: "codec.delta_f32",
+        rust: "ops::codec::delta_f32",
+        summary: "new_vals - base_vals in f32",
+        inputs: &[
+            t("base_vals", Dtypes::Float, "[n]"),
+            t("new_vals", Dtypes::Float, "[n]"),
+        ],
+        params: &[],
+        outputs: &[t("out", Dtypes::F32, "[n]")],
+    },
+    OpSpec {
+        name: "codec.to_f32",
+        rust: "ops::codec::to_f32",
+        summary: "widen to f32",
+        inputs: &[t("values", Dtypes::Float, "[n]")],
+        params: &[],
+        outputs: &[t("out", Dtypes::F32, "[n]")],
+    },
+    OpSpec {
+        name: "codec.kmeans",
+        rust: "ops::codec::kmeans",
+        summary: "exact, deterministic 1-D k-means with 2^bits centroids",
+        inputs: &[t("values", Dtypes::F32, "[n]")],
+        params: &[
+            p("bits", ParamType::U32, None, "2, 3, 4 or 8"),
+            p("max_iters", ParamType::U32, None, "update limit"),
+            p(
+                "tol",
+                ParamType::F32,
+                None,
+                "stop when no centroid moves more than tol x range",
+            ),
+        ],
+        outputs: &[
+            t("centroids", Dtypes::F32, "[2^bits] (host)"),
+            t("indices", Dtypes::U8, "[n]"),
+        ],
+    },
+    OpSpec {
+        name: "codec.pack_indices",
+        rust: "ops::codec::pack_indices",
+        summary: "pack indices at a fixed bit width",
+        inputs: &[t("indices", Dtypes::U8, "[n]")],
+        params: &[p("bits", ParamType::U32, None, "1..=8")],
+        outputs: &[
+            t("words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("widths", Dtypes::U8, "[ceil(n / 256)]"),
+        ],
+    },
+    OpSpec {
+        name: "codec.dequantize",
+        rust: "ops::codec::dequantize",
+        summary: "round_T(base_vals + centroids[index]) for packed indices",
+        inputs: &[
+            t("indices.words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("indices.widths", Dtypes::U8, "[ceil(n / 256)]"),
+            opt("base_vals", Dtypes::Float, "[n]"),
+        ],
+        params: &[p(
+            "centroids",
+            ParamType::F32List,
+            None,
+            "1..=256 centroids",
+        )],
+        outputs: &[t("out", Dtypes::Float, "[n]")],
+    },
+    OpSpec {
+        name: "attention.forward",
+        rust: "ops::attention::forward",
+        summary: "varlen GQA attention (full, causal, duo-causal), fused, tile-skipping",
+        inputs: ATTENTION_INPUTS,
+        params: ATTENTION_PARAMS,
+        outputs: O_LSE,
+    },
+    OpSpec {
+        name: "attention.decode",
+        rust: "ops::attention::decode",
+        summary: "flash-decoding: split-KV partials, then the LSE merge",
+        inputs: ATTENTION_INPUTS,
+        params: ATTENTION_PARAMS_SPLITS,
+        outputs: O_LSE,
+    },
+    OpSpec {
+        name: "attention.decode_partials",
+        rust: "ops::attention::decode_partials",
+        summary: "flash-decoding partial (O, LSE) per key split",
+        inputs: ATTENTION_INPUTS,
+        params: ATTENTION_PARAMS_SPLITS,
+        outputs: &[
+            t("o", Dtypes::F32, "[splits, total_q, heads, head_dim]"),
+            t("lse", Dtypes::F32, "[splits, heads, total_q]"),
+        ],
+    },
+    OpSpec {
+        name: "attention.merge",
+        rust: "ops::attention::merge",
+        summary: "merge partial (O, LSE) over disjoint key sets",
+        inputs: &[
+            t("o", Dtypes::F32, "[splits, total_q, heads, head_dim]"),
+            t("lse", Dtypes::F32, "[splits, heads, total_q]"),
+        ],
+        params: &[
+            p("splits", ParamType::Usize, None, "number of partials"),
+            p("total_q", ParamType::Usize, None, "query tokens"),
+            p("heads", ParamType::Usize, None, "heads"),
+            p("head_dim", ParamType::Usize, None, "head dimension"),
+        ],
+        outputs: O_LSE,
+    },
+];
+
+const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
+    ATTENTION_PARAMS[0],
+    ATTENTION_PARAMS[1],
+    ATTENTION_PARAMS[2],
+    ATTENTION_PARAMS[3],
+    ATTENTION_PARAMS[4],
+    ATTENTION_PARAMS[5],
+    p("splits", ParamType::Usize, None, "key splits per sequence"),
+];
+
+/// The op named `name`.
+pub fn find(name: &str) -> Option<&'static OpSpec> {
+    OPS.iter().find(|o| o.name == name)
+}
+
+/// The op reference (docs/ops.md).
+pub fn markdown() -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "# Op reference\n\nGenerated from the op table (`src/ops/table.rs`) by \
+         `tessera run --list --markdown`; do not edit by hand. Names are the Rust names.\n",
+    );
+    for op in OPS {
+        let _ = write!(
+            s,
+            "\n## `{}`\n\n{}. Rust: `tessera::{}`.\n\n",
+            op.name, op.summary, op.rust
+        );
+        let tensors = |s: &mut String, title: &str, ts: &[TensorSpec]| {
+            if ts.is_empty() {
+                return;
+            }
+            let _ = writeln!(s, "| {title} | dtypes | shape |\n|---|---|---|");
+            for x in ts {
+                let _ = writeln!(
+                    s,
+                    "| `{}`{} | {} | `{}` |",
+                    x.name,
+                    if x.optional { " (optional)" } else { "" },
+                    x.dtypes.names().join(", "),
+                    x.shape
+                );
+            }
+            s.push('\n');
+        };
+        tensors(&mut s, "input", op.inputs);
+        if !op.params.is_empty() {
+            let _ = writeln!(
+                s,
+                "| parameter | type | default | meaning |\n|---|---|---|---|"
+            );
+            for x in op.params {
+                let ty = match x.ty {
+                    ParamType::Enum(words) => words.join(" \\| "),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {ty} | {} | {} |",
+                    x.name,
+                    x.default.unwrap_or("required"),
+                    x.doc
+                );
+            }
+            s.push('\n');
+        }
+        tensors(&mut s, "output", op.outputs);
+    }
+    s
+}
+
+/// Compile-time checks that the table's names are the Rust names of struct-based ops: each
+/// pattern lists every field, so adding or renaming one fails to compile until the table and
+/// this list agree.
+#[allow(dead_code)]
+fn field_checks() {
+    use crate::ops::attention::{Attention, AttentionOut, Positions};
+    fn attention<T: crate::ops::attention::HalfFloat>(a: &Attention<T>, out: &AttentionOut) {
+        // Inputs: q, k, v, cu_seqlens_q, cu_seqlens_kv, q_pos and kv_pos (tensors when
+        // `Positions::Explicit`), q_depth, kv_depth, kv_valid; parameters: the rest.
+        let Attention {
+            q: _,
+            k: _,
+            v: _,
+            heads: _,
+            kv_heads: _,
+            head_dim: _,
+            cu_seqlens_q: _,
+            cu_seqlens_kv: _,
+            q_pos,
+            kv_pos: _,
+            q_depth: _,
+            kv_depth: _,
+            kv_valid: _,
+            scale: _,
+            mode: _,
+            path: _,
+        } = a;
+        let (Positions::Implicit { offset: _ } | Positions::Explicit(_)) = q_pos;
+        let AttentionOut { o: _, lse: _ } = out;
+    }
+    fn bitmask<T: crate::dtype::Float>(s: &crate::ops::bitmask::Sparse<T>) {
+        let crate::ops::bitmask::Sparse {
+            mask: _,
+            values: _,
+            len: _,
+        } = s;
+    }
+    fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
+        let crate::ops::codec::Packed {
+            words: _,
+            widths: _,
+            count: _,
+        } = p;
+        let crate::ops::codec::KMeans {
+            centroids: _,
+            indices: _,
+            iterations: _,
+        } = k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The argument names of `pub fn <name>(` in `src`.
+    fn fn_args(src: &str, name: &str) -> Vec<String> {
+        let start = src
+            .find(&format!("pub fn {name}<"))
+            .or_else(|| src.find(&format!("pub fn {name}(")))
+            .unwrap_or_else(|| panic!("no pub fn {name}"));
+        let open = start + src[start..].find('(').unwrap();
+        let close = open + src[open..].find(") ->").unwrap();
+        src[open + 1..close]
+            .split(',')
+            .filter_map(|a| a.split(':').next())
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn names_match_the_rust_signatures() {
+        let sources = [
+            ("ops::bitmask::", include_str!("bitmask.rs")),
+            ("ops::codec::", include_str!("codec.rs")),
+            ("ops::attention::", include_str!("attention.rs")),
+        ];
+        for op in OPS {
+            let (prefix, src) = sources
+                .iter()
+                .find(|(p, _)| op.rust.starts_with(p))
+                .unwrap_or_else(|| panic!("{}: no source for {}", op.name, op.rust));
+            let args = fn_args(src, &op.rust[prefix.len()..]);
+            if args == ["a"] || args == ["a", "splits"] {
+                // Struct-based: checked by `field_checks`; only the extra arguments here.
+                assert!(op.params.iter().any(|p| p.name == "mode"), "{}", op.name);
+                if args.len() == 2 {
+                    assert!(op.params.iter().any(|p| p.name == "splits"), "{}", op.name);
+                }
+                continue;
+            }
+            // `packed.words`: field `words` of the argument `packed` (a Rust struct).
+            let mut declared: Vec<&str> = op
+                .inputs
+                .iter()
+                .map(|t| t.name.split('.').next().unwrap())
+                .chain(op.params.iter().map(|p| p.name))
+                .collect();
+            declared.dedup();
+            for a in &args {
+                assert!(
+                    declared.contains(&a.as_str()),
+                    "{}: Rust argument {a} is not in the table {declared:?}",
+                    op.name
+                );
+            }
+            for d in &declared {
+                assert!(
+                    args.iter().any(|a| a == d),
+                    "{}: table name {d} is not a Rust argument of {} {args:?}",
+                    op.name,
+                    op.rust
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let mut seen = std::collections::BTreeSet::new();
+        for op in OPS {
+            assert!(seen.insert(op.name), "{} twice", op.name);
+            let (family, name) = op.name.split_once('.').expect("family.op");
+            assert!(!family.is_empty() && !name.is_empty());
+            assert!(
+                op.rust.starts_with(&format!("ops::{family}::")),
+                "{}",
+                op.name
+            );
+            assert!(!op.outputs.is_empty(), "{}", op.name);
+        }
+    }
+
+    #[test]
+    fn docs_ops_md_is_fresh() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ops.md");
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == markdown(),
+            "docs/ops.md is stale: run `cargo run --release -- run --list --markdown > docs/ops.md`"
+        );
+    }
+}
