@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod tah;
 
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;
