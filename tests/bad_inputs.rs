@@ -98,7 +98,7 @@ fn check_equal_offsets(out: &AttentionOut, what: &str) {
 }
 
 /// `Positions::Implicit { offset: i32::MAX }` used to panic in a debug build ("attempt to add
-/// with overflow" in ops/attention/prefill.rs) and to wrap in release and on the kernels.
+/// with overflow" in ops/attention/prefill.rs, now duo_causal.rs) and to wrap in release and on the kernels.
 #[test]
 fn forward_rejects_overflowing_positions() {
     for dev in executors() {

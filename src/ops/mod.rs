@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bitmask;
 pub mod codec;
 pub mod table;
+pub mod tah;
 
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;

@@ -1,0 +1,463 @@
+//! Flash-decoding (split-KV) and the LSE merge: validation, the CPU paths (the f64 reference)
+//! and the launches of `cuda/attention/decode.cu` (`attn_decode_split_<dt>`, `attn_merge`).
+
+use super::{check_positions, Attention, AttentionOut, HalfFloat, MaskMode, Partials, Positions};
+use crate::device::{DeviceBuffer, KernelArgs, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::ops::on_device;
+
+/// Flash-decoding: each sequence's keys are split into `splits` contiguous ranges, one block
+/// per (query, head, split), writing partial (O, LSE).
+pub(super) fn decode_partials<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Partials> {
+    let g = decode_validate(a, splits)?;
+    let dev = a.q.device().clone();
+    let (h_n, d) = (a.heads, a.head_dim);
+    let o_len = splits * g.total_q * h_n * d;
+    let lse_len = splits * h_n * g.total_q;
+
+    if !dev.backend().runs_kernels() {
+        let (o, lse) = decode_partials_host(a, &g, splits)?;
+        return Ok(Partials {
+            o: dev.upload(&o, "attention.decode.o_part")?,
+            lse: dev.upload(&lse, "attention.decode.lse_part")?,
+            splits,
+        });
+    }
+
+    let mut o = dev.alloc::<f32>(o_len, "attention.decode.o_part")?;
+    let mut lse = dev.alloc::<f32>(lse_len, "attention.decode.lse_part")?;
+    if g.total_q == 0 {
+        return Ok(Partials { o, lse, splits });
+    }
+    let group = h_n / a.kv_heads;
+    let chunks = group.div_ceil(DECODE_MAX_HEADS);
+    let ptr = |b: Option<&DeviceBuffer<i32>>| b.map_or(0u64, |b| b.addr());
+    let (q_pos, q_off) = match a.q_pos {
+        Positions::Implicit { offset } => (0u64, offset),
+        Positions::Explicit(b) => (b.addr(), 0),
+    };
+    let (kv_pos, kv_off) = match a.kv_pos {
+        Positions::Implicit { offset } => (0u64, offset),
+        Positions::Explicit(b) => (b.addr(), 0),
+    };
+    let duo = a.mode == MaskMode::DuoCausal;
+    let mode: i32 = match a.mode {
+        MaskMode::Full => 0,
+        MaskMode::Causal => 1,
+        MaskMode::DuoCausal => 2,
+    };
+    let mut args = KernelArgs::new();
+    args.buf(a.q)
+        .buf(a.k)
+        .buf(a.v)
+        .buf(a.cu_seqlens_q)
+        .buf(a.cu_seqlens_kv)
+        .push(q_pos)
+        .push(kv_pos)
+        .push(if duo { ptr(a.q_depth) } else { 0 })
+        .push(if duo { ptr(a.kv_depth) } else { 0 })
+        .push(a.kv_valid.map_or(0u64, |b| b.addr()))
+        .push(q_off)
+        .push(kv_off)
+        .push(mode)
+        .push(g.batch as i32)
+        .push(g.total_q as i32)
+        .push(h_n as i32)
+        .push(a.kv_heads as i32)
+        .push(d as i32)
+        .push(splits as i32)
+        .push(a.scale)
+        .buf_mut(&mut o)
+        .buf_mut(&mut lse);
+    let cfg = LaunchConfig {
+        grid: [
+            g.total_q as u32,
+            (a.kv_heads * chunks) as u32,
+            splits as u32,
+        ],
+        block: [DECODE_BLOCK, 1, 1],
+        shared_bytes: 0,
+    };
+    dev.launch(
+        DECODE_MODULE,
+        &format!("attn_decode_split_{}", T::KIND.name()),
+        &cfg,
+        &args,
+    )?;
+    Ok(Partials { o, lse, splits })
+}
+
+/// Combine `splits` partial results over disjoint key sets into one, stably (max-shifted
+/// exponentials), tolerating LSE = -inf: O `[splits, total_q, H, D]`, LSE `[splits, H, total_q]`.
+pub(super) fn merge(
+    o: &DeviceBuffer<f32>,
+    lse: &DeviceBuffer<f32>,
+    splits: usize,
+    total_q: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<AttentionOut> {
+    const OP: &str = "attention::merge";
+    let dev = o.device().clone();
+    on_device(OP, "lse", &dev, lse)?;
+    if splits == 0 {
+        return Err(Error::invalid(OP, "splits must be >= 1"));
+    }
+    let rows = total_q
+        .checked_mul(heads)
+        .filter(|&r| r <= i32::MAX as usize && total_q <= i32::MAX as usize)
+        .ok_or_else(|| Error::invalid(OP, format!("{total_q} x {heads} rows are too many")))?;
+    let o_len = rows
+        .checked_mul(head_dim)
+        .and_then(|n| n.checked_mul(splits));
+    if o_len != Some(o.len()) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "o has {} elements, splits {splits} x total_q {total_q} x heads {heads} x \
+                 head_dim {head_dim} need {}",
+                o.len(),
+                o_len.map_or("more than usize".into(), |n| n.to_string())
+            ),
+        ));
+    }
+    if Some(lse.len()) != rows.checked_mul(splits) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "lse has {} elements, splits {splits} x heads {heads} x total_q {total_q} need {}",
+                lse.len(),
+                rows as u128 * splits as u128
+            ),
+        ));
+    }
+    if i32::try_from(splits).is_err() || i32::try_from(head_dim).is_err() {
+        return Err(Error::invalid(OP, "splits or head_dim exceed i32"));
+    }
+    let n = rows * head_dim;
+
+    if !dev.backend().runs_kernels() {
+        let (ho, hl) = (o.host_slice().expect("cpu"), lse.host_slice().expect("cpu"));
+        let (mo, ml) = merge_host(ho, hl, splits, total_q, heads, head_dim);
+        return Ok(AttentionOut {
+            o: dev.upload(&mo, "attention.merge.o")?,
+            lse: dev.upload(&ml, "attention.merge.lse")?,
+        });
+    }
+
+    let mut out_o = dev.alloc::<f32>(n, "attention.merge.o")?;
+    let mut out_lse = dev.alloc::<f32>(rows, "attention.merge.lse")?;
+    if n == 0 {
+        if rows > 0 {
+            // head_dim 0: only the LSE rows exist; merge them on the host.
+            let hl = lse.download()?;
+            let (_, ml) = merge_host(&[], &hl, splits, total_q, heads, 0);
+            out_lse.upload(&ml)?;
+        }
+        return Ok(AttentionOut {
+            o: out_o,
+            lse: out_lse,
+        });
+    }
+    let blocks = u32::try_from((n as u64).div_ceil(MERGE_BLOCK as u64))
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| Error::invalid(OP, format!("{n} elements exceed the largest grid")))?;
+    let mut args = KernelArgs::new();
+    args.buf(o)
+        .buf(lse)
+        .push(splits as i32)
+        .push(total_q as i32)
+        .push(heads as i32)
+        .push(head_dim as i32)
+        .buf_mut(&mut out_o)
+        .buf_mut(&mut out_lse);
+    dev.launch(
+        DECODE_MODULE,
+        "attn_merge",
+        &LaunchConfig::linear(blocks, MERGE_BLOCK, 0),
+        &args,
+    )?;
+    Ok(AttentionOut {
+        o: out_o,
+        lse: out_lse,
+    })
+}
+
+// ---- decode / merge internals -----------------------------------------------------------------
+
+/// Kernel file of the decode and merge kernels.
+const DECODE_MODULE: &str = "attention/decode";
+/// Threads per decode block (kBlock in cuda/attention/decode.cu).
+const DECODE_BLOCK: u32 = 128;
+/// Query heads of one kv group per decode block (kMaxHeads).
+const DECODE_MAX_HEADS: usize = 8;
+/// Threads per merge block (kMergeBlock).
+const MERGE_BLOCK: u32 = 256;
+/// Largest `splits` (grid.z).
+const DECODE_MAX_SPLITS: usize = 65_535;
+
+/// What decode validation establishes.
+struct DecodeGeom {
+    batch: usize,
+    total_q: usize,
+    total_kv: usize,
+    cu_q: Vec<i32>,
+    cu_kv: Vec<i32>,
+}
+
+fn decode_check_cu(op: &'static str, what: &str, cu: &[i32], total: usize) -> Result<()> {
+    if cu.first() != Some(&0) {
+        return Err(Error::invalid(op, format!("{what} must start at 0")));
+    }
+    if let Some(w) = cu.windows(2).position(|w| w[1] < w[0]) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{what} decreases at entry {}: {} -> {}",
+                w + 1,
+                cu[w],
+                cu[w + 1]
+            ),
+        ));
+    }
+    let last = *cu.last().expect("non-empty");
+    if last as i64 != total as i64 {
+        return Err(Error::invalid(
+            op,
+            format!("{what} ends at {last}, the tokens total {total}"),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_check_len<U: crate::dtype::DType>(
+    op: &'static str,
+    what: &str,
+    dev: &crate::device::Device,
+    buf: &DeviceBuffer<U>,
+    want: usize,
+) -> Result<()> {
+    on_device(op, what, dev, buf)?;
+    if buf.len() != want {
+        return Err(Error::invalid(
+            op,
+            format!("{what} has {} entries, expected {want}", buf.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Validate a decode problem (shapes, metadata lengths, cu_seqlens contents, devices, splits).
+fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<DecodeGeom> {
+    const OP: &str = "attention::decode";
+    let dev = a.q.device();
+    on_device(OP, "k", dev, a.k)?;
+    on_device(OP, "v", dev, a.v)?;
+    on_device(OP, "cu_seqlens_q", dev, a.cu_seqlens_q)?;
+    on_device(OP, "cu_seqlens_kv", dev, a.cu_seqlens_kv)?;
+    let d = a.head_dim;
+    if d != 64 && d != 128 {
+        return Err(Error::invalid(
+            OP,
+            format!("head_dim {d}, supported: 64, 128"),
+        ));
+    }
+    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "heads {} must be a positive multiple of kv_heads {}",
+                a.heads, a.kv_heads
+            ),
+        ));
+    }
+    if a.heads > 65_535 {
+        return Err(Error::invalid(
+            OP,
+            format!("heads {} exceed the kernel's limit 65535", a.heads),
+        ));
+    }
+    if splits == 0 || splits > DECODE_MAX_SPLITS {
+        return Err(Error::invalid(
+            OP,
+            format!("splits {splits}, supported: 1..={DECODE_MAX_SPLITS}"),
+        ));
+    }
+    if !a.scale.is_finite() {
+        return Err(Error::invalid(
+            OP,
+            format!("scale {} is not finite", a.scale),
+        ));
+    }
+    if a.q.len() % (a.heads * d) != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "q has {} elements, not a multiple of heads {} x head_dim {d}",
+                a.q.len(),
+                a.heads
+            ),
+        ));
+    }
+    if a.k.len() != a.v.len() || a.k.len() % (a.kv_heads * d) != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "k has {} and v {} elements; both must be total_kv x kv_heads {} x head_dim {d}",
+                a.k.len(),
+                a.v.len(),
+                a.kv_heads
+            ),
+        ));
+    }
+    let total_q = a.q.len() / (a.heads * d);
+    let total_kv = a.k.len() / (a.kv_heads * d);
+    let lim = i32::MAX as usize;
+    if total_q > lim || total_kv > lim || a.heads > 65_535 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "total_q {total_q}, total_kv {total_kv} or heads {} exceed the kernel's limits",
+                a.heads
+            ),
+        ));
+    }
+    if a.cu_seqlens_q.is_empty() || a.cu_seqlens_q.len() != a.cu_seqlens_kv.len() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "cu_seqlens_q has {} entries and cu_seqlens_kv {}; both need batch + 1 >= 1",
+                a.cu_seqlens_q.len(),
+                a.cu_seqlens_kv.len()
+            ),
+        ));
+    }
+    let cu_q = a.cu_seqlens_q.download()?;
+    let cu_kv = a.cu_seqlens_kv.download()?;
+    decode_check_cu(OP, "cu_seqlens_q", &cu_q, total_q)?;
+    decode_check_cu(OP, "cu_seqlens_kv", &cu_kv, total_kv)?;
+    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
+    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
+    if let Positions::Explicit(b) = a.q_pos {
+        decode_check_len(OP, "q_pos", dev, b, total_q)?;
+    }
+    if let Positions::Explicit(b) = a.kv_pos {
+        decode_check_len(OP, "kv_pos", dev, b, total_kv)?;
+    }
+    if a.mode == MaskMode::DuoCausal {
+        let (Some(qd), Some(kd)) = (a.q_depth, a.kv_depth) else {
+            return Err(Error::invalid(OP, "DuoCausal needs q_depth and kv_depth"));
+        };
+        decode_check_len(OP, "q_depth", dev, qd, total_q)?;
+        decode_check_len(OP, "kv_depth", dev, kd, total_kv)?;
+    }
+    if let Some(b) = a.kv_valid {
+        decode_check_len(OP, "kv_valid", dev, b, total_kv)?;
+    }
+    splits
+        .checked_mul(total_q)
+        .and_then(|n| n.checked_mul(a.heads * d))
+        .ok_or_else(|| Error::invalid(OP, "partial outputs overflow usize"))?;
+    Ok(DecodeGeom {
+        batch: cu_q.len() - 1,
+        total_q,
+        total_kv,
+        cu_q,
+        cu_kv,
+    })
+}
+
+/// Resolve positions to one per token (implicit: index in the sequence + offset, which
+/// [`check_positions`] has checked to fit in i32).
+fn decode_positions(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
+    match p {
+        Positions::Explicit(b) => b.download(),
+        Positions::Implicit { offset } => {
+            let mut out = vec![0i32; total];
+            for w in cu.windows(2) {
+                for (t, x) in out[w[0] as usize..w[1] as usize].iter_mut().enumerate() {
+                    *x = t as i32 + *offset;
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// CPU path of [`decode_partials`]: the f64 reference on each split's key subset (keys outside
+/// the split are masked through `kv_valid`), stored as f32.
+fn decode_partials_host<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &DecodeGeom,
+    splits: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    use crate::reference::attention as r;
+    let f = |b: &DeviceBuffer<T>| -> Result<Vec<f32>> {
+        Ok(b.download()?.iter().map(|x| x.to_f32()).collect())
+    };
+    let (q, k, v) = (f(a.q)?, f(a.k)?, f(a.v)?);
+    let q_pos = decode_positions(&a.q_pos, &g.cu_q, g.total_q)?;
+    let kv_pos = decode_positions(&a.kv_pos, &g.cu_kv, g.total_kv)?;
+    let duo = a.mode == MaskMode::DuoCausal;
+    let depth = |b: Option<&DeviceBuffer<i32>>, n: usize| -> Result<Vec<i32>> {
+        match b {
+            Some(b) if duo => b.download(),
+            _ => Ok(vec![0; n]),
+        }
+    };
+    let q_depth = depth(a.q_depth, g.total_q)?;
+    let kv_depth = depth(a.kv_depth, g.total_kv)?;
+    let valid = match a.kv_valid {
+        Some(b) => b.download()?,
+        None => vec![1u8; g.total_kv],
+    };
+    let (h_n, d) = (a.heads, a.head_dim);
+    let mut o = Vec::with_capacity(splits * g.total_q * h_n * d);
+    let mut lse = Vec::with_capacity(splits * h_n * g.total_q);
+    let mut split_valid = vec![0u8; g.total_kv];
+    for s in 0..splits {
+        split_valid.fill(0);
+        for w in g.cu_kv.windows(2) {
+            let (k0, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+            let (j0, j1) = (k0 + s * len / splits, k0 + (s + 1) * len / splits);
+            split_valid[j0..j1].copy_from_slice(&valid[j0..j1]);
+        }
+        let p = r::Problem {
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: h_n,
+            kv_heads: a.kv_heads,
+            head_dim: d,
+            cu_q: &g.cu_q,
+            cu_kv: &g.cu_kv,
+            q_pos: &q_pos,
+            kv_pos: &kv_pos,
+            q_depth: &q_depth,
+            kv_depth: &kv_depth,
+            kv_valid: &split_valid,
+            scale: a.scale,
+            mode: a.mode,
+        };
+        let (so, sl) = r::attention(&p);
+        o.extend(so.iter().map(|&x| x as f32));
+        lse.extend(sl.iter().map(|&x| x as f32));
+    }
+    Ok((o, lse))
+}
+
+/// CPU path of [`merge`]: the f64 reference in the op's layouts, rounded to f32.
+fn merge_host(
+    o: &[f32],
+    lse: &[f32],
+    splits: usize,
+    total_q: usize,
+    heads: usize,
+    head_dim: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mo, ml) =
+        crate::reference::attention::merge_packed(o, lse, splits, total_q, heads, head_dim);
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(mo), f(ml))
+}
