@@ -54,5 +54,6 @@ pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
     let mut all = Vec::new();
     all.extend(crate::ops::bitmask::declarations());
     all.extend(crate::ops::codec::declarations());
+    all.extend(crate::ops::tah::declarations());
     all
 }

@@ -140,6 +140,38 @@ impl<T: DType> KernelSuffix for T {
     const SUFFIX: &'static str = T::KIND.name();
 }
 
+/// Element-width markers for kernels that move raw bits, one instance per width: the suffix is
+/// `b8`, `b16` or `b32` and [`Width::Elem`] the unsigned type of that width.
+pub trait Width {
+    type Elem: DType;
+}
+
+/// 1-byte elements.
+pub struct B8;
+/// 2-byte elements.
+pub struct B16;
+/// 4-byte elements.
+pub struct B32;
+
+impl Width for B8 {
+    type Elem = u8;
+}
+impl Width for B16 {
+    type Elem = u16;
+}
+impl Width for B32 {
+    type Elem = u32;
+}
+impl KernelSuffix for B8 {
+    const SUFFIX: &'static str = "b8";
+}
+impl KernelSuffix for B16 {
+    const SUFFIX: &'static str = "b16";
+}
+impl KernelSuffix for B32 {
+    const SUFFIX: &'static str = "b32";
+}
+
 /// Where a kernel runs and how many blocks: the block is the declared one unless the kernel
 /// accepts any block (`block = any`), in which case the launch must give it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,6 +34,17 @@ impl Host {
             )
         })
     }
+
+    /// `b`'s elements, mutable.
+    pub(crate) fn slice_mut<T: DType>(self, b: &mut DeviceBuffer<T>) -> Result<&mut [T]> {
+        let len = b.len();
+        b.host_slice_mut().ok_or_else(|| {
+            Error::invalid(
+                self.op,
+                format!("a {len}-element buffer of the CPU path is not host memory"),
+            )
+        })
+    }
 }
 
 /// The one place an op decides between the native CPU path (the reference on host memory:

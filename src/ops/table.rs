@@ -24,6 +24,10 @@ pub enum Dtypes {
     Half,
     /// Any 2- or 4-byte element type (bits are copied).
     Bits16Or32,
+    /// Any 4-byte element type (bits are moved).
+    Bits32,
+    /// Any 1-, 2- or 4-byte element type (bits are moved).
+    Any,
     F32,
     I32,
     U32,
@@ -36,6 +40,8 @@ impl Dtypes {
             Dtypes::Float => &["f32", "f16", "bf16"],
             Dtypes::Half => &["f16", "bf16"],
             Dtypes::Bits16Or32 => &["f32", "f16", "bf16", "u32", "i32", "u16"],
+            Dtypes::Bits32 => &["f32", "i32", "u32"],
+            Dtypes::Any => &["f32", "f16", "bf16", "i32", "u32", "u16", "u8"],
             Dtypes::F32 => &["f32"],
             Dtypes::I32 => &["i32"],
             Dtypes::U32 => &["u32"],
@@ -362,6 +368,92 @@ pub static OPS: &[OpSpec] = &[
         ],
         outputs: O_LSE,
     },
+    OpSpec {
+        name: "tah.select_hard",
+        rust: "ops::tah::select_hard",
+        summary: "indices of the tokens with sigmoid(score) > threshold, ascending",
+        inputs: &[t("scores", Dtypes::F32, "[n]")],
+        params: &[p(
+            "threshold",
+            ParamType::F64,
+            None,
+            "in (0, 1); the paper uses 0.9",
+        )],
+        outputs: &[t("indices", Dtypes::U32, "[count]")],
+    },
+    OpSpec {
+        name: "tah.gather_rows",
+        rust: "ops::tah::gather_rows",
+        summary: "out[r, :] = src[idx[r], :] for 4-byte elements",
+        inputs: &[
+            t("src", Dtypes::Bits32, "[rows, d]"),
+            t("idx", Dtypes::U32, "[m]"),
+        ],
+        params: &[p("d", ParamType::Usize, None, "row width")],
+        outputs: &[t("out", Dtypes::Bits32, "[m, d]")],
+    },
+    OpSpec {
+        name: "tah.scatter_rows",
+        rust: "ops::tah::scatter_rows",
+        summary: "dst[idx[r], :] = src[r, :] in place, distinct indices",
+        inputs: &[
+            t("src", Dtypes::Bits32, "[m, d]"),
+            t("idx", Dtypes::U32, "[m]"),
+            t("dst", Dtypes::Bits32, "[rows, d] (written in place)"),
+        ],
+        params: &[p("d", ParamType::Usize, None, "row width")],
+        outputs: &[t("dst", Dtypes::Bits32, "[rows, d]")],
+    },
+    OpSpec {
+        name: "tah.copy_range",
+        rust: "ops::tah::copy_range",
+        summary: "dst[dst_off..][..n] = src[src_off..][..n] in place",
+        inputs: &[
+            t("src", Dtypes::Any, "[>= src_off + n]"),
+            t("dst", Dtypes::Any, "[>= dst_off + n] (written in place)"),
+        ],
+        params: &[
+            p("src_off", ParamType::Usize, None, "first source element"),
+            p(
+                "dst_off",
+                ParamType::Usize,
+                None,
+                "first destination element",
+            ),
+            p("n", ParamType::Usize, None, "elements"),
+        ],
+        outputs: &[t("dst", Dtypes::Any, "[>= dst_off + n]")],
+    },
+    OpSpec {
+        name: "tah.next_depth_input",
+        rust: "ops::tah::next_depth_input",
+        summary: "top-k of the cumulative logits, softmax, weighted sum of embedding rows",
+        inputs: &[
+            t("cum", Dtypes::F32, "[m, vocab]"),
+            t("emb", Dtypes::Float, "[vocab, d]"),
+        ],
+        params: &[
+            p("vocab", ParamType::Usize, None, "vocabulary size"),
+            p("k", ParamType::Usize, None, "1..=min(256, vocab)"),
+            p("d", ParamType::Usize, None, "embedding width"),
+        ],
+        outputs: &[
+            t("out", Dtypes::F32, "[m, d]"),
+            t("ids", Dtypes::U32, "[m, k]"),
+            t("weights", Dtypes::F32, "[m, k]"),
+        ],
+    },
+    OpSpec {
+        name: "tah.accumulate_logits",
+        rust: "ops::tah::accumulate_logits",
+        summary: "cum += logits in place",
+        inputs: &[
+            t("cum", Dtypes::F32, "[n] (written in place)"),
+            t("logits", Dtypes::F32, "[n]"),
+        ],
+        params: &[],
+        outputs: &[t("cum", Dtypes::F32, "[n]")],
+    },
 ];
 
 const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
@@ -472,6 +564,17 @@ fn field_checks() {
             len: _,
         } = s;
     }
+    fn tah(s: &crate::ops::tah::Selection, n: &crate::ops::tah::NextInput) {
+        let crate::ops::tah::Selection {
+            indices: _,
+            count: _,
+        } = s;
+        let crate::ops::tah::NextInput {
+            out: _,
+            ids: _,
+            weights: _,
+        } = n;
+    }
     fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
         let crate::ops::codec::Packed {
             words: _,
@@ -512,6 +615,7 @@ mod tests {
             ("ops::bitmask::", include_str!("bitmask.rs")),
             ("ops::codec::", include_str!("codec.rs")),
             ("ops::attention::", include_str!("attention.rs")),
+            ("ops::tah::", include_str!("tah.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources

@@ -9,24 +9,100 @@
 //!   logits, softmax, weighted sum of embedding rows).
 //! * [`accumulate_logits`]: `cum += logits` across depths.
 
-use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
+use half::{bf16, f16};
+
+use crate::device::kernel::{BitsOf, BitsOfMut, Grid, KernelSuffix, Width, B16, B32, B8};
+use crate::device::{Device, DeviceBuffer};
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
-use crate::ops::on_device;
+use crate::ops::{cpu_path, on_device};
 use crate::reference::tah as reference;
 
-pub(crate) const MODULE: &str = "tah/driver";
 /// Threads per block of every kernel of the module (kBlock / kTopkBlock).
 const BLOCK: u32 = 256;
+
+crate::kernels! {
+    module = "tah/driver";
+    /// Per block: the number of scores above the threshold.
+    pub(crate) struct SelectCountKernel<'a> = "tah_select_count" block = BLOCK {
+        scores: &'a DeviceBuffer<f32>,
+        n: u64,
+        thr: f32,
+        block_counts: &'a mut DeviceBuffer<u32>,
+    }
+    /// Exclusive scan of the per-block counts into `nblocks + 1` offsets (one block).
+    pub(crate) struct ScanCountsKernel<'a> = "tah_scan_counts" block = BLOCK {
+        counts: &'a DeviceBuffer<u32>,
+        nblocks: u64,
+        offsets: &'a mut DeviceBuffer<u64>,
+    }
+    /// The indices of the selected scores, in order.
+    pub(crate) struct SelectCompactKernel<'a> = "tah_select_compact" block = BLOCK {
+        scores: &'a DeviceBuffer<f32>,
+        n: u64,
+        thr: f32,
+        block_offsets: &'a DeviceBuffer<u64>,
+        indices: &'a mut DeviceBuffer<u32>,
+    }
+    /// `out[r, :] = src[idx[r], :]` for 32-bit elements.
+    pub(crate) struct GatherRowsKernel<'a> = "tah_gather_rows_b32" block = BLOCK {
+        src: BitsOf<'a, u32>,
+        idx: &'a DeviceBuffer<u32>,
+        m: u64,
+        d: u64,
+        out: BitsOfMut<'a, u32>,
+    }
+    /// `dst[idx[r], :] = src[r, :]` for 32-bit elements.
+    pub(crate) struct ScatterRowsKernel<'a> = "tah_scatter_rows_b32" block = BLOCK {
+        src: BitsOf<'a, u32>,
+        idx: &'a DeviceBuffer<u32>,
+        m: u64,
+        d: u64,
+        dst: BitsOfMut<'a, u32>,
+    }
+    /// `dst[dst_off..][..n] = src[src_off..][..n]`, one instance per element width.
+    pub(crate) struct CopyKernel<'a, W: Width> = "tah_copy" [(B8), (B16), (B32)] block = BLOCK {
+        src: BitsOf<'a, W::Elem>,
+        src_off: u64,
+        dst: BitsOfMut<'a, W::Elem>,
+        dst_off: u64,
+        n: u64,
+    }
+    /// Top-k, softmax and the weighted embedding sum; one block per row.
+    pub(crate) struct NextInputKernel<'a, E: Float> = "tah_next_input" [(f32), (f16), (bf16)] block = BLOCK {
+        cum: &'a DeviceBuffer<f32>,
+        vocab: u64,
+        k: i32,
+        emb: &'a DeviceBuffer<E>,
+        d: i32,
+        out: &'a mut DeviceBuffer<f32>,
+        out_ids: &'a mut DeviceBuffer<u32>,
+        out_w: &'a mut DeviceBuffer<f32>,
+    }
+    /// `cum += logits`.
+    pub(crate) struct AccumulateKernel<'a> = "tah_accumulate_f32" block = BLOCK {
+        cum: &'a mut DeviceBuffer<f32>,
+        logits: &'a DeviceBuffer<f32>,
+        n: u64,
+    }
+}
+
+/// A 4-byte element type's buffer as raw 32-bit words (the row kernels move bits).
+fn words<'a, T: DType>(op: &'static str, b: &'a DeviceBuffer<T>) -> Result<BitsOf<'a, u32>> {
+    BitsOf::of(b).ok_or_else(|| Error::invalid(op, format!("{} is not a 4-byte type", T::KIND)))
+}
+
+fn words_mut<'a, T: DType>(
+    op: &'static str,
+    b: &'a mut DeviceBuffer<T>,
+) -> Result<BitsOfMut<'a, u32>> {
+    BitsOfMut::of(b).ok_or_else(|| Error::invalid(op, format!("{} is not a 4-byte type", T::KIND)))
+}
 /// Largest k of [`next_depth_input`] (kMaxK).
 pub const MAX_TOP_K: usize = 256;
 
 fn stride_grid(n: u64) -> u32 {
     n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32
-}
-
-fn cpu(dev: &Device) -> bool {
-    !dev.backend().runs_kernels()
 }
 
 /// Copy `n` elements of `src` starting at `src_off` into `dst` at `dst_off` (same device).
@@ -55,34 +131,38 @@ pub fn copy_range<T: DType>(
     if n == 0 {
         return Ok(());
     }
-    if cpu(&dev) {
-        let s = src.host_slice().expect("cpu")[src_off..][..n].to_vec();
-        dst.host_slice_mut().expect("cpu")[dst_off..][..n].copy_from_slice(&s);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let s = h.slice(src)?[src_off..][..n].to_vec();
+        h.slice_mut(dst)?[dst_off..][..n].copy_from_slice(&s);
         return Ok(());
     }
-    let kernel = match std::mem::size_of::<T>() {
-        1 => "tah_copy_b8",
-        2 => "tah_copy_b16",
-        4 => "tah_copy_b32",
-        s => {
-            return Err(Error::invalid(
-                OP,
-                format!("element size {s} is not 1, 2 or 4"),
-            ))
+    fn copy<W: Width + KernelSuffix, T: DType>(
+        dev: &Device,
+        src: &DeviceBuffer<T>,
+        src_off: usize,
+        dst: &mut DeviceBuffer<T>,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let sized = || Error::invalid(OP, "element size changed");
+        CopyKernel::<W> {
+            src: BitsOf::of(src).ok_or_else(sized)?,
+            src_off: src_off as u64,
+            dst: BitsOfMut::of(dst).ok_or_else(sized)?,
+            dst_off: dst_off as u64,
+            n: n as u64,
         }
-    };
-    let mut a = KernelArgs::new();
-    a.buf(src)
-        .push(src_off as u64)
-        .buf_mut(dst)
-        .push(dst_off as u64)
-        .push(n as u64);
-    dev.launch(
-        MODULE,
-        kernel,
-        &LaunchConfig::linear(stride_grid(n as u64), BLOCK, 0),
-        &a,
-    )
+        .launch(dev, Grid::linear(stride_grid(n as u64)))
+    }
+    match std::mem::size_of::<T>() {
+        1 => copy::<B8, T>(&dev, src, src_off, dst, dst_off, n),
+        2 => copy::<B16, T>(&dev, src, src_off, dst, dst_off, n),
+        4 => copy::<B32, T>(&dev, src, src_off, dst, dst_off, n),
+        s => Err(Error::invalid(
+            OP,
+            format!("element size {s} is not 1, 2 or 4"),
+        )),
+    }
 }
 
 /// The hard tokens of a step: their indices (ascending, `u32`) and their number.
@@ -112,8 +192,8 @@ pub fn select_hard(scores: &DeviceBuffer<f32>, threshold: f64) -> Result<Selecti
         ));
     }
     let thr = reference::logit_threshold(threshold);
-    if cpu(&dev) {
-        let idx = reference::select_hard(scores.host_slice().expect("cpu"), thr);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let idx = reference::select_hard(h.slice(scores)?, thr);
         return Ok(Selection {
             count: idx.len(),
             indices: dev.upload(&idx, "tah.indices")?,
@@ -127,23 +207,20 @@ pub fn select_hard(scores: &DeviceBuffer<f32>, threshold: f64) -> Result<Selecti
     }
     let nb = (n as u64).div_ceil(BLOCK as u64) as u32;
     let mut counts = dev.alloc::<u32>(nb as usize, "tah.block_counts")?;
-    let mut a = KernelArgs::new();
-    a.buf(scores).push(n as u64).push(thr).buf_mut(&mut counts);
-    dev.launch(
-        MODULE,
-        "tah_select_count",
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    SelectCountKernel {
+        scores,
+        n: n as u64,
+        thr,
+        block_counts: &mut counts,
+    }
+    .launch(&dev, Grid::linear(nb))?;
     let mut offsets = dev.alloc::<u64>(nb as usize + 1, "tah.offsets")?;
-    let mut a = KernelArgs::new();
-    a.buf(&counts).push(nb as u64).buf_mut(&mut offsets);
-    dev.launch(
-        MODULE,
-        "tah_scan_counts",
-        &LaunchConfig::linear(1, BLOCK, 0),
-        &a,
-    )?;
+    ScanCountsKernel {
+        counts: &counts,
+        nblocks: nb as u64,
+        offsets: &mut offsets,
+    }
+    .launch(&dev, Grid::linear(1))?;
     let total = offsets.download_range(nb as usize, 1)?[0];
     let count = usize::try_from(total)
         .ok()
@@ -157,18 +234,14 @@ pub fn select_hard(scores: &DeviceBuffer<f32>, threshold: f64) -> Result<Selecti
         })?;
     let mut indices = dev.alloc::<u32>(count, "tah.indices")?;
     if count > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(scores)
-            .push(n as u64)
-            .push(thr)
-            .buf(&offsets)
-            .buf_mut(&mut indices);
-        dev.launch(
-            MODULE,
-            "tah_select_compact",
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        SelectCompactKernel {
+            scores,
+            n: n as u64,
+            thr,
+            block_offsets: &offsets,
+            indices: &mut indices,
+        }
+        .launch(&dev, Grid::linear(nb))?;
     }
     Ok(Selection { indices, count })
 }
@@ -235,24 +308,20 @@ pub fn gather_rows<T: DType>(
     let rows = row_shape(OP, "src", src, d)?;
     let host = check_indices(OP, idx, rows, false)?;
     let m = host.len();
-    if cpu(&dev) {
-        let out = reference::gather_rows(src.host_slice().expect("cpu"), &host, d);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let out = reference::gather_rows(h.slice(src)?, &host, d);
         return dev.upload(&out, "tah.gathered");
     }
     let mut out = dev.alloc::<T>(m * d, "tah.gathered")?;
     if m > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(src)
-            .buf(idx)
-            .push(m as u64)
-            .push(d as u64)
-            .buf_mut(&mut out);
-        dev.launch(
-            MODULE,
-            "tah_gather_rows_b32",
-            &LaunchConfig::linear(stride_grid((m * d) as u64), BLOCK, 0),
-            &a,
-        )?;
+        GatherRowsKernel {
+            src: words(OP, src)?,
+            idx,
+            m: m as u64,
+            d: d as u64,
+            out: words_mut(OP, &mut out)?,
+        }
+        .launch(&dev, Grid::linear(stride_grid((m * d) as u64)))?;
     }
     Ok(out)
 }
@@ -278,24 +347,20 @@ pub fn scatter_rows<T: DType>(
             format!("src has {m} rows but there are {} indices", host.len()),
         ));
     }
-    if cpu(&dev) {
-        let s = src.host_slice().expect("cpu").to_vec();
-        reference::scatter_rows(&s, &host, d, dst.host_slice_mut().expect("cpu"));
+    if let Some(h) = cpu_path(OP, &dev) {
+        let s = h.slice(src)?.to_vec();
+        reference::scatter_rows(&s, &host, d, h.slice_mut(dst)?);
         return Ok(());
     }
     if m > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(src)
-            .buf(idx)
-            .push(m as u64)
-            .push(d as u64)
-            .buf_mut(dst);
-        dev.launch(
-            MODULE,
-            "tah_scatter_rows_b32",
-            &LaunchConfig::linear(stride_grid((m * d) as u64), BLOCK, 0),
-            &a,
-        )?;
+        ScatterRowsKernel {
+            src: words(OP, src)?,
+            idx,
+            m: m as u64,
+            d: d as u64,
+            dst: words_mut(OP, dst)?,
+        }
+        .launch(&dev, Grid::linear(stride_grid((m * d) as u64)))?;
     }
     Ok(())
 }
@@ -356,14 +421,8 @@ pub fn next_depth_input<E: Float>(
     if m > i32::MAX as usize {
         return Err(Error::invalid(OP, format!("{m} rows exceed the grid")));
     }
-    if cpu(&dev) {
-        let (o, ids, w) = reference::next_depth_input(
-            cum.host_slice().expect("cpu"),
-            vocab,
-            k,
-            emb.host_slice().expect("cpu"),
-            d,
-        );
+    if let Some(h) = cpu_path(OP, &dev) {
+        let (o, ids, w) = reference::next_depth_input(h.slice(cum)?, vocab, k, h.slice(emb)?, d);
         let o: Vec<f32> = o.iter().map(|&x| x as f32).collect();
         let w: Vec<f32> = w.iter().map(|&x| x as f32).collect();
         return Ok(NextInput {
@@ -376,21 +435,17 @@ pub fn next_depth_input<E: Float>(
     let mut ids = dev.alloc::<u32>(m * k, "tah.topk_ids")?;
     let mut weights = dev.alloc::<f32>(m * k, "tah.topk_weights")?;
     if m > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(cum)
-            .push(vocab as u64)
-            .push(k as i32)
-            .buf(emb)
-            .push(d as i32)
-            .buf_mut(&mut out)
-            .buf_mut(&mut ids)
-            .buf_mut(&mut weights);
-        dev.launch(
-            MODULE,
-            &format!("tah_next_input_{}", E::KIND.name()),
-            &LaunchConfig::linear(m as u32, BLOCK, 0),
-            &a,
-        )?;
+        NextInputKernel {
+            cum,
+            vocab: vocab as u64,
+            k: k as i32,
+            emb,
+            d: d as i32,
+            out: &mut out,
+            out_ids: &mut ids,
+            out_w: &mut weights,
+        }
+        .launch(&dev, Grid::linear(m as u32))?;
     }
     Ok(NextInput { out, ids, weights })
 }
@@ -411,20 +466,18 @@ pub fn accumulate_logits(cum: &mut DeviceBuffer<f32>, logits: &DeviceBuffer<f32>
         ));
     }
     let n = cum.len();
-    if cpu(&dev) {
-        let l = logits.host_slice().expect("cpu").to_vec();
-        reference::accumulate_logits(cum.host_slice_mut().expect("cpu"), &l);
+    if let Some(h) = cpu_path(OP, &dev) {
+        let l = h.slice(logits)?.to_vec();
+        reference::accumulate_logits(h.slice_mut(cum)?, &l);
         return Ok(());
     }
     if n == 0 {
         return Ok(());
     }
-    let mut a = KernelArgs::new();
-    a.buf_mut(cum).buf(logits).push(n as u64);
-    dev.launch(
-        MODULE,
-        "tah_accumulate_f32",
-        &LaunchConfig::linear(stride_grid(n as u64), BLOCK, 0),
-        &a,
-    )
+    AccumulateKernel {
+        cum,
+        logits,
+        n: n as u64,
+    }
+    .launch(&dev, Grid::linear(stride_grid(n as u64)))
 }
