@@ -114,6 +114,132 @@ fn every_declaration_matches_the_ptx() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The kernels defined in a `.cu` source: (name pattern, parameter names). A name pattern may
+/// hold token pastes (`bitmask_mask_##sfx`, `attn_fwd_##sfx##_d##D`); each pasted parameter
+/// stands for one `_`-free word.
+fn source_kernels(src: &str) -> Vec<(String, Vec<String>)> {
+    let src = src.replace("\\\n", " ");
+    let mut out = Vec::new();
+    let mut rest = src.as_str();
+    while let Some(at) = rest.find("TESSERA_GLOBAL void") {
+        rest = &rest[at + "TESSERA_GLOBAL void".len()..];
+        let mut head = rest.trim_start();
+        if let Some(after) = head.strip_prefix("TESSERA_LAUNCH_BOUNDS(") {
+            head = after[after.find(')').unwrap() + 1..].trim_start();
+        }
+        let open = head.find('(').unwrap();
+        let name: String = head[..open].split_whitespace().collect();
+        let mut depth = 0;
+        let mut close = open;
+        for (i, c) in head[open..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let params = head[open + 1..close]
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        out.push((name, params));
+    }
+    out
+}
+
+/// Whether `name` is an instance of `pattern`. The pattern's `##`-joined tokens after the first
+/// are macro parameters (a non-empty word without `_`: `f32`, `bf16`, `64`) unless they start
+/// with `_`, in which case they are literal text.
+fn instance_of(name: &str, pattern: &str) -> bool {
+    let mut parts = pattern.split("##");
+    let Some(mut rest) = name.strip_prefix(parts.next().unwrap()) else {
+        return false;
+    };
+    for part in parts {
+        if part.starts_with('_') {
+            let Some(t) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = t;
+        } else {
+            let end = rest.find('_').unwrap_or(rest.len());
+            if end == 0 {
+                return false;
+            }
+            rest = &rest[end..];
+        }
+    }
+    rest.is_empty()
+}
+
+/// The Rust field names are the kernel source's parameter names (`new` is `neu` in C++, where
+/// `new` is a keyword), so two arguments of the same size cannot be declared swapped.
+#[test]
+fn declared_argument_names_are_the_source_parameter_names() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut problems = Vec::new();
+    let mut sources = BTreeMap::new();
+    for d in declarations() {
+        let kernels = sources.entry(d.module).or_insert_with(|| {
+            let path = format!("{root}/cuda/{}.cu", d.module);
+            source_kernels(&std::fs::read_to_string(&path).expect(&path))
+        });
+        let matches: Vec<&(String, Vec<String>)> = kernels
+            .iter()
+            .filter(|(pat, _)| instance_of(&d.name, pat))
+            .collect();
+        let [(pat, params)] = matches.as_slice() else {
+            problems.push(format!(
+                "{}: {} definitions in cuda/{}.cu match",
+                d.name,
+                matches.len(),
+                d.module
+            ));
+            continue;
+        };
+        let source: Vec<&str> = params
+            .iter()
+            .map(|p| if p == "neu" { "new" } else { p.as_str() })
+            .collect();
+        let declared: Vec<&str> = d.params.iter().map(|p| p.name).collect();
+        if source != declared {
+            problems.push(format!(
+                "{} ({pat}): declared {declared:?}, source has {source:?}",
+                d.name
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_source_parser_reads_pasted_names() {
+    let src = "#define X(E, sfx) \\\n  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(k) f_##sfx##_d##D( \\\n \
+               const E::Bits* a, uint64_t n) {}\nTESSERA_GLOBAL void g(float* out, int k) {}";
+    let k = source_kernels(src);
+    assert_eq!(k.len(), 2);
+    assert_eq!(k[0].0, "f_##sfx##_d##D");
+    assert_eq!(k[0].1, ["a", "n"]);
+    assert_eq!(k[1].1, ["out", "k"]);
+    assert!(instance_of("f_bf16_d64", &k[0].0));
+    assert!(!instance_of("f_bf16", &k[0].0));
+    assert!(!instance_of("f_bf16_d64_x", &k[0].0));
+    assert!(instance_of("g", "g"));
+}
+
 #[test]
 fn every_declaration_is_registered_on_simt() {
     let decls = declarations();
