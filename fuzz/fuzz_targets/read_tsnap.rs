@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
         let k = (data[0] % 40) as u32;
         let n = u32::from_le_bytes([data[1], data[2], data[3], 0]) as u64;
         let count = u32::from_le_bytes([data[4], data[5], data[6], 0]) as u64;
-        let _ = tessera::ckpt::maskcode::decode(&data[7..], k, n, count, "fuzz");
+        let _ = tessera::ckpt::fuzzing::decode_rice_mask(&data[7..], k, n, count, "fuzz");
     }
 });

@@ -358,9 +358,6 @@ impl Section<'_> {
     pub fn len(&self) -> usize {
         self.bytes().len()
     }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How a mask is stored: the smaller of the plain words and the Rice-coded gaps.
@@ -400,6 +397,8 @@ impl MaskPlan {
 
 /// The exact masked encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Named after the `Encoding` variants they build.
+#[allow(clippy::enum_variant_names)]
 pub enum Kind {
     MaskRaw,
     MaskDelta,
@@ -579,11 +578,11 @@ impl Plan {
 impl Plan {
     /// Whether the `mask+delta-eg` sections `secs` (built from this plan) decode to `new`
     /// against `base`, checked with the decoder's own steps (the Rice and Exp-Golomb readers
-    /// and `hostdec::delta_value`) run in parallel from the group and chunk starts this plan
-    /// knows: every piece must end exactly where the next one starts, and the streams' ends
-    /// are checked as the decoder checks them, so the sequential decoder `decompress` runs
-    /// produces these same elements. Changed elements are compared after decoding, unchanged
-    /// ones must equal the base.
+    /// and `reference::codec::delta_value`) run in parallel from the group and chunk starts
+    /// this plan knows: every piece must end exactly where the next one starts, and the
+    /// streams' ends are checked as the decoder checks them, so the sequential decoder
+    /// `decompress` runs produces these same elements. Changed elements are compared after
+    /// decoding, unchanged ones must equal the base.
     pub fn verify_eg<T: Float>(&self, secs: &[&[u8]], mask: &Mask, base: &[T], new: &[T]) -> bool {
         let Some(blocks) = &self.blocks else {
             return false;
@@ -621,13 +620,11 @@ impl Plan {
             let mut r = eg.at(start, starts[g]);
             let mut ok = true;
             mask.for_each(start, len, |i| {
-                ok &= match r
+                ok &= r
                     .read()
-                    .and_then(|z| super::hostdec::delta_value(base[i], z, "verify"))
-                {
-                    Ok(v) => v.to_bits() == new[i].to_bits(),
-                    Err(_) => false,
-                };
+                    .ok()
+                    .and_then(|z| rc::delta_value(base[i], z))
+                    .is_some_and(|v| v.to_bits() == new[i].to_bits());
             });
             ok && r.position() == starts[g + 1]
                 && (g + 1 < groups(self.count) || r.finish().is_ok())

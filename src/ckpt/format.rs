@@ -63,7 +63,7 @@ pub enum MaskCoding {
     /// `ceil(n / 32)` little-endian u32 words, the layout of [`crate::ops::bitmask`].
     Bits,
     /// Positions of the set bits as gaps (`pos - prev - 1`), Golomb-Rice coded with parameter
-    /// `k`, LSB-first bit stream (see [`super::maskcode`]).
+    /// `k`, LSB-first bit stream (see `ckpt/maskcode.rs`).
     Rice { k: u32 },
 }
 
@@ -89,7 +89,7 @@ pub enum Encoding {
         count: u64,
     },
     /// As [`Encoding::MaskDelta`], with the zigzag deltas Exp-Golomb coded (one order per
-    /// block of 256, see [`super::valcode`]) instead of bit-packed. Sections: `mask`,
+    /// block of 256, see `ckpt/valcode.rs`) instead of bit-packed. Sections: `mask`,
     /// `orders`, `stream`.
     MaskDeltaEg {
         mask: MaskCoding,

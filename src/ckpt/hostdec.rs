@@ -10,10 +10,12 @@
 
 use crate::dtype::Float;
 use crate::error::Result;
-use crate::reference::codec::{bits_of, canonical, delta_unzz, from_bits, round_to, widen};
+use crate::reference::codec::{
+    bits_of, canonical, delta_unzz, delta_value, from_bits, round_to, widen,
+};
 
 use super::format::{ferr, Encoding};
-use super::policy::{check_centroids, check_packed, parse_mask};
+use super::sections::{check_centroids, check_packed, parse_mask};
 use super::valcode::EgReader;
 
 /// Elements per output chunk (a multiple of 32, so a chunk owns whole mask words).
@@ -67,20 +69,6 @@ impl<'a> PackedReader<'a> {
         }
         v
     }
-}
-
-/// The element a zigzag delta `z` (an Exp-Golomb value) makes of the base element `x`; a
-/// delta wider than the element is a format error.
-#[inline]
-pub fn delta_value<T: Float>(x: T, z: u32, ctx: &str) -> Result<T> {
-    let width = 8 * std::mem::size_of::<T>() as u32;
-    if width < 32 && z >> width != 0 {
-        return Err(ferr(
-            ctx,
-            format!("exp-golomb values: a delta of {z} does not fit {width}-bit elements"),
-        ));
-    }
-    Ok(from_bits(delta_unzz(bits_of(x), z, width)))
 }
 
 /// Emit the tensor in chunks: the base, with each changed element `x` (in mask order)
@@ -207,7 +195,15 @@ pub fn decode<T: Float>(
         }
         Encoding::MaskDeltaEg { .. } => {
             let mut e = EgReader::new(secs[1], secs[2], cnt, ctx)?;
-            masked(n, &m, b, emit, |x| delta_value(x, e.read()?, ctx))?;
+            // A delta wider than the element is a format error.
+            let wide = |z| {
+                let msg = format!("a delta of {z} does not fit {width}-bit elements");
+                ferr(ctx, format!("exp-golomb values: {msg}"))
+            };
+            masked(n, &m, b, emit, |x| {
+                let z = e.read()?;
+                delta_value(x, z).ok_or_else(|| wide(z))
+            })?;
             e.finish()
         }
         Encoding::MaskQuant { centroids, .. } => {

@@ -230,12 +230,14 @@ fn put_gap(w: &mut SliceWriter, g: u64, k: u32) {
 }
 
 /// The best Rice parameter and its stream size in bytes.
+#[cfg(test)]
 pub fn best_k(mask: &[u32]) -> (u32, u64) {
     let p = RicePlan::new(mask);
     (p.k, p.bytes)
 }
 
 /// Rice-code the set bits of `mask` with parameter `k` (< 32).
+#[cfg(test)]
 pub fn encode(mask: &[u32], k: u32) -> Vec<u8> {
     RicePlan::new(mask).encode_with(mask, k)
 }

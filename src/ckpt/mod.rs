@@ -1,23 +1,52 @@
 //! Checkpoint compression (BitSnap): safetensors in, `.tsnap` out, and back.
 //!
 //! - [`compress`]: each tensor of a safetensors checkpoint, against an optional base checkpoint,
-//!   gets the smallest encoding the [`policy`] finds within the error budget; sections are
+//!   gets the smallest encoding the policy finds within the error budget; sections are
 //!   streamed to a temporary file that is renamed when complete.
 //! - [`decompress`]: rebuilds the safetensors file (byte for byte in lossless mode) and checks
 //!   every section checksum, every tensor's hash and the whole file's hash on the way.
 //! - [`inspect`]: the manifest, with each tensor's encoding, ratio and error.
 //!
-//! Format: [`format`]. Rules and reasoning: docs/ckpt.md.
+//! Format: [`mod@format`] (writer, reader, manifest). Rules and reasoning: docs/ckpt.md.
+//!
+//! Public: these drivers with their options and reports, [`mod@format`], the safetensors input
+//! [`st`] and the synthetic checkpoint pairs of [`synth`]. Everything else is internal to
+//! `ckpt`; the `fuzzing` feature adds `ckpt::fuzzing`, what the fuzz targets (`fuzz/`) call
+//! besides [`check_bytes`].
 
-pub mod bits;
-pub mod delta;
+// Layering: a module uses only modules on rows above its own, so the uses form a DAG.
+//   bits, format, st   leaves: LSB-first bit streams, the .tsnap container, safetensors input
+//   maskcode, valcode  the Rice mask coder and the Exp-Golomb value coder (bits, format)
+//   synth              synthetic checkpoint pairs (format)
+//   sections           section checks shared by both decoders, typed views of section bytes,
+//                      and the kernel path's decoder `decode_typed` (format, maskcode, valcode)
+//   hostdec            the CPU path's decoder (sections, format, valcode)
+//   delta              the change mask, exact sizes and builders of the masked deltas (bits,
+//                      format, maskcode, valcode; its unit tests decode with hostdec)
+//   policy             per-tensor candidates, measured through a decoder, and the choice
+//                      (delta, sections, hostdec, format, valcode)
+//   mod.rs             compress / decompress / inspect (policy, sections, hostdec, delta,
+//                      format, st)
+// The element formulas that encoders and decoders share (zigzag deltas, `delta_value`,
+// rounding) are in `reference::codec`, below all of these.
+
+mod bits;
+mod delta;
 pub mod format;
-pub mod hostdec;
-pub mod maskcode;
-pub mod policy;
+mod hostdec;
+mod maskcode;
+mod policy;
+mod sections;
 pub mod st;
 pub mod synth;
-pub mod valcode;
+mod valcode;
+
+/// What the fuzz targets (`fuzz/`) call besides [`check_bytes`]; only with the `fuzzing`
+/// feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use super::maskcode::decode as decode_rice_mask;
+}
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -387,7 +416,7 @@ fn decode_one<T: crate::dtype::Float>(
     if !dev.backend().runs_kernels() {
         // CPU path: decoded on the host from the mapped sections and base into one buffer of
         // the tensor's size, which is checked against its hash before it is written.
-        let bh = base.map(policy::view::<T>);
+        let bh = base.map(sections::view::<T>);
         let mut out: Vec<u8> = Vec::new();
         hostdec::decode::<T>(&t.encoding, n, secs, bh.as_deref(), ctx, &mut |c| {
             // The first chunk comes only after the sections were checked against `n`, so
@@ -401,13 +430,15 @@ fn decode_one<T: crate::dtype::Float>(
         return emit(&out);
     }
     let bd = match base {
-        Some(b) if t.encoding.needs_base() => Some(dev.upload(&policy::view::<T>(b), "ckpt.base")?),
+        Some(b) if t.encoding.needs_base() => {
+            Some(dev.upload(&sections::view::<T>(b), "ckpt.base")?)
+        }
         _ => None,
     };
-    let v = policy::decode_typed::<T>(dev, &t.encoding, n, secs, bd.as_ref(), ctx)?;
+    let v = sections::decode_typed::<T>(dev, &t.encoding, n, secs, bd.as_ref(), ctx)?;
     drop(bd);
     // On the CPU path the decoded buffer is host memory and is written without a copy.
-    emit(&policy::buf_bytes(&v)?)
+    emit(&sections::buf_bytes(&v)?)
 }
 
 /// The stored safetensors header must describe exactly the manifest's tensors.

@@ -1,5 +1,5 @@
 //! Second stage for the zigzag deltas of changed values: Exp-Golomb codes with an order `k`
-//! chosen per block of [`codec::PACK_BLOCK`] values.
+//! chosen per block of [`PACK_BLOCK`] values.
 //!
 //! `ops::codec::delta_encode` packs each block at the bit width of its largest value, so one
 //! small-magnitude weight (whose change spans many ulps) widens its whole block. Exp-Golomb
@@ -13,7 +13,7 @@
 use crate::error::Result;
 use crate::ops::codec::PACK_BLOCK;
 
-use super::bits::{emit_parallel, BitReader, SliceWriter};
+use super::bits::{BitReader, SliceWriter};
 use super::format::ferr;
 
 /// Largest order tried.
@@ -32,6 +32,7 @@ pub fn packed_words(widths: &[u8], count: usize) -> u64 {
 
 /// Unpack `count` values (layout of `ops::codec::Packed`). The caller has checked
 /// `words.len() == packed_words(widths, count)` and every width <= 32.
+#[cfg(test)]
 pub fn unpack(words: &[u32], widths: &[u8], count: usize) -> Vec<u32> {
     let mut out = Vec::with_capacity(count);
     let mut base = 0usize;
@@ -85,6 +86,7 @@ pub fn pack(z: &[u32]) -> (Vec<u32>, Vec<u8>) {
 }
 
 /// Bits of the code of `z` with order `k`.
+#[cfg(test)]
 pub fn cost(z: u32, k: u32) -> u64 {
     let v = z as u64 + (1u64 << k);
     let nb = 64 - v.leading_zeros() as u64;
@@ -162,11 +164,12 @@ pub fn put_block(w: &mut SliceWriter, blk: &[u32], k: u32) {
 }
 
 /// Exp-Golomb code the values: one order byte per block, and the bit stream.
+#[cfg(test)]
 pub fn encode(z: &[u32]) -> (Vec<u8>, Vec<u8>) {
     let plan: Vec<(u32, u32, u64)> = z.chunks(PACK_BLOCK).map(block_stats).collect();
     let ks = plan.iter().map(|p| p.1 as u8).collect();
     let bits: Vec<u64> = plan.iter().map(|p| p.2).collect();
-    let stream = emit_parallel(&bits, |j, w| {
+    let stream = super::bits::emit_parallel(&bits, |j, w| {
         let blk = &z[j * PACK_BLOCK..((j + 1) * PACK_BLOCK).min(z.len())];
         put_block(w, blk, plan[j].1);
     });

@@ -2,7 +2,7 @@
 //! `build/simt.rs` into one static library per warp width) and run with one fiber per GPU thread.
 //!
 //! Launches are synchronous. Memory is host memory with red zones: every allocation has
-//! [`RED_ZONE`] bytes of a known pattern before and after it (the payload starts poisoned with
+//! `RED_ZONE` bytes of a known pattern before and after it (the payload starts poisoned with
 //! 0xFF), the executor keeps a registry of its live allocations, and after every launch it checks
 //! every red zone; an overwrite is an [`Error::Kernel`] naming the buffer and the byte offset.
 

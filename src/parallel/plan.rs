@@ -15,12 +15,12 @@
 //! **Where pieces land** ([`GatherLayout`]). Each rank has, per step, one receive buffer per
 //! tensor (K and V) holding that step's `S` arriving pieces back to back in ring order (slot `c`
 //! = the piece that arrived on ring `c`, see [`AllGatherPlan::arrivals`]). Buffer indices in a
-//! rank's [`RankBuffers`](super::RankBuffers) list: 0 and 1 are the rank's own K and V blocks,
+//! rank's [`RankBuffers`] list: 0 and 1 are the rank's own K and V blocks,
 //! `2 + 2s` and `3 + 2s` the K and V receive buffers of step `s`. A step therefore reads only the
 //! own blocks and the previous step's receive buffers and writes only its own receive buffers, so
-//! its copies are independent (the [`Transport`](super::Transport) contract) and a step's
+//! its copies are independent (the [`Transport`] contract) and a step's
 //! transfer can run while the previous step's pieces are being computed on.
-//! [`GatherLayout::copies`] turns a step's transfers into [`Copy`] lists for any transport.
+//! [`GatherLayout::copies`] turns a step's transfers into [`struct@Copy`] lists for any transport.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,5 @@
 //! The transports beyond simulated ranks: [`P2p`] (one process, one rank per device) and [`Nccl`]
-//! (one process per rank and GPU). Both carry the same [`Copy`] lists as [`super::Simulated`].
+//! (one process per rank and GPU). Both carry the same [`struct@Copy`] lists as [`super::Simulated`].
 //!
 //! **P2p.** Rank r is device r. Between host-memory devices (n distinct `Device::simt()` or
 //! `Device::cpu_separate()` instances) a copy is a host `memcpy`, so P2p is fully tested on the CPU. On

@@ -106,6 +106,14 @@ pub fn delta_unzz(base: u32, zz: u32, width: u32) -> u32 {
     unord(ord(base, width).wrapping_add(d) & mask, width)
 }
 
+/// The element a zigzag delta `z` makes of the base element `x` ([`delta_unzz`] at the element's
+/// width); None when `z` does not fit the element's width (a 16-bit element's delta is < 2^16).
+#[inline]
+pub fn delta_value<T: Float>(x: T, z: u32) -> Option<T> {
+    let width = width_of::<T>();
+    (width >= 32 || z >> width == 0).then(|| from_bits(delta_unzz(bits_of(x), z, width)))
+}
+
 fn width_of<T>() -> u32 {
     8 * std::mem::size_of::<T>() as u32
 }
@@ -709,6 +717,22 @@ mod tests {
         for (b, x) in [(0u32, u32::MAX), (u32::MAX, 0), (0x7f80_0000, 0xff80_0000)] {
             assert_eq!(delta_unzz(b, delta_zz(b, x, 32), 32), x);
         }
+    }
+
+    #[test]
+    fn delta_value_inverts_and_rejects_wide_deltas() {
+        let (b, x) = (bf16::from_f32(1.5), bf16::from_f32(-0.25));
+        let z = delta_zz(b.to_bits() as u32, x.to_bits() as u32, 16);
+        assert_eq!(delta_value(b, z).map(|v| v.to_bits()), Some(x.to_bits()));
+        assert_eq!(delta_value(b, 0).map(|v| v.to_bits()), Some(b.to_bits()));
+        // A 16-bit element's delta is below 2^16; a 32-bit element takes any u32.
+        assert!(delta_value(f16::from_f32(1.0), 0x1_0000).is_none());
+        assert!(delta_value(b, u32::MAX).is_none());
+        let y = f32::from_bits(delta_unzz(1.0f32.to_bits(), u32::MAX, 32));
+        assert_eq!(
+            delta_value(1.0f32, u32::MAX).map(f32::to_bits),
+            Some(y.to_bits())
+        );
     }
 
     #[test]

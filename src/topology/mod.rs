@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// about n^2 entries (n = 4096: 4095 rings of 4096 ranks, 134 MB of `usize`).
 pub const MAX_RANKS: usize = 4096;
 
-/// A directed Hamiltonian cycle over ranks 0..n, as the cyclic order of ranks: ring[0] -> ring[1] -> ... -> ring[n-1] -> ring[0].
+/// A directed Hamiltonian cycle over ranks 0..n, as the cyclic order of ranks: `ring[0] -> ring[1] -> ... -> ring[n-1] -> ring[0]`.
 pub type Ring = Vec<usize>;
 
 /// Which construction a [`RingSchedule`] is, and so which properties [`validate`] checks.
@@ -51,7 +51,7 @@ pub enum ScheduleKind {
 pub struct RingSchedule {
     pub n: usize,
     pub kind: ScheduleKind,
-    /// Arc-disjoint directed Hamiltonian cycles over all n ranks. Each rank's KV block is split into rings.len() sub-chunks, sub-chunk c travels along rings[c].
+    /// Arc-disjoint directed Hamiltonian cycles over all n ranks. Each rank's KV block is split into rings.len() sub-chunks, sub-chunk c travels along `rings[c]`.
     pub rings: Vec<Ring>,
 }
 
@@ -227,7 +227,7 @@ pub fn rotational_decomposition(m: usize) -> Result<Vec<Ring>> {
 /// m Hamiltonian paths of K*_m (as vertex sequences over 0..m) that use every arc once, path p
 /// starting at rank p; every rank ends exactly one path. Even m: the zigzag rows
 /// p, p+1, p-1, p+2, p-2, ... (mod m). Odd m >= 7: the decomposition of K*_{m+1} with rank m
-/// deleted. m = 1: the single path [0]. m = 3 and 5 have no such paths (they would close up into
+/// deleted. m = 1: the single path `[0]`. m = 3 and 5 have no such paths (they would close up into
 /// a decomposition of K*_4 or K*_6): an error.
 pub fn hamiltonian_paths(m: usize) -> Result<Vec<Ring>> {
     const OP: &str = "topology::hamiltonian_paths";
