@@ -392,7 +392,7 @@ impl Device {
 
     /// Launch a kernel by name: the raw launch path, for runtime tests and users who bring their
     /// own kernels. The ops launch through their typed declarations
-    /// ([`kernel`](crate::device::kernel)). `module` is the kernel's source file stem (e.g.
+    /// ([`kernel`]). `module` is the kernel's source file stem (e.g.
     /// `ckpt/bitmask`).
     ///
     /// # Safety

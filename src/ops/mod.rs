@@ -1,6 +1,6 @@
 //! Typed ops. Each op validates its inputs (lengths, dtypes, device identity, sizes), picks the
 //! launch geometry, and launches its family's typed kernel declarations
-//! ([`crate::device::kernel`]), or runs the reference on the native CPU path ([`cpu_path`]
+//! ([`crate::device::kernel`]), or runs the reference on the native CPU path (`cpu_path`
 //! decides). Ops never know which executor runs them.
 
 pub mod attention;
