@@ -1,5 +1,6 @@
-//! HIP step of build.rs (only with the `hip` feature): every `hip/**/*.hip` entry file to an
-//! AMDGPU code object for gfx942 (MI300) and gfx90a (MI200).
+//! HIP step of build.rs (only with the `hip` feature): every module's HIP entry file (its
+//! `hip/<module>.hip` override, else the generated one that includes `cuda/<module>.cu`: see
+//! `hip_entries` in build.rs) to an AMDGPU code object for gfx942 (MI300) and gfx90a (MI200).
 //!
 //! Compiler: `HIPCC`, else `$ROCM_PATH/bin/hipcc`, else clang (`TESSERA_CLANG`, `clang-19`,
 //! `clang`) with the HIP headers of `TESSERA_HIP_PATH` (default `/usr`, Debian's
@@ -9,7 +10,7 @@
 //! bitcode plus the generated file). Every compile is
 //!
 //!   clang -x hip --offload-arch=<gfx> --cuda-device-only --no-gpu-bundle-output -O3 -std=c++17
-//!         [--hip-path=<hip> --rocm-device-lib-path=<dir>] -I cuda -o <out>.co hip/<module>.hip
+//!         [--hip-path=<hip> --rocm-device-lib-path=<dir>] -I cuda -o <out>.co <entry>.hip
 //!
 //! run in the crate root. A failing compile is a build error carrying the compiler's message.
 //! Without the feature the table is empty and `HIP_BUILT` is false.
@@ -41,39 +42,6 @@ fn write_table(out: &Path, objects: &[(String, String, PathBuf)], built: bool) {
     t += "];\n";
     t += &format!("pub const HIP_BUILT: bool = {built};\n");
     std::fs::write(out.join("hip_table.rs"), t).unwrap();
-}
-
-/// `hip/**/*.hip`, as (module, path relative to the root), sorted by module.
-fn entry_files(root: &Path) -> Vec<(String, String)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "hip") {
-                out.push(p);
-            }
-        }
-    }
-    let hip = root.join("hip");
-    let mut files = Vec::new();
-    walk(&hip, &mut files);
-    let mut v: Vec<(String, String)> = files
-        .iter()
-        .map(|p| {
-            let module = p.strip_prefix(&hip).unwrap().with_extension("");
-            let rel = p.strip_prefix(root).unwrap();
-            (
-                module.to_string_lossy().replace('\\', "/"),
-                rel.to_string_lossy().replace('\\', "/"),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -255,7 +223,7 @@ fn find_compiler(out: &Path) -> Compiler {
     }
 }
 
-pub fn build(root: &Path, out: &Path, _sources: &[crate::KernelSource]) {
+pub fn build(root: &Path, out: &Path, entries: &[crate::HipEntry]) {
     for var in [
         "HIPCC",
         "ROCM_PATH",
@@ -276,11 +244,14 @@ pub fn build(root: &Path, out: &Path, _sources: &[crate::KernelSource]) {
     let _ = std::fs::remove_dir_all(&out_co);
 
     let mut jobs = Vec::new();
-    for (module, rel) in entry_files(root) {
+    for e in entries {
+        // Overrides by their path relative to the root (messages name hip/<module>.hip).
+        let src = e.path.strip_prefix(root).unwrap_or(&e.path);
+        let src = src.to_string_lossy().replace('\\', "/");
         for arch in ARCHS {
-            let dst = out_co.join(format!("{module}.{arch}.co"));
+            let dst = out_co.join(format!("{}.{arch}.co", e.module));
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-            jobs.push((module.clone(), arch.to_string(), rel.clone(), dst));
+            jobs.push((e.module.clone(), arch.to_string(), src.clone(), dst));
         }
     }
     let workers: usize = env_nonempty("TESSERA_HIP_JOBS")

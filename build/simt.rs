@@ -1,18 +1,49 @@
-//! The host SIMT build step: two static libraries, one per warp width, each from one generated
-//! translation unit (so every kernel's static registration object is linked):
-//!   * `tessera_simt_w32`: `cuda/simt/simt.hpp`, then every `cuda/**/*.cu`, then `cuda/simt/entry.hpp`,
-//!     with `-DTESSERA_SIMT -DTESSERA_SIMT_WARP_SIZE=32`;
-//!   * `tessera_simt_w64`: the same with every `hip/**/*.hip` entry file and
+//! The host SIMT build step: two static libraries, one per warp width, each made of one
+//! translation unit per kernel module plus one runtime unit:
+//!   * `tessera_simt_w32`: every `cuda/<module>.cu`, with `-DTESSERA_SIMT -DTESSERA_SIMT_WARP_SIZE=32`;
+//!   * `tessera_simt_w64`: every module's HIP entry file (`hip/<module>.hip` if it exists, else the
+//!     generated one that includes `cuda/<module>.cu`: `hip_entries` in build.rs), with
 //!     `-DTESSERA_SIMT -DTESSERA_SIMT_HIP -DTESSERA_SIMT_WARP_SIZE=64`.
 //!
-//! The kernel sources are included inside one unnamed namespace (so kernels of different sources
-//! share a namespace: file-level helper names must not collide; put them in a namespace named
-//! after the module, as `tessera::bitmask` does); the common headers are included first in the
-//! same unnamed namespace. Everything then has internal linkage except the wave-named C entry points
-//! (`tessera_simt_w32_launch`, ...), so the two libraries link together.
+//! Units (generated into `OUT_DIR/simt/w<N>/`):
+//!   * `<ident>.cpp` per module (`ident` is the module with `/` as `_`, e.g. `ckpt_bitmask`):
+//!     `cuda/simt/simt.hpp`, then inside one unnamed namespace the common headers and the module's
+//!     source, then `TESSERA_SIMT_UNIT(<ident>)`, which defines the unit's one external symbol,
+//!     `tessera_simt_w<N>_unit_<ident>()`, adding the unit's kernels (in `TESSERA_EXPORT` order) to
+//!     the wave's registry. A file-scope `using` or helper of one module is invisible to the others,
+//!     as under nvcc.
+//!   * `runtime.cpp`: `simt.hpp` with `TESSERA_SIMT_RUNTIME_UNIT` defined (so the context switch,
+//!     written in assembly, is emitted once), the list of units as an X-macro, then
+//!     `cuda/simt/entry.hpp`, the C entry points (`tessera_simt_w<N>_launch`, ...).
+//!
+//! The runtime (registry, scheduler, launch) is header-only: every function and namespace-scope
+//! variable in `simt.hpp` is `inline`, in the namespace `tessera_simt::w<N>` (an inline
+//! namespace, so code says `tessera_simt::`), so each unit emits only what it uses and the linker
+//! keeps one copy per wave; the two waves' copies have different names and link into one binary.
+//! Kernels and their helpers stay in the unnamed namespace (internal linkage).
+//!
+//! Registration: generated init calls, not whole-archive linking. A static library member is
+//! linked only when something references it, so a unit whose only content is static registration
+//! objects would be dropped. The runtime unit (pulled in by Rust's references to the entry points)
+//! calls every unit's `tessera_simt_w<N>_unit_<ident>()` once, in module order, before the first
+//! entry point returns, which pulls in every unit and makes the registry's order the module order
+//! with no dependence on static-initialiser order across units (and no linker flags that cargo
+//! would have to pass to every final link).
+//!
+//! Incremental builds: cargo reruns this script when anything under `cuda/` or `hip/` changes,
+//! and cc would recompile every file. So units are compiled here, in parallel (`NUM_JOBS`
+//! threads), each only when its key changed: the SHA-256 of the compiler command line, the
+//! compiler's `--version`, the unit's text and the contents of every file its last compile read
+//! (`-MMD` dependency list: the module's source, the common headers, the runtime headers). The key
+//! is stored next to the object (`<ident>.key`); cc then only archives the objects.
+//! Touching one `.cu` therefore recompiles that module's two units.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -32,12 +63,30 @@ fn quoted(p: &Path) -> String {
     format!("{:?}", p.to_string_lossy().replace('\\', "/"))
 }
 
-/// The generated translation unit for one wave.
-fn translation_unit(root: &Path, wave: u32, files: &[PathBuf]) -> String {
+/// A module name as a C identifier: `ckpt/bitmask` -> `ckpt_bitmask`.
+fn ident(module: &str) -> String {
+    module
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// One translation unit to compile.
+struct Unit {
+    /// Index into the compilers: 0 wave32, 1 wave64, 2 the uninstrumented host library.
+    tool: usize,
+    tu: PathBuf,
+    obj: PathBuf,
+    /// Bigger sources first, so the longest compiles start early.
+    weight: u64,
+}
+
+/// The generated translation unit of one kernel module.
+fn module_unit(root: &Path, wave: u32, module: &str, source: &Path) -> String {
     let mut tu = String::new();
     let _ = writeln!(
         tu,
-        "// Generated by build/simt.rs: the wave{wave} host SIMT library."
+        "// Generated by build/simt.rs: module {module} of the wave{wave} host SIMT library."
     );
     let _ = writeln!(tu, "#include {}", quoted(&root.join("cuda/simt/simt.hpp")));
     let _ = writeln!(tu, "namespace {{");
@@ -52,26 +101,104 @@ fn translation_unit(root: &Path, wave: u32, files: &[PathBuf]) -> String {
     for h in &common {
         let _ = writeln!(tu, "#include {}", quoted(h));
     }
-    for f in files {
-        let _ = writeln!(tu, "#include {}", quoted(f));
-    }
+    let _ = writeln!(tu, "#include {}", quoted(source));
     let _ = writeln!(tu, "}}  // namespace");
+    let _ = writeln!(tu, "TESSERA_SIMT_UNIT({})", ident(module));
+    tu
+}
+
+/// The generated runtime unit of one wave: the runtime's out-of-line parts and the entry points.
+fn runtime_unit(root: &Path, wave: u32, modules: &[&str]) -> String {
+    let mut tu = String::new();
+    let _ = writeln!(
+        tu,
+        "// Generated by build/simt.rs: the runtime and C entry points of the wave{wave} host SIMT library."
+    );
+    let _ = writeln!(tu, "#define TESSERA_SIMT_RUNTIME_UNIT 1");
+    let _ = writeln!(tu, "#include {}", quoted(&root.join("cuda/simt/simt.hpp")));
+    let _ = write!(tu, "#define TESSERA_SIMT_UNITS(X)");
+    for m in modules {
+        let _ = write!(tu, " X({})", ident(m));
+    }
+    let _ = writeln!(tu);
     let _ = writeln!(tu, "#include {}", quoted(&root.join("cuda/simt/entry.hpp")));
     tu
 }
 
-fn compile(root: &Path, out: &Path, wave: u32, files: &[PathBuf]) {
-    let tu_path = out.join(format!("tessera_simt_w{wave}.cpp"));
-    let tu = translation_unit(root, wave, files);
-    // Rewrite only on change so the C++ is not rebuilt needlessly.
-    if std::fs::read_to_string(&tu_path).ok().as_deref() != Some(tu.as_str()) {
-        std::fs::write(&tu_path, &tu).expect("write the SIMT translation unit");
+/// Writes `text` to `path` unless it already holds it.
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text)
+            .unwrap_or_else(|e| panic!("tessera build (simt): write {}: {e}", path.display()));
     }
+}
+
+/// The files a Make-style dependency file (`-MMD`) lists after the target.
+fn dep_files(d: &str) -> Vec<PathBuf> {
+    let text = d.replace("\\\n", " ");
+    let Some((_, deps)) = text.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = deps.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The unit's key from its last dependency list, or None when a file it read is gone or the list
+/// is missing (then it must be compiled). `newer_than`: also None when a dependency was modified
+/// after that time (it changed while being compiled).
+fn unit_key(
+    command: &str,
+    tu: &str,
+    dep_file: &Path,
+    newer_than: Option<SystemTime>,
+) -> Option<String> {
+    let d = std::fs::read_to_string(dep_file).ok()?;
+    let mut data = Vec::new();
+    data.extend_from_slice(command.as_bytes());
+    data.push(0);
+    data.extend_from_slice(tu.as_bytes());
+    for f in dep_files(&d) {
+        if let Some(t) = newer_than {
+            if std::fs::metadata(&f).and_then(|m| m.modified()).ok()? > t {
+                return None;
+            }
+        }
+        data.push(0);
+        data.extend_from_slice(f.to_string_lossy().as_bytes());
+        data.push(0);
+        data.extend_from_slice(&std::fs::read(&f).ok()?);
+    }
+    Some(crate::ptx::sha256_hex(&data))
+}
+
+/// The compiler for one wave's units (cc's choice of compiler and its flags).
+fn wave_build(root: &Path, wave: u32) -> cc::Build {
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++20")
         .opt_level(2)
-        .file(&tu_path)
         .include(root.join("cuda"))
         .define("TESSERA_SIMT", None)
         .define("TESSERA_SIMT_WARP_SIZE", Some(wave.to_string().as_str()))
@@ -92,10 +219,15 @@ fn compile(root: &Path, out: &Path, wave: u32, files: &[PathBuf]) {
         b.flag("-fsanitize=thread")
             .flag("--param=tsan-instrument-func-entry-exit=0");
     }
-    b.compile(&format!("tessera_simt_w{wave}"));
+    b
 }
 
-pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
+pub fn build(
+    root: &Path,
+    out: &Path,
+    sources: &[crate::KernelSource],
+    hip_entries: &[crate::HipEntry],
+) {
     let mut simt = Vec::new();
     walk(&root.join("cuda/simt"), "hpp", &mut simt);
     for p in &simt {
@@ -106,11 +238,11 @@ pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
     for p in &common {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    let w32: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
-    let mut w64 = Vec::new();
-    walk(&root.join("hip"), "hip", &mut w64);
-    w64.sort();
-    for p in w32.iter().chain(&w64) {
+    for p in sources
+        .iter()
+        .map(|s| &s.path)
+        .chain(hip_entries.iter().map(|e| &e.path))
+    {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     println!("cargo:rerun-if-env-changed=TESSERA_SIMT_INSTRUMENT");
@@ -120,20 +252,180 @@ pub fn build(root: &Path, out: &Path, sources: &[crate::KernelSource]) {
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    // The two libraries compile in parallel.
-    std::thread::scope(|s| {
-        let h = s.spawn(|| compile(root, out, 64, &w64));
-        compile(root, out, 32, &w32);
-        h.join().expect("wave64 SIMT build panicked");
-    });
+
+    // Generate every unit (rewritten only when its text changes).
+    let mut units = Vec::new();
+    let mut archives: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for wave in [32u32, 64] {
+        let modules: Vec<(&str, &Path)> = if wave == 32 {
+            sources
+                .iter()
+                .map(|s| (s.module.as_str(), s.path.as_path()))
+                .collect()
+        } else {
+            hip_entries
+                .iter()
+                .map(|e| (e.module.as_str(), e.path.as_path()))
+                .collect()
+        };
+        let mut idents: Vec<String> = modules.iter().map(|(m, _)| ident(m)).collect();
+        idents.sort();
+        if let Some(w) = idents.windows(2).find(|w| w[0] == w[1]) {
+            panic!(
+                "tessera build (simt): two modules map to the unit name {}; rename one",
+                w[0]
+            );
+        }
+        let dir = out.join(format!("simt/w{wave}"));
+        let mut objs = Vec::new();
+        for (module, source) in &modules {
+            let tu = dir.join(format!("{}.cpp", ident(module)));
+            write_if_changed(&tu, &module_unit(root, wave, module, source));
+            let weight = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+            objs.push(tu.with_extension("o"));
+            units.push(Unit {
+                tool: (wave / 64) as usize,
+                obj: tu.with_extension("o"),
+                tu,
+                weight,
+            });
+        }
+        let names: Vec<&str> = modules.iter().map(|(m, _)| *m).collect();
+        let tu = dir.join("runtime.cpp");
+        write_if_changed(&tu, &runtime_unit(root, wave, &names));
+        objs.push(tu.with_extension("o"));
+        units.push(Unit {
+            tool: (wave / 64) as usize,
+            obj: tu.with_extension("o"),
+            tu,
+            weight: u64::MAX,
+        });
+        archives.push((format!("tessera_simt_w{wave}"), objs));
+    }
     // The race detector's hooks and the buffer mappings, not instrumented, linked after the
     // libraries that call them.
-    cc::Build::new()
+    let mut host = Vec::new();
+    for f in ["racecheck", "memory"] {
+        let obj = out.join(format!("simt/host/{f}.o"));
+        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
+        host.push(obj.clone());
+        units.push(Unit {
+            tool: 2,
+            tu: root.join(format!("cuda/simt/{f}.cpp")),
+            obj,
+            weight: u64::MAX,
+        });
+    }
+    archives.push(("tessera_simt_host".to_string(), host));
+    units.sort_by(|a, b| b.weight.cmp(&a.weight));
+
+    // One compiler (and command-line text for the keys) per kind of unit.
+    let mut host_build = cc::Build::new();
+    host_build
         .cpp(true)
         .std("c++20")
         .opt_level(2)
-        .file(root.join("cuda/simt/racecheck.cpp"))
-        .file(root.join("cuda/simt/memory.cpp"))
-        .include(root.join("cuda"))
-        .compile("tessera_simt_host");
+        .include(root.join("cuda"));
+    let tools: Vec<(cc::Tool, String)> = [wave_build(root, 32), wave_build(root, 64), host_build]
+        .iter()
+        .map(|b| {
+            let tool = b.get_compiler();
+            let version = Command::new(tool.path())
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let line = format!("{:?} {:?}\n{version}", tool.path(), tool.args());
+            (tool, line)
+        })
+        .collect();
+
+    // Compile the stale units in parallel.
+    let stale: Vec<&Unit> = units
+        .iter()
+        .filter(|u| {
+            let text = std::fs::read_to_string(&u.tu).unwrap_or_default();
+            let key = unit_key(&tools[u.tool].1, &text, &u.tu.with_extension("d"), None);
+            !u.obj.is_file()
+                || key.is_none()
+                || std::fs::read_to_string(u.obj.with_extension("key")).ok() != key
+        })
+        .collect();
+    let workers: usize = std::env::var("NUM_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let errors = Mutex::new(Vec::<String>::new());
+    let warnings = Mutex::new(Vec::<String>::new());
+    std::thread::scope(|sc| {
+        for _ in 0..workers.min(stale.len()) {
+            sc.spawn(|| loop {
+                let Some(u) = stale.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let (tool, line) = &tools[u.tool];
+                let dep = u.tu.with_extension("d");
+                let key_file = u.obj.with_extension("key");
+                let _ = std::fs::remove_file(&key_file);
+                let start = SystemTime::now();
+                let mut cmd = tool.to_command();
+                cmd.arg("-MMD")
+                    .arg("-MF")
+                    .arg(&dep)
+                    .arg("-c")
+                    .arg(&u.tu)
+                    .arg("-o")
+                    .arg(&u.obj);
+                match cmd.output() {
+                    Ok(o) if o.status.success() => {
+                        let err = String::from_utf8_lossy(&o.stderr);
+                        if !err.trim().is_empty() {
+                            warnings.lock().unwrap().push(err.trim().to_string());
+                        }
+                        let text = std::fs::read_to_string(&u.tu).unwrap_or_default();
+                        // No key (so the next build compiles it again) when an input changed
+                        // while it was compiled.
+                        if let Some(key) = unit_key(line, &text, &dep, Some(start)) {
+                            let _ = std::fs::write(&key_file, key);
+                        }
+                    }
+                    Ok(o) => errors.lock().unwrap().push(format!(
+                        "{cmd:?} failed ({}):\n{}{}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )),
+                    Err(e) => errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("cannot run {cmd:?}: {e}")),
+                }
+            });
+        }
+    });
+    for w in warnings.into_inner().unwrap() {
+        for line in w.lines() {
+            println!("cargo:warning={line}");
+        }
+    }
+    let errors = errors.into_inner().unwrap();
+    if !errors.is_empty() {
+        panic!(
+            "tessera build (simt): compile failed:\n{}",
+            errors.join("\n")
+        );
+    }
+    // What this run compiled, for whoever measures incremental builds.
+    let log: String = stale
+        .iter()
+        .map(|u| format!("{}\n", u.obj.display()))
+        .collect();
+    write_if_changed(&out.join("simt/compiled.txt"), &log);
+
+    // Archive the objects (cc emits the link lines, with libstdc++ for the C++ libraries).
+    for (name, objs) in archives {
+        cc::Build::new().cpp(true).objects(objs).compile(&name);
+    }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds tessera with the `hip` feature (AMDGPU code objects for gfx942 and gfx90a from every
-# hip/**/*.hip, see build/hip.rs) and validates what was produced: every entry file has a code
+# module's HIP entry file: hip/<module>.hip if it exists, else a generated one that includes
+# cuda/<module>.cu; see build/hip.rs) and validates what was produced: every module has a code
 # object per architecture, each is an AMDGPU ELF whose HSA metadata names the right target and
 # lists its kernels. For CI; extra cargo arguments are passed through (e.g. --release).
 #
@@ -40,12 +41,14 @@ PY
 [ -n "$OUT" ] && [ -f "$OUT/hip_table.rs" ] || { echo "build-hip: cannot find tessera's OUT_DIR" >&2; exit 1; }
 grep -q 'HIP_BUILT: bool = true' "$OUT/hip_table.rs" || { echo "build-hip: hip_table.rs says HIP was not built" >&2; exit 1; }
 
-mapfile -t ENTRIES < <(find hip -name '*.hip' | LC_ALL=C sort)
+# Every module: each cuda/<module>.cu (but the SIMT runtime's folder) and each HIP-only hip/<module>.hip.
+mapfile -t MODULES < <({
+  find cuda -name '*.cu' -not -path 'cuda/simt/*' | sed 's|^cuda/||; s|\.cu$||'
+  find hip -name '*.hip' | sed 's|^hip/||; s|\.hip$||'
+} | LC_ALL=C sort -u)
 fail=0
 count=0
-for entry in "${ENTRIES[@]}"; do
-  module="${entry#hip/}"
-  module="${module%.hip}"
+for module in "${MODULES[@]}"; do
   for arch in "${ARCHS[@]}"; do
     co="$OUT/hsaco/$module.$arch.co"
     if [ ! -s "$co" ]; then
@@ -66,5 +69,5 @@ for entry in "${ENTRIES[@]}"; do
     count=$((count + 1))
   done
 done
-echo "build-hip: ${#ENTRIES[@]} entry files, $count code objects checked in $(( $(date +%s) - start ))s ($OUT/hsaco)"
+echo "build-hip: ${#MODULES[@]} modules, $count code objects checked in $(( $(date +%s) - start ))s ($OUT/hsaco)"
 exit "$fail"

@@ -536,3 +536,70 @@ fn barrier_cost_of_one_block() {
         assert_eq!(out.download().unwrap(), acc);
     }
 }
+
+/// A kernel exported with TESSERA_EXPORT_BLOCK refuses any other block on SIMT, with a message
+/// naming the kernel, the block it requires and the block given; the right block runs.
+#[test]
+fn a_kernel_with_an_exported_block_refuses_another() {
+    for w in [32, 64] {
+        let d = dev(w, Schedule::InOrder);
+        let input = d.upload(&random_u32(256, 5), "in").unwrap();
+        let mut out = d.alloc::<u32>(256, "out").unwrap();
+        for (block, given) in [([64u32, 1, 1], "(64,1,1)"), ([128, 2, 1], "(128,2,1)")] {
+            let mut a = KernelArgs::new();
+            a.buf(&input).push(1u32).buf_mut(&mut out).push(0u32);
+            let cfg = LaunchConfig {
+                grid: [1, 1, 1],
+                block,
+                shared_bytes: 0,
+            };
+            let e = d
+                .launch("selftest/faults", "selftest_tile_pipeline", &cfg, &a)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("kernel selftest_tile_pipeline requires block (128,1,1)")
+                    && e.contains(&format!("launch gave {given}")),
+                "wave{w}: {e}"
+            );
+        }
+        let mut a = KernelArgs::new();
+        a.buf(&input).push(1u32).buf_mut(&mut out).push(0u32);
+        d.launch(
+            "selftest/faults",
+            "selftest_tile_pipeline",
+            &LaunchConfig::linear(2, 128, 0),
+            &a,
+        )
+        .unwrap_or_else(|e| panic!("wave{w}: {e}"));
+    }
+}
+
+/// The kernel table of each wave: every registered kernel with the block its source exports and
+/// its argument sizes, the same kernels the device lists.
+#[test]
+fn the_kernel_table_reports_blocks_and_argument_sizes() {
+    use tessera::device::simt::{simt_kernels, SimtKernel};
+    assert_eq!(simt_kernels(16), None);
+    for w in [32, 64] {
+        let table = simt_kernels(w).expect("wave32 and wave64 tables");
+        let find = |name: &str| -> &SimtKernel {
+            table
+                .iter()
+                .find(|k| k.name == name)
+                .unwrap_or_else(|| panic!("wave{w} table lacks {name}"))
+        };
+        // TESSERA_EXPORT_BLOCK(selftest_tile_pipeline, kTileThreads): (in, ntiles, out, fault).
+        let k = find("selftest_tile_pipeline");
+        assert_eq!((k.block, k.param_sizes.clone()), (128, vec![8, 4, 8, 4]));
+        // TESSERA_EXPORT: any block. (in, n, out).
+        let k = find("selftest_block_sum");
+        assert_eq!((k.block, k.param_sizes.clone()), (0, vec![8, 4, 8]));
+        // ops' kernels carry the block their launch sites use.
+        assert_eq!(find("bitmask_popcount").block, 256);
+        assert_eq!(find("codec_minmax").block, 256);
+        assert_eq!(find("tah_accumulate_f32").block, 256);
+        let names: Vec<String> = table.iter().map(|k| k.name.clone()).collect();
+        assert_eq!(names, dev(w, Schedule::InOrder).kernel_names(), "wave{w}");
+    }
+}

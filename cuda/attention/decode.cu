@@ -339,7 +339,7 @@ using tessera::decode::kMergeBlock;
                                             scale, o_part, lse_part);                               \
     }                                                                                               \
   }                                                                                                 \
-  TESSERA_EXPORT(attn_decode_split_##sfx)
+  TESSERA_EXPORT_BLOCK(attn_decode_split_##sfx, kBlock)
 
 TESSERA_DECODE_INSTANCE(BF16, bf16)
 TESSERA_DECODE_INSTANCE(F16, f16)
@@ -349,4 +349,4 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kMergeBlock)
                int head_dim, float* o, float* lse) {
   tessera::decode::merge_kernel(o_part, lse_part, splits, total_q, heads, head_dim, o, lse);
 }
-TESSERA_EXPORT(attn_merge)
+TESSERA_EXPORT_BLOCK(attn_merge, kMergeBlock)

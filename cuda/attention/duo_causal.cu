@@ -698,7 +698,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(attn::kThreads)
   const attn::Side ks{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth};
   attn::tile_meta(q_tiles, nq, kv_tiles, nkv, qs, ks, kv_valid, has_valid, q_meta, kv_meta);
 }
-TESSERA_EXPORT(attn_tile_meta)
+TESSERA_EXPORT_BLOCK(attn_tile_meta, attn::kThreads)
 
 // Arguments (after q, k, v): tile tables and metadata, positions (as attn_tile_meta), validity,
 // heads, kv_heads, total_q, scale, mode (0 full, 1 causal, 2 duo-causal), tc (1 tensor cores),
@@ -734,7 +734,7 @@ TESSERA_EXPORT(attn_tile_meta)
     p.lse = lse;                                                                                                \
     attn::fwd<E, D>(p);                                                                                         \
   }                                                                                                             \
-  TESSERA_EXPORT(attn_fwd_##sfx##_d##D)
+  TESSERA_EXPORT_BLOCK(attn_fwd_##sfx##_d##D, attn::kThreads)
 
 TESSERA_ATTN_FWD(BF16, bf16, 64)
 TESSERA_ATTN_FWD(BF16, bf16, 128)

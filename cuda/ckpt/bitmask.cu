@@ -207,19 +207,19 @@ using namespace tessera::bitmask;
       uint32_t* block_counts) {                                                                     \
     mask_kernel<E>(base, neu, n, tau, mask, block_counts);                                         \
   }                                                                                                 \
-  TESSERA_EXPORT(bitmask_mask_##sfx)                                                               \
+  TESSERA_EXPORT_BLOCK(bitmask_mask_##sfx, kBlock)                                                               \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock) bitmask_compact_##sfx(                         \
       const E::Bits* neu, const uint32_t* mask, const uint64_t* block_offsets, uint64_t n,         \
       E::Bits* values) {                                                                            \
     compact_kernel<E>(neu, mask, block_offsets, n, values);                                        \
   }                                                                                                 \
-  TESSERA_EXPORT(bitmask_compact_##sfx)                                                            \
+  TESSERA_EXPORT_BLOCK(bitmask_compact_##sfx, kBlock)                                                            \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock) bitmask_densify_##sfx(                         \
       const E::Bits* base, const uint32_t* mask, const E::Bits* values,                            \
       const uint64_t* block_offsets, uint64_t n, E::Bits* out) {                                   \
     densify_kernel<E>(base, mask, values, block_offsets, n, out);                                  \
   }                                                                                                 \
-  TESSERA_EXPORT(bitmask_densify_##sfx)
+  TESSERA_EXPORT_BLOCK(bitmask_densify_##sfx, kBlock)
 
 TESSERA_BITMASK_INSTANCES(F32, f32)
 TESSERA_BITMASK_INSTANCES(F16, f16)
@@ -237,7 +237,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock)
   block_exclusive_scan<uint32_t>(static_cast<uint32_t>(__popc(bits)), &block_total);
   if (threadIdx.x == 0) block_counts[blockIdx.x] = block_total;
 }
-TESSERA_EXPORT(bitmask_popcount)
+TESSERA_EXPORT_BLOCK(bitmask_popcount, kBlock)
 
 // Exclusive scan of nblocks 32-bit counts into nblocks + 1 64-bit offsets; offsets[nblocks] is
 // the total. Launched as a single block of kBlock threads.
@@ -254,4 +254,4 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock)
   }
   if (threadIdx.x == 0) offsets[nblocks] = carry;
 }
-TESSERA_EXPORT(bitmask_scan_counts)
+TESSERA_EXPORT_BLOCK(bitmask_scan_counts, kBlock)

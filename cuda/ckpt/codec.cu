@@ -242,25 +242,25 @@ using namespace tessera;
       const E::Bits* base, const E::Bits* neu, uint64_t n, uint8_t* widths, uint32_t* stats) {     \
     codec::widths_kernel(codec::DeltaSrc<E>{base, neu}, n, 0u, widths, stats);                                   \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_widths_delta_##sfx)                                                         \
+  TESSERA_EXPORT_BLOCK(codec_widths_delta_##sfx, codec::kBlock)                                                         \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock) codec_pack_delta_##sfx(                        \
       const E::Bits* base, const E::Bits* neu, uint64_t n, const uint8_t* widths,                  \
       const uint64_t* offsets, uint32_t* words) {                                                   \
     codec::pack_kernel(codec::DeltaSrc<E>{base, neu}, n, widths, offsets, words);                                \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_pack_delta_##sfx)                                                           \
+  TESSERA_EXPORT_BLOCK(codec_pack_delta_##sfx, codec::kBlock)                                                           \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock) codec_unpack_delta_##sfx(                      \
       const E::Bits* base, const uint32_t* words, const uint8_t* widths, const uint64_t* offsets,  \
       uint64_t n, E::Bits* out) {                                                                   \
     codec::unpack_delta_kernel<E>(base, words, widths, offsets, n, out);                                  \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_unpack_delta_##sfx)                                                         \
+  TESSERA_EXPORT_BLOCK(codec_unpack_delta_##sfx, codec::kBlock)                                                         \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock) codec_dequantize_##sfx(                        \
       const uint32_t* words, const uint8_t* widths, const uint64_t* offsets, uint64_t n,           \
       const float* centroids, uint32_t k, const E::Bits* base, uint32_t has_base, E::Bits* out) {  \
     codec::dequantize_kernel<E>(words, widths, offsets, n, centroids, k, base, has_base, out);            \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_dequantize_##sfx)                                                           \
+  TESSERA_EXPORT_BLOCK(codec_dequantize_##sfx, codec::kBlock)                                                           \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock) codec_delta_f32_##sfx(                         \
       const E::Bits* base, const E::Bits* neu, uint64_t n, float* out) {                           \
     const uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;              \
@@ -269,13 +269,13 @@ using namespace tessera;
       out[i] = codec::is_nan(d) ? codec::canonical_nan() : d;                                            \
     }                                                                                              \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_delta_f32_##sfx)                                                            \
+  TESSERA_EXPORT_BLOCK(codec_delta_f32_##sfx, codec::kBlock)                                                            \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock) codec_to_f32_##sfx(                            \
       const E::Bits* x, uint64_t n, float* out) {                                                  \
     const uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;              \
     if (i < n) out[i] = E::to_f32(x[i]);                                                           \
   }                                                                                                 \
-  TESSERA_EXPORT(codec_to_f32_##sfx)
+  TESSERA_EXPORT_BLOCK(codec_to_f32_##sfx, codec::kBlock)
 
 TESSERA_CODEC_INSTANCES(F32, f32)
 TESSERA_CODEC_INSTANCES(F16, f16)
@@ -285,14 +285,14 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     codec_widths_idx(const uint8_t* idx, uint64_t n, uint32_t fixed, uint8_t* widths, uint32_t* stats) {
   codec::widths_kernel(codec::IdxSrc{idx}, n, fixed, widths, stats);
 }
-TESSERA_EXPORT(codec_widths_idx)
+TESSERA_EXPORT_BLOCK(codec_widths_idx, codec::kBlock)
 
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     codec_pack_idx(const uint8_t* idx, uint64_t n, const uint8_t* widths, const uint64_t* offsets,
                    uint32_t* words) {
   codec::pack_kernel(codec::IdxSrc{idx}, n, widths, offsets, words);
 }
-TESSERA_EXPORT(codec_pack_idx)
+TESSERA_EXPORT_BLOCK(codec_pack_idx, codec::kBlock)
 
 // widths (nb entries, for `count` values) -> offsets[j] = 8 * sum(widths[..j]) words, and
 // offsets[nb] = the total number of words; max_width[0] = the largest width. One block.
@@ -334,7 +334,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     }
   }
 }
-TESSERA_EXPORT(codec_scan_widths)
+TESSERA_EXPORT_BLOCK(codec_scan_widths, codec::kBlock)
 
 // Per-block min, max (over finite values) and count of non-finite values; grid-stride.
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
@@ -375,7 +375,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     bnonfinite[blockIdx.x] = sbad[0];
   }
 }
-TESSERA_EXPORT(codec_minmax)
+TESSERA_EXPORT_BLOCK(codec_minmax, codec::kBlock)
 
 // out[i] = x[(i * n) / s] for i < s: the evenly strided sample k-means initialises from.
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
@@ -383,7 +383,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
   const uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < s) out[i] = x[(i * n) / s];
 }
-TESSERA_EXPORT(codec_kmeans_sample)
+TESSERA_EXPORT_BLOCK(codec_kmeans_sample, codec::kBlock)
 
 // Assignment: idx[i] = number of midpoints strictly below x[i] (ties go to the lower centroid),
 // by a branchless binary search over the k - 1 sorted midpoints (k a power of two). With
@@ -423,7 +423,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     }
   }
 }
-TESSERA_EXPORT(codec_kmeans_assign)
+TESSERA_EXPORT_BLOCK(codec_kmeans_assign, codec::kBlock)
 
 // sums[c] = sum over blocks of psums[b * k + c] (wrapping 64-bit: exact two's-complement), and
 // counts likewise. One block; thread c owns centroid c.
@@ -440,4 +440,4 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(codec::kBlock)
     counts[c] = m;
   }
 }
-TESSERA_EXPORT(codec_kmeans_reduce)
+TESSERA_EXPORT_BLOCK(codec_kmeans_reduce, codec::kBlock)

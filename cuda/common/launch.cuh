@@ -7,15 +7,27 @@
 // plain name, which the Rust executors look up. On the host SIMT runtime the kernel is a static
 // C++ function and TESSERA_EXPORT registers it (name, function, argument sizes) in the runtime's
 // table, where a launch by name finds it and checks the argument sizes Rust passed.
+//
+//   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock) bitmask_popcount(...) { ... }
+//   TESSERA_EXPORT_BLOCK(bitmask_popcount, kBlock)
+//
+// TESSERA_EXPORT_BLOCK also records that the kernel requires blockDim == (threads, 1, 1), with
+// `threads` the same constant as its TESSERA_LAUNCH_BOUNDS (which puts `.maxntid` in the PTX). On
+// CUDA and HIP it expands to nothing; on SIMT a launch with another block fails (code 3, naming
+// the kernel, the required and the given block), and the kernel table reports the block to Rust.
+// Use it for every kernel whose launch sites always use one block size; TESSERA_EXPORT (any
+// block) for kernels launched with several.
 #pragma once
 
 #if defined(TESSERA_SIMT)
 #define TESSERA_GLOBAL static
-#define TESSERA_EXPORT(name) TESSERA_SIMT_REGISTER(name)
+#define TESSERA_EXPORT(name) TESSERA_SIMT_REGISTER(name, 0)
+#define TESSERA_EXPORT_BLOCK(name, threads) TESSERA_SIMT_REGISTER(name, threads)
 #define TESSERA_LAUNCH_BOUNDS(threads)
 #else
 #define TESSERA_GLOBAL extern "C" __global__
 #define TESSERA_EXPORT(name)
+#define TESSERA_EXPORT_BLOCK(name, threads)
 #define TESSERA_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
 #endif
 

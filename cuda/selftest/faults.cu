@@ -2,6 +2,10 @@
 // correct variant of the first. Never launched by ops.
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): the tests launch them with the block each case needs and
+// they work with any; selftest_tile_pipeline, whose shared tile holds kTileThreads words, requires
+// that block (TESSERA_EXPORT_BLOCK).
+
 // out[i] = in[i] + in[i - 1] within the block, through dynamic shared memory (blockDim.x words).
 TESSERA_GLOBAL void selftest_neighbor_sum(const uint32_t* __restrict__ in, uint32_t* __restrict__ out) {
   TESSERA_DYNAMIC_SHARED(uint32_t, s);
@@ -73,7 +77,7 @@ TESSERA_GLOBAL void selftest_tile_pipeline(const uint32_t* __restrict__ in, uint
   }
   out[blockIdx.x * n + t] = acc;
 }
-TESSERA_EXPORT(selftest_tile_pipeline)
+TESSERA_EXPORT_BLOCK(selftest_tile_pipeline, tessera::selftest_faults::kTileThreads)
 
 // A per-block histogram of in[i] % 16 in static shared memory.
 //   fault 1: a plain `+=` instead of atomicAdd (a shared-memory race the schedules cannot show: a

@@ -1,6 +1,8 @@
 // selftest/histogram.cu: atomics on shared and global memory (grid-stride loop).
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): a grid-stride kernel that works with any block.
+
 // hist[b] += number of i with in[i] % nbins == b (nbins <= 256); *count += n; *fsum += sum of
 // (in[i] % 16) as floats (exact); *maxv = max(in[]).
 TESSERA_GLOBAL void selftest_histogram(const uint32_t* __restrict__ in, uint32_t n, uint32_t nbins,

@@ -9,6 +9,9 @@
 // (row-major f32). dtype: 0 bf16, 1 f16. Warps whose tile is >= ntiles return at once.
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): tests/mma.rs launches them with one to several warps per
+// block, and tests/fault_suite.rs with a partial warp (which the fragment ops must refuse).
+
 namespace tessera {
 namespace selftest_mma {
 

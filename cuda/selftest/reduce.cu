@@ -2,6 +2,8 @@
 // shared memory, __syncthreads, warp shuffles). Not used by ops; run by tests/simt_runtime.rs.
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): tests/simt_runtime.rs launches them with 64 to 1024 threads.
+
 // Tree reduction in static shared memory. blockDim.x is a power of two <= 1024; one sum per block.
 TESSERA_GLOBAL void selftest_block_sum(const uint32_t* __restrict__ in, uint32_t n,
                                        uint32_t* __restrict__ out) {

@@ -2,6 +2,8 @@
 // 8-byte values; run on wave32 and (through hip/selftest/scan.hip) wave64.
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): tests/simt_runtime.rs launches them with several block sizes.
+
 // out[i] = inclusive prefix sum of in[] within i's warp (warps of the block's 1-D thread index).
 TESSERA_GLOBAL void selftest_warp_scan(const uint32_t* __restrict__ in, uint32_t n,
                                        uint32_t* __restrict__ out) {

@@ -1,6 +1,8 @@
 // selftest/votes.cu: __syncthreads_count/_and/_or, ballot, any, all.
 #include "../common/tessera.cuh"
 
+// Exported with TESSERA_EXPORT (any block): tests/simt_runtime.rs launches them with several block sizes.
+
 // p = in[i] > threshold. Per block: out[3b] = count, out[3b+1] = and, out[3b+2] = or.
 TESSERA_GLOBAL void selftest_sync_votes(const uint32_t* __restrict__ in, uint32_t threshold,
                                         uint32_t* __restrict__ out) {

@@ -10,10 +10,19 @@
 //     reached at the same call site, else reports the divergence (kernel, block, thread);
 //   * schedules: in-order, or a seeded permutation of the runnable fibers at every round.
 //
-// Build contract (build/simt.rs): one translation unit per warp width includes this header, then
-// every kernel source inside an unnamed namespace, then entry.hpp, which defines the only external
-// symbols: tessera_simt_w<WAVE>_{launch,kernel_count,kernel_name,kernel_arity,warp_size}.
-// Everything here has internal linkage, so the wave32 and wave64 libraries link together.
+// Build contract (build/simt.rs): one translation unit per kernel module and warp width includes
+// this header, then the module's source inside an unnamed namespace (kernels and their helpers
+// have internal linkage), then TESSERA_SIMT_UNIT(<module ident>), which defines the unit's one
+// C symbol, tessera_simt_w<WAVE>_unit_<ident>(), adding its kernels to the wave's registry. One
+// runtime unit per wave defines TESSERA_SIMT_RUNTIME_UNIT (the context switch's assembly is
+// emitted there only) and includes entry.hpp, the C entry points tessera_simt_w<WAVE>_*, which
+// call every unit's function once before first use.
+//
+// The runtime is header-only: everything here is `inline` (functions, variables) in the
+// namespace tessera_simt::w<WAVE>, an inline namespace (code names it tessera_simt::), so that each
+// unit emits what it uses and the linker keeps one copy per wave (one registry, one scheduler);
+// the wave32 and wave64 copies have different names, so both libraries link into one binary.
+// What only kernel code uses (intrinsics.hpp) stays in unnamed namespaces, per unit.
 #ifndef TESSERA_SIMT_HPP
 #define TESSERA_SIMT_HPP
 
@@ -68,9 +77,19 @@
 
 #define TESSERA_SIMT_STR2(x) #x
 #define TESSERA_SIMT_STR(x) TESSERA_SIMT_STR2(x)
+#define TESSERA_SIMT_CAT2(a, b) a##b
+#define TESSERA_SIMT_CAT(a, b) TESSERA_SIMT_CAT2(a, b)
+// The wave's namespace, tessera_simt::w32 or tessera_simt::w64.
+#define TESSERA_SIMT_NS TESSERA_SIMT_CAT(w, TESSERA_SIMT_WARP_SIZE)
+// The wave's C symbols: TESSERA_SIMT_SYM(launch) is tessera_simt_w32_launch or tessera_simt_w64_launch.
+#define TESSERA_SIMT_SYM3(w, n) tessera_simt_w##w##_##n
+#define TESSERA_SIMT_SYM2(w, n) TESSERA_SIMT_SYM3(w, n)
+#define TESSERA_SIMT_SYM(n) TESSERA_SIMT_SYM2(TESSERA_SIMT_WARP_SIZE, n)
 
 // ---- vector types ---------------------------------------------------------------------------------
-namespace {
+// In the wave's namespace (the runtime's structs hold uint3 and dim3), used at global scope.
+namespace tessera_simt {
+inline namespace TESSERA_SIMT_NS {
 #define TESSERA_SIMT_VEC2(name, T, al)                                                      \
   struct __attribute__((aligned(al))) name { T x, y; };                                     \
   __forceinline__ constexpr name make_##name(T x, T y) { return name{x, y}; }
@@ -108,7 +127,33 @@ struct dim3 {
   constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
   constexpr operator uint3() const { return uint3{x, y, z}; }
 };
-}  // namespace
+}  // namespace TESSERA_SIMT_NS
+}  // namespace tessera_simt
+#define TESSERA_SIMT_USE_VEC(name) \
+  using ::tessera_simt::name;      \
+  using ::tessera_simt::make_##name;
+TESSERA_SIMT_USE_VEC(char2)
+TESSERA_SIMT_USE_VEC(uchar2)
+TESSERA_SIMT_USE_VEC(short2)
+TESSERA_SIMT_USE_VEC(ushort2)
+TESSERA_SIMT_USE_VEC(int2)
+TESSERA_SIMT_USE_VEC(uint2)
+TESSERA_SIMT_USE_VEC(float2)
+TESSERA_SIMT_USE_VEC(longlong2)
+TESSERA_SIMT_USE_VEC(ulonglong2)
+TESSERA_SIMT_USE_VEC(double2)
+TESSERA_SIMT_USE_VEC(int3)
+TESSERA_SIMT_USE_VEC(uint3)
+TESSERA_SIMT_USE_VEC(float3)
+TESSERA_SIMT_USE_VEC(char4)
+TESSERA_SIMT_USE_VEC(uchar4)
+TESSERA_SIMT_USE_VEC(short4)
+TESSERA_SIMT_USE_VEC(ushort4)
+TESSERA_SIMT_USE_VEC(int4)
+TESSERA_SIMT_USE_VEC(uint4)
+TESSERA_SIMT_USE_VEC(float4)
+#undef TESSERA_SIMT_USE_VEC
+using ::tessera_simt::dim3;
 
 // ---- context switch -------------------------------------------------------------------------------
 // tessera_simt_switch(save, to): saves the callee-saved registers and the FP control words on the
@@ -122,7 +167,12 @@ struct dim3 {
 extern "C" void tessera_simt_switch(void** save, void* to) __asm__(TESSERA_SIMT_SYM_SWITCH);
 extern "C" void tessera_simt_trampoline() __asm__(TESSERA_SIMT_SYM_TRAMP);
 
-#if defined(__x86_64__)
+// Emitted by the wave's runtime unit only (two definitions would not link).
+#if !defined(TESSERA_SIMT_RUNTIME_UNIT)
+#if !defined(__x86_64__) && !defined(__aarch64__)
+#error "the host SIMT runtime has a context switch for x86_64 and aarch64 only"
+#endif
+#elif defined(__x86_64__)
 __asm__(
     ".text\n"
     ".globl " TESSERA_SIMT_SYM_SWITCH "\n"
@@ -208,16 +258,16 @@ __asm__(
 #endif
 
 namespace tessera_simt {
-namespace {
+inline namespace TESSERA_SIMT_NS {
 
-constexpr int kWave = TESSERA_SIMT_WARP_SIZE;
+inline constexpr int kWave = TESSERA_SIMT_WARP_SIZE;
 static_assert(kWave == 32 || kWave == 64, "TESSERA_SIMT_WARP_SIZE must be 32 or 64");
 using lanemask = std::conditional_t<kWave == 64, unsigned long long, unsigned>;
-constexpr unsigned long long kFullMask = kWave == 64 ? ~0ull : 0xffffffffull;
+inline constexpr unsigned long long kFullMask = kWave == 64 ? ~0ull : 0xffffffffull;
 
-constexpr unsigned kMaxThreads = 1024;
-constexpr size_t kStackBytes = 64 * 1024;
-constexpr size_t kGuardBytes = 4096;
+inline constexpr unsigned kMaxThreads = 1024;
+inline constexpr size_t kStackBytes = 64 * 1024;
+inline constexpr size_t kGuardBytes = 4096;
 
 // ---- kernel registry ------------------------------------------------------------------------------
 using Thunk = void (*)(void (*fn)(), void** params);
@@ -227,9 +277,12 @@ struct KernelEntry {
   void (*fn)();
   Thunk thunk;
   std::vector<size_t> sizes;
+  uint32_t block;  // the blockDim.x every launch must use (blockDim.y = z = 1); 0: any block
 };
 
-std::vector<KernelEntry>& registry() {
+// The wave's kernels, every unit's in module order (filled by the entry points' first call).
+
+inline std::vector<KernelEntry>& registry() {
   static std::vector<KernelEntry> r;
   return r;
 }
@@ -253,13 +306,26 @@ struct Invoker {
   }
 };
 
+}  // namespace TESSERA_SIMT_NS
+
+namespace {
+// This unit's kernels in TESSERA_EXPORT order, which TESSERA_SIMT_UNIT's function adds to the
+// registry.
+inline std::vector<KernelEntry>& unit_kernels() {
+  static std::vector<KernelEntry> k;
+  return k;
+}
+
 struct Registrar {
   template <typename... A>
-  Registrar(const char* name, void (*fn)(A...)) {
-    registry().push_back(KernelEntry{name, reinterpret_cast<void (*)()>(fn), &Invoker<A...>::run,
-                                     std::vector<size_t>{sizeof(std::decay_t<A>)...}});
+  Registrar(const char* name, uint32_t block, void (*fn)(A...)) {
+    unit_kernels().push_back(KernelEntry{name, reinterpret_cast<void (*)()>(fn), &Invoker<A...>::run,
+                                         std::vector<size_t>{sizeof(std::decay_t<A>)...}, block});
   }
 };
+}  // namespace
+
+inline namespace TESSERA_SIMT_NS {
 
 // ---- fibers, workers -------------------------------------------------------------------------------
 enum class St : uint8_t { Ready, Bar, Warp, Exited };
@@ -334,15 +400,15 @@ struct WorkerRes {
   }
 };
 
-std::mutex& pool_mutex() {
+inline std::mutex& pool_mutex() {
   static std::mutex m;
   return m;
 }
-std::vector<WorkerRes*>& pool() {
+inline std::vector<WorkerRes*>& pool() {
   static std::vector<WorkerRes*> p;
   return p;
 }
-WorkerRes* acquire_res() {
+inline WorkerRes* acquire_res() {
   {
     std::lock_guard<std::mutex> g(pool_mutex());
     if (!pool().empty()) {
@@ -353,7 +419,7 @@ WorkerRes* acquire_res() {
   }
   return new WorkerRes();
 }
-void release_res(WorkerRes* r) {
+inline void release_res(WorkerRes* r) {
   std::lock_guard<std::mutex> g(pool_mutex());
   pool().push_back(r);
 }
@@ -393,8 +459,8 @@ struct Worker {
   uint16_t fpucw = 0x037f;
 };
 
-thread_local Worker* tl_w = nullptr;
-thread_local Fiber* tl_cur = nullptr;
+inline thread_local Worker* tl_w = nullptr;
+inline thread_local Fiber* tl_cur = nullptr;
 
 inline uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -404,7 +470,7 @@ inline uint64_t splitmix64(uint64_t& s) {
 }
 
 // ---- messages ---------------------------------------------------------------------------------------
-std::string short_file(const char* f) {
+inline std::string short_file(const char* f) {
   if (!f) return "?";
   std::string s(f);
   for (const char* root : {"/cuda/", "/hip/"}) {
@@ -413,16 +479,16 @@ std::string short_file(const char* f) {
   }
   return s;
 }
-std::string site(const Fiber& f) { return short_file(f.file) + ":" + std::to_string(f.line); }
-std::string xyz(uint3 v) {
+inline std::string site(const Fiber& f) { return short_file(f.file) + ":" + std::to_string(f.line); }
+inline std::string xyz(uint3 v) {
   return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
 }
-std::string hexmask(unsigned long long m) {
+inline std::string hexmask(unsigned long long m) {
   char b[32];
   std::snprintf(b, sizeof b, "0x%llx", m);
   return b;
 }
-std::string describe_wait(const Fiber& f) {
+inline std::string describe_wait(const Fiber& f) {
   switch (f.st) {
     case St::Exited: return "exited";
     case St::Bar: return std::string("waits at ") + f.what + " at " + site(f);
@@ -435,7 +501,7 @@ inline bool same_site(const Fiber& a, const Fiber& b) {
   return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
 }
 
-[[noreturn]] void fiber_main(void* arg);
+[[noreturn]] inline void fiber_main(void* arg);
 
 // ---- yielding from a fiber ----------------------------------------------------------------------------
 inline void yield_fiber(Fiber* f) {
@@ -477,7 +543,7 @@ inline void warp_collective(WarpOp op, const char* name, unsigned long long mask
 }
 
 // ---- the block scheduler ---------------------------------------------------------------------------
-void fail_block(Worker& w, std::string msg) {
+inline void fail_block(Worker& w, std::string msg) {
   if (!w.block_failed) {
     w.block_failed = true;
     w.block_err = "block " + xyz(w.block_idx) + ": " + std::move(msg);
@@ -488,7 +554,7 @@ void fail_block(Worker& w, std::string msg) {
 // have all arrived with the same op and mask, and makes those lanes ready. A collective that every
 // lane of the warp that has not exited took part in is also a warp-wide ordering point for the race
 // detector. False (with w.block_err) on a malformed mask.
-bool complete_warp(Worker& w, uint32_t w0) {
+inline bool complete_warp(Worker& w, uint32_t w0) {
   Launch& L = *w.L;
   const uint32_t n = L.nthreads;
   Fiber* fb = w.res->fibers.data();
@@ -539,7 +605,7 @@ bool complete_warp(Worker& w, uint32_t w0) {
 }
 
 // Returns 0 to continue, 1 when every thread exited, -1 on an error (in w.block_err).
-int resolve(Worker& w) {
+inline int resolve(Worker& w) {
   Launch& L = *w.L;
   const uint32_t n = L.nthreads;
   Fiber* fb = w.res->fibers.data();
@@ -626,7 +692,7 @@ int resolve(Worker& w) {
   return -1;
 }
 
-void init_fiber_stack(Worker& w, Fiber& f, char* top) {
+inline void init_fiber_stack(Worker& w, Fiber& f, char* top) {
   auto* sp = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15)) - 256);
 #if defined(__x86_64__)
   // [mxcsr|fpucw][r15][r14][r13=fn][r12=arg][rbx][rbp][ret=trampoline]
@@ -654,14 +720,14 @@ void init_fiber_stack(Worker& w, Fiber& f, char* top) {
   f.sp = sp;
 }
 
-std::string thread_name(const Worker& w, uint32_t linear) {
+inline std::string thread_name(const Worker& w, uint32_t linear) {
   const unsigned bx = w.block_dim.x, by = w.block_dim.y;
   return "thread " + xyz(uint3{linear % bx, (linear / bx) % by, linear / (bx * by)}) + " (warp " +
          std::to_string(linear / kWave) + ", lane " + std::to_string(linear % kWave) + ")";
 }
 
 // The race detector's report of the block's first race, as a sentence.
-std::string race_message(const Worker& w) {
+inline std::string race_message(const Worker& w) {
   const tessera_rc_ctx& rc = w.res->rc;
   const tessera_rc_race& r = rc.race;
   std::string where;
@@ -705,7 +771,7 @@ inline bool run_fiber(Worker& w, uint32_t i) {
 // warp (seeded choice) gets a turn, so warps drift apart by several collectives between block
 // barriers (the in-order and shuffled schedules complete collectives only when every thread of
 // the block waits, which hides a missing __syncthreads between warps).
-bool run_skewed(Worker& w) {
+inline bool run_skewed(Worker& w) {
   auto& ready = w.res->ready;
   auto& order = w.res->order;
   while (!ready.empty()) {
@@ -731,7 +797,7 @@ bool run_skewed(Worker& w) {
 }
 
 // Runs block `b`; false (with w.block_err) on an error.
-bool run_block(Worker& w, uint64_t b) {
+inline bool run_block(Worker& w, uint64_t b) {
   Launch& L = *w.L;
   const uint32_t n = L.nthreads;
   const uint64_t gx = L.grid.x, gy = L.grid.y;
@@ -785,7 +851,7 @@ bool run_block(Worker& w, uint64_t b) {
   }
 }
 
-[[noreturn]] void fiber_main(void* arg) {
+[[noreturn]] inline void fiber_main(void* arg) {
   Fiber* f = static_cast<Fiber*>(arg);
   Worker* w = tl_w;
   try {
@@ -806,9 +872,9 @@ bool run_block(Worker& w, uint64_t b) {
 // fiber_fault_exit on a fresh part of the fiber's stack and returns; that function fails the block
 // with the fault address (which the Rust side maps to a buffer name) and leaves the fiber. Any other
 // SIGSEGV goes to the handler that was installed before ours.
-struct sigaction g_old_segv;
+inline struct sigaction g_old_segv;
 
-[[noreturn]] void fiber_fault_exit() {
+[[noreturn]] inline void fiber_fault_exit() {
   Worker* w = tl_w;
   Fiber* f = tl_cur;
   char addr[32];
@@ -825,7 +891,7 @@ struct sigaction g_old_segv;
   __builtin_trap();
 }
 
-void segv_handler(int sig, siginfo_t* info, void* uctx) {
+inline void segv_handler(int sig, siginfo_t* info, void* uctx) {
   Worker* w = tl_w;
   Fiber* f = tl_cur;
   if (w && f && w->res) {
@@ -853,7 +919,7 @@ void segv_handler(int sig, siginfo_t* info, void* uctx) {
 
 // Once per runtime, before its first launch: its thread-locals are not shared memory for the race
 // detector and poisoning (which see every thread-local of the module), then the SIGSEGV handler.
-void runtime_init() {
+inline void runtime_init() {
   static std::once_flag once;
   std::call_once(once, [] {
     tessera_simt_rc_exclude(&tl_w);
@@ -867,7 +933,7 @@ void runtime_init() {
   });
 }
 
-void work(Launch& L) {
+inline void work(Launch& L) {
   WorkerRes* res = acquire_res();
   try {
     res->stacks.ensure(L.nthreads);
@@ -909,7 +975,7 @@ void work(Launch& L) {
 
 // Returns 0, or an error code with the message in err: 1 unknown kernel, 2 argument mismatch,
 // 3 bad launch configuration, 4 fault in the kernel.
-int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
+inline int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
            void** params, const size_t* sizes, size_t nparams, int schedule, uint64_t seed, uint32_t workers,
            std::string& err) {
   const KernelEntry* k = nullptr;
@@ -940,6 +1006,12 @@ int launch(const char* name, const uint32_t grid[3], const uint32_t block[3], ui
   schedule &= ~0x100;
   if (schedule < 0 || schedule > 2) {
     err = "schedule " + std::to_string(schedule) + " is not 0 (in order), 1 (shuffled) or 2 (warp skew)";
+    return 3;
+  }
+  if (k->block != 0 && (block[0] != k->block || block[1] != 1 || block[2] != 1)) {
+    err = std::string("kernel ") + k->name + " requires block (" + std::to_string(k->block) +
+          ",1,1) (TESSERA_EXPORT_BLOCK in its source), launch gave (" + std::to_string(block[0]) + "," +
+          std::to_string(block[1]) + "," + std::to_string(block[2]) + ")";
     return 3;
   }
   const uint64_t nthreads = uint64_t(block[0]) * block[1] * block[2];
@@ -1001,12 +1073,23 @@ inline void* dynamic_shared() { return tl_w->res->dyn; }
 inline void note_shared_read(const void* p, size_t n, uint32_t tid) {
   tessera_simt_rc_access(&tl_w->res->rc, p, n, 0, static_cast<int32_t>(tid));
 }
-}  // namespace
+}  // namespace TESSERA_SIMT_NS
 
 }  // namespace tessera_simt
 
-#define TESSERA_SIMT_REGISTER(name) \
-  static const ::tessera_simt::Registrar tessera_simt_registrar_##name(#name, &name);
+// TESSERA_EXPORT(name) and TESSERA_EXPORT_BLOCK(name, threads) (cuda/common/launch.cuh): block 0
+// means any block.
+#define TESSERA_SIMT_REGISTER(name, block)                                                        \
+  static_assert((block) <= 1024, "TESSERA_EXPORT_BLOCK: a block of 1..1024 threads");       \
+  static const ::tessera_simt::Registrar tessera_simt_registrar_##name(#name, static_cast<uint32_t>(block), &name);
+
+// Ends a kernel module's unit (build/simt.rs): its one external symbol, which the entry points
+// call once to register the unit's kernels.
+#define TESSERA_SIMT_UNIT(ident)                                     \
+  extern "C" void TESSERA_SIMT_SYM(unit_##ident)(void) {             \
+    auto& r = ::tessera_simt::registry();                            \
+    for (const auto& k : ::tessera_simt::unit_kernels()) r.push_back(k); \
+  }
 
 #define threadIdx (::tessera_simt::thread_idx())
 #define blockIdx (::tessera_simt::block_idx())

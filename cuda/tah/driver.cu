@@ -175,7 +175,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
   block_exclusive_scan<uint32_t>(tah::active(scores, i, n, thr) ? 1u : 0u, &total);
   if (threadIdx.x == 0) block_counts[blockIdx.x] = total;
 }
-TESSERA_EXPORT(tah_select_count)
+TESSERA_EXPORT_BLOCK(tah_select_count, tah::kBlock)
 
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     tah_scan_counts(const uint32_t* counts, uint64_t nblocks, uint64_t* offsets) {
@@ -190,7 +190,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
   }
   if (threadIdx.x == 0) offsets[nblocks] = carry;
 }
-TESSERA_EXPORT(tah_scan_counts)
+TESSERA_EXPORT_BLOCK(tah_scan_counts, tah::kBlock)
 
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     tah_select_compact(const float* scores, uint64_t n, float thr, const uint64_t* block_offsets,
@@ -201,7 +201,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
   const uint32_t rank = block_exclusive_scan<uint32_t>(a ? 1u : 0u, &total);
   if (a) indices[block_offsets[blockIdx.x] + rank] = static_cast<uint32_t>(i);
 }
-TESSERA_EXPORT(tah_select_compact)
+TESSERA_EXPORT_BLOCK(tah_select_compact, tah::kBlock)
 
 // out[r, :] = src[idx[r], :] for r < m (rows of d 32-bit words).
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
@@ -213,7 +213,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     out[e] = src[static_cast<uint64_t>(idx[r]) * d + c];
   }
 }
-TESSERA_EXPORT(tah_gather_rows_b32)
+TESSERA_EXPORT_BLOCK(tah_gather_rows_b32, tah::kBlock)
 
 // dst[idx[r], :] = src[r, :] for r < m (indices distinct).
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
@@ -225,7 +225,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     dst[static_cast<uint64_t>(idx[r]) * d + c] = src[e];
   }
 }
-TESSERA_EXPORT(tah_scatter_rows_b32)
+TESSERA_EXPORT_BLOCK(tah_scatter_rows_b32, tah::kBlock)
 
 #define TESSERA_TAH_COPY(T, sfx)                                                                    \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)                                            \
@@ -235,7 +235,7 @@ TESSERA_EXPORT(tah_scatter_rows_b32)
       dst[dst_off + e] = src[src_off + e];                                                          \
     }                                                                                               \
   }                                                                                                 \
-  TESSERA_EXPORT(tah_copy_##sfx)
+  TESSERA_EXPORT_BLOCK(tah_copy_##sfx, tah::kBlock)
 
 TESSERA_TAH_COPY(uint8_t, b8)
 TESSERA_TAH_COPY(uint16_t, b16)
@@ -247,7 +247,7 @@ TESSERA_TAH_COPY(uint32_t, b32)
       uint32_t* out_ids, float* out_w) {                                                            \
     tah::next_input_kernel<E>(cum, vocab, k, emb, d, out, out_ids, out_w);                          \
   }                                                                                                 \
-  TESSERA_EXPORT(tah_next_input_##sfx)
+  TESSERA_EXPORT_BLOCK(tah_next_input_##sfx, tah::kTopkBlock)
 
 TESSERA_TAH_NEXT_INPUT(F32, f32)
 TESSERA_TAH_NEXT_INPUT(F16, f16)
@@ -261,4 +261,4 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(tah::kBlock)
     cum[e] = cum[e] + logits[e];
   }
 }
-TESSERA_EXPORT(tah_accumulate_f32)
+TESSERA_EXPORT_BLOCK(tah_accumulate_f32, tah::kBlock)

@@ -35,6 +35,9 @@ type LaunchFn = unsafe extern "C" fn(
 ) -> c_int;
 type CountFn = unsafe extern "C" fn() -> usize;
 type NameFn = unsafe extern "C" fn(usize) -> *const c_char;
+type ArityFn = unsafe extern "C" fn(usize) -> i64;
+type ParamSizeFn = unsafe extern "C" fn(usize, usize) -> i64;
+type BlockFn = unsafe extern "C" fn(usize) -> u32;
 
 extern "C" {
     fn tessera_simt_w32_launch(
@@ -53,6 +56,9 @@ extern "C" {
     ) -> c_int;
     fn tessera_simt_w32_kernel_count() -> usize;
     fn tessera_simt_w32_kernel_name(i: usize) -> *const c_char;
+    fn tessera_simt_w32_kernel_arity(i: usize) -> i64;
+    fn tessera_simt_w32_kernel_param_size(i: usize, j: usize) -> i64;
+    fn tessera_simt_w32_kernel_block(i: usize) -> u32;
     fn tessera_simt_w64_launch(
         kernel: *const c_char,
         grid: *const u32,
@@ -69,6 +75,9 @@ extern "C" {
     ) -> c_int;
     fn tessera_simt_w64_kernel_count() -> usize;
     fn tessera_simt_w64_kernel_name(i: usize) -> *const c_char;
+    fn tessera_simt_w64_kernel_arity(i: usize) -> i64;
+    fn tessera_simt_w64_kernel_param_size(i: usize, j: usize) -> i64;
+    fn tessera_simt_w64_kernel_block(i: usize) -> u32;
     fn tessera_simt_mem_alloc(
         len: usize,
         red: usize,
@@ -86,17 +95,77 @@ struct WaveLib {
     launch: LaunchFn,
     count: CountFn,
     name: NameFn,
+    arity: ArityFn,
+    param_size: ParamSizeFn,
+    block: BlockFn,
+}
+
+/// One kernel of a SIMT library's registry, as its source exports it.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimtKernel {
+    /// The kernel's name (its PTX / code-object symbol).
+    pub name: String,
+    /// The `blockDim.x` every launch must use (`TESSERA_EXPORT_BLOCK`, with `blockDim.y = z = 1`);
+    /// 0 when any block is accepted (`TESSERA_EXPORT`).
+    pub block: u32,
+    /// The size in bytes of each argument, in order.
+    pub param_sizes: Vec<usize>,
+}
+
+/// Every kernel registered in the wave32 or wave64 SIMT library (None for another wave), in
+/// registry order: module order, then source order. For checks of kernel declarations against
+/// the kernel sources.
+#[doc(hidden)]
+pub fn simt_kernels(wave: u32) -> Option<Vec<SimtKernel>> {
+    let lib = match wave {
+        32 => &W32,
+        64 => &W64,
+        _ => return None,
+    };
+    // SAFETY: the table functions only read the library's registry (built on their first call)
+    // and return null / -1 / 0 for indices out of range.
+    let n = unsafe { (lib.count)() };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: as above; a non-null name is a static NUL-terminated string.
+        let (name, arity, block) = unsafe { ((lib.name)(i), (lib.arity)(i), (lib.block)(i)) };
+        if name.is_null() || arity < 0 {
+            continue;
+        }
+        // SAFETY: non-null names point at static C strings in the library.
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        let param_sizes = (0..arity as usize)
+            // SAFETY: `i` < count and `j` < arity.
+            .map(|j| unsafe { (lib.param_size)(i, j) })
+            .map(|b| usize::try_from(b).unwrap_or(0))
+            .collect();
+        out.push(SimtKernel {
+            name,
+            block,
+            param_sizes,
+        });
+    }
+    Some(out)
 }
 
 const W32: WaveLib = WaveLib {
     launch: tessera_simt_w32_launch,
     count: tessera_simt_w32_kernel_count,
     name: tessera_simt_w32_kernel_name,
+    arity: tessera_simt_w32_kernel_arity,
+    param_size: tessera_simt_w32_kernel_param_size,
+    block: tessera_simt_w32_kernel_block,
 };
 const W64: WaveLib = WaveLib {
     launch: tessera_simt_w64_launch,
     count: tessera_simt_w64_kernel_count,
     name: tessera_simt_w64_kernel_name,
+    arity: tessera_simt_w64_kernel_arity,
+    param_size: tessera_simt_w64_kernel_param_size,
+    block: tessera_simt_w64_kernel_block,
 };
 
 /// The guard byte at index `i` of a red zone.

@@ -1,2 +1,0 @@
-// HIP entry file: the portable self-test kernels, also run by the wave64 host SIMT build.
-#include "../../cuda/selftest/votes.cu"
