@@ -1,14 +1,14 @@
 //! Every typed kernel declaration (`tessera::kernels::declarations()`) against the kernel
-//! sources as built: the host SIMT registry of both waves (name present), and the PTX of every
-//! architecture (the `.entry` exists, its `.param` list has the declared count and sizes in
-//! order, and `.maxntid` equals the declared block). And the other way round: every PTX entry of
-//! a module the ops use is declared, so a kernel cannot be added without its declaration.
+//! sources as built: the host SIMT registry of both waves (name, argument sizes, the block the
+//! source exports), the PTX of every architecture (the `.entry` exists, its `.param` sizes in
+//! order, `.maxntid` equals the declared block) and the `.cu` text (the argument names). And the
+//! other way round: every PTX entry of a module the ops use is declared, so a kernel cannot be
+//! added without its declaration.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera::device::kernel::KernelDecl;
 use tessera::kernels::{declarations, PTX};
-use tessera::{Device, SimtConfig};
 
 /// One `.entry` of a PTX text: its parameter sizes in bytes and its `.maxntid` x, if any.
 #[derive(Debug)]
@@ -240,26 +240,35 @@ fn the_source_parser_reads_pasted_names() {
     assert!(instance_of("g", "g"));
 }
 
+/// Every instance is in the SIMT registry of both waves with the declared argument sizes and
+/// block (the registry's block is what `TESSERA_EXPORT_BLOCK` in the source says; 0 = any).
 #[test]
-fn every_declaration_is_registered_on_simt() {
+fn every_declaration_matches_the_simt_registry() {
     let decls = declarations();
+    let mut problems = Vec::new();
     for wave in [32, 64] {
-        let dev = Device::simt_with(SimtConfig {
-            wave,
-            ..Default::default()
-        })
-        .unwrap();
-        let names: BTreeSet<String> = dev.kernel_names().into_iter().collect();
-        let missing: Vec<&str> = decls
-            .iter()
-            .map(|d| d.name.as_str())
-            .filter(|n| !names.contains(*n))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "wave{wave}: not registered: {missing:?}"
-        );
+        let table = tessera::device::simt::simt_kernels(wave).expect("a SIMT wave");
+        for d in &decls {
+            let Some(k) = table.iter().find(|k| k.name == d.name) else {
+                problems.push(format!("wave{wave}: {} is not registered", d.name));
+                continue;
+            };
+            let sizes: Vec<usize> = d.params.iter().map(|p| p.size).collect();
+            if sizes != k.param_sizes {
+                problems.push(format!(
+                    "wave{wave} {}: declared sizes {sizes:?}, registry {:?}",
+                    d.name, k.param_sizes
+                ));
+            }
+            if d.block.unwrap_or(0) != k.block {
+                problems.push(format!(
+                    "wave{wave} {}: declared block {:?}, the source exports {}",
+                    d.name, d.block, k.block
+                ));
+            }
+        }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]

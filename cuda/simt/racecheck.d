@@ -1,3 +1,2 @@
-/work/target-build/release/build/tessera-889ff5ae79e21d42/out/simt/host/racecheck.o: \
- /work/wt-build/cuda/simt/racecheck.cpp \
- /work/wt-build/cuda/simt/racecheck.hpp
+/work/main/target/release/build/tessera-889ff5ae79e21d42/out/simt/host/racecheck.o: \
+ /work/main/cuda/simt/racecheck.cpp /work/main/cuda/simt/racecheck.hpp
