@@ -35,9 +35,13 @@
 //! threads), each only when its key changed: the SHA-256 of the compiler command line, the
 //! compiler's `--version`, the unit's text and the contents of every file its last compile read
 //! (`-MMD` dependency list: the module's source, the common headers, the runtime headers). The key
-//! is stored next to the object (`<ident>.key`); cc then only archives the objects.
-//! Touching one `.cu` therefore recompiles that module's two units.
+//! is stored next to the object (`<ident>.key`); cc then only archives the objects. The
+//! uninstrumented host library (`cuda/simt/racecheck.cpp`, `memory.cpp`: the access hooks and the
+//! buffer mappings, linked after the two wave libraries) is compiled the same way. Touching a
+//! `.cu` compiles nothing; editing one compiles that module's two units. `OUT_DIR/simt/compiled.txt`
+//! lists what the last run compiled.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,32 +169,45 @@ fn dep_files(d: &str) -> Vec<PathBuf> {
     out
 }
 
+/// SHA-256 of files' contents, each read and hashed once per run (the units share headers).
+#[derive(Default)]
+struct FileHashes(Mutex<HashMap<PathBuf, String>>);
+
+impl FileHashes {
+    fn get(&self, f: &Path) -> Option<String> {
+        if let Some(h) = self.0.lock().unwrap().get(f) {
+            return Some(h.clone());
+        }
+        let h = crate::ptx::sha256_hex(&std::fs::read(f).ok()?);
+        self.0.lock().unwrap().insert(f.to_path_buf(), h.clone());
+        Some(h)
+    }
+}
+
 /// The unit's key from its last dependency list, or None when a file it read is gone or the list
 /// is missing (then it must be compiled). `newer_than`: also None when a dependency was modified
-/// after that time (it changed while being compiled).
+/// after that time (it changed while being compiled; its hash is then not taken from the cache).
 fn unit_key(
     command: &str,
     tu: &str,
     dep_file: &Path,
+    hashes: &FileHashes,
     newer_than: Option<SystemTime>,
 ) -> Option<String> {
     let d = std::fs::read_to_string(dep_file).ok()?;
-    let mut data = Vec::new();
-    data.extend_from_slice(command.as_bytes());
-    data.push(0);
-    data.extend_from_slice(tu.as_bytes());
+    let mut data = String::new();
+    data.push_str(command);
+    data.push('\0');
+    data.push_str(&crate::ptx::sha256_hex(tu.as_bytes()));
     for f in dep_files(&d) {
         if let Some(t) = newer_than {
             if std::fs::metadata(&f).and_then(|m| m.modified()).ok()? > t {
                 return None;
             }
         }
-        data.push(0);
-        data.extend_from_slice(f.to_string_lossy().as_bytes());
-        data.push(0);
-        data.extend_from_slice(&std::fs::read(&f).ok()?);
+        let _ = write!(data, "\0{}\0{}", f.display(), hashes.get(&f)?);
     }
-    Some(crate::ptx::sha256_hex(&data))
+    Some(crate::ptx::sha256_hex(data.as_bytes()))
 }
 
 /// The compiler for one wave's units (cc's choice of compiler and its flags).
@@ -317,7 +334,7 @@ pub fn build(
         });
     }
     archives.push(("tessera_simt_host".to_string(), host));
-    units.sort_by(|a, b| b.weight.cmp(&a.weight));
+    units.sort_by_key(|u| std::cmp::Reverse(u.weight));
 
     // One compiler (and command-line text for the keys) per kind of unit.
     let mut host_build = cc::Build::new();
@@ -341,11 +358,18 @@ pub fn build(
         .collect();
 
     // Compile the stale units in parallel.
+    let hashes = FileHashes::default();
     let stale: Vec<&Unit> = units
         .iter()
         .filter(|u| {
             let text = std::fs::read_to_string(&u.tu).unwrap_or_default();
-            let key = unit_key(&tools[u.tool].1, &text, &u.tu.with_extension("d"), None);
+            let key = unit_key(
+                &tools[u.tool].1,
+                &text,
+                &u.tu.with_extension("d"),
+                &hashes,
+                None,
+            );
             !u.obj.is_file()
                 || key.is_none()
                 || std::fs::read_to_string(u.obj.with_extension("key")).ok() != key
@@ -361,46 +385,46 @@ pub fn build(
     let warnings = Mutex::new(Vec::<String>::new());
     std::thread::scope(|sc| {
         for _ in 0..workers.min(stale.len()) {
-            sc.spawn(|| loop {
-                let Some(u) = stale.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let (tool, line) = &tools[u.tool];
-                let dep = u.tu.with_extension("d");
-                let key_file = u.obj.with_extension("key");
-                let _ = std::fs::remove_file(&key_file);
-                let start = SystemTime::now();
-                let mut cmd = tool.to_command();
-                cmd.arg("-MMD")
-                    .arg("-MF")
-                    .arg(&dep)
-                    .arg("-c")
-                    .arg(&u.tu)
-                    .arg("-o")
-                    .arg(&u.obj);
-                match cmd.output() {
-                    Ok(o) if o.status.success() => {
-                        let err = String::from_utf8_lossy(&o.stderr);
-                        if !err.trim().is_empty() {
-                            warnings.lock().unwrap().push(err.trim().to_string());
+            sc.spawn(|| {
+                while let Some(u) = stale.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let (tool, line) = &tools[u.tool];
+                    // Beside the object (in OUT_DIR): a unit may be a source file of the tree.
+                    let dep = u.obj.with_extension("d");
+                    let key_file = u.obj.with_extension("key");
+                    let _ = std::fs::remove_file(&key_file);
+                    let start = SystemTime::now();
+                    let mut cmd = tool.to_command();
+                    cmd.arg("-MMD")
+                        .arg("-MF")
+                        .arg(&dep)
+                        .arg("-c")
+                        .arg(&u.tu)
+                        .arg("-o")
+                        .arg(&u.obj);
+                    match cmd.output() {
+                        Ok(o) if o.status.success() => {
+                            let err = String::from_utf8_lossy(&o.stderr);
+                            if !err.trim().is_empty() {
+                                warnings.lock().unwrap().push(err.trim().to_string());
+                            }
+                            let text = std::fs::read_to_string(&u.tu).unwrap_or_default();
+                            // No key (so the next build compiles it again) when an input changed
+                            // while it was compiled.
+                            if let Some(key) = unit_key(line, &text, &dep, &hashes, Some(start)) {
+                                let _ = std::fs::write(&key_file, key);
+                            }
                         }
-                        let text = std::fs::read_to_string(&u.tu).unwrap_or_default();
-                        // No key (so the next build compiles it again) when an input changed
-                        // while it was compiled.
-                        if let Some(key) = unit_key(line, &text, &dep, Some(start)) {
-                            let _ = std::fs::write(&key_file, key);
-                        }
+                        Ok(o) => errors.lock().unwrap().push(format!(
+                            "{cmd:?} failed ({}):\n{}{}",
+                            o.status,
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )),
+                        Err(e) => errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("cannot run {cmd:?}: {e}")),
                     }
-                    Ok(o) => errors.lock().unwrap().push(format!(
-                        "{cmd:?} failed ({}):\n{}{}",
-                        o.status,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )),
-                    Err(e) => errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("cannot run {cmd:?}: {e}")),
                 }
             });
         }
