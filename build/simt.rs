@@ -366,7 +366,7 @@ pub fn build(
             let key = unit_key(
                 &tools[u.tool].1,
                 &text,
-                &u.tu.with_extension("d"),
+                &u.obj.with_extension("d"),
                 &hashes,
                 None,
             );
