@@ -1,2 +1,2 @@
-/work/target-build/release/build/tessera-889ff5ae79e21d42/out/simt/host/memory.o: \
+/work/target-build/release/build/tessera-582f9a325de76745/out/simt/host/memory.o: \
  /work/wt-build/cuda/simt/memory.cpp
