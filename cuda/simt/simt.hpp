@@ -983,8 +983,7 @@ inline int launch(const char* name, const uint32_t grid[3], const uint32_t block
     if (std::strcmp(e.name, name) == 0) k = &e;
   if (!k) {
     err = std::string("no such kernel in the wave") + TESSERA_SIMT_STR(TESSERA_SIMT_WARP_SIZE) +
-          " host SIMT build (is its source under cuda/" + (kWave == 64 ? ", with a hip/ entry file" : "") +
-          " and exported with TESSERA_EXPORT?)";
+          " host SIMT build (is its source under cuda/ and exported with TESSERA_EXPORT?)";
     return 1;
   }
   if (nparams != k->sizes.size()) {

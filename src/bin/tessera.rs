@@ -437,7 +437,7 @@ fn info(as_json: bool) -> ExitCode {
     } else {
         println!("  AMDGPU code objects: not built (build with --features hip)");
     }
-    println!("  host SIMT: wave32 (cuda/ sources), wave64 (hip/ sources)");
+    println!("  host SIMT: wave32 (cuda/ sources), wave64 (the same sources through the HIP entries: generated, or hip/<module>.hip where one exists)");
     println!("\nkernels:");
     for d in &devices {
         if let Some(k) = d["kernels"].as_array() {
