@@ -906,7 +906,7 @@ fn over_p2p_devices() {
 /// and single ring, causal and full, both dtypes, GQA 4 with D = 128, 1k-2k tokens.
 #[test]
 #[ignore = "needs a CUDA or HIP GPU"]
-fn gpu() {
+fn gpu_tasp_and_ring_n8() {
     let dev = tessera::testing::gpu().expect("no CUDA or HIP device");
     let t0 = Instant::now();
     let mut worst = Worst::default();

@@ -650,7 +650,7 @@ fn end_to_end_simt_wave64() {
 
 #[test]
 #[ignore = "needs a CUDA or HIP GPU"]
-fn end_to_end_gpu() {
+fn gpu_end_to_end() {
     let dev = tessera::testing::gpu().expect("no CUDA or HIP device");
     end_to_end(&dev);
 }
