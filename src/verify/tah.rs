@@ -154,7 +154,9 @@ impl<E: Float> NextInputCase<E> {
     pub fn outcome(&self, dev: &Device) -> Outcome {
         let (vocab, k, d) = (self.vocab, self.k, self.d);
         let (ro, rids, rw) = tref::next_depth_input(&self.cum, vocab, k, &self.emb, d);
-        let run = || -> std::result::Result<(Vec<f32>, Vec<u32>, Vec<f32>), String> {
+        // (output, ids, weights)
+        type Out = (Vec<f32>, Vec<u32>, Vec<f32>);
+        let run = || -> std::result::Result<Out, String> {
             let (c, e) = (up(dev, &self.cum, "cum")?, up(dev, &self.emb, "emb")?);
             stage(dev, "tah::next_depth_input", || {
                 let out = tah::next_depth_input(&c, vocab, k, &e, d)?;
