@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
-use tessera::ops::attention::{self, Attention, MaskMode, Path, Positions};
-use tessera::verify::Rng;
-use tessera::{Device, DeviceBuffer};
+use tessera::ops::attention::{self, MaskMode, Path};
+use tessera::testing::Rng;
+use tessera::verify::attention::{Problem, Uploaded};
+use tessera::Device;
 
 struct Layout {
     pos: Vec<i32>,
@@ -55,58 +56,29 @@ const H: usize = 32;
 const HKV: usize = 8;
 const D: usize = 128;
 
-struct Inputs {
-    q: DeviceBuffer<bf16>,
-    k: DeviceBuffer<bf16>,
-    v: DeviceBuffer<bf16>,
-    cu: DeviceBuffer<i32>,
-    pos: DeviceBuffer<i32>,
-    depth: DeviceBuffer<i32>,
-    heads: usize,
-    kv_heads: usize,
-    d: usize,
-}
-
-fn inputs(dev: &Device, l: &Layout, heads: usize, kv_heads: usize, d: usize) -> Inputs {
+/// The problem of a layout (queries and keys share it; duo-causal, every key valid) on `dev`.
+fn inputs(dev: &Device, l: &Layout, heads: usize, kv_heads: usize, d: usize) -> Uploaded<bf16> {
     let n = l.pos.len();
     let mut r = Rng(3);
-    let mut gen = |len: usize| -> Vec<bf16> {
-        (0..len)
-            .map(|_| bf16::from_f64((r.unit() - 0.5) * 2.0))
-            .collect()
-    };
-    Inputs {
-        q: dev.upload(&gen(n * heads * d), "q").expect("upload"),
-        k: dev.upload(&gen(n * kv_heads * d), "k").expect("upload"),
-        v: dev.upload(&gen(n * kv_heads * d), "v").expect("upload"),
-        cu: dev.upload(&[0, n as i32], "cu").expect("upload"),
-        pos: dev.upload(&l.pos, "pos").expect("upload"),
-        depth: dev.upload(&l.depth, "depth").expect("upload"),
+    let p = Problem {
         heads,
         kv_heads,
-        d,
-    }
-}
-
-fn problem(x: &Inputs, path: Path) -> Attention<'_, bf16> {
-    Attention {
-        q: &x.q,
-        k: &x.k,
-        v: &x.v,
-        heads: x.heads,
-        kv_heads: x.kv_heads,
-        head_dim: x.d,
-        cu_seqlens_q: &x.cu,
-        cu_seqlens_kv: &x.cu,
-        q_pos: Positions::Explicit(&x.pos),
-        kv_pos: Positions::Explicit(&x.pos),
-        q_depth: Some(&x.depth),
-        kv_depth: Some(&x.depth),
+        head_dim: d,
+        cu_q: vec![0, n as i32],
+        cu_kv: vec![0, n as i32],
+        q_pos: l.pos.clone(),
+        kv_pos: l.pos.clone(),
+        implicit: None,
+        q_depth: l.depth.clone(),
+        kv_depth: l.depth.clone(),
         kv_valid: None,
-        scale: 1.0 / (x.d as f32).sqrt(),
         mode: MaskMode::DuoCausal,
-        path,
-    }
+        q: r.values_in::<bf16>(n * heads * d, 1.0),
+        k: r.values_in::<bf16>(n * kv_heads * d, 1.0),
+        v: r.values_in::<bf16>(n * kv_heads * d, 1.0),
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    p.upload(dev).expect("upload")
 }
 
 fn gpu(c: &mut Criterion, dev: &Device) {
@@ -118,7 +90,7 @@ fn gpu(c: &mut Criterion, dev: &Device) {
         let flops = 4 * D as u64 * H as u64 * l.pairs;
         g.throughput(Throughput::Elements(flops));
         for (label, path) in [("tc", Path::TensorCore), ("scalar", Path::Scalar)] {
-            let a = problem(&x, path);
+            let a = x.attention(path);
             // one timed run for the printed TFLOP/s
             attention::forward(&a).expect("forward");
             let stream = dev.default_stream();
@@ -154,7 +126,7 @@ fn cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu-path");
     g.sample_size(10).measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Elements(4 * 64 * 4 * l.pairs));
-    let a = problem(&x, Path::Auto);
+    let a = x.attention(Path::Auto);
     g.bench_function("duo_prefill_seq256_h4_hkv1_d64", |b| {
         b.iter(|| attention::forward(&a).expect("forward"))
     });
@@ -162,9 +134,9 @@ fn cpu(c: &mut Criterion) {
 }
 
 fn benches(c: &mut Criterion) {
-    match Device::cuda(0).or_else(|_| Device::hip(0)) {
-        Ok(dev) => gpu(c, &dev),
-        Err(e) => eprintln!("attention bench: no GPU ({e}); skipping the gpu group"),
+    match tessera::testing::gpu() {
+        Some(dev) => gpu(c, &dev),
+        None => eprintln!("attention bench: no GPU; skipping the gpu group"),
     }
     cpu(c);
 }

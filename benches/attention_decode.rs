@@ -12,85 +12,56 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
-use tessera::ops::attention::{self, Attention, MaskMode, Path, Positions};
-use tessera::verify::Rng;
-use tessera::{Device, DeviceBuffer};
+use tessera::ops::attention::{self, MaskMode, Path};
+use tessera::testing::Rng;
+use tessera::verify::attention::{Problem, Uploaded};
+use tessera::Device;
 
-struct Case {
-    q: DeviceBuffer<bf16>,
-    k: DeviceBuffer<bf16>,
-    v: DeviceBuffer<bf16>,
-    cu_q: DeviceBuffer<i32>,
-    cu_kv: DeviceBuffer<i32>,
+/// `batch` sequences of one query (the last position of its sequence: it sees every key) and
+/// `kv` keys each, causal, implicit positions, on `dev`.
+fn case(
+    dev: &Device,
+    batch: usize,
+    kv: usize,
     heads: usize,
     kv_heads: usize,
     d: usize,
-    kv: usize,
+) -> Uploaded<bf16> {
+    let mut r = Rng(0xdec0de);
+    let kv_pos: Vec<i32> = (0..batch).flat_map(|_| 0..kv as i32).collect();
+    let p = Problem {
+        heads,
+        kv_heads,
+        head_dim: d,
+        cu_q: (0..=batch as i32).collect(),
+        cu_kv: (0..=batch).map(|b| (b * kv) as i32).collect(),
+        q_pos: vec![kv as i32 - 1; batch],
+        kv_depth: vec![0; kv_pos.len()],
+        kv_pos,
+        implicit: Some((kv as i32 - 1, 0)),
+        q_depth: vec![0; batch],
+        kv_valid: None,
+        mode: MaskMode::Causal,
+        q: r.values_in::<bf16>(batch * heads * d, 1.0),
+        k: r.values_in::<bf16>(batch * kv * kv_heads * d, 1.0),
+        v: r.values_in::<bf16>(batch * kv * kv_heads * d, 1.0),
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    p.upload(dev).expect("upload")
 }
 
-impl Case {
-    fn new(dev: &Device, batch: usize, kv: usize, heads: usize, kv_heads: usize, d: usize) -> Case {
-        let mut r = Rng(0xdec0de);
-        let mut vals = |n: usize| -> Vec<bf16> {
-            (0..n)
-                .map(|_| bf16::from_f64(r.unit() * 2.0 - 1.0))
-                .collect()
-        };
-        let q = vals(batch * heads * d);
-        let k = vals(batch * kv * kv_heads * d);
-        let v = vals(batch * kv * kv_heads * d);
-        let cu_q: Vec<i32> = (0..=batch as i32).collect();
-        let cu_kv: Vec<i32> = (0..=batch).map(|b| (b * kv) as i32).collect();
-        Case {
-            q: dev.upload(&q, "q").expect("upload"),
-            k: dev.upload(&k, "k").expect("upload"),
-            v: dev.upload(&v, "v").expect("upload"),
-            cu_q: dev.upload(&cu_q, "cu_q").expect("upload"),
-            cu_kv: dev.upload(&cu_kv, "cu_kv").expect("upload"),
-            heads,
-            kv_heads,
-            d,
-            kv,
-        }
-    }
-
-    fn attention(&self) -> Attention<'_, bf16> {
-        Attention {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            head_dim: self.d,
-            cu_seqlens_q: &self.cu_q,
-            cu_seqlens_kv: &self.cu_kv,
-            // The query is the last position of its sequence: it sees every key.
-            q_pos: Positions::Implicit {
-                offset: self.kv as i32 - 1,
-            },
-            kv_pos: Positions::Implicit { offset: 0 },
-            q_depth: None,
-            kv_depth: None,
-            kv_valid: None,
-            scale: 1.0 / (self.d as f32).sqrt(),
-            mode: MaskMode::Causal,
-            path: Path::Auto,
-        }
-    }
-
-    /// Bytes of K and V the op must read.
-    fn kv_bytes(&self) -> u64 {
-        (self.k.len() + self.v.len()) as u64 * 2
-    }
+/// Bytes of K and V the op must read.
+fn kv_bytes(u: &Uploaded<bf16>) -> u64 {
+    (u.k.len() + u.v.len()) as u64 * 2
 }
 
 fn gpu(c: &mut Criterion, dev: &Device) {
     let mut g = c.benchmark_group("gpu");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     for (batch, splits) in [(1usize, 16usize), (1, 64), (8, 16)] {
-        let case = Case::new(dev, batch, 32 * 1024, 32, 8, 128);
-        let a = case.attention();
-        g.throughput(Throughput::Bytes(case.kv_bytes()));
+        let case = case(dev, batch, 32 * 1024, 32, 8, 128);
+        let a = case.attention(Path::Auto);
+        g.throughput(Throughput::Bytes(kv_bytes(&case)));
         let name = format!("decode_bf16_b{batch}_kv32k_h32_kv8_d128_s{splits}");
         let mut best = f64::INFINITY;
         g.bench_function(name.as_str(), |bch| {
@@ -109,23 +80,23 @@ fn gpu(c: &mut Criterion, dev: &Device) {
         eprintln!(
             "{name}: best {:.1} us, K/V read {:.0} GB/s",
             best * 1e6,
-            case.kv_bytes() as f64 / best * 1e-9
+            kv_bytes(&case) as f64 / best * 1e-9
         );
     }
     g.finish();
 }
 
 fn benches(c: &mut Criterion) {
-    match Device::cuda(0).or_else(|_| Device::hip(0)) {
-        Ok(dev) => gpu(c, &dev),
-        Err(e) => eprintln!("attention_decode bench: no GPU ({e}); skipping the gpu group"),
+    match tessera::testing::gpu() {
+        Some(dev) => gpu(c, &dev),
+        None => eprintln!("attention_decode bench: no GPU; skipping the gpu group"),
     }
     let cpu = Device::cpu();
-    let case = Case::new(&cpu, 1, 512, 4, 1, 64);
-    let a = case.attention();
+    let case = case(&cpu, 1, 512, 4, 1, 64);
+    let a = case.attention(Path::Auto);
     let mut g = c.benchmark_group("cpu-path");
     g.sample_size(10).measurement_time(Duration::from_secs(2));
-    g.throughput(Throughput::Bytes(case.kv_bytes()));
+    g.throughput(Throughput::Bytes(kv_bytes(&case)));
     g.bench_function("decode_bf16_kv512_h4_kv1_d64_s4 (CPU)", |bch| {
         bch.iter(|| attention::decode(&a, 4).expect("decode"))
     });

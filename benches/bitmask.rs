@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use tessera::ops::bitmask;
-use tessera::verify::checkpoint_pair;
+use tessera::testing::checkpoint_pair;
 use tessera::Device;
 
 const N: usize = 1 << 24;

@@ -12,7 +12,7 @@ use half::bf16;
 use tessera::ops::codec;
 use tessera::reference::bitmask as bm_ref;
 use tessera::reference::codec as cref;
-use tessera::verify::checkpoint_pair;
+use tessera::testing::checkpoint_pair;
 use tessera::Device;
 
 /// Changed values (about 23% of a 16M-element bf16 tensor).

@@ -23,8 +23,8 @@ use tessera::ops::attention::Path;
 use tessera::parallel::attention::{self as sp, SpAttention};
 use tessera::parallel::plan::{all_gather, AllGatherPlan};
 use tessera::parallel::{RankBuffers, Simulated};
+use tessera::testing::Rng;
 use tessera::topology;
-use tessera::verify::Rng;
 use tessera::{Device, DeviceBuffer};
 
 const N: usize = 8;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use tessera::drivers::tah;
-use tessera::verify::Rng;
+use tessera::testing::Rng;
 use tessera::Device;
 
 const VOCAB: usize = 151_936;

@@ -3,7 +3,8 @@
 # toolchain). Builds here in release with the pinned nvcc, stages the `tessera` binary, the test
 # binaries and the bench binary under .device-stage/ (stripped, well under the 64 MiB carry
 # limit), and prints the one `run` command to use. On the device, scripts/device-run.sh runs
-# verify, the GPU tests and the benches, writing JSON and logs under $OUT.
+# verify, the tests (and then the GPU-only ones, `#[ignore = "needs a CUDA or HIP GPU"]`, named
+# gpu_*, with `--ignored gpu_`) and the benches, writing JSON and logs under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

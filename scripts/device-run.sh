@@ -17,6 +17,12 @@ for t in "$stage"/tests/*; do
   name=$(basename "$t")
   timeout 90 "$t" --test-threads 8 > "$OUT/test-$name.txt" 2>&1
   echo "test $name rc=$?" >> "$OUT/summary.txt"
+  # The GPU-only tests: #[ignore = "needs a CUDA or HIP GPU"], named gpu_* (other ignored tests,
+  # e.g. topology's ten-minute sweep, are not run here).
+  if "$t" --list --ignored 2>/dev/null | grep -q '^gpu_\|::gpu_'; then
+    timeout 120 "$t" --ignored gpu_ --test-threads 8 > "$OUT/test-$name-gpu.txt" 2>&1
+    echo "test $name gpu-only (--ignored gpu_) rc=$?" >> "$OUT/summary.txt"
+  fi
 done
 timeout 120 "$stage/tessera" bench --backend cuda --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
 echo "bench rc=$?" >> "$OUT/summary.txt"

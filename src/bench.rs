@@ -10,7 +10,7 @@ use crate::device::{Device, DeviceBuffer};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::ops::bitmask;
-use crate::verify::checkpoint_pair;
+use crate::testing::checkpoint_pair;
 
 /// One measured op.
 #[derive(Clone, Debug, Serialize)]

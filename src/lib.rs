@@ -24,6 +24,7 @@ pub mod kernels;
 pub mod ops;
 pub mod parallel;
 pub mod reference;
+pub mod testing;
 pub mod topology;
 pub mod verify;
 

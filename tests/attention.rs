@@ -8,42 +8,13 @@
 use half::{bf16, f16};
 use proptest::prelude::*;
 use tessera::ops::attention::{self, Attention, HalfFloat, MaskMode, Path, Positions};
-use tessera::reference::attention as reference;
-use tessera::verify::Rng;
+use tessera::testing::{rel_l2, tol, Rng};
+use tessera::verify::attention::Problem as Case;
 use tessera::Device;
 
 /// Every executor: (device, paths to run on it).
 fn devices() -> Vec<Device> {
-    tessera::verify::test_devices([21, 22])
-}
-
-/// A host-side problem: everything explicit except where `implicit` offsets are used.
-#[derive(Clone, Debug)]
-struct Case {
-    heads: usize,
-    kv_heads: usize,
-    d: usize,
-    cu_q: Vec<i32>,
-    cu_kv: Vec<i32>,
-    q_pos: Vec<i32>,
-    kv_pos: Vec<i32>,
-    /// Some((q_offset, kv_offset)): pass positions as `Implicit` (they equal q_pos / kv_pos).
-    implicit: Option<(i32, i32)>,
-    q_depth: Vec<i32>,
-    kv_depth: Vec<i32>,
-    kv_valid: Option<Vec<u8>>,
-    mode: MaskMode,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    scale: f32,
-}
-
-fn shuffle<T>(r: &mut Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = (r.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
+    tessera::testing::test_devices([21, 22])
 }
 
 /// Length of sequence b: mostly random, with empty and length-1 sequences mixed in.
@@ -84,8 +55,8 @@ fn make_case<T: HalfFloat>(
                 qs.extend((0..t).filter(|&p| hard_set[p]).map(|p| (p as i32, 1)));
                 let mut ks = qs.clone();
                 if layout == 1 {
-                    shuffle(&mut r, &mut ks);
-                    shuffle(&mut r, &mut qs);
+                    r.shuffle(&mut ks);
+                    r.shuffle(&mut qs);
                 }
                 for (p, dd) in &qs {
                     q_pos.push(*p);
@@ -133,7 +104,7 @@ fn make_case<T: HalfFloat>(
     Case {
         heads,
         kv_heads,
-        d,
+        head_dim: d,
         cu_q,
         cu_kv,
         q_pos,
@@ -154,86 +125,10 @@ fn make_case<T: HalfFloat>(
     }
 }
 
-fn reference_of(c: &Case) -> (Vec<f64>, Vec<f64>) {
-    let all_valid = vec![1u8; c.kv_pos.len()];
-    reference::attention(&reference::Problem {
-        q: &c.q,
-        k: &c.k,
-        v: &c.v,
-        heads: c.heads,
-        kv_heads: c.kv_heads,
-        head_dim: c.d,
-        cu_q: &c.cu_q,
-        cu_kv: &c.cu_kv,
-        q_pos: &c.q_pos,
-        kv_pos: &c.kv_pos,
-        q_depth: &c.q_depth,
-        kv_depth: &c.kv_depth,
-        kv_valid: c.kv_valid.as_deref().unwrap_or(&all_valid),
-        scale: c.scale,
-        mode: c.mode,
-    })
-}
-
-fn run<T: HalfFloat>(dev: &Device, c: &Case, path: Path) -> tessera::Result<(Vec<f32>, Vec<f32>)> {
-    let up = |x: &[f32]| -> Vec<T> { x.iter().map(|&y| T::from_f64(y as f64)).collect() };
-    let q = dev.upload(&up(&c.q), "q")?;
-    let k = dev.upload(&up(&c.k), "k")?;
-    let v = dev.upload(&up(&c.v), "v")?;
-    let cq = dev.upload(&c.cu_q, "cu_q")?;
-    let ck = dev.upload(&c.cu_kv, "cu_kv")?;
-    let qp = dev.upload(&c.q_pos, "q_pos")?;
-    let kp = dev.upload(&c.kv_pos, "kv_pos")?;
-    let qd = dev.upload(&c.q_depth, "q_depth")?;
-    let kd = dev.upload(&c.kv_depth, "kv_depth")?;
-    let valid = match &c.kv_valid {
-        Some(x) => Some(dev.upload(x, "kv_valid")?),
-        None => None,
-    };
-    let (q_pos, kv_pos) = match c.implicit {
-        Some((a, b)) => (
-            Positions::Implicit { offset: a },
-            Positions::Implicit { offset: b },
-        ),
-        None => (Positions::Explicit(&qp), Positions::Explicit(&kp)),
-    };
-    let duo = c.mode == MaskMode::DuoCausal;
-    let out = attention::forward(&Attention {
-        q: &q,
-        k: &k,
-        v: &v,
-        heads: c.heads,
-        kv_heads: c.kv_heads,
-        head_dim: c.d,
-        cu_seqlens_q: &cq,
-        cu_seqlens_kv: &ck,
-        q_pos,
-        kv_pos,
-        q_depth: duo.then_some(&qd),
-        kv_depth: duo.then_some(&kd),
-        kv_valid: valid.as_ref(),
-        scale: c.scale,
-        mode: c.mode,
-        path,
-    })?;
-    Ok((out.o.download()?, out.lse.download()?))
-}
-
-fn rel_l2(a: &[f32], r: &[f64]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(r) {
-        num += (x as f64 - y).powi(2);
-        den += y * y;
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
+/// The attention case on every executor and path (both kernel paths on a kernel executor):
+/// [`Case::check_forward`], the comparison the verify rows make.
 fn check<T: HalfFloat>(c: &Case) -> Result<(), TestCaseError> {
-    let (ro, rl) = reference_of(c);
+    let reference = c.reference();
     for dev in devices() {
         let paths: &[Path] = if dev.backend().runs_kernels() {
             &[Path::Auto, Path::Scalar]
@@ -241,26 +136,15 @@ fn check<T: HalfFloat>(c: &Case) -> Result<(), TestCaseError> {
             &[Path::Auto]
         };
         for &path in paths {
-            let (o, l) = run::<T>(&dev, c, path).unwrap();
-            let what = format!("{} {path:?} {:?}", dev.backend(), c.mode);
-            prop_assert_eq!(o.len(), ro.len());
-            prop_assert!(o.iter().all(|x| x.is_finite()), "{}: non-finite O", what);
-            let e = rel_l2(&o, &ro);
-            prop_assert!(e <= 1e-2, "{}: O rel L2 {}", what, e);
-            for (i, (&x, &y)) in l.iter().zip(&rl).enumerate() {
-                if y == f64::NEG_INFINITY {
-                    prop_assert!(x == f32::NEG_INFINITY, "{}: LSE[{}] {} vs -inf", what, i, x);
-                } else {
-                    prop_assert!(
-                        (x as f64 - y).abs() <= 1e-3,
-                        "{}: LSE[{}] {} vs {}",
-                        what,
-                        i,
-                        x,
-                        y
-                    );
-                }
-            }
+            let out = c.check_forward_against::<T>(&dev, path, &reference);
+            prop_assert!(
+                out.pass(),
+                "{} {path:?} {:?}: O rel L2 {}: {}",
+                dev.backend(),
+                c.mode,
+                out.error,
+                out.result.unwrap_err()
+            );
         }
     }
     Ok(())
@@ -334,19 +218,14 @@ fn duo_causal_multi_tile() {
         q_depth.push(1);
     }
     let n = q_pos.len();
-    let gen = |r: &mut Rng, n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| bf16::from_f64((r.unit() - 0.5) * 4.0).to_f32())
-            .collect()
-    };
     let c = Case {
         cu_q: vec![0, n as i32],
         cu_kv: vec![0, n as i32],
         kv_pos: q_pos.clone(),
         kv_depth: q_depth.clone(),
-        q: gen(&mut r, n * c.heads * 128),
-        k: gen(&mut r, n * c.kv_heads * 128),
-        v: gen(&mut r, n * c.kv_heads * 128),
+        q: r.values_in::<bf16>(n * c.heads * 128, 2.0),
+        k: r.values_in::<bf16>(n * c.kv_heads * 128, 2.0),
+        v: r.values_in::<bf16>(n * c.kv_heads * 128, 2.0),
         q_pos,
         q_depth,
         ..c
@@ -376,32 +255,15 @@ fn expect_err(res: tessera::Result<attention::AttentionOut>, needle: &str) {
 fn errors() {
     for dev in [Device::cpu(), Device::simt()] {
         let d = 64;
-        let q = dev.upload(&vec![bf16::ZERO; 4 * 2 * d], "q").unwrap();
-        let k = dev.upload(&vec![bf16::ZERO; 4 * d], "k").unwrap();
-        let v = dev.upload(&vec![bf16::ZERO; 4 * d], "v").unwrap();
-        let cu = dev.upload(&[0, 4], "cu").unwrap();
+        // Two heads over one K/V head, one sequence of 4 tokens, implicit positions, causal.
+        let mut p = Case::single_sequence::<bf16>(4, 2, 1, d, MaskMode::Causal, 1);
+        p.scale = 0.125;
+        let up = p.upload::<bf16>(&dev).unwrap();
         let bad_cu = dev.upload(&[0, 3, 2], "cu").unwrap();
         let short_cu = dev.upload(&[0, 3], "cu").unwrap();
         let pos3 = dev.upload(&[0, 1, 2], "pos").unwrap();
         let depth = dev.upload(&[0, 0, 0, 0], "depth").unwrap();
-        let base = Attention {
-            q: &q,
-            k: &k,
-            v: &v,
-            heads: 2,
-            kv_heads: 1,
-            head_dim: d,
-            cu_seqlens_q: &cu,
-            cu_seqlens_kv: &cu,
-            q_pos: Positions::Implicit { offset: 0 },
-            kv_pos: Positions::Implicit { offset: 0 },
-            q_depth: None,
-            kv_depth: None,
-            kv_valid: None,
-            scale: 0.125,
-            mode: MaskMode::Causal,
-            path: Path::Auto,
-        };
+        let base = up.attention(Path::Auto);
         assert!(attention::forward(&base).is_ok());
         let q96 = dev.upload(&vec![bf16::ZERO; 4 * 2 * 96], "q").unwrap();
         expect_err(
@@ -468,27 +330,13 @@ fn errors() {
     }
     // buffers on another device
     let (a, b) = (Device::cpu(), Device::simt());
-    let q = a.upload(&[f16::ZERO; 64], "q").unwrap();
-    let k = b.upload(&[f16::ZERO; 64], "k").unwrap();
-    let cu = a.upload(&[0, 1], "cu").unwrap();
+    let p = Case::single_sequence::<f16>(1, 1, 1, 64, MaskMode::Full, 2);
+    let (on_a, on_b) = (p.upload::<f16>(&a).unwrap(), p.upload::<f16>(&b).unwrap());
     expect_err(
         attention::forward(&Attention {
-            q: &q,
-            k: &k,
-            v: &k,
-            heads: 1,
-            kv_heads: 1,
-            head_dim: 64,
-            cu_seqlens_q: &cu,
-            cu_seqlens_kv: &cu,
-            q_pos: Positions::Implicit { offset: 0 },
-            kv_pos: Positions::Implicit { offset: 0 },
-            q_depth: None,
-            kv_depth: None,
-            kv_valid: None,
-            scale: 0.125,
-            mode: MaskMode::Full,
-            path: Path::Scalar,
+            k: &on_b.k,
+            v: &on_b.v,
+            ..on_a.attention(Path::Scalar)
         }),
         "k is on",
     );
@@ -510,34 +358,11 @@ fn seq_case<T: HalfFloat>(
     d: usize,
     seed: u64,
 ) -> Case {
-    let mut r = Rng(seed);
-    let mut gen = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|_| T::from_f64((r.unit() - 0.5) * 4.0).to_f32())
-            .collect()
-    };
-    let q = gen(n * heads * d);
-    let k = gen(n * kv_heads * d);
-    let v = gen(n * kv_heads * d);
-    let pos: Vec<i32> = (0..n as i32).collect();
-    Case {
-        heads,
-        kv_heads,
-        d,
-        cu_q: vec![0, n as i32],
-        cu_kv: vec![0, n as i32],
-        q_pos: pos.clone(),
-        kv_pos: pos,
-        implicit: (mode != MaskMode::DuoCausal).then_some((0, 0)),
-        q_depth: vec![0; n],
-        kv_depth: vec![0; n],
-        kv_valid: None,
-        mode,
-        q,
-        k,
-        v,
-        scale: 1.0 / (d as f32).sqrt(),
+    let mut c = Case::single_sequence::<T>(n, heads, kv_heads, d, mode, seed);
+    if mode == MaskMode::DuoCausal {
+        c.implicit = None;
     }
+    c
 }
 
 /// Whether query token `i` sees key token `j` in `c` (same sequence and visible).
@@ -570,8 +395,8 @@ fn expected(
     nan: impl Fn(usize, usize) -> bool,
     inf: impl Fn(usize, usize) -> Vec<(usize, f64)>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (mut o, mut l) = reference_of(clean);
-    let (h_n, d, tq) = (clean.heads, clean.d, clean.q_pos.len());
+    let (mut o, mut l) = clean.reference();
+    let (h_n, d, tq) = (clean.heads, clean.head_dim, clean.q_pos.len());
     for i in 0..tq {
         for h in 0..h_n {
             if nan(i, h) {
@@ -602,22 +427,14 @@ fn compare_nonfinite(o: &[f32], l: &[f32], eo: &[f64], el: &[f64]) -> Result<(f6
             x.is_finite()
         }
     };
-    let (mut num, mut den) = (0f64, 0f64);
     for (n, (&x, &y)) in o.iter().zip(eo).enumerate() {
         if !same_class(x, y) {
             return Err(format!("O[{n}] = {x}, expected {y}"));
         }
-        if y.is_finite() {
-            num += (x as f64 - y).powi(2);
-            den += y * y;
-        }
     }
-    let eo_err = if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    };
-    if eo_err > 1e-2 {
+    let (fo, feo): (Vec<f32>, Vec<f64>) = o.iter().zip(eo).filter(|(_, y)| y.is_finite()).unzip();
+    let eo_err = rel_l2(&fo, &feo);
+    if eo_err > tol::HALF {
         return Err(format!("O rel L2 {eo_err:.2e} on the finite entries"));
     }
     let mut el_err = 0f64;
@@ -629,7 +446,7 @@ fn compare_nonfinite(o: &[f32], l: &[f32], eo: &[f64], el: &[f64]) -> Result<(f6
             el_err = el_err.max((x as f64 - y).abs());
         }
     }
-    if el_err > 1e-3 {
+    if el_err > tol::LSE_ABS {
         return Err(format!("LSE abs error {el_err:.2e}"));
     }
     Ok((eo_err, el_err))
@@ -638,7 +455,7 @@ fn compare_nonfinite(o: &[f32], l: &[f32], eo: &[f64], el: &[f64]) -> Result<(f6
 /// `c` (poisoned) against `exp` on the reference, the CPU path and every kernel path; every
 /// failure is reported.
 fn check_nonfinite<T: HalfFloat>(c: &Case, exp: &(Vec<f64>, Vec<f64>), what: &str) {
-    let (ro, rl) = reference_of(c);
+    let (ro, rl) = c.reference();
     let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let mut errs = vec![];
     if let Err(e) = compare_nonfinite(&to32(&ro), &to32(&rl), &exp.0, &exp.1) {
@@ -652,7 +469,7 @@ fn check_nonfinite<T: HalfFloat>(c: &Case, exp: &(Vec<f64>, Vec<f64>), what: &st
             &[Path::Auto]
         };
         for &path in paths {
-            let (o, l) = run::<T>(&dev, c, path).unwrap();
+            let (o, l) = c.forward::<T>(&dev, path).unwrap();
             match compare_nonfinite(&o, &l, &exp.0, &exp.1) {
                 Ok((eo, el)) => worst = (worst.0.max(eo), worst.1.max(el)),
                 Err(e) => errs.push(format!("{} {path:?}: {e}", dev.backend())),

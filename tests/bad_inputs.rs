@@ -10,6 +10,7 @@
 
 use half::bf16;
 use tessera::ops::attention::{self as attn, Attention, AttentionOut, MaskMode, Path, Positions};
+use tessera::verify::attention::{Problem, Uploaded};
 use tessera::{Device, Error, Schedule, SimtConfig};
 
 /// The CPU path, SIMT wave32 and wave64 (in order), and CUDA/HIP when present.
@@ -48,38 +49,39 @@ const D: usize = 64;
 /// Two sequences of 1 and 2 tokens (queries and keys alike).
 const CU: [i32; 3] = [0, 1, 3];
 
-struct Bufs {
-    q: tessera::DeviceBuffer<bf16>,
-    kv: tessera::DeviceBuffer<bf16>,
-    cu: tessera::DeviceBuffer<i32>,
-}
-
-fn bufs(dev: &Device) -> Bufs {
-    Bufs {
-        q: dev.upload(&[bf16::ZERO; 3 * H * D], "q").unwrap(),
-        kv: dev.upload(&[bf16::ZERO; 3 * D], "kv").unwrap(),
-        cu: dev.upload(&CU, "cu").unwrap(),
-    }
-}
-
-fn problem(b: &Bufs, q_off: i32, kv_off: i32) -> Attention<'_, bf16> {
-    Attention {
-        q: &b.q,
-        k: &b.kv,
-        v: &b.kv,
+/// All-zero Q, K and V: two sequences (CU), H heads over one K/V head, causal, scale 1/8,
+/// uploaded to `dev`.
+fn bufs(dev: &Device) -> Uploaded<bf16> {
+    let n = CU[2] as usize;
+    let pos: Vec<i32> = CU.windows(2).flat_map(|w| 0..w[1] - w[0]).collect();
+    Problem {
         heads: H,
         kv_heads: 1,
         head_dim: D,
-        cu_seqlens_q: &b.cu,
-        cu_seqlens_kv: &b.cu,
+        cu_q: CU.to_vec(),
+        cu_kv: CU.to_vec(),
+        q_pos: pos.clone(),
+        kv_pos: pos,
+        implicit: Some((0, 0)),
+        q_depth: vec![0; n],
+        kv_depth: vec![0; n],
+        kv_valid: None,
+        mode: MaskMode::Causal,
+        q: vec![0.0; n * H * D],
+        k: vec![0.0; n * D],
+        v: vec![0.0; n * D],
+        scale: 0.125,
+    }
+    .upload(dev)
+    .unwrap()
+}
+
+/// The problem of `b` with implicit positions `t + q_off` (queries) and `t + kv_off` (keys).
+fn problem(b: &Uploaded<bf16>, q_off: i32, kv_off: i32) -> Attention<'_, bf16> {
+    Attention {
         q_pos: Positions::Implicit { offset: q_off },
         kv_pos: Positions::Implicit { offset: kv_off },
-        q_depth: None,
-        kv_depth: None,
-        kv_valid: None,
-        scale: 0.125,
-        mode: MaskMode::Causal,
-        path: Path::Auto,
+        ..b.attention(Path::Auto)
     }
 }
 
@@ -175,9 +177,9 @@ fn every_cpu_handle_is_one_device() {
     assert!(a.same(&b));
     let (qa, kb) = (bufs(&a), bufs(&b));
     let p = Attention {
-        k: &kb.kv,
-        v: &kb.kv,
-        cu_seqlens_kv: &kb.cu,
+        k: &kb.k,
+        v: &kb.v,
+        cu_seqlens_kv: &kb.cu_kv,
         ..problem(&qa, 0, 0)
     };
     check_equal_offsets(&attn::forward(&p).unwrap(), "forward, two cpu handles");
@@ -200,7 +202,7 @@ fn distinct_devices_of_one_backend_say_why() {
         assert!(!a.same(&b));
         let (qa, kb) = (bufs(&a), bufs(&b));
         let p = Attention {
-            k: &kb.kv,
+            k: &kb.k,
             ..problem(&qa, 0, 0)
         };
         let what = a.backend().to_string();

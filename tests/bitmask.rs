@@ -4,21 +4,18 @@
 use half::{bf16, f16};
 use proptest::prelude::*;
 use tessera::ops::bitmask::{self, AnyBuffer};
-use tessera::reference::bitmask as reference;
+use tessera::testing::bits;
+use tessera::verify::bitmask::Case;
 use tessera::{Device, Float};
 
 /// Every executor the tests run on.
 fn devices() -> Vec<Device> {
-    tessera::verify::test_devices([11, 12])
-}
-
-fn bits<T: Float>(v: &[T]) -> Vec<T::Bits> {
-    v.iter().map(|x| x.to_bits()).collect()
+    tessera::testing::test_devices([11, 12])
 }
 
 /// Element patterns: 0 unchanged, 1 random change, 2 NaN, 3 -0.0 / +0.0 swap, 4 tiny change.
 fn make<T: Float>(n: usize, pattern: &[u8], seed: u64) -> (Vec<T>, Vec<T>) {
-    let mut r = tessera::verify::Rng(seed);
+    let mut r = tessera::testing::Rng(seed);
     let mut base = Vec::with_capacity(n);
     let mut new = Vec::with_capacity(n);
     for i in 0..n {
@@ -44,34 +41,30 @@ fn make<T: Float>(n: usize, pattern: &[u8], seed: u64) -> (Vec<T>, Vec<T>) {
     (base, new)
 }
 
+/// The shared case (what the verify rows run: sparsify and densify against the reference, bit
+/// for bit, and the lossless round trip at tau 0), then densify of the op's own sparse output.
 fn check<T: Float>(dev: &Device, base: &[T], new: &[T], tau: f32) -> Result<(), TestCaseError> {
-    let (rm, rv) = reference::sparsify(base, new, tau);
+    let case = Case {
+        base: base.to_vec(),
+        new: new.to_vec(),
+        tau,
+        label: format!("n={} tau={tau}", base.len()),
+    };
+    for row in case.rows(dev) {
+        prop_assert!(row.pass, "{} on {}: {}", row.op, row.executor, row.detail);
+    }
     let b = dev.upload(base, "base").unwrap();
     let x = dev.upload(new, "new").unwrap();
     let s = bitmask::sparsify(&b, &x, tau).unwrap();
     prop_assert_eq!(s.len, base.len());
-    prop_assert_eq!(
-        &s.mask.download().unwrap(),
-        &rm,
-        "mask on {}",
-        dev.backend()
-    );
-    prop_assert_eq!(
-        bits(&s.values.download().unwrap()),
-        bits(&rv),
-        "values on {}",
-        dev.backend()
-    );
     let d = bitmask::densify(&b, &s).unwrap().download().unwrap();
-    prop_assert_eq!(bits(&d), bits(&reference::densify(base, &rm, &rv)));
-    if tau == 0.0 {
-        prop_assert_eq!(
-            bits(&d),
-            bits(new),
-            "lossless round trip on {}",
-            dev.backend()
-        );
-    }
+    let (rm, rv) = tessera::reference::bitmask::sparsify(base, new, tau);
+    prop_assert_eq!(
+        bits(&d),
+        bits(&tessera::reference::bitmask::densify(base, &rm, &rv)),
+        "densify of the op's own output on {}",
+        dev.backend()
+    );
     Ok(())
 }
 

@@ -157,15 +157,15 @@ fn fuzz_corpus_regression() {
     assert!(n > 0, "empty corpus");
 }
 
-/// Regenerate the fuzz seeds: `TESSERA_WRITE_SEEDS=1 cargo test --release --test ckpt_corrupt
-/// write_seeds`. Small valid files (raw-only, lossless delta, lossy delta), and truncations.
+/// The fuzz seeds: small valid files (raw-only, lossless delta, lossy delta, lossy weights) and
+/// their truncations. Each valid seed must inspect and decompress (against its base), and each
+/// truncation must be refused by the reader. `TESSERA_WRITE_SEEDS=1 cargo test --release --test
+/// ckpt_corrupt seeds` also writes them into `fuzz/corpus/read_tsnap` (regenerating the seeds).
 #[test]
-fn write_seeds() {
-    if std::env::var("TESSERA_WRITE_SEEDS").is_err() {
-        return;
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/read_tsnap");
-    std::fs::create_dir_all(&dir).unwrap();
+fn seeds_decode_and_their_truncations_do_not() {
+    let write_to = std::env::var("TESSERA_WRITE_SEEDS")
+        .is_ok()
+        .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/read_tsnap"));
     let tmp = tempfile::tempdir().unwrap();
     let cfg = synth::SynthConfig {
         vocab: 64,
@@ -177,24 +177,41 @@ fn write_seeds() {
     };
     let (b, n) = (tmp.path().join("b.st"), tmp.path().join("n.st"));
     synth::write_pair(&cfg, synth::Stage::Late, &b, &n).unwrap();
+    let dev = Device::cpu();
     for (name, base, budget) in [
         ("raw", None, 0.0),
         ("delta", Some(b.as_path()), 0.0),
         ("lossy", Some(b.as_path()), 1e-2),
         ("weights", None, 1e-1),
     ] {
-        let out = tmp.path().join("o.tsnap");
+        let out = tmp.path().join(format!("seed-{name}.tsnap"));
         let opts = CompressOptions {
             error_budget: budget,
             keep_exact: vec![],
         };
-        ckpt::compress(&n, base, &out, &opts, &Device::cpu(), &mut |_| {}).unwrap();
+        ckpt::compress(&n, base, &out, &opts, &dev, &mut |_| {}).unwrap();
         let bytes = std::fs::read(&out).unwrap();
-        std::fs::write(dir.join(format!("seed-{name}.tsnap")), &bytes).unwrap();
-        std::fs::write(
-            dir.join(format!("seed-{name}-truncated.tsnap")),
-            &bytes[..bytes.len() / 2],
-        )
-        .unwrap();
+        let m = ckpt::inspect(&out).unwrap_or_else(|e| panic!("seed {name}: {e}"));
+        assert!(!m.tensors.is_empty(), "seed {name}: no tensors");
+        let restored = tmp.path().join(format!("seed-{name}.st"));
+        ckpt::decompress(&out, base, &restored, &dev, &mut |_| {})
+            .unwrap_or_else(|e| panic!("seed {name}: {e}"));
+        if budget == 0.0 {
+            assert_eq!(
+                std::fs::read(&restored).unwrap(),
+                std::fs::read(&n).unwrap(),
+                "seed {name}: a lossless file restores the checkpoint byte for byte"
+            );
+        }
+        let truncated = &bytes[..bytes.len() / 2];
+        assert!(
+            ckpt::check_bytes(truncated, &dev).is_err(),
+            "seed {name}: the truncated file was accepted"
+        );
+        if let Some(dir) = &write_to {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}.tsnap")), &bytes).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}-truncated.tsnap")), truncated).unwrap();
+        }
     }
 }

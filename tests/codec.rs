@@ -10,7 +10,7 @@ use tessera::{Device, Float, Schedule};
 
 /// Every executor the tests run on.
 fn devices() -> Vec<Device> {
-    tessera::verify::test_devices([21, 22])
+    tessera::testing::test_devices([21, 22])
 }
 
 fn pats<T: Float>(v: &[T]) -> Vec<u32> {
@@ -19,7 +19,7 @@ fn pats<T: Float>(v: &[T]) -> Vec<u32> {
 
 /// Delta kinds: 0 unchanged, 1 a few ulps, 2 large random, 3 NaN/inf, 4 signed zero, 5 sign flip.
 fn make<T: Float>(n: usize, pattern: &[u8], seed: u64) -> (Vec<T>, Vec<T>) {
-    let mut r = tessera::verify::Rng(seed);
+    let mut r = tessera::testing::Rng(seed);
     let mut base = Vec::with_capacity(n);
     let mut new = Vec::with_capacity(n);
     let w = 8 * std::mem::size_of::<T>() as u32;
@@ -158,7 +158,7 @@ proptest! {
     fn pack_and_dequantize_match(n in interesting_len(), bits_i in 0usize..4, seed: u64, with_base in any::<bool>()) {
         let bits = [2u32, 3, 4, 8][bits_i];
         let k = 1usize << bits;
-        let mut r = tessera::verify::Rng(seed);
+        let mut r = tessera::testing::Rng(seed);
         let idx: Vec<u8> = (0..n).map(|_| (r.next_u64() % k as u64) as u8).collect();
         let cent: Vec<f32> = (0..k).map(|c| (c as f32 - k as f32 / 2.0) * 3.1e-3 + (r.unit() as f32) * 1e-4).collect();
         let (base, _) = make::<bf16>(n, &[0], seed);
@@ -181,6 +181,57 @@ proptest! {
             let of = codec::dequantize::<f32>(&p, &cent, with_base.then_some(&bf)).unwrap().download().unwrap();
             prop_assert_eq!(pats(&of), pats(&want_f), "dequantize f32 on {}", d.backend());
         }
+    }
+}
+
+/// The shared codec case (what the verify rows run: every op on the changed values of the pair,
+/// each given the reference's inputs, bit-exact but k-means, and the whole tensors' delta round
+/// trip) on the patterns above.
+fn check_case<T: Float>(base: Vec<T>, new: Vec<T>) -> Result<(), TestCaseError> {
+    let case = tessera::verify::codec::Case {
+        base,
+        new,
+        kind: "pattern".into(),
+        whole: true,
+    };
+    for d in devices() {
+        for row in case.rows(&d) {
+            prop_assert!(
+                row.pass,
+                "{} {} on {} [{}]: {}",
+                row.op,
+                row.dtype,
+                row.executor,
+                row.sizes,
+                row.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+fn case_len() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        prop::sample::select(vec![0usize, 1, 2, 255, 256, 257, 513, 8209]),
+        0usize..5_000,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn shared_case_on_patterns(n in case_len(), p in pattern(), seed: u64) {
+        let (b, x) = make::<f32>(n, &p, seed);
+        check_case(b, x)?;
+        let (b, x) = make::<f16>(n, &p, seed);
+        check_case(b, x)?;
+        let (b, x) = make::<bf16>(n, &p, seed);
+        check_case(b, x)?;
     }
 }
 
@@ -250,7 +301,7 @@ fn kmeans_case(values: &[f32], bits: u32, iters: u32, tol: f32) {
 #[test]
 fn kmeans_matches_reference() {
     for (n, seed) in [(1usize, 1u64), (31, 2), (257, 3), (4099, 4), (29989, 5)] {
-        let mut r = tessera::verify::Rng(seed);
+        let mut r = tessera::testing::Rng(seed);
         // A mix of a narrow bulk (small deltas) and wide tails.
         let v: Vec<f32> = (0..n)
             .map(|i| {

@@ -522,14 +522,7 @@ fn swapped_fragment_rows_are_caught_by_the_reference() {
                 &args,
             )
             .unwrap();
-            let got = out.download().unwrap();
-            let num: f64 = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (*g as f64 - w).powi(2))
-                .sum();
-            let den: f64 = want.iter().map(|w| w * w).sum();
-            (num / den).sqrt()
+            tessera::testing::rel_l2(&out.download().unwrap(), &want)
         };
         assert!(run(0) < 1e-5, "{d:?}");
         let err = run(3);

@@ -18,7 +18,7 @@ use tessera::parallel::transport::{
     parse_id_file, publish_id, read_id, IdSource, Nccl, NcclBootstrap, NcclId, P2p, PeerGroup,
 };
 use tessera::parallel::{Copy, RankBuffers, Simulated, Transport};
-use tessera::verify::Rng;
+use tessera::testing::Rng;
 use tessera::{Device, DeviceBuffer};
 
 /// Rank r's buffers: `lens.len()` buffers with distinct contents, on `dev`.

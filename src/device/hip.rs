@@ -750,13 +750,24 @@ mod tests {
     }
 
     #[test]
-    fn probing_never_panics() {
-        // On a machine without ROCm this is DeviceUnavailable; with it, whatever the machine has.
-        for ordinal in [0, usize::MAX] {
-            match HipExec::new(ordinal) {
-                Ok(e) => eprintln!("hip:{ordinal}: {}", e.describe()),
-                Err(e) => eprintln!("hip:{ordinal}: {e}"),
+    fn probing_gives_a_device_or_a_clean_error() {
+        // No machine has usize::MAX HIP devices: without ROCm the library or the driver is
+        // missing, with it the ordinal is out of range; either way DeviceUnavailable for hip.
+        match HipExec::new(usize::MAX) {
+            Ok(e) => panic!("hip:{} opened: {}", usize::MAX, e.describe()),
+            Err(Error::DeviceUnavailable { backend, msg }) => {
+                assert_eq!(backend, B);
+                assert!(!msg.is_empty());
             }
+            Err(e) => panic!("hip:{}: expected DeviceUnavailable, got {e:?}", usize::MAX),
+        }
+        // Device 0: a device, or DeviceUnavailable (no ROCm, no GPU), or Unsupported (a GPU but a
+        // build without the `hip` feature); nothing else.
+        match HipExec::new(0) {
+            Ok(e) => assert!(!e.describe().is_empty()),
+            Err(Error::DeviceUnavailable { backend, .. }) => assert_eq!(backend, B),
+            Err(Error::Unsupported { what, .. }) => assert_eq!(what, "the hip executor"),
+            Err(e) => panic!("hip:0: unexpected error {e:?}"),
         }
     }
 
