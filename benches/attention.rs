@@ -98,6 +98,8 @@ fn problem(x: &Inputs, path: Path) -> Attention<'_, bf16> {
         head_dim: x.d,
         cu_seqlens_q: &x.cu,
         cu_seqlens_kv: &x.cu,
+        max_seqlen_q: x.q.len() / (x.heads * x.d),
+        max_seqlen_kv: x.q.len() / (x.heads * x.d),
         q_pos: Positions::Explicit(&x.pos),
         kv_pos: Positions::Explicit(&x.pos),
         q_depth: Some(&x.depth),

@@ -64,6 +64,8 @@ impl Case {
             head_dim: self.d,
             cu_seqlens_q: &self.cu_q,
             cu_seqlens_kv: &self.cu_kv,
+            max_seqlen_q: 1,
+            max_seqlen_kv: self.kv,
             // The query is the last position of its sequence: it sees every key.
             q_pos: Positions::Implicit {
                 offset: self.kv as i32 - 1,

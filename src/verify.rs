@@ -1093,6 +1093,8 @@ fn attn_run<T: crate::ops::attention::HalfFloat>(
             head_dim: c.d,
             cu_seqlens_q: &cu,
             cu_seqlens_kv: &cu,
+            max_seqlen_q: attn::max_seqlen(&c.cu),
+            max_seqlen_kv: attn::max_seqlen(&c.cu),
             q_pos,
             kv_pos,
             q_depth: duo.then_some(&depth),
@@ -1721,6 +1723,8 @@ fn decode_ops<T: HalfFloat>(
         head_dim: x.head_dim,
         cu_seqlens_q: &cu_q,
         cu_seqlens_kv: &cu_kv,
+        max_seqlen_q: attn::max_seqlen(&x.cu_q),
+        max_seqlen_kv: attn::max_seqlen(&x.cu_kv),
         q_pos: match x.q_offset {
             Some(offset) => attn::Positions::Implicit { offset },
             None => attn::Positions::Explicit(&q_pos),

@@ -4,7 +4,9 @@
 //! the merged result against attention over all keys, and merge alone against the reference merge.
 
 use half::{bf16, f16};
-use tessera::ops::attention::{self as attn, Attention, HalfFloat, MaskMode, Path, Positions};
+use tessera::ops::attention::{
+    self as attn, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions,
+};
 use tessera::verify::{
     decode_inputs, decode_run, merge_inputs, merge_reference, rel_l2_inf_aware, DecodeInputs,
     DECODE_TOL, MERGE_TOL,
@@ -116,6 +118,8 @@ fn decode_op_equals_partials_then_merge() {
             head_dim: 128,
             cu_seqlens_q: &cq,
             cu_seqlens_kv: &ck,
+            max_seqlen_q: attn::max_seqlen(&x.cu_q),
+            max_seqlen_kv: attn::max_seqlen(&x.cu_kv),
             q_pos: Positions::Explicit(&qp),
             kv_pos: Positions::Implicit { offset: 0 },
             q_depth: None,
@@ -207,6 +211,8 @@ fn decode_errors() {
             head_dim: 64,
             cu_seqlens_q: &cq,
             cu_seqlens_kv: &ck,
+            max_seqlen_q: attn::max_seqlen(&x.cu_q),
+            max_seqlen_kv: attn::max_seqlen(&x.cu_kv),
             q_pos: Positions::Implicit { offset: 0 },
             kv_pos: Positions::Explicit(&kv_pos),
             q_depth: Some(&qd),
@@ -254,6 +260,8 @@ fn decode_errors() {
             OP,
             "multiple of kv_heads",
         );
+        // cu_seqlens contents are checked on the device (the CPU path: at once); the error
+        // comes from AttentionOut::check (issue 10).
         let bad_cu = up(&[0, 2, 1]);
         expect_invalid(
             attn::decode(
@@ -262,7 +270,8 @@ fn decode_errors() {
                     ..good
                 },
                 1,
-            ),
+            )
+            .and_then(AttentionOut::checked),
             OP,
             "decreases",
         );
@@ -274,9 +283,22 @@ fn decode_errors() {
                     ..good
                 },
                 1,
-            ),
+            )
+            .and_then(AttentionOut::checked),
             OP,
             "ends at 15",
+        );
+        expect_invalid(
+            attn::decode(
+                &Attention {
+                    max_seqlen_kv: 9,
+                    ..good
+                },
+                1,
+            )
+            .and_then(AttentionOut::checked),
+            OP,
+            "sequence 0 has 10 tokens, more than max_seqlen_kv 9",
         );
         let three = up(&[0, 1, 2, 16]);
         expect_invalid(
@@ -880,6 +902,8 @@ fn forward_partials_with_nan_merge_to_nan() {
                     head_dim: d,
                     cu_seqlens_q: &cq,
                     cu_seqlens_kv: &ck,
+                    max_seqlen_q: tq,
+                    max_seqlen_kv: half,
                     q_pos: Positions::Implicit { offset: 0 },
                     kv_pos: Positions::Implicit { offset: 0 },
                     q_depth: None,

@@ -163,6 +163,8 @@ impl Problem {
             head_dim: self.d,
             cu_seqlens_q: &cu,
             cu_seqlens_kv: &cu,
+            max_seqlen_q: self.seq_len,
+            max_seqlen_kv: self.seq_len,
             q_pos: Positions::Implicit { offset: 0 },
             kv_pos: Positions::Implicit { offset: 0 },
             q_depth: None,

@@ -1,6 +1,6 @@
 //! Devices, buffers, streams, events and the kernel executors.
 //!
-//! This module (with `src/capi`) is the only place that holds `unsafe` code. Every executor
+//! This module is the only place that holds `unsafe` code. Every executor
 //! launches a kernel the same way: module (the kernel's source file, e.g. `ckpt/bitmask`),
 //! kernel name, grid, block, dynamic shared-memory bytes, and an array of pointers to the
 //! argument values, as `cuLaunchKernel` takes it.
@@ -244,6 +244,10 @@ struct DeviceInner {
     id: u64,
     backend: Backend,
     exec: Option<Box<dyn Exec>>,
+    /// Device-to-host copies ([`DeviceBuffer::download`] / [`DeviceBuffer::download_range`]).
+    d2h: AtomicU64,
+    /// Kernel launches ([`Device::launch`]).
+    launches: AtomicU64,
 }
 
 /// A place where ops run: a GPU (CUDA or HIP), the host SIMT executor, or the native CPU path.
@@ -267,6 +271,8 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend,
                 exec: Some(exec),
+                d2h: AtomicU64::new(0),
+                launches: AtomicU64::new(0),
             }),
         }
     }
@@ -320,6 +326,8 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend: Backend::Cpu,
                 exec: None,
+                d2h: AtomicU64::new(0),
+                launches: AtomicU64::new(0),
             }),
         }
     }
@@ -345,6 +353,20 @@ impl Device {
     /// A number that tells apart devices of one backend within a process (for messages).
     pub(crate) fn instance(&self) -> u64 {
         self.inner.id
+    }
+
+    /// How many device-to-host copies ([`DeviceBuffer::download`] and
+    /// [`DeviceBuffer::download_range`] calls, of any buffer of this device) have run since the
+    /// device was created. Each one waits for the device's queued work, so an op that makes none
+    /// can be captured in a CUDA graph and does not stall the caller's stream; tests use it to
+    /// check that (docs/architecture.md, "What still synchronises"). Clones share the count.
+    pub fn d2h_copies(&self) -> u64 {
+        self.inner.d2h.load(Ordering::Relaxed)
+    }
+
+    /// How many kernels [`Device::launch`] has launched on this device (0 on the CPU path).
+    pub fn launches(&self) -> u64 {
+        self.inner.launches.load(Ordering::Relaxed)
     }
 
     /// Kernel names this device can launch (empty for the CPU path).
@@ -389,7 +411,9 @@ impl Device {
         cfg: &LaunchConfig,
         args: &KernelArgs,
     ) -> Result<()> {
-        self.exec("launch")?.launch(module, kernel, cfg, args)
+        let exec = self.exec("launch")?;
+        self.inner.launches.fetch_add(1, Ordering::Relaxed);
+        exec.launch(module, kernel, cfg, args)
     }
 
     /// Allocate an uninitialised-contents buffer of `len` elements. On the host SIMT executor the
@@ -470,6 +494,7 @@ impl<T: DType> DeviceBuffer<T> {
 
     /// Copy the buffer to a new host vector.
     pub fn download(&self) -> Result<Vec<T>> {
+        self.device.inner.d2h.fetch_add(1, Ordering::Relaxed);
         let mut out = vec![T::zeroed(); self.len];
         self.mem.read(0, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
@@ -486,6 +511,7 @@ impl<T: DType> DeviceBuffer<T> {
                 ),
             ));
         }
+        self.device.inner.d2h.fetch_add(1, Ordering::Relaxed);
         let mut out = vec![T::zeroed(); len];
         let size = std::mem::size_of::<T>();
         self.mem

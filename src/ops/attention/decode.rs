@@ -1,7 +1,10 @@
 //! Flash-decoding (split-KV) and the LSE merge: validation, the CPU paths (the f64 reference)
 //! and the launches of `cuda/attention/decode.cu` (`attn_decode_split_<dt>`, `attn_merge`).
 
-use super::{check_positions, Attention, AttentionOut, HalfFloat, MaskMode, Partials, Positions};
+use super::{
+    check_positions, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
+    HalfFloat, MaskMode, Partials, Positions,
+};
 use crate::device::{DeviceBuffer, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::ops::on_device;
@@ -21,14 +24,59 @@ pub(super) fn decode_partials<T: HalfFloat>(a: &Attention<T>, splits: usize) -> 
             o: dev.upload(&o, "attention.decode.o_part")?,
             lse: dev.upload(&lse, "attention.decode.lse_part")?,
             splits,
+            check: DeviceCheck::none(),
         });
     }
 
     let mut o = dev.alloc::<f32>(o_len, "attention.decode.o_part")?;
     let mut lse = dev.alloc::<f32>(lse_len, "attention.decode.lse_part")?;
-    if g.total_q == 0 {
-        return Ok(Partials { o, lse, splits });
+    let mut status = dev.alloc::<i32>(STATUS_WORDS, "attention.decode.status")?;
+    launch_check(a, &g, &mut status)?;
+    if g.total_q > 0 {
+        launch_split(a, &g, splits, &status, &mut o, &mut lse)?;
     }
+    let check = DeviceCheck::on_device(OP_DECODE, status, explain_seqlens).eager_if_asked()?;
+    Ok(Partials {
+        o,
+        lse,
+        splits,
+        check,
+    })
+}
+
+/// `attn_decode_check`: one block validates both `cu_seqlens` into the status words.
+fn launch_check<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &DecodeGeom,
+    status: &mut DeviceBuffer<i32>,
+) -> Result<()> {
+    let mut args = KernelArgs::new();
+    args.buf(a.cu_seqlens_q)
+        .buf(a.cu_seqlens_kv)
+        .push(g.batch as i32)
+        .push(g.total_q as i32)
+        .push(g.total_kv as i32)
+        .push(g.max_q as i32)
+        .push(g.max_kv as i32)
+        .buf_mut(status);
+    a.q.device().launch(
+        DECODE_MODULE,
+        "attn_decode_check",
+        &LaunchConfig::linear(1, DECODE_BLOCK, 0),
+        &args,
+    )
+}
+
+/// `attn_decode_split_<dt>`: grid (total_q, kv_heads x head chunks, splits).
+fn launch_split<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &DecodeGeom,
+    splits: usize,
+    status: &DeviceBuffer<i32>,
+    o: &mut DeviceBuffer<f32>,
+    lse: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let (h_n, d) = (a.heads, a.head_dim);
     let group = h_n / a.kv_heads;
     let chunks = group.div_ceil(DECODE_MAX_HEADS);
     let ptr = |b: Option<&DeviceBuffer<i32>>| b.map_or(0u64, |b| b.addr());
@@ -67,8 +115,9 @@ pub(super) fn decode_partials<T: HalfFloat>(a: &Attention<T>, splits: usize) -> 
         .push(d as i32)
         .push(splits as i32)
         .push(a.scale)
-        .buf_mut(&mut o)
-        .buf_mut(&mut lse);
+        .buf(status)
+        .buf_mut(o)
+        .buf_mut(lse);
     let cfg = LaunchConfig {
         grid: [
             g.total_q as u32,
@@ -78,17 +127,14 @@ pub(super) fn decode_partials<T: HalfFloat>(a: &Attention<T>, splits: usize) -> 
         block: [DECODE_BLOCK, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
+    a.q.device().launch(
         DECODE_MODULE,
         &format!("attn_decode_split_{}", T::KIND.name()),
         &cfg,
         &args,
-    )?;
-    Ok(Partials { o, lse, splits })
+    )
 }
 
-/// Combine `splits` partial results over disjoint key sets into one, stably (max-shifted
-/// exponentials), tolerating LSE = -inf: O `[splits, total_q, H, D]`, LSE `[splits, H, total_q]`.
 pub(super) fn merge(
     o: &DeviceBuffer<f32>,
     lse: &DeviceBuffer<f32>,
@@ -142,6 +188,7 @@ pub(super) fn merge(
         return Ok(AttentionOut {
             o: dev.upload(&mo, "attention.merge.o")?,
             lse: dev.upload(&ml, "attention.merge.lse")?,
+            check: DeviceCheck::none(),
         });
     }
 
@@ -157,31 +204,49 @@ pub(super) fn merge(
         return Ok(AttentionOut {
             o: out_o,
             lse: out_lse,
+            check: DeviceCheck::none(),
         });
     }
     let blocks = u32::try_from((n as u64).div_ceil(MERGE_BLOCK as u64))
         .ok()
         .filter(|&b| b <= i32::MAX as u32)
         .ok_or_else(|| Error::invalid(OP, format!("{n} elements exceed the largest grid")))?;
-    let mut args = KernelArgs::new();
-    args.buf(o)
-        .buf(lse)
-        .push(splits as i32)
-        .push(total_q as i32)
-        .push(heads as i32)
-        .push(head_dim as i32)
-        .buf_mut(&mut out_o)
-        .buf_mut(&mut out_lse);
-    dev.launch(
-        DECODE_MODULE,
-        "attn_merge",
-        &LaunchConfig::linear(blocks, MERGE_BLOCK, 0),
-        &args,
+    launch_merge(
+        o,
+        lse,
+        [splits, total_q, heads, head_dim],
+        blocks,
+        &mut out_o,
+        &mut out_lse,
     )?;
     Ok(AttentionOut {
         o: out_o,
         lse: out_lse,
+        check: DeviceCheck::none(),
     })
+}
+
+/// `attn_merge`: one thread per output element. `dims`: splits, total_q, heads, head_dim.
+fn launch_merge(
+    o: &DeviceBuffer<f32>,
+    lse: &DeviceBuffer<f32>,
+    dims: [usize; 4],
+    blocks: u32,
+    out_o: &mut DeviceBuffer<f32>,
+    out_lse: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let mut args = KernelArgs::new();
+    args.buf(o).buf(lse);
+    for x in dims {
+        args.push(x as i32);
+    }
+    args.buf_mut(out_o).buf_mut(out_lse);
+    o.device().launch(
+        DECODE_MODULE,
+        "attn_merge",
+        &LaunchConfig::linear(blocks, MERGE_BLOCK, 0),
+        &args,
+    )
 }
 
 // ---- decode / merge internals -----------------------------------------------------------------
@@ -196,39 +261,18 @@ const DECODE_MAX_HEADS: usize = 8;
 const MERGE_BLOCK: u32 = 256;
 /// Largest `splits` (grid.z).
 const DECODE_MAX_SPLITS: usize = 65_535;
+/// Status words of one call (4 per cu_seqlens array, cuda/attention/seqlens.cuh).
+const STATUS_WORDS: usize = 8;
+const OP_DECODE: &str = "attention::decode";
 
 /// What decode validation establishes.
 struct DecodeGeom {
     batch: usize,
     total_q: usize,
     total_kv: usize,
-    cu_q: Vec<i32>,
-    cu_kv: Vec<i32>,
-}
-
-fn decode_check_cu(op: &'static str, what: &str, cu: &[i32], total: usize) -> Result<()> {
-    if cu.first() != Some(&0) {
-        return Err(Error::invalid(op, format!("{what} must start at 0")));
-    }
-    if let Some(w) = cu.windows(2).position(|w| w[1] < w[0]) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{what} decreases at entry {}: {} -> {}",
-                w + 1,
-                cu[w],
-                cu[w + 1]
-            ),
-        ));
-    }
-    let last = *cu.last().expect("non-empty");
-    if last as i64 != total as i64 {
-        return Err(Error::invalid(
-            op,
-            format!("{what} ends at {last}, the tokens total {total}"),
-        ));
-    }
-    Ok(())
+    /// The caller's bounds, clamped to the totals.
+    max_q: usize,
+    max_kv: usize,
 }
 
 fn decode_check_len<U: crate::dtype::DType>(
@@ -333,12 +377,9 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
             ),
         ));
     }
-    let cu_q = a.cu_seqlens_q.download()?;
-    let cu_kv = a.cu_seqlens_kv.download()?;
-    decode_check_cu(OP, "cu_seqlens_q", &cu_q, total_q)?;
-    decode_check_cu(OP, "cu_seqlens_kv", &cu_kv, total_kv)?;
-    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
-    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
+    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
+    check_positions(OP, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
+    check_positions(OP, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
     if let Positions::Explicit(b) = a.q_pos {
         decode_check_len(OP, "q_pos", dev, b, total_q)?;
     }
@@ -360,11 +401,11 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
         .and_then(|n| n.checked_mul(a.heads * d))
         .ok_or_else(|| Error::invalid(OP, "partial outputs overflow usize"))?;
     Ok(DecodeGeom {
-        batch: cu_q.len() - 1,
+        batch: a.cu_seqlens_q.len() - 1,
         total_q,
         total_kv,
-        cu_q,
-        cu_kv,
+        max_q,
+        max_kv,
     })
 }
 
@@ -396,9 +437,18 @@ fn decode_partials_host<T: HalfFloat>(
     let f = |b: &DeviceBuffer<T>| -> Result<Vec<f32>> {
         Ok(b.download()?.iter().map(|x| x.to_f32()).collect())
     };
+    let cu_q = a.cu_seqlens_q.host_slice().expect("cpu");
+    let cu_kv = a.cu_seqlens_kv.host_slice().expect("cpu");
+    check_seqlens_host(
+        OP_DECODE,
+        cu_q,
+        cu_kv,
+        (g.total_q, g.total_kv),
+        (g.max_q, g.max_kv),
+    )?;
     let (q, k, v) = (f(a.q)?, f(a.k)?, f(a.v)?);
-    let q_pos = decode_positions(&a.q_pos, &g.cu_q, g.total_q)?;
-    let kv_pos = decode_positions(&a.kv_pos, &g.cu_kv, g.total_kv)?;
+    let q_pos = decode_positions(&a.q_pos, cu_q, g.total_q)?;
+    let kv_pos = decode_positions(&a.kv_pos, cu_kv, g.total_kv)?;
     let duo = a.mode == MaskMode::DuoCausal;
     let depth = |b: Option<&DeviceBuffer<i32>>, n: usize| -> Result<Vec<i32>> {
         match b {
@@ -418,7 +468,7 @@ fn decode_partials_host<T: HalfFloat>(
     let mut split_valid = vec![0u8; g.total_kv];
     for s in 0..splits {
         split_valid.fill(0);
-        for w in g.cu_kv.windows(2) {
+        for w in cu_kv.windows(2) {
             let (k0, len) = (w[0] as usize, (w[1] - w[0]) as usize);
             let (j0, j1) = (k0 + s * len / splits, k0 + (s + 1) * len / splits);
             split_valid[j0..j1].copy_from_slice(&valid[j0..j1]);
@@ -430,8 +480,8 @@ fn decode_partials_host<T: HalfFloat>(
             heads: h_n,
             kv_heads: a.kv_heads,
             head_dim: d,
-            cu_q: &g.cu_q,
-            cu_kv: &g.cu_kv,
+            cu_q,
+            cu_kv,
             q_pos: &q_pos,
             kv_pos: &kv_pos,
             q_depth: &q_depth,
