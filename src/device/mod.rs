@@ -364,7 +364,8 @@ impl Device {
         self.inner.d2h.load(Ordering::Relaxed)
     }
 
-    /// How many kernels [`Device::launch`] has launched on this device (0 on the CPU path).
+    /// How many [`Device::launch`] calls this device has had (0 on the CPU path, which
+    /// launches nothing). Clones share the count.
     pub fn launches(&self) -> u64 {
         self.inner.launches.load(Ordering::Relaxed)
     }
