@@ -127,23 +127,9 @@ pub fn select_hard(scores: &DeviceBuffer<f32>, threshold: f64) -> Result<Selecti
     }
     let nb = (n as u64).div_ceil(BLOCK as u64) as u32;
     let mut counts = dev.alloc::<u32>(nb as usize, "tah.block_counts")?;
-    let mut a = KernelArgs::new();
-    a.buf(scores).push(n as u64).push(thr).buf_mut(&mut counts);
-    dev.launch(
-        MODULE,
-        "tah_select_count",
-        &LaunchConfig::linear(nb, BLOCK, 0),
-        &a,
-    )?;
+    launch_select_count(scores, thr, nb, &mut counts)?;
     let mut offsets = dev.alloc::<u64>(nb as usize + 1, "tah.offsets")?;
-    let mut a = KernelArgs::new();
-    a.buf(&counts).push(nb as u64).buf_mut(&mut offsets);
-    dev.launch(
-        MODULE,
-        "tah_scan_counts",
-        &LaunchConfig::linear(1, BLOCK, 0),
-        &a,
-    )?;
+    launch_scan_counts(&counts, &mut offsets)?;
     let total = offsets.download_range(nb as usize, 1)?[0];
     let count = usize::try_from(total)
         .ok()
@@ -157,20 +143,63 @@ pub fn select_hard(scores: &DeviceBuffer<f32>, threshold: f64) -> Result<Selecti
         })?;
     let mut indices = dev.alloc::<u32>(count, "tah.indices")?;
     if count > 0 {
-        let mut a = KernelArgs::new();
-        a.buf(scores)
-            .push(n as u64)
-            .push(thr)
-            .buf(&offsets)
-            .buf_mut(&mut indices);
-        dev.launch(
-            MODULE,
-            "tah_select_compact",
-            &LaunchConfig::linear(nb, BLOCK, 0),
-            &a,
-        )?;
+        launch_select_compact(scores, thr, nb, &offsets, &mut indices)?;
     }
     Ok(Selection { indices, count })
+}
+
+/// `tah_select_count`: per block of scores, how many exceed `thr`.
+fn launch_select_count(
+    scores: &DeviceBuffer<f32>,
+    thr: f32,
+    blocks: u32,
+    counts: &mut DeviceBuffer<u32>,
+) -> Result<()> {
+    let mut a = KernelArgs::new();
+    a.buf(scores)
+        .push(scores.len() as u64)
+        .push(thr)
+        .buf_mut(counts);
+    scores.device().launch(
+        MODULE,
+        "tah_select_count",
+        &LaunchConfig::linear(blocks, BLOCK, 0),
+        &a,
+    )
+}
+
+/// `tah_scan_counts`: exclusive scan of the block counts (one block), total last.
+fn launch_scan_counts(counts: &DeviceBuffer<u32>, offsets: &mut DeviceBuffer<u64>) -> Result<()> {
+    let mut a = KernelArgs::new();
+    a.buf(counts).push(counts.len() as u64).buf_mut(offsets);
+    counts.device().launch(
+        MODULE,
+        "tah_scan_counts",
+        &LaunchConfig::linear(1, BLOCK, 0),
+        &a,
+    )
+}
+
+/// `tah_select_compact`: the selected indices, in order, at the scanned offsets.
+fn launch_select_compact(
+    scores: &DeviceBuffer<f32>,
+    thr: f32,
+    blocks: u32,
+    offsets: &DeviceBuffer<u64>,
+    indices: &mut DeviceBuffer<u32>,
+) -> Result<()> {
+    let mut a = KernelArgs::new();
+    a.buf(scores)
+        .push(scores.len() as u64)
+        .push(thr)
+        .buf(offsets)
+        .buf_mut(indices);
+    scores.device().launch(
+        MODULE,
+        "tah_select_compact",
+        &LaunchConfig::linear(blocks, BLOCK, 0),
+        &a,
+    )
 }
 
 /// Check a row-index list against `rows` (and distinctness for scatters); returns the indices.
