@@ -1,12 +1,12 @@
 // attention/seqlens.cuh: cu_seqlens on the device, so that no op copies them to the host.
 //
 // check() validates one cu_seqlens array (batch + 1 entries) in one thread, in the order the
-// host's CPU path checks it (src/ops/attention.rs, `SeqlensFault`), and writes its 4-word status
+// CPU path checks it (src/ops/attention.rs, seqlens_status), and writes its 4-word status
 // (code, entry, a, b): code 0 valid; 1 cu[0] = a != 0; 2 cu[entry] = b < cu[entry - 1] = a
 // (decreasing); 3 cu[batch] = a != the total b; 4 sequence `entry` has a tokens, more than
-// max_len = b (the first fault in that order). The ops read the status back only at a synchronising point of the caller's choosing
-// (AttentionOut::check); kernels that index with cu_seqlens read it first and write nothing when
-// it is nonzero.
+// max_len = b (the first fault in that order). The ops read the status back only at a
+// synchronising point of the caller's choosing (AttentionOut::check); kernels that index with
+// cu_seqlens read it first and write nothing when it is nonzero.
 //
 // bounds() gives sequence b's rows clamped to the tensor and to max_len, so that any cu_seqlens,
 // valid or not, is read and indexed in bounds.

@@ -63,11 +63,12 @@
 //! # }
 //! ```
 //!
-//! No op here copies to the host or waits for the device: the grid comes from host-known
-//! numbers (batch from `cu_seqlens`' length, totals from buffer lengths, `max_seqlen_*` from the
-//! caller, as in FlashAttention's varlen API) and the tile metadata is built on the device. The
-//! contents of `cu_seqlens` are therefore validated on the device too; see [`DeviceCheck`]
-//! (the CPU path validates them at once).
+//! [`forward`], [`forward_into`], [`decode_partials`] and [`decode`] copy nothing to the host
+//! and do not wait for the device (tests/attention.rs `no_host_copies`): the grid comes from
+//! host-known numbers (batch from `cu_seqlens`' length, totals from buffer lengths,
+//! `max_seqlen_*` from the caller, as in FlashAttention's varlen API) and the tile metadata is
+//! built on the device. The contents of `cu_seqlens` are therefore validated on the device too;
+//! see [`DeviceCheck`] (the CPU path validates them at once).
 
 use crate::device::DeviceBuffer;
 use crate::dtype::{DType, Float};
