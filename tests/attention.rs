@@ -7,7 +7,9 @@
 
 use half::{bf16, f16};
 use proptest::prelude::*;
-use tessera::ops::attention::{self, Attention, HalfFloat, MaskMode, Path, Positions};
+use tessera::ops::attention::{
+    self, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions,
+};
 use tessera::testing::{rel_l2, tol, Rng};
 use tessera::verify::attention::Problem as Case;
 use tessera::Device;
@@ -282,20 +284,32 @@ fn errors() {
             }),
             "multiple of kv_heads",
         );
+        // cu_seqlens contents are checked on the device (the CPU path: at once); the error
+        // comes from AttentionOut::check, which the deferred checks need (issue 10).
         expect_err(
             attention::forward(&Attention {
                 cu_seqlens_q: &bad_cu,
                 cu_seqlens_kv: &bad_cu,
                 ..base
-            }),
+            })
+            .and_then(AttentionOut::checked),
             "decreases",
         );
         expect_err(
             attention::forward(&Attention {
                 cu_seqlens_q: &short_cu,
                 ..base
-            }),
+            })
+            .and_then(AttentionOut::checked),
             "ends at 3",
+        );
+        expect_err(
+            attention::forward(&Attention {
+                max_seqlen_q: 3,
+                ..base
+            })
+            .and_then(AttentionOut::checked),
+            "cu_seqlens_q: sequence 0 has 4 tokens, more than max_seqlen_q 3",
         );
         expect_err(
             attention::forward(&Attention {
@@ -676,4 +690,202 @@ fn inf_in_v_with_vanishing_weight() {
     }
     one::<bf16>();
     one::<f16>();
+}
+
+/// `forward_into` writes O in f32 (equal to `forward`'s) or in the input type: the f32 result
+/// rounded to nearest even in the kernel's epilogue, so bit-equal to `forward`'s O rounded on
+/// the host (NaN for NaN). On every executor (SIMT w32/w64, all schedules) and both paths.
+#[test]
+fn output_in_input_dtype() {
+    fn one<T: HalfFloat>(dev: &Device, c: &Case, path: Path) {
+        let up = |x: &[f32]| -> Vec<T> { x.iter().map(|&y| T::from_f64(y as f64)).collect() };
+        let (q, k, v) = (
+            dev.upload(&up(&c.q), "q").unwrap(),
+            dev.upload(&up(&c.k), "k").unwrap(),
+            dev.upload(&up(&c.v), "v").unwrap(),
+        );
+        let (cq, ck) = (
+            dev.upload(&c.cu_q, "cu_q").unwrap(),
+            dev.upload(&c.cu_kv, "cu_kv").unwrap(),
+        );
+        let (qd, kd) = (
+            dev.upload(&c.q_depth, "q_depth").unwrap(),
+            dev.upload(&c.kv_depth, "kv_depth").unwrap(),
+        );
+        let (qp, kp) = (
+            dev.upload(&c.q_pos, "q_pos").unwrap(),
+            dev.upload(&c.kv_pos, "kv_pos").unwrap(),
+        );
+        let a = Attention::duo_causal(&q, &k, &v, &qd, &kd)
+            .heads(c.heads, c.kv_heads)
+            .head_dim(c.head_dim)
+            .seqlens(
+                &cq,
+                &ck,
+                attention::max_seqlen(&c.cu_q),
+                attention::max_seqlen(&c.cu_kv),
+            )
+            .positions(Positions::Explicit(&qp), Positions::Explicit(&kp))
+            .path(path)
+            .build()
+            .unwrap();
+        let f = attention::forward(&a).unwrap().checked().unwrap();
+        let (o32, lse32) = (f.o.download().unwrap(), f.lse.download().unwrap());
+        let (tq, n) = (c.q_pos.len(), c.q.len());
+        let mut oh = dev.alloc::<T>(n, "o").unwrap();
+        let mut of = dev.alloc::<f32>(n, "o").unwrap();
+        let (mut l1, mut l2) = (
+            dev.alloc::<f32>(c.heads * tq, "lse").unwrap(),
+            dev.alloc::<f32>(c.heads * tq, "lse").unwrap(),
+        );
+        attention::forward_into(&a, &mut oh, &mut l1)
+            .unwrap()
+            .check()
+            .unwrap();
+        attention::forward_into(&a, &mut of, &mut l2)
+            .unwrap()
+            .check()
+            .unwrap();
+        let on = format!("{} {path:?} {}", dev.backend(), T::KIND);
+        let same = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+        assert!(
+            of.download()
+                .unwrap()
+                .iter()
+                .zip(&o32)
+                .all(|(&x, &y)| same(x, y)),
+            "{on}"
+        );
+        for l in [&l1, &l2] {
+            assert!(
+                l.download()
+                    .unwrap()
+                    .iter()
+                    .zip(&lse32)
+                    .all(|(&x, &y)| same(x, y)),
+                "{on}"
+            );
+        }
+        for (i, (x, y)) in oh.download().unwrap().iter().zip(&o32).enumerate() {
+            let want = <T as HalfFloat>::from_f32(*y);
+            assert!(
+                x.to_bits() == want.to_bits() || (x.to_f32().is_nan() && y.is_nan()),
+                "{on}: O[{i}] = {:?}, f32 {y} rounds to {:?}",
+                x.to_f32(),
+                want.to_f32()
+            );
+        }
+        // A buffer of the wrong length is refused.
+        let mut short = dev.alloc::<T>(n - 1, "o").unwrap();
+        expect_err(
+            attention::forward_into(&a, &mut short, &mut l1).map(|_| unreachable_out(dev)),
+            "o has",
+        );
+    }
+    for dev in devices() {
+        let paths: &[Path] = if dev.backend().runs_kernels() {
+            &[Path::Auto, Path::Scalar]
+        } else {
+            &[Path::Auto]
+        };
+        for &path in paths {
+            let c = make_case::<bf16>(MaskMode::DuoCausal, 3, 90, 2, 64, 0.3, 1, None, 0.0, 11);
+            one::<bf16>(&dev, &c, path);
+            let c = make_case::<f16>(MaskMode::DuoCausal, 2, 70, 1, 128, 0.3, 0, None, 0.0, 12);
+            one::<f16>(&dev, &c, path);
+        }
+    }
+}
+
+/// A placeholder for `expect_err`'s type when the call under test returns something else.
+fn unreachable_out(_: &Device) -> AttentionOut {
+    panic!("the call was expected to fail")
+}
+
+/// `forward`, `decode_partials` and `decode` make no device-to-host copy (so they can be captured
+/// in a CUDA graph and do not stall the caller's stream), and launch as many kernels whatever
+/// the contents of `cu_seqlens` (valid, other valid lengths, invalid); reading the check is
+/// exactly one copy per pending check.
+#[test]
+fn no_host_copies() {
+    for dev in devices().into_iter().filter(|d| d.backend().runs_kernels()) {
+        let (h, d) = (2, 64);
+        let q = dev.upload(&vec![bf16::ONE; 6 * h * d], "q").unwrap();
+        let kv = dev.upload(&vec![bf16::ONE; 6 * d], "kv").unwrap();
+        let cus: Vec<_> = [[0, 2, 6], [0, 4, 6], [0, 7, 6], [3, 2, 6]]
+            .iter()
+            .map(|c| dev.upload(c, "cu").unwrap())
+            .collect();
+        let mut launches = vec![];
+        for (i, cu) in cus.iter().enumerate() {
+            let a = Attention::causal(&q, &kv, &kv)
+                .heads(h, 1)
+                .head_dim(d)
+                .seqlens(cu, cu, 4, 4)
+                .build()
+                .unwrap();
+            let (c0, l0) = (dev.d2h_copies(), dev.launches());
+            let f = attention::forward(&a).unwrap();
+            let p = attention::decode_partials(&a, 2).unwrap();
+            let o = attention::decode(&a, 3).unwrap();
+            assert_eq!(
+                dev.d2h_copies(),
+                c0,
+                "{}: a call copied to the host",
+                dev.backend()
+            );
+            launches.push(dev.launches() - l0);
+            assert_eq!(f.check().is_ok(), i < 2);
+            assert_eq!(p.check.check().is_ok(), i < 2);
+            assert_eq!(o.check().is_ok(), i < 2);
+            assert_eq!(dev.d2h_copies(), c0 + 3, "one copy per check");
+        }
+        // forward: metadata + kernel; decode_partials: check + split; decode: those + merge.
+        assert_eq!(launches, vec![2 + 2 + 3; 4], "{}", dev.backend());
+    }
+}
+
+/// The builder gives the same problem as the literal, and names what it misses.
+#[test]
+fn builder() {
+    let dev = Device::cpu();
+    let q = dev.upload(&[bf16::ZERO; 2 * 64], "q").unwrap();
+    let cu = dev.upload(&[0, 2], "cu").unwrap();
+    let depth = dev.upload(&[0, 1], "depth").unwrap();
+    let a = Attention::duo_causal(&q, &q, &q, &depth, &depth)
+        .heads(1, 1)
+        .head_dim(64)
+        .seqlens(&cu, &cu, 2, 2)
+        .offsets(3, 1)
+        .build()
+        .unwrap();
+    assert_eq!(a.mode, MaskMode::DuoCausal);
+    assert_eq!((a.max_seqlen_q, a.max_seqlen_kv), (2, 2));
+    assert_eq!(a.scale, 0.125);
+    assert!(matches!(a.q_pos, Positions::Implicit { offset: 3 }));
+    assert!(matches!(a.kv_pos, Positions::Implicit { offset: 1 }));
+    assert!(a.q_depth.is_some() && a.kv_depth.is_some() && a.kv_valid.is_none());
+    let full = Attention::full(&q, &q, &q)
+        .heads(1, 1)
+        .head_dim(64)
+        .seqlens(&cu, &cu, 2, 2)
+        .scale(0.5)
+        .path(Path::Scalar)
+        .build()
+        .unwrap();
+    assert_eq!(
+        (full.mode, full.scale, full.path),
+        (MaskMode::Full, 0.5, Path::Scalar)
+    );
+    assert!(full.q_depth.is_none());
+    let e = Attention::causal(&q, &q, &q)
+        .heads(1, 1)
+        .head_dim(64)
+        .build();
+    expect_err(
+        e.map(|_| unreachable_out(&dev)),
+        "the builder needs seqlens",
+    );
+    let e = Attention::causal(&q, &q, &q).head_dim(64).build();
+    expect_err(e.map(|_| unreachable_out(&dev)), "the builder needs heads");
 }

@@ -4,7 +4,9 @@
 //! the merged result against attention over all keys, and merge alone against the reference merge.
 
 use half::{bf16, f16};
-use tessera::ops::attention::{self as attn, Attention, HalfFloat, MaskMode, Path, Positions};
+use tessera::ops::attention::{
+    self as attn, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions,
+};
 use tessera::testing::{rel_l2, to_dtype, tol};
 use tessera::verify::attention::{
     check_merge, decode_problem, merge_inputs, merge_reference, Problem,
@@ -208,6 +210,8 @@ fn decode_errors() {
             OP,
             "multiple of kv_heads",
         );
+        // cu_seqlens contents are checked on the device (the CPU path: at once); the error
+        // comes from AttentionOut::check (issue 10).
         let bad_cu = up(&[0, 2, 1]);
         expect_invalid(
             attn::decode(
@@ -216,7 +220,8 @@ fn decode_errors() {
                     ..good
                 },
                 1,
-            ),
+            )
+            .and_then(AttentionOut::checked),
             OP,
             "decreases",
         );
@@ -228,9 +233,22 @@ fn decode_errors() {
                     ..good
                 },
                 1,
-            ),
+            )
+            .and_then(AttentionOut::checked),
             OP,
             "ends at 15",
+        );
+        expect_invalid(
+            attn::decode(
+                &Attention {
+                    max_seqlen_kv: 9,
+                    ..good
+                },
+                1,
+            )
+            .and_then(AttentionOut::checked),
+            OP,
+            "sequence 0 has 10 tokens, more than max_seqlen_kv 9",
         );
         let three = up(&[0, 1, 2, 16]);
         expect_invalid(

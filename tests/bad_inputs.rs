@@ -7,6 +7,8 @@
 //!   that fit run and give the right masks.
 //! - Every `Device::cpu()` handle is the same device; buffers of two distinct devices of one
 //!   backend are refused with a message that says why.
+//! - Invalid `cu_seqlens` contents are an `InvalidArgument` naming the op (read from the call's
+//!   device-side check since issue 10), and no kernel follows them out of bounds.
 
 use half::bf16;
 use tessera::ops::attention::{self as attn, Attention, AttentionOut, MaskMode, Path, Positions};
@@ -216,5 +218,66 @@ fn distinct_devices_of_one_backend_say_why() {
             "attention::decode",
             &["k is on another", &what],
         );
+    }
+}
+
+/// Invalid `cu_seqlens` contents (issue 10: now checked on the device, so `forward`/`decode`
+/// return and the error comes from `AttentionOut::check`; the CPU path reports it at once):
+/// every kind gives an `InvalidArgument` naming the op and the array, and none makes a kernel
+/// read or write out of bounds (SIMT's red zones and race check would fail the launch).
+#[test]
+fn invalid_cu_seqlens_are_reported_not_followed() {
+    let cases: [(&[i32], usize, &str); 8] = [
+        (&[1, 1, 3], 2, "must start at 0, not 1"),
+        (&[i32::MIN, 0, 3], 2, "must start at 0"),
+        (&[0, 2, 1], 2, "decreases at entry 2 (2 -> 1)"),
+        (&[0, -5, 3], 3, "decreases at entry 1 (0 -> -5)"),
+        (&[0, i32::MAX, 3], 3, "decreases at entry 2"),
+        (&[0, 1, 1000], 2, "ends at 1000, the tensor has 3 tokens"),
+        (&[0, 0, 2], 2, "ends at 2"),
+        (
+            &[0, 0, 3],
+            2,
+            "sequence 1 has 3 tokens, more than max_seqlen_q 2",
+        ),
+    ];
+    for dev in executors() {
+        let b = bufs(&dev);
+        let on = dev.backend();
+        for (cu, max, needle) in cases {
+            let bad = dev.upload(cu, "cu").unwrap();
+            let a = Attention {
+                cu_seqlens_q: &bad,
+                cu_seqlens_kv: &bad,
+                max_seqlen_q: max,
+                max_seqlen_kv: max,
+                ..problem(&b, 0, 0)
+            };
+            let what = format!("{cu:?} on {on}");
+            let forward =
+                |path| attn::forward(&Attention { path, ..a }).and_then(AttentionOut::checked);
+            expect_invalid(forward(Path::Auto), "attention", &["cu_seqlens_q", needle]);
+            expect_invalid(
+                forward(Path::Scalar),
+                "attention",
+                &["cu_seqlens_q", needle],
+            );
+            for splits in [1, 3] {
+                let r = attn::decode(&a, splits).and_then(AttentionOut::checked);
+                expect_invalid(r, "attention::decode", &["cu_seqlens_q", needle]);
+            }
+            // Only the keys' array bad: named as such.
+            let kv_only = Attention {
+                cu_seqlens_q: &b.cu_q,
+                max_seqlen_q: 2,
+                ..a
+            };
+            let r = attn::forward(&kv_only).and_then(AttentionOut::checked);
+            let needle = needle.replace("max_seqlen_q", "max_seqlen_kv");
+            expect_invalid(r, "attention", &["cu_seqlens_kv", &needle]);
+            let r = attn::decode_partials(&kv_only, 2).and_then(|p| p.check.check());
+            expect_invalid(r, "attention::decode", &["cu_seqlens_kv", &needle]);
+            eprintln!("{what}: reported");
+        }
     }
 }

@@ -20,6 +20,11 @@
 //   (duo-causal) also kv_depth <= q_depth; mode 0 (full) sees every valid key. A null position
 //   array means implicit positions: token t of a sequence has position t + offset.
 //
+//   cu_seqlens are validated on the device by attn_decode_check (one block, before the split
+//   kernel; attention/seqlens.cuh) into 8 status words; the split kernel reads them first and
+//   writes nothing when cu_seqlens are invalid (the op reports the status), so it never indexes
+//   with them out of bounds.
+//
 // attn_merge(...) -> O [total_q, H, D], LSE [H, total_q]: one thread per output element.
 //   A NaN or +inf lse_s makes the element and the LSE NaN. m = max_s lse_s; m == -inf gives
 //   O = 0, LSE = -inf; else w_s = exp(lse_s - m) (splits with lse_s == -inf are skipped, so their
@@ -31,6 +36,7 @@
 // for one query per sequence and one chunk per kv head that is exactly K and V once — and writes
 // S * total_q * H * (D + 1) floats. The merge reads the partials once and writes O and LSE.
 #include "../common/tessera.cuh"
+#include "seqlens.cuh"
 
 namespace tessera {
 namespace decode {
@@ -104,6 +110,7 @@ struct Problem {
   const uint8_t* kv_valid;  // null: all valid
   int q_off, kv_off;
   int mode;  // 0 full, 1 causal, 2 duo-causal
+  const int* status;  // attn_decode_check's 8 words: nonzero codes mean invalid cu_seqlens
 };
 
 template <typename E, int D>
@@ -128,6 +135,7 @@ __device__ __forceinline__ void split_kernel(const uint16_t* __restrict__ q,
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
 
+  if (p.status[0] != 0 || p.status[tessera::seqlens::kStatusWords] != 0) return;  // invalid cu_seqlens
   const int b = find_sequence(p.cu_q, batch, i);
   const int k0 = p.cu_kv[b];
   const int64_t len = static_cast<int64_t>(p.cu_kv[b + 1]) - k0;
@@ -328,9 +336,10 @@ using tessera::decode::kMergeBlock;
       const uint16_t* q, const uint16_t* k, const uint16_t* v, const int* cu_q, const int* cu_kv, \
       const int* q_pos, const int* kv_pos, const int* q_depth, const int* kv_depth,                 \
       const uint8_t* kv_valid, int q_off, int kv_off, int mode, int batch, int total_q, int heads,  \
-      int kv_heads, int head_dim, int splits, float scale, float* o_part, float* lse_part) {        \
-    const tessera::decode::Problem p{cu_q,    cu_kv,    q_pos,    kv_pos, q_depth,                  \
-                                     kv_depth, kv_valid, q_off, kv_off, mode};                      \
+      int kv_heads, int head_dim, int splits, float scale, const int* status, float* o_part,        \
+      float* lse_part) {                                                                            \
+    const tessera::decode::Problem p{cu_q,     cu_kv,    q_pos, kv_pos, q_depth, kv_depth,          \
+                                     kv_valid, q_off,    kv_off, mode,  status};                    \
     if (head_dim == 64) {                                                                           \
       tessera::decode::split_kernel<E, 64>(q, k, v, p, batch, total_q, heads, kv_heads, splits,    \
                                            scale, o_part, lse_part);                                \
@@ -343,6 +352,15 @@ using tessera::decode::kMergeBlock;
 
 TESSERA_DECODE_INSTANCE(BF16, bf16)
 TESSERA_DECODE_INSTANCE(F16, f16)
+
+// One block of kBlock threads: thread 0 checks cu_q, thread 1 cu_kv, into status[0..4] / [4..8].
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kBlock)
+    attn_decode_check(const int* cu_q, const int* cu_kv, int batch, int total_q, int total_kv, int max_q,
+                      int max_kv, int* status) {
+  if (threadIdx.x == 0) tessera::seqlens::check(cu_q, batch, total_q, max_q, status);
+  if (threadIdx.x == 1) tessera::seqlens::check(cu_kv, batch, total_kv, max_kv, status + tessera::seqlens::kStatusWords);
+}
+TESSERA_EXPORT(attn_decode_check)
 
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(kMergeBlock)
     attn_merge(const float* o_part, const float* lse_part, int splits, int total_q, int heads,

@@ -3,14 +3,21 @@
 // src/reference/attention.rs (a key is visible when valid and, per mode, kv_pos <= q_pos and
 // kv_depth <= q_depth). Rows that see no key: O = 0, LSE = -inf.
 //
-// Kernels (all take blockDim.x == kThreads = 128: 4 warps of 32 or 2 wavefronts of 64):
-//   attn_tile_meta      one thread per tile (Q tiles and K/V tiles in one launch): min/max
+// Kernels (all take blockDim.x == kThreads = 128: 4 warps of 32 or 2 wavefronts of 64). Nothing
+// is built on the host: the grid comes from host-known numbers (batch, max_seqlen), and each
+// sequence has q_tiles = ceil(max_seqlen_q / kBlockM) Q tile slots and kv_tiles =
+// ceil(max_seqlen_kv / kBlockN) K/V tile slots, the slots past its end empty.
+//   attn_tile_meta      one thread per tile slot (Q and K/V slots in one launch): min/max
 //                       position and depth over the tile's rows, flags (any slot invalid or past
 //                       the sequence end, all invalid). Computed from the inputs, so any layout
 //                       is correct; a layout sorted by (depth slot, position) makes skipping bite.
-//   attn_fwd_<dt>_d<D>  grid (Q tiles, H): one block per (Q tile of kBlockM = 64 rows of one
-//                       sequence, query head). Loops over its sequence's K/V tiles of
-//                       kBlockN = 32 keys:
+//                       Two more threads validate cu_seqlens_q and cu_seqlens_kv into the status
+//                       words (attention/seqlens.cuh); sequence rows are clamped, so invalid
+//                       cu_seqlens are never indexed out of bounds.
+//   attn_fwd_<dt>_d<D>  grid (batch * q_tiles, H): one block per (Q tile slot of kBlockM = 64
+//                       rows of one sequence, query head); a block past its sequence's end, or
+//                       of a call whose status is nonzero, exits without writing. Loops over its
+//                       sequence's K/V tiles of kBlockN = 32 keys:
 //                         skip      all invalid, or (causal/duo) kv min pos > q max pos, or (duo)
 //                                   kv min depth > q max depth;
 //                         full      no invalid slot and kv max pos <= q min pos (and depth): no
@@ -48,12 +55,13 @@
 // non-finite V masks (2 D + 2 words), per-thread O infinity flags (16 bytes). D = 128: 37.9 KiB.
 //
 // Layouts: Q [total_q, H, D], K/V [total_kv, H_kv, D] (query head h reads kv head h / (H / H_kv)),
-// O [total_q, H, D] f32, LSE [H, total_q] f32. Tile tables (built by the op from cu_seqlens):
-// q_tiles / kv_tiles [n, 3] = (sequence, first row, end row) in global rows; kv_tile_first[b] is
-// the index of sequence b's first K/V tile. Meta: [n, 5] = (min pos, max pos, min depth,
-// max depth, flags) with flags bit 0 = some slot invalid or missing, bit 1 = all invalid.
-// Positions: pointer + flag; without an array, position = row - sequence start + offset.
+// O [total_q, H, D] f32, or the input type (o_half = 1: rounded to nearest even), LSE
+// [H, total_q] f32. Meta: [batch * tiles, 5] = (min pos, max pos, min depth, max depth, flags),
+// slot t of sequence b at b * tiles + t, with flags bit 0 = some slot invalid or missing, bit 1 =
+// all invalid. Positions: pointer + flag; without an array, position = row - sequence start +
+// offset.
 #include "../common/tessera.cuh"
+#include "seqlens.cuh"
 
 namespace tessera {
 namespace attn {
@@ -74,13 +82,22 @@ struct Side {
   const int32_t* pos;     // explicit positions, or unused when has_pos == 0
   const int32_t* depth;   // unused when has_depth == 0 (depth 0)
   const int32_t* cu;      // cu_seqlens
-  int32_t offset;         // implicit positions: row - cu[seq] + offset
+  int32_t offset;         // implicit positions: row - (sequence start) + offset
   uint32_t has_pos;
   uint32_t has_depth;
+  int32_t total;          // rows of the tensor
+  int32_t max_len;        // max_seqlen: no sequence is read past it
+  uint32_t tiles;         // tile slots per sequence
 };
 
-__device__ __forceinline__ int32_t pos_of(const Side& s, int seq, int row) {
-  return s.has_pos ? s.pos[row] : row - s.cu[seq] + s.offset;
+// Sequence seq's rows of side s, clamped (attention/seqlens.cuh).
+__device__ __forceinline__ void seq_rows(const Side& s, int seq, int32_t& s0, int32_t& len) {
+  seqlens::bounds(s.cu, seq, s.total, s.max_len, s0, len);
+}
+
+// Position of row `row` of a sequence starting at row s0.
+__device__ __forceinline__ int32_t pos_of(const Side& s, int32_t s0, int row) {
+  return s.has_pos ? s.pos[row] : row - s0 + s.offset;
 }
 __device__ __forceinline__ int32_t depth_of(const Side& s, int row) { return s.has_depth ? s.depth[row] : 0; }
 
@@ -104,25 +121,39 @@ __device__ __forceinline__ float with_inf(float x, uint64_t pinf, uint64_t ninf,
   return p ? (n ? qnan() : pos_inf()) : (n ? neg_inf() : x);
 }
 
-// One thread per tile: tiles [0, nq) are Q tiles, [nq, nq + nkv) K/V tiles.
-__device__ __forceinline__ void tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv,
-                                          Side qs, Side ks, const uint8_t* kv_valid, uint32_t has_valid,
-                                          int32_t* q_meta, int32_t* kv_meta) {
-  const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= nq + nkv) return;
+// One thread per tile slot: slots [0, batch * qs.tiles) are Q tiles, the next batch * ks.tiles
+// K/V tiles; the two threads after them check cu_seqlens_q / cu_seqlens_kv into status[0..4] /
+// status[4..8].
+__device__ __forceinline__ void tile_meta(uint32_t batch, Side qs, Side ks, const uint8_t* kv_valid,
+                                          uint32_t has_valid, int32_t* q_meta, int32_t* kv_meta, int32_t* status) {
+  const uint64_t t = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const uint64_t nq = static_cast<uint64_t>(batch) * qs.tiles, nkv = static_cast<uint64_t>(batch) * ks.tiles;
+  if (t >= nq + nkv) {
+    if (t - (nq + nkv) < 2) {
+      const Side& s = t == nq + nkv ? qs : ks;
+      seqlens::check(s.cu, static_cast<int>(batch), s.total, s.max_len,
+                     status + seqlens::kStatusWords * static_cast<int>(t - (nq + nkv)));
+    }
+    return;
+  }
   const bool is_q = t < nq;
-  const uint32_t i = is_q ? t : t - nq;
-  const int32_t* tile = (is_q ? q_tiles : kv_tiles) + 3 * i;
-  const Side s = is_q ? qs : ks;
-  const int seq = tile[0], r0 = tile[1], r1 = tile[2];
+  const uint64_t i = is_q ? t : t - nq;
+  const Side& s = is_q ? qs : ks;
+  const int seq = static_cast<int>(i / s.tiles);
   const int cap = is_q ? kBlockM : kBlockN;
+  const int64_t off = static_cast<int64_t>(i % s.tiles) * cap;
+  int32_t s0, len;
+  seq_rows(s, seq, s0, len);
+  const int r0 = s0 + static_cast<int>(min(off, static_cast<int64_t>(len)));
+  const int r1 = r0 + static_cast<int>(min(static_cast<int64_t>(len) - min(off, static_cast<int64_t>(len)),
+                                          static_cast<int64_t>(cap)));
   int32_t pmin = 0x7fffffff, pmax = static_cast<int32_t>(0x80000000u), dmin = 0x7fffffff,
           dmax = static_cast<int32_t>(0x80000000u);
   int nvalid = 0;
   for (int r = r0; r < r1; ++r) {
     if (!is_q && has_valid && kv_valid[r] == 0) continue;
     ++nvalid;
-    const int32_t p = pos_of(s, seq, r), d = depth_of(s, r);
+    const int32_t p = pos_of(s, s0, r), d = depth_of(s, r);
     pmin = min(pmin, p);
     pmax = max(pmax, p);
     dmin = min(dmin, d);
@@ -175,9 +206,6 @@ struct Params {
   const uint16_t* q;
   const uint16_t* k;
   const uint16_t* v;
-  const int32_t* q_tiles;
-  const int32_t* kv_tiles;
-  const int32_t* kv_tile_first;
   const int32_t* q_meta;
   const int32_t* kv_meta;
   Side qs, ks;
@@ -187,9 +215,20 @@ struct Params {
   float scale;
   uint32_t mode;
   uint32_t tc;
-  float* o;
+  const int32_t* status;  // attn_tile_meta's cu_seqlens status: 8 words, all codes 0 when valid
+  void* o;                // f32, or E when o_half
+  uint32_t o_half;
   float* lse;
 };
+
+// O element i (index into [total_q, H, D]), in f32 or rounded to E.
+template <typename E>
+__device__ __forceinline__ void store_o(const Params& p, size_t i, float x) {
+  if (p.o_half)
+    static_cast<uint16_t*>(p.o)[i] = FromF32<E>::rne(x);
+  else
+    static_cast<float*>(p.o)[i] = x;
+}
 
 // Block-wide state shared by both paths: the Q tile and the current K/V tile in shared memory,
 // with the K/V tile's metadata and its non-finite V masks. One static __shared__ object whose
@@ -253,18 +292,19 @@ __device__ __forceinline__ void load_v_rows(Smem<D>& sm, const uint16_t* src, si
 // entries: zeros, recorded in sm.v_inf / sm.v_bad). Every thread of the block calls it; returns
 // the tile class (0 skip, 1 full, 2 boundary), uniform per block.
 template <typename E, int D>
-__device__ __forceinline__ int load_kv_tile(const Params& p, Smem<D>& sm, int seq, int kvh, int kt,
-                                            const int32_t* qm) {
-  const int cls = classify(qm, p.kv_meta + kMeta * kt, static_cast<int>(p.mode));
+__device__ __forceinline__ int load_kv_tile(const Params& p, Smem<D>& sm, int seq, int32_t kv0, int32_t kv_len,
+                                            int kvh, int kt, const int32_t* qm) {
+  const int cls = classify(qm, p.kv_meta + kMeta * (static_cast<size_t>(seq) * p.ks.tiles + kt),
+                           static_cast<int>(p.mode));
   if (cls == 0) return 0;
-  const int k0 = p.kv_tiles[3 * kt + 1], k1 = p.kv_tiles[3 * kt + 2];
-  const int nk = k1 - k0;
+  const int k0 = kv0 + kt * kBlockN;
+  const int nk = min(kv_len - kt * kBlockN, kBlockN);
   const size_t kv_stride = static_cast<size_t>(p.kv_heads) * D;
   __syncthreads();  // the previous tile's reads of sK/sV/metadata are done
   for (int r = threadIdx.x; r < kBlockN; r += blockDim.x) {
     const bool in = r < nk;
     sm.k_valid[r] = in && (!p.has_valid || p.kv_valid[k0 + r] != 0) ? 1 : 0;
-    sm.k_pos[r] = in ? pos_of(p.ks, seq, k0 + r) : 0;
+    sm.k_pos[r] = in ? pos_of(p.ks, kv0, k0 + r) : 0;
     sm.k_depth[r] = in ? depth_of(p.ks, k0 + r) : 0;
   }
   for (int d = threadIdx.x; d < 2 * D; d += blockDim.x) sm.v_inf[d] = 0u;
@@ -280,8 +320,8 @@ __device__ __forceinline__ int load_kv_tile(const Params& p, Smem<D>& sm, int se
 #if !TESSERA_TARGET_HIP
 // Tensor-core path (wave32): warp w owns query rows 16w..16w+15 of the tile.
 template <typename E, int D>
-__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
-                       const int32_t* qm) {
+__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int32_t kv0, int32_t kv_len, int q0, int nq,
+                                       int h, int kvh, const int32_t* qm) {
   constexpr int kLd = D + kPad;
   const int mode = static_cast<int>(p.mode);
   const float sl2 = p.scale * kLog2e;
@@ -297,9 +337,9 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) mma::zero(oacc[dt]);
 
-  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
-  for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
+  const int nkt = kv_len / kBlockN + (kv_len % kBlockN != 0);
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kv0, kv_len, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
     const bool vbad = sm.v_bad[1] != 0;
@@ -424,14 +464,19 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
     if (r >= nq) continue;
     const bool nan = tl[j] != tl[j];  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = tl[j] > 0.0f ? 1.0f / tl[j] : 0.0f;
-    float* orow = p.o + static_cast<size_t>(q0 + r) * q_stride + static_cast<size_t>(h) * D;
+    const size_t orow = static_cast<size_t>(q0 + r) * q_stride + static_cast<size_t>(h) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       const int k = 4 * dt + 2 * j;
-      *reinterpret_cast<float2*>(orow + 8 * dt + 2 * t4) =
-          nan ? make_float2(qnan(), qnan())
-              : make_float2(with_inf(oacc[dt].x[2 * j] * inv, pinf, ninf, k),
-                            with_inf(oacc[dt].x[2 * j + 1] * inv, pinf, ninf, k + 1));
+      const float2 x = nan ? make_float2(qnan(), qnan())
+                           : make_float2(with_inf(oacc[dt].x[2 * j] * inv, pinf, ninf, k),
+                                         with_inf(oacc[dt].x[2 * j + 1] * inv, pinf, ninf, k + 1));
+      const size_t at = orow + 8 * dt + 2 * t4;
+      if (p.o_half)
+        *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.o) + at) =
+            static_cast<uint32_t>(FromF32<E>::rne(x.x)) | (static_cast<uint32_t>(FromF32<E>::rne(x.y)) << 16);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(p.o) + at) = x;
     }
     if (t4 == 0)
       p.lse[static_cast<size_t>(h) * p.total_q + q0 + r] =
@@ -445,8 +490,8 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
 // lane's elements and shfl_xor 32. O^T = V^T P^T: the B operand of key chunk c (keys 8c..8c+7)
 // is exactly elements 4c..4c+3 of the lane's S^T accumulator, so P stays in registers.
 template <typename E, int D>
-__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
-                       const int32_t* qm) {
+__device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, int32_t kv0, int32_t kv_len, int q0, int nq,
+                                       int h, int kvh, const int32_t* qm) {
   static_assert(kBlockN == 32 && kBlockM == 64 && kThreads == 128, "MFMA tiling: 2 waves x 32 rows, 32 keys");
   constexpr int kLd = D + kPad;
   const int mode = static_cast<int>(p.mode);
@@ -461,9 +506,9 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
   sm.o_pinf[threadIdx.x] = sm.o_ninf[threadIdx.x] = 0;  // bit 16 dt + e: O entry oacc[dt].x[e]
   const uint16_t* qw = sm.q + 32 * wave * kLd;
 
-  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
-  for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
+  const int nkt = kv_len / kBlockN + (kv_len % kBlockN != 0);
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kv0, kv_len, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
     const bool vbad = sm.v_bad[1] != 0;
@@ -548,12 +593,13 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
     const bool nan = tl != tl;  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = tl > 0.0f ? 1.0f / tl : 0.0f;
     const uint64_t pinf = sm.o_pinf[threadIdx.x], ninf = sm.o_ninf[threadIdx.x];
-    float* orow = p.o + static_cast<size_t>(q0 + jq) * q_stride + static_cast<size_t>(h) * D;
+    const size_t orow = static_cast<size_t>(q0 + jq) * q_stride + static_cast<size_t>(h) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 32; ++dt) {
 #pragma unroll
       for (int e = 0; e < 16; ++e)
-        orow[32 * dt + mma::mfma_c_row(lane, e)] = nan ? qnan() : with_inf(oacc[dt].x[e] * inv, pinf, ninf, 16 * dt + e);
+        store_o<E>(p, orow + 32 * dt + mma::mfma_c_row(lane, e),
+                   nan ? qnan() : with_inf(oacc[dt].x[e] * inv, pinf, ninf, 16 * dt + e));
     }
     if (lane < 32)
       p.lse[static_cast<size_t>(h) * p.total_q + q0 + jq] =
@@ -565,8 +611,8 @@ __device__ __forceinline__ void fwd_tc(const Params& p, Smem<D>& sm, int seq, in
 // Scalar path (any warp width): thread t owns query row t / 2; the two threads of a row take
 // half of the tile's keys each for S and half of the head dim each for O.
 template <typename E, int D>
-__device__ __forceinline__ void fwd_scalar(const Params& p, Smem<D>& sm, int seq, int q0, int nq, int h, int kvh,
-                           const int32_t* qm) {
+__device__ __forceinline__ void fwd_scalar(const Params& p, Smem<D>& sm, int seq, int32_t kv0, int32_t kv_len, int q0,
+                                           int nq, int h, int kvh, const int32_t* qm) {
   constexpr int kLd = D + kPad;
   constexpr int kHalfN = kBlockN / 2, kHalfD = D / 2;
   const int mode = static_cast<int>(p.mode);
@@ -577,9 +623,9 @@ __device__ __forceinline__ void fwd_scalar(const Params& p, Smem<D>& sm, int seq
   for (int c = 0; c < kHalfD; ++c) so[c] = 0.0f;
   float m = neg_inf(), l = 0.0f;
   sm.o_pinf[threadIdx.x] = sm.o_ninf[threadIdx.x] = 0;  // bit c: O entry so[c]
-  const int kt0 = p.kv_tile_first[seq], kt1 = p.kv_tile_first[seq + 1];
-  for (int kt = kt0; kt < kt1; ++kt) {
-    const int cls = load_kv_tile<E, D>(p, sm, seq, kvh, kt, qm);
+  const int nkt = kv_len / kBlockN + (kv_len % kBlockN != 0);
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int cls = load_kv_tile<E, D>(p, sm, seq, kv0, kv_len, kvh, kt, qm);
     if (cls == 0) continue;
     const bool masked = cls == 2;
     const bool vbad = sm.v_bad[1] != 0;
@@ -648,9 +694,9 @@ __device__ __forceinline__ void fwd_scalar(const Params& p, Smem<D>& sm, int seq
     const bool nan = l != l;  // a NaN or +inf score, or a NaN value, the row sees
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     const uint64_t pinf = sm.o_pinf[threadIdx.x], ninf = sm.o_ninf[threadIdx.x];
-    float* orow = p.o + static_cast<size_t>(q0 + sr) * q_stride + static_cast<size_t>(h) * D + sh * kHalfD;
+    const size_t orow = static_cast<size_t>(q0 + sr) * q_stride + static_cast<size_t>(h) * D + sh * kHalfD;
 #pragma unroll
-    for (int c = 0; c < kHalfD; ++c) orow[c] = nan ? qnan() : with_inf(so[c] * inv, pinf, ninf, c);
+    for (int c = 0; c < kHalfD; ++c) store_o<E>(p, orow + c, nan ? qnan() : with_inf(so[c] * inv, pinf, ninf, c));
     if (sh == 0)
       p.lse[static_cast<size_t>(h) * p.total_q + q0 + sr] = nan ? qnan() : l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
   }
@@ -662,25 +708,34 @@ template <typename E, int D>
 __device__ __forceinline__ void fwd(const Params& p) {
   __shared__ __align__(16) Smem<D> sm;
 
-  const int tile = blockIdx.x;
+  // Invalid cu_seqlens (attn_tile_meta's status): write nothing; the op reports the status.
+  for (int w = 0; w < 2 * seqlens::kStatusWords; w += seqlens::kStatusWords)
+    if (p.status[w] != 0) return;
+  const int tile = blockIdx.x;  // Q tile slot tile % q_tiles of sequence tile / q_tiles
   const int h = blockIdx.y;
   const int kvh = h / (p.heads / p.kv_heads);
-  const int seq = p.q_tiles[3 * tile], q0 = p.q_tiles[3 * tile + 1], q1 = p.q_tiles[3 * tile + 2];
-  const int nq = q1 - q0;
-  const int32_t* qm = p.q_meta + kMeta * tile;
+  const int seq = tile / static_cast<int>(p.qs.tiles);
+  const int64_t off = static_cast<int64_t>(tile % static_cast<int>(p.qs.tiles)) * kBlockM;
+  int32_t s0, len, kv0, kv_len;
+  seq_rows(p.qs, seq, s0, len);
+  if (off >= len) return;  // past the sequence's end (uniform over the block)
+  seq_rows(p.ks, seq, kv0, kv_len);
+  const int q0 = s0 + static_cast<int>(off);
+  const int nq = min(len - static_cast<int>(off), kBlockM);
+  const int32_t* qm = p.q_meta + kMeta * static_cast<size_t>(tile);
   const size_t q_stride = static_cast<size_t>(p.heads) * D;
   load_rows<D>(sm.q, p.q + static_cast<size_t>(q0) * q_stride + static_cast<size_t>(h) * D, q_stride, kBlockM, nq,
                nullptr);
   for (int r = threadIdx.x; r < kBlockM; r += blockDim.x) {
-    sm.q_pos[r] = r < nq ? pos_of(p.qs, seq, q0 + r) : 0;
+    sm.q_pos[r] = r < nq ? pos_of(p.qs, s0, q0 + r) : 0;
     sm.q_depth[r] = r < nq ? depth_of(p.qs, q0 + r) : 0;
   }
   __syncthreads();
   if (p.tc != 0) {
-    fwd_tc<E, D>(p, sm, seq, q0, nq, h, kvh, qm);  // mma.sync (wave32) or MFMA (wave64)
+    fwd_tc<E, D>(p, sm, seq, kv0, kv_len, q0, nq, h, kvh, qm);  // mma.sync (wave32) or MFMA (wave64)
     return;
   }
-  fwd_scalar<E, D>(p, sm, seq, q0, nq, h, kvh, qm);
+  fwd_scalar<E, D>(p, sm, seq, kv0, kv_len, q0, nq, h, kvh, qm);
 }
 
 }  // namespace attn
@@ -688,49 +743,53 @@ __device__ __forceinline__ void fwd(const Params& p) {
 
 using namespace tessera;
 
+// Arguments: batch, the two sides (cu_seqlens, rows, max_seqlen, tile slots per sequence,
+// positions: array + flag or offset, depths: arrays + one flag), validity, then the Q and K/V
+// tile metadata and the 8 status words.
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(attn::kThreads)
-    attn_tile_meta(const int32_t* q_tiles, uint32_t nq, const int32_t* kv_tiles, uint32_t nkv, const int32_t* cu_q,
-                   const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset,
-                   int32_t kv_offset, uint32_t has_q_pos, uint32_t has_kv_pos, const int32_t* q_depth,
-                   const int32_t* kv_depth, uint32_t has_depth, const uint8_t* kv_valid, uint32_t has_valid,
-                   int32_t* q_meta, int32_t* kv_meta) {
-  const attn::Side qs{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth};
-  const attn::Side ks{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth};
-  attn::tile_meta(q_tiles, nq, kv_tiles, nkv, qs, ks, kv_valid, has_valid, q_meta, kv_meta);
+    attn_tile_meta(uint32_t batch, const int32_t* cu_q, const int32_t* cu_kv, int32_t total_q, int32_t total_kv,
+                   int32_t max_q, int32_t max_kv, uint32_t q_tiles, uint32_t kv_tiles, const int32_t* q_pos,
+                   const int32_t* kv_pos, int32_t q_offset, int32_t kv_offset, uint32_t has_q_pos,
+                   uint32_t has_kv_pos, const int32_t* q_depth, const int32_t* kv_depth, uint32_t has_depth,
+                   const uint8_t* kv_valid, uint32_t has_valid, int32_t* q_meta, int32_t* kv_meta,
+                   int32_t* status) {
+  const attn::Side qs{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth, total_q, max_q, q_tiles};
+  const attn::Side ks{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth, total_kv, max_kv, kv_tiles};
+  attn::tile_meta(batch, qs, ks, kv_valid, has_valid, q_meta, kv_meta, status);
 }
 TESSERA_EXPORT_BLOCK(attn_tile_meta, attn::kThreads)
 
-// Arguments (after q, k, v): tile tables and metadata, positions (as attn_tile_meta), validity,
-// heads, kv_heads, total_q, scale, mode (0 full, 1 causal, 2 duo-causal), tc (1 tensor cores),
-// then O and LSE.
+// Arguments (after q, k, v): the sides as attn_tile_meta's (without batch), the tile metadata,
+// validity, heads, kv_heads, scale, mode (0 full, 1 causal, 2 duo-causal), tc (1 tensor cores),
+// the status words, then O (f32, or the input type when o_half = 1) and LSE.
 #define TESSERA_ATTN_FWD(E, sfx, D)                                                                             \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(attn::kThreads) attn_fwd_##sfx##_d##D(                                       \
-      const uint16_t* q, const uint16_t* k, const uint16_t* v, const int32_t* q_tiles, const int32_t* kv_tiles, \
-      const int32_t* kv_tile_first, const int32_t* q_meta, const int32_t* kv_meta, const int32_t* cu_q,         \
-      const int32_t* cu_kv, const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset, int32_t kv_offset,   \
-      uint32_t has_q_pos, uint32_t has_kv_pos, const int32_t* q_depth, const int32_t* kv_depth,                 \
-      uint32_t has_depth, const uint8_t* kv_valid, uint32_t has_valid, uint32_t heads, uint32_t kv_heads,       \
-      uint32_t total_q, float scale, uint32_t mode, uint32_t tc, float* o, float* lse) {                        \
+      const uint16_t* q, const uint16_t* k, const uint16_t* v, const int32_t* cu_q, const int32_t* cu_kv,       \
+      int32_t total_q, int32_t total_kv, int32_t max_q, int32_t max_kv, uint32_t q_tiles, uint32_t kv_tiles,   \
+      const int32_t* q_pos, const int32_t* kv_pos, int32_t q_offset, int32_t kv_offset, uint32_t has_q_pos,     \
+      uint32_t has_kv_pos, const int32_t* q_depth, const int32_t* kv_depth, uint32_t has_depth,                 \
+      const int32_t* q_meta, const int32_t* kv_meta, const uint8_t* kv_valid, uint32_t has_valid,               \
+      uint32_t heads, uint32_t kv_heads, float scale, uint32_t mode, uint32_t tc, const int32_t* status,        \
+      void* o, uint32_t o_half, float* lse) {                                                                   \
     attn::Params p;                                                                                             \
     p.q = q;                                                                                                    \
     p.k = k;                                                                                                    \
     p.v = v;                                                                                                    \
-    p.q_tiles = q_tiles;                                                                                        \
-    p.kv_tiles = kv_tiles;                                                                                      \
-    p.kv_tile_first = kv_tile_first;                                                                            \
     p.q_meta = q_meta;                                                                                          \
     p.kv_meta = kv_meta;                                                                                        \
-    p.qs = attn::Side{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth};                                    \
-    p.ks = attn::Side{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth};                               \
+    p.qs = attn::Side{q_pos, q_depth, cu_q, q_offset, has_q_pos, has_depth, total_q, max_q, q_tiles};           \
+    p.ks = attn::Side{kv_pos, kv_depth, cu_kv, kv_offset, has_kv_pos, has_depth, total_kv, max_kv, kv_tiles};   \
     p.kv_valid = kv_valid;                                                                                      \
     p.has_valid = has_valid;                                                                                    \
     p.heads = heads;                                                                                            \
     p.kv_heads = kv_heads;                                                                                      \
-    p.total_q = total_q;                                                                                        \
+    p.total_q = static_cast<uint32_t>(total_q);                                                                 \
     p.scale = scale;                                                                                            \
     p.mode = mode;                                                                                              \
     p.tc = tc;                                                                                                  \
+    p.status = status;                                                                                          \
     p.o = o;                                                                                                    \
+    p.o_half = o_half;                                                                                          \
     p.lse = lse;                                                                                                \
     attn::fwd<E, D>(p);                                                                                         \
   }                                                                                                             \

@@ -117,6 +117,38 @@ impl<E> KernelArg for BitsOfMut<'_, E> {
     }
 }
 
+/// A buffer of any element type the kernel writes through an untyped pointer (`void*`), with
+/// a flag argument beside it saying which type (attention's `o` in f32 or the input type).
+pub struct AnyBufMut<'a> {
+    addr: u64,
+    _view: std::marker::PhantomData<&'a mut ()>,
+}
+
+impl<'a> AnyBufMut<'a> {
+    pub fn of<T: DType>(b: &'a mut DeviceBuffer<T>) -> Self {
+        AnyBufMut {
+            addr: b.addr(),
+            _view: std::marker::PhantomData,
+        }
+    }
+}
+
+impl KernelArg for AnyBufMut<'_> {
+    const SIZE: usize = 8;
+    const POINTER: bool = true;
+    fn push_arg(&self, args: &mut KernelArgs) {
+        args.push(self.addr);
+    }
+}
+
+/// A type-level variant (`PhantomData<D64>`): it names the kernel instance through its type
+/// parameter and is not an argument (size 0: not pushed, not in the declared parameters).
+impl<X> KernelArg for std::marker::PhantomData<X> {
+    const SIZE: usize = 0;
+    const POINTER: bool = false;
+    fn push_arg(&self, _: &mut KernelArgs) {}
+}
+
 macro_rules! scalar_arg {
     ($($t:ty),*) => {$(
         impl KernelArg for $t {
@@ -326,13 +358,17 @@ macro_rules! kernels {
                         module: $module,
                         name: Self::kernel_name(),
                         block: Self::BLOCK,
-                        params: vec![$(
+                        params: [$(
                             $crate::device::kernel::ParamDecl {
                                 name: stringify!($field),
                                 size: <$fty as $crate::device::kernel::KernelArg>::SIZE,
                                 pointer: <$fty as $crate::device::kernel::KernelArg>::POINTER,
                             }
-                        ),*],
+                        ),*]
+                        .into_iter()
+                        // Type-level variants (`PhantomData`) are not arguments.
+                        .filter(|p| p.size > 0)
+                        .collect(),
                     }
                 }
 

@@ -256,6 +256,10 @@ struct DeviceInner {
     id: u64,
     backend: Backend,
     exec: Option<Box<dyn Exec>>,
+    /// Device-to-host copies ([`DeviceBuffer::download`] / [`DeviceBuffer::download_range`]).
+    d2h: AtomicU64,
+    /// Kernel launches ([`Device::launch`]).
+    launches: AtomicU64,
 }
 
 /// A place where ops run: a GPU (CUDA or HIP), the host SIMT executor, or the native CPU path.
@@ -279,6 +283,8 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend,
                 exec: Some(exec),
+                d2h: AtomicU64::new(0),
+                launches: AtomicU64::new(0),
             }),
         }
     }
@@ -332,6 +338,8 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend: Backend::Cpu,
                 exec: None,
+                d2h: AtomicU64::new(0),
+                launches: AtomicU64::new(0),
             }),
         }
     }
@@ -357,6 +365,21 @@ impl Device {
     /// A number that tells apart devices of one backend within a process (for messages).
     pub(crate) fn instance(&self) -> u64 {
         self.inner.id
+    }
+
+    /// How many device-to-host copies ([`DeviceBuffer::download`] and
+    /// [`DeviceBuffer::download_range`] calls, of any buffer of this device) have run since the
+    /// device was created. Each one waits for the device's queued work, so an op that makes none
+    /// can be captured in a CUDA graph and does not stall the caller's stream; tests use it to
+    /// check that (docs/architecture.md, "What still synchronises"). Clones share the count.
+    pub fn d2h_copies(&self) -> u64 {
+        self.inner.d2h.load(Ordering::Relaxed)
+    }
+
+    /// How many [`Device::launch`] calls this device has had (0 on the CPU path, which
+    /// launches nothing). Clones share the count.
+    pub fn launches(&self) -> u64 {
+        self.inner.launches.load(Ordering::Relaxed)
     }
 
     /// Kernel names this device can launch (empty for the CPU path).
@@ -421,6 +444,7 @@ impl Device {
         args: &KernelArgs,
     ) -> Result<()> {
         let exec = self.exec("launch")?;
+        self.inner.launches.fetch_add(1, Ordering::Relaxed);
         exec.launch(module, kernel, cfg, args)?;
         if sync_after_launch() {
             exec.synchronize().map_err(|e| {
@@ -512,6 +536,7 @@ impl<T: DType> DeviceBuffer<T> {
 
     /// Copy the buffer to a new host vector.
     pub fn download(&self) -> Result<Vec<T>> {
+        self.device.inner.d2h.fetch_add(1, Ordering::Relaxed);
         let mut out = vec![T::zeroed(); self.len];
         self.mem.read(0, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
@@ -528,6 +553,7 @@ impl<T: DType> DeviceBuffer<T> {
                 ),
             ));
         }
+        self.device.inner.d2h.fetch_add(1, Ordering::Relaxed);
         let mut out = vec![T::zeroed(); len];
         let size = std::mem::size_of::<T>();
         self.mem

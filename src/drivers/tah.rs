@@ -418,6 +418,8 @@ fn attend_cached<T: HalfFloat>(
         head_dim: cache.head_dim(),
         cu_seqlens_q: &cu_q,
         cu_seqlens_kv: &cu_kv,
+        max_seqlen_q: n,
+        max_seqlen_kv: view.len,
         q_pos: Positions::Explicit(pos),
         kv_pos: Positions::Explicit(&view.pos),
         q_depth: Some(&q_depth),

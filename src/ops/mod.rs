@@ -9,6 +9,8 @@ pub mod codec;
 pub mod table;
 pub mod tah;
 
+use std::sync::OnceLock;
+
 use crate::device::{Device, DeviceBuffer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -97,4 +99,89 @@ pub(crate) fn same_len(op: &'static str, base: usize, new: usize) -> Result<()> 
         ));
     }
     Ok(())
+}
+
+/// Checks of input *contents* that an op ran on the device instead of copying the inputs to the
+/// host: today the `cu_seqlens` of the attention ops. The op's kernels guard their indexing, so
+/// invalid contents never cause an out-of-bounds access; they record what they found in a few
+/// status words and write nothing else. [`DeviceCheck::check`] reads the words back (one
+/// device-to-host copy, which waits for the op) and turns a fault into the same
+/// [`Error::InvalidArgument`] naming the op that the CPU path returns at once.
+///
+/// So an op call itself neither copies to the host nor waits (it can be captured in a CUDA
+/// graph); call `check` at a point where you synchronise anyway, or set the environment variable
+/// `TESSERA_EAGER_CHECKS=1` (read once per process) to have every op check before it returns, as
+/// a debugging switch. Until checked, the outputs of a call with invalid contents are
+/// unspecified (the kernels leave them unwritten).
+#[derive(Debug, Default)]
+pub struct DeviceCheck {
+    pending: Vec<PendingCheck>,
+}
+
+struct PendingCheck {
+    op: &'static str,
+    status: DeviceBuffer<i32>,
+    explain: fn(&'static str, &[i32]) -> Result<()>,
+}
+
+impl std::fmt::Debug for PendingCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingCheck({}, {:?})", self.op, self.status)
+    }
+}
+
+impl DeviceCheck {
+    /// Nothing to check (the CPU path, which validates at once, and ops without device checks).
+    pub fn none() -> DeviceCheck {
+        DeviceCheck::default()
+    }
+
+    /// A check of `op` whose kernels write `status`; `explain` maps the words read back to
+    /// `Ok` or the op's error.
+    pub(crate) fn on_device(
+        op: &'static str,
+        status: DeviceBuffer<i32>,
+        explain: fn(&'static str, &[i32]) -> Result<()>,
+    ) -> DeviceCheck {
+        DeviceCheck {
+            pending: vec![PendingCheck {
+                op,
+                status,
+                explain,
+            }],
+        }
+    }
+
+    /// Add `other`'s checks to these (an op built from other ops carries all of theirs).
+    pub fn absorb(&mut self, other: DeviceCheck) {
+        self.pending.extend(other.pending);
+    }
+
+    /// True when there is something for [`DeviceCheck::check`] to read.
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Wait for the ops and report the first fault they recorded (one device-to-host copy per
+    /// pending check; none when there is nothing pending).
+    pub fn check(&self) -> Result<()> {
+        for p in &self.pending {
+            (p.explain)(p.op, &p.status.download()?)?;
+        }
+        Ok(())
+    }
+
+    /// `self`, checked at once when `TESSERA_EAGER_CHECKS=1`.
+    pub(crate) fn eager_if_asked(self) -> Result<DeviceCheck> {
+        if eager_checks() {
+            self.check()?;
+        }
+        Ok(self)
+    }
+}
+
+/// `TESSERA_EAGER_CHECKS=1`: ops check their device-side input checks before returning.
+fn eager_checks() -> bool {
+    static EAGER: OnceLock<bool> = OnceLock::new();
+    *EAGER.get_or_init(|| std::env::var("TESSERA_EAGER_CHECKS").is_ok_and(|v| v == "1"))
 }

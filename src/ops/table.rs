@@ -164,6 +164,18 @@ const ATTENTION_PARAMS: &[ParamSpec] = &[
     ),
     p("head_dim", ParamType::Usize, None, "D: 64 or 128"),
     p(
+        "max_seqlen_q",
+        ParamType::Usize,
+        None,
+        "bound on every query sequence's length (sizes the grid)",
+    ),
+    p(
+        "max_seqlen_kv",
+        ParamType::Usize,
+        None,
+        "bound on every key sequence's length",
+    ),
+    p(
         "scale",
         ParamType::F32,
         None,
@@ -463,6 +475,8 @@ const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
     ATTENTION_PARAMS[3],
     ATTENTION_PARAMS[4],
     ATTENTION_PARAMS[5],
+    ATTENTION_PARAMS[6],
+    ATTENTION_PARAMS[7],
     p("splits", ParamType::Usize, None, "key splits per sequence"),
 ];
 
@@ -545,6 +559,8 @@ fn field_checks() {
             head_dim: _,
             cu_seqlens_q: _,
             cu_seqlens_kv: _,
+            max_seqlen_q: _,
+            max_seqlen_kv: _,
             q_pos,
             kv_pos: _,
             q_depth: _,
@@ -555,7 +571,12 @@ fn field_checks() {
             path: _,
         } = a;
         let (Positions::Implicit { offset: _ } | Positions::Explicit(_)) = q_pos;
-        let AttentionOut { o: _, lse: _ } = out;
+        // `check`: the deferred validation of cu_seqlens (a status, not a tensor).
+        let AttentionOut {
+            o: _,
+            lse: _,
+            check: _,
+        } = out;
     }
     fn bitmask<T: crate::dtype::Float>(s: &crate::ops::bitmask::Sparse<T>) {
         let crate::ops::bitmask::Sparse {

@@ -43,7 +43,9 @@ use std::ops::Range;
 
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
-use crate::ops::attention::{self, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions};
+use crate::ops::attention::{
+    self, Attention, AttentionOut, DeviceCheck, HalfFloat, MaskMode, Path, Positions,
+};
 
 use super::plan::{recv_k, recv_v, AllGatherPlan, GatherLayout, Piece, Segment, LOCAL_K, LOCAL_V};
 use super::{RankBuffers, Simulated, Transport};
@@ -251,7 +253,10 @@ fn merge_into(
     o.copy_range_from(no, &new.o, 0, no)?;
     l.copy_range_from(0, &acc.lse, 0, nl)?;
     l.copy_range_from(nl, &new.lse, 0, nl)?;
-    attention::merge(&o, &l, 2, tq, h, d)
+    let mut out = attention::merge(&o, &l, 2, tq, h, d)?;
+    out.check.absorb(acc.check);
+    out.check.absorb(new.check);
+    Ok(out)
 }
 
 /// Sequence-parallel attention over `transport`: `inputs[r]` holds rank r's Q/K/V for every rank
@@ -484,6 +489,8 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
                     head_dim: d,
                     cu_seqlens_q: cu_q,
                     cu_seqlens_kv: &cu_kv,
+                    max_seqlen_q: tq,
+                    max_seqlen_kv: tk,
                     q_pos,
                     kv_pos: kv_pos_arg,
                     q_depth: None,
@@ -519,7 +526,11 @@ pub fn forward<T: HalfFloat, X: Transport<T> + ?Sized>(
                 let tq = g.local_len[r];
                 let o = dev.upload(&vec![0f32; tq * h * d], "sp.o")?;
                 let lse = dev.upload(&vec![f32::NEG_INFINITY; tq * h], "sp.lse")?;
-                Some(AttentionOut { o, lse })
+                Some(AttentionOut {
+                    o,
+                    lse,
+                    check: DeviceCheck::none(),
+                })
             }
         });
     }
@@ -577,8 +588,9 @@ pub fn forward_simulated<T: HalfFloat>(
     let out = forward(cfg, &inputs, &mut transport)?;
     let mut o = dev.alloc::<f32>(l * h * d, "sp.o")?;
     let mut lse = dev.alloc::<f32>(h * l, "sp.lse")?;
-    for (r, part) in out.outs.iter().enumerate() {
-        let part = part.as_ref().expect("simulated ranks are all local");
+    let mut check = DeviceCheck::none();
+    for (r, part) in out.outs.into_iter().enumerate() {
+        let part = part.expect("simulated ranks are all local");
         let tq: usize = ranges[r].iter().map(|x| x.len()).sum();
         let mut at = 0;
         for g in ranges[r].iter().filter(|x| !x.is_empty()) {
@@ -588,9 +600,10 @@ pub fn forward_simulated<T: HalfFloat>(
             }
             at += g.len();
         }
+        check.absorb(part.check);
     }
     dev.synchronize()?;
-    Ok((AttentionOut { o, lse }, out.stats))
+    Ok((AttentionOut { o, lse, check }, out.stats))
 }
 
 #[cfg(test)]

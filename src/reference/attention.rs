@@ -21,11 +21,21 @@
 //! `O[d]` that infinity (both signs: NaN) whatever the weight's size; the rest of the row and the
 //! LSE are as if that entry were 0. Masked keys and values are never read.
 
-/// Which keys a query sees (see the module docs).
+/// Which keys a query sees. Query `i` and key `j` must belong to the same sequence (the
+/// `cu_seqlens` ranges) and the key slot must be valid (`kv_valid[j] != 0`, or no `kv_valid`);
+/// then, with `q_pos` / `kv_pos` the tokens' positions (explicit, or `t + offset` for token `t` of
+/// a sequence) and `q_depth` / `kv_depth` their TaH depth slots, each variant states its rule.
+/// A query that sees no key gets O = 0 and LSE = -inf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskMode {
+    /// Every valid key of the sequence (bidirectional attention).
     Full,
+    /// Keys at or before the query's position: `kv_pos[j] <= q_pos[i]` (causal; with offsets,
+    /// a query chunk attending to the keys of a longer sequence).
     Causal,
+    /// TaH duo-causal: causal in position and in depth, `kv_pos[j] <= q_pos[i]` and
+    /// `kv_depth[j] <= q_depth[i]` (a token at depth d sees earlier tokens at depths <= d, and
+    /// itself at its own and shallower depths). Needs `q_depth` and `kv_depth`.
     DuoCausal,
 }
 

@@ -1,10 +1,16 @@
 //! Flash-decoding (split-KV) and the LSE merge: validation, the CPU paths (the f64 reference)
 //! and the launches of `cuda/attention/decode.cu` (`attn_decode_split_<dt>`, `attn_merge`).
 
-use super::{check_positions, Attention, AttentionOut, HalfFloat, MaskMode, Partials, Positions};
-use crate::device::{DeviceBuffer, KernelArgs, LaunchConfig};
+use super::{
+    check_positions, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
+    HalfFloat, MaskMode, Partials, Positions,
+};
+use half::{bf16, f16};
+
+use crate::device::kernel::Grid;
+use crate::device::DeviceBuffer;
 use crate::error::{Error, Result};
-use crate::ops::on_device;
+use crate::ops::{cpu_path, on_device, Host};
 
 /// Flash-decoding: each sequence's keys are split into `splits` contiguous ranges, one block
 /// per (query, head, split), writing partial (O, LSE).
@@ -15,80 +21,162 @@ pub(super) fn decode_partials<T: HalfFloat>(a: &Attention<T>, splits: usize) -> 
     let o_len = splits * g.total_q * h_n * d;
     let lse_len = splits * h_n * g.total_q;
 
-    if !dev.backend().runs_kernels() {
-        let (o, lse) = decode_partials_host(a, &g, splits)?;
+    if let Some(h) = cpu_path(OP_DECODE, &dev) {
+        let (o, lse) = decode_partials_host(h, a, &g, splits)?;
         return Ok(Partials {
             o: dev.upload(&o, "attention.decode.o_part")?,
             lse: dev.upload(&lse, "attention.decode.lse_part")?,
             splits,
+            check: DeviceCheck::none(),
         });
     }
 
     let mut o = dev.alloc::<f32>(o_len, "attention.decode.o_part")?;
     let mut lse = dev.alloc::<f32>(lse_len, "attention.decode.lse_part")?;
-    if g.total_q == 0 {
-        return Ok(Partials { o, lse, splits });
+    let mut status = dev.alloc::<i32>(STATUS_WORDS, "attention.decode.status")?;
+    launch_check(a, &g, &mut status)?;
+    if g.total_q > 0 {
+        launch_split(a, &g, splits, &status, &mut o, &mut lse)?;
     }
-    let group = h_n / a.kv_heads;
-    let chunks = group.div_ceil(DECODE_MAX_HEADS);
-    let ptr = |b: Option<&DeviceBuffer<i32>>| b.map_or(0u64, |b| b.addr());
-    let (q_pos, q_off) = match a.q_pos {
-        Positions::Implicit { offset } => (0u64, offset),
-        Positions::Explicit(b) => (b.addr(), 0),
-    };
-    let (kv_pos, kv_off) = match a.kv_pos {
-        Positions::Implicit { offset } => (0u64, offset),
-        Positions::Explicit(b) => (b.addr(), 0),
-    };
+    let check = DeviceCheck::on_device(OP_DECODE, status, explain_seqlens).eager_if_asked()?;
+    Ok(Partials {
+        o,
+        lse,
+        splits,
+        check,
+    })
+}
+
+crate::kernels! {
+    module = "attention/decode";
+    /// Threads 0 and 1 validate the query and key `cu_seqlens` into the status words (launched
+    /// as one block of `DECODE_BLOCK`; the source takes any block).
+    pub(crate) struct CheckKernel<'a> = "attn_decode_check" block = any {
+        cu_q: &'a DeviceBuffer<i32>,
+        cu_kv: &'a DeviceBuffer<i32>,
+        batch: i32,
+        total_q: i32,
+        total_kv: i32,
+        max_q: i32,
+        max_kv: i32,
+        status: &'a mut DeviceBuffer<i32>,
+    }
+    /// One block per (query, kv head x head chunk, split): partial O and LSE.
+    pub(crate) struct SplitKernel<'a, T: HalfFloat> = "attn_decode_split" [(f16), (bf16)] block = DECODE_BLOCK {
+        q: &'a DeviceBuffer<T>,
+        k: &'a DeviceBuffer<T>,
+        v: &'a DeviceBuffer<T>,
+        cu_q: &'a DeviceBuffer<i32>,
+        cu_kv: &'a DeviceBuffer<i32>,
+        q_pos: Option<&'a DeviceBuffer<i32>>,
+        kv_pos: Option<&'a DeviceBuffer<i32>>,
+        q_depth: Option<&'a DeviceBuffer<i32>>,
+        kv_depth: Option<&'a DeviceBuffer<i32>>,
+        kv_valid: Option<&'a DeviceBuffer<u8>>,
+        q_off: i32,
+        kv_off: i32,
+        mode: i32,
+        batch: i32,
+        total_q: i32,
+        heads: i32,
+        kv_heads: i32,
+        head_dim: i32,
+        splits: i32,
+        scale: f32,
+        status: &'a DeviceBuffer<i32>,
+        o_part: &'a mut DeviceBuffer<f32>,
+        lse_part: &'a mut DeviceBuffer<f32>,
+    }
+    /// One thread per output element: the stable merge of the partials.
+    pub(crate) struct MergeKernel<'a> = "attn_merge" block = MERGE_BLOCK {
+        o_part: &'a DeviceBuffer<f32>,
+        lse_part: &'a DeviceBuffer<f32>,
+        splits: i32,
+        total_q: i32,
+        heads: i32,
+        head_dim: i32,
+        o: &'a mut DeviceBuffer<f32>,
+        lse: &'a mut DeviceBuffer<f32>,
+    }
+}
+
+/// `attn_decode_check`: one block validates both `cu_seqlens` into the status words.
+fn launch_check<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &DecodeGeom,
+    status: &mut DeviceBuffer<i32>,
+) -> Result<()> {
+    CheckKernel {
+        cu_q: a.cu_seqlens_q,
+        cu_kv: a.cu_seqlens_kv,
+        batch: g.batch as i32,
+        total_q: g.total_q as i32,
+        total_kv: g.total_kv as i32,
+        max_q: g.max_q as i32,
+        max_kv: g.max_kv as i32,
+        status,
+    }
+    .launch(a.q.device(), Grid::linear(1).block([DECODE_BLOCK, 1, 1]))
+}
+
+/// `attn_decode_split_<dt>`: grid (total_q, kv_heads x head chunks, splits).
+fn launch_split<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &DecodeGeom,
+    splits: usize,
+    status: &DeviceBuffer<i32>,
+    o: &mut DeviceBuffer<f32>,
+    lse: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let chunks = (a.heads / a.kv_heads).div_ceil(DECODE_MAX_HEADS);
+    fn side<'a>(p: Positions<'a>) -> (Option<&'a DeviceBuffer<i32>>, i32) {
+        match p {
+            Positions::Implicit { offset } => (None, offset),
+            Positions::Explicit(b) => (Some(b), 0),
+        }
+    }
+    let (q_pos, q_off) = side(a.q_pos);
+    let (kv_pos, kv_off) = side(a.kv_pos);
     let duo = a.mode == MaskMode::DuoCausal;
-    let mode: i32 = match a.mode {
-        MaskMode::Full => 0,
-        MaskMode::Causal => 1,
-        MaskMode::DuoCausal => 2,
-    };
-    let mut args = KernelArgs::new();
-    args.buf(a.q)
-        .buf(a.k)
-        .buf(a.v)
-        .buf(a.cu_seqlens_q)
-        .buf(a.cu_seqlens_kv)
-        .push(q_pos)
-        .push(kv_pos)
-        .push(if duo { ptr(a.q_depth) } else { 0 })
-        .push(if duo { ptr(a.kv_depth) } else { 0 })
-        .push(a.kv_valid.map_or(0u64, |b| b.addr()))
-        .push(q_off)
-        .push(kv_off)
-        .push(mode)
-        .push(g.batch as i32)
-        .push(g.total_q as i32)
-        .push(h_n as i32)
-        .push(a.kv_heads as i32)
-        .push(d as i32)
-        .push(splits as i32)
-        .push(a.scale)
-        .buf_mut(&mut o)
-        .buf_mut(&mut lse);
-    let cfg = LaunchConfig {
-        grid: [
+    SplitKernel {
+        q: a.q,
+        k: a.k,
+        v: a.v,
+        cu_q: a.cu_seqlens_q,
+        cu_kv: a.cu_seqlens_kv,
+        q_pos,
+        kv_pos,
+        q_depth: a.q_depth.filter(|_| duo),
+        kv_depth: a.kv_depth.filter(|_| duo),
+        kv_valid: a.kv_valid,
+        q_off,
+        kv_off,
+        mode: match a.mode {
+            MaskMode::Full => 0,
+            MaskMode::Causal => 1,
+            MaskMode::DuoCausal => 2,
+        },
+        batch: g.batch as i32,
+        total_q: g.total_q as i32,
+        heads: a.heads as i32,
+        kv_heads: a.kv_heads as i32,
+        head_dim: a.head_dim as i32,
+        splits: splits as i32,
+        scale: a.scale,
+        status,
+        o_part: o,
+        lse_part: lse,
+    }
+    .launch(
+        a.q.device(),
+        Grid::dims([
             g.total_q as u32,
             (a.kv_heads * chunks) as u32,
             splits as u32,
-        ],
-        block: [DECODE_BLOCK, 1, 1],
-        shared_bytes: 0,
-    };
-    dev.launch(
-        DECODE_MODULE,
-        &format!("attn_decode_split_{}", T::KIND.name()),
-        &cfg,
-        &args,
-    )?;
-    Ok(Partials { o, lse, splits })
+        ]),
+    )
 }
 
-/// Combine `splits` partial results over disjoint key sets into one, stably (max-shifted
-/// exponentials), tolerating LSE = -inf: O `[splits, total_q, H, D]`, LSE `[splits, H, total_q]`.
 pub(super) fn merge(
     o: &DeviceBuffer<f32>,
     lse: &DeviceBuffer<f32>,
@@ -136,12 +224,13 @@ pub(super) fn merge(
     }
     let n = rows * head_dim;
 
-    if !dev.backend().runs_kernels() {
-        let (ho, hl) = (o.host_slice().expect("cpu"), lse.host_slice().expect("cpu"));
+    if let Some(h) = cpu_path(OP, &dev) {
+        let (ho, hl) = (h.slice(o)?, h.slice(lse)?);
         let (mo, ml) = merge_host(ho, hl, splits, total_q, heads, head_dim);
         return Ok(AttentionOut {
             o: dev.upload(&mo, "attention.merge.o")?,
             lse: dev.upload(&ml, "attention.merge.lse")?,
+            check: DeviceCheck::none(),
         });
     }
 
@@ -157,37 +246,53 @@ pub(super) fn merge(
         return Ok(AttentionOut {
             o: out_o,
             lse: out_lse,
+            check: DeviceCheck::none(),
         });
     }
     let blocks = u32::try_from((n as u64).div_ceil(MERGE_BLOCK as u64))
         .ok()
         .filter(|&b| b <= i32::MAX as u32)
         .ok_or_else(|| Error::invalid(OP, format!("{n} elements exceed the largest grid")))?;
-    let mut args = KernelArgs::new();
-    args.buf(o)
-        .buf(lse)
-        .push(splits as i32)
-        .push(total_q as i32)
-        .push(heads as i32)
-        .push(head_dim as i32)
-        .buf_mut(&mut out_o)
-        .buf_mut(&mut out_lse);
-    dev.launch(
-        DECODE_MODULE,
-        "attn_merge",
-        &LaunchConfig::linear(blocks, MERGE_BLOCK, 0),
-        &args,
+    launch_merge(
+        o,
+        lse,
+        [splits, total_q, heads, head_dim],
+        blocks,
+        &mut out_o,
+        &mut out_lse,
     )?;
     Ok(AttentionOut {
         o: out_o,
         lse: out_lse,
+        check: DeviceCheck::none(),
     })
+}
+
+/// `attn_merge`: one thread per output element. `dims`: splits, total_q, heads, head_dim.
+fn launch_merge(
+    o: &DeviceBuffer<f32>,
+    lse: &DeviceBuffer<f32>,
+    dims: [usize; 4],
+    blocks: u32,
+    out_o: &mut DeviceBuffer<f32>,
+    out_lse: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let [splits, total_q, heads, head_dim] = dims.map(|x| x as i32);
+    MergeKernel {
+        o_part: o,
+        lse_part: lse,
+        splits,
+        total_q,
+        heads,
+        head_dim,
+        o: out_o,
+        lse: out_lse,
+    }
+    .launch(o.device(), Grid::linear(blocks))
 }
 
 // ---- decode / merge internals -----------------------------------------------------------------
 
-/// Kernel file of the decode and merge kernels.
-const DECODE_MODULE: &str = "attention/decode";
 /// Threads per decode block (kBlock in cuda/attention/decode.cu).
 const DECODE_BLOCK: u32 = 128;
 /// Query heads of one kv group per decode block (kMaxHeads).
@@ -196,39 +301,18 @@ const DECODE_MAX_HEADS: usize = 8;
 const MERGE_BLOCK: u32 = 256;
 /// Largest `splits` (grid.z).
 const DECODE_MAX_SPLITS: usize = 65_535;
+/// Status words of one call (4 per cu_seqlens array, cuda/attention/seqlens.cuh).
+const STATUS_WORDS: usize = 8;
+const OP_DECODE: &str = "attention::decode";
 
 /// What decode validation establishes.
 struct DecodeGeom {
     batch: usize,
     total_q: usize,
     total_kv: usize,
-    cu_q: Vec<i32>,
-    cu_kv: Vec<i32>,
-}
-
-fn decode_check_cu(op: &'static str, what: &str, cu: &[i32], total: usize) -> Result<()> {
-    if cu.first() != Some(&0) {
-        return Err(Error::invalid(op, format!("{what} must start at 0")));
-    }
-    if let Some(w) = cu.windows(2).position(|w| w[1] < w[0]) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{what} decreases at entry {}: {} -> {}",
-                w + 1,
-                cu[w],
-                cu[w + 1]
-            ),
-        ));
-    }
-    let last = *cu.last().expect("non-empty");
-    if last as i64 != total as i64 {
-        return Err(Error::invalid(
-            op,
-            format!("{what} ends at {last}, the tokens total {total}"),
-        ));
-    }
-    Ok(())
+    /// The caller's bounds, clamped to the totals.
+    max_q: usize,
+    max_kv: usize,
 }
 
 fn decode_check_len<U: crate::dtype::DType>(
@@ -333,12 +417,9 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
             ),
         ));
     }
-    let cu_q = a.cu_seqlens_q.download()?;
-    let cu_kv = a.cu_seqlens_kv.download()?;
-    decode_check_cu(OP, "cu_seqlens_q", &cu_q, total_q)?;
-    decode_check_cu(OP, "cu_seqlens_kv", &cu_kv, total_kv)?;
-    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
-    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
+    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
+    check_positions(OP, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
+    check_positions(OP, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
     if let Positions::Explicit(b) = a.q_pos {
         decode_check_len(OP, "q_pos", dev, b, total_q)?;
     }
@@ -360,11 +441,11 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
         .and_then(|n| n.checked_mul(a.heads * d))
         .ok_or_else(|| Error::invalid(OP, "partial outputs overflow usize"))?;
     Ok(DecodeGeom {
-        batch: cu_q.len() - 1,
+        batch: a.cu_seqlens_q.len() - 1,
         total_q,
         total_kv,
-        cu_q,
-        cu_kv,
+        max_q,
+        max_kv,
     })
 }
 
@@ -388,6 +469,7 @@ fn decode_positions(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>>
 /// CPU path of [`decode_partials`]: the f64 reference on each split's key subset (keys outside
 /// the split are masked through `kv_valid`), stored as f32.
 fn decode_partials_host<T: HalfFloat>(
+    h: Host,
     a: &Attention<T>,
     g: &DecodeGeom,
     splits: usize,
@@ -396,9 +478,18 @@ fn decode_partials_host<T: HalfFloat>(
     let f = |b: &DeviceBuffer<T>| -> Result<Vec<f32>> {
         Ok(b.download()?.iter().map(|x| x.to_f32()).collect())
     };
+    let cu_q = h.slice(a.cu_seqlens_q)?;
+    let cu_kv = h.slice(a.cu_seqlens_kv)?;
+    check_seqlens_host(
+        OP_DECODE,
+        cu_q,
+        cu_kv,
+        (g.total_q, g.total_kv),
+        (g.max_q, g.max_kv),
+    )?;
     let (q, k, v) = (f(a.q)?, f(a.k)?, f(a.v)?);
-    let q_pos = decode_positions(&a.q_pos, &g.cu_q, g.total_q)?;
-    let kv_pos = decode_positions(&a.kv_pos, &g.cu_kv, g.total_kv)?;
+    let q_pos = decode_positions(&a.q_pos, cu_q, g.total_q)?;
+    let kv_pos = decode_positions(&a.kv_pos, cu_kv, g.total_kv)?;
     let duo = a.mode == MaskMode::DuoCausal;
     let depth = |b: Option<&DeviceBuffer<i32>>, n: usize| -> Result<Vec<i32>> {
         match b {
@@ -418,7 +509,7 @@ fn decode_partials_host<T: HalfFloat>(
     let mut split_valid = vec![0u8; g.total_kv];
     for s in 0..splits {
         split_valid.fill(0);
-        for w in g.cu_kv.windows(2) {
+        for w in cu_kv.windows(2) {
             let (k0, len) = (w[0] as usize, (w[1] - w[0]) as usize);
             let (j0, j1) = (k0 + s * len / splits, k0 + (s + 1) * len / splits);
             split_valid[j0..j1].copy_from_slice(&valid[j0..j1]);
@@ -430,8 +521,8 @@ fn decode_partials_host<T: HalfFloat>(
             heads: h_n,
             kv_heads: a.kv_heads,
             head_dim: d,
-            cu_q: &g.cu_q,
-            cu_kv: &g.cu_kv,
+            cu_q,
+            cu_kv,
             q_pos: &q_pos,
             kv_pos: &kv_pos,
             q_depth: &q_depth,

@@ -1,22 +1,31 @@
 //! Prefill / many-query attention: validation, the CPU path (the f64 reference) and the launches
 //! of `cuda/attention/duo_causal.cu` (`attn_tile_meta`, then `attn_fwd_<dt>_d<D>`).
 //!
-//! Geometry: the op downloads `cu_seqlens` (batch + 1 ints) and cuts every sequence into Q tiles
-//! of [`BLOCK_M`] rows and K/V tiles of [`BLOCK_N`] keys; the tile tables `(sequence, first row,
-//! end row)` go to the device, the metadata kernel computes each tile's position/depth ranges and
-//! validity flags from the actual inputs, and the forward kernel runs one block per (Q tile, head).
+//! Geometry, from host-known numbers only (no copy of `cu_seqlens`): every sequence has
+//! `ceil(max_seqlen_q / BLOCK_M)` Q tile slots and `ceil(max_seqlen_kv / BLOCK_N)` K/V tile slots
+//! (batch = `cu_seqlens` entries - 1). The metadata kernel computes each slot's rows, position and
+//! depth ranges and validity flags from `cu_seqlens` and the actual inputs, and validates
+//! `cu_seqlens` into 8 status words (the op's [`DeviceCheck`]); the forward kernel runs one block
+//! per (Q tile slot, head), the slots past a sequence's end exiting at once.
 //!
 //! Work: `4 * D` FLOPs per visible (query, key, head) triple (S and P·V); bytes: Q, O once, K/V
 //! once per Q tile that does not skip them.
 
-use super::{check_positions, Attention, AttentionOut, HalfFloat, MaskMode, Path, Positions};
-use crate::device::{Device, DeviceBuffer, KernelArgs, LaunchConfig};
+use super::{
+    check_positions, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
+    HalfFloat, MaskMode, OutputType, Path, Positions,
+};
+use std::marker::PhantomData;
+
+use half::{bf16, f16};
+
+use crate::device::kernel::{AnyBufMut, Grid, KernelSuffix};
+use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
-use crate::ops::on_device;
+use crate::ops::{cpu_path, on_device, Host};
 use crate::reference::attention as reference;
 
 const OP: &str = "attention";
-const MODULE: &str = "attention/duo_causal";
 /// Threads per block of both kernels (kThreads).
 const THREADS: u32 = 128;
 /// Query rows per Q tile (kBlockM).
@@ -25,31 +34,10 @@ pub(crate) const BLOCK_M: usize = 64;
 pub(crate) const BLOCK_N: usize = 32;
 /// Grid y (heads) limit.
 const MAX_HEADS: usize = 65_535;
-
-fn check_cu(what: &str, cu: &[i32], total: usize) -> Result<()> {
-    if cu.first() != Some(&0) {
-        return Err(Error::invalid(OP, format!("{what} must start at 0")));
-    }
-    if let Some(i) = cu.windows(2).position(|w| w[1] < w[0]) {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{what} decreases at entry {} ({} -> {})",
-                i + 1,
-                cu[i],
-                cu[i + 1]
-            ),
-        ));
-    }
-    let last = *cu.last().expect("non-empty");
-    if last as i64 != total as i64 {
-        return Err(Error::invalid(
-            OP,
-            format!("{what} ends at {last}, the tensor has {total} tokens"),
-        ));
-    }
-    Ok(())
-}
+/// Status words of one call (4 per cu_seqlens array, cuda/attention/seqlens.cuh).
+const STATUS_WORDS: usize = 8;
+/// Ints per tile of the metadata (kMeta).
+const META: usize = 5;
 
 fn check_len<U: crate::dtype::DType>(
     dev: &Device,
@@ -84,25 +72,20 @@ fn resolve(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
     }
 }
 
-/// Tile table `[n, 3]` = (sequence, first row, end row) and the first tile of each sequence.
-fn tiles(cu: &[i32], size: usize) -> (Vec<i32>, Vec<i32>) {
-    let mut table = Vec::new();
-    let mut first = Vec::with_capacity(cu.len());
-    for (b, w) in cu.windows(2).enumerate() {
-        first.push((table.len() / 3) as i32);
-        let mut r = w[0] as usize;
-        while r < w[1] as usize {
-            let e = (r + size).min(w[1] as usize);
-            table.extend_from_slice(&[b as i32, r as i32, e as i32]);
-            r = e;
-        }
-    }
-    first.push((table.len() / 3) as i32);
-    (table, first)
+/// What validation establishes (all from host-known numbers).
+struct Geom {
+    batch: usize,
+    total_q: usize,
+    total_kv: usize,
+    /// Tile slots per sequence.
+    q_tiles: usize,
+    kv_tiles: usize,
 }
 
-pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
-    let dev = a.q.device().clone();
+/// Everything but the contents of `cu_seqlens` (checked on the device, or eagerly on the CPU
+/// path).
+fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
+    let dev = a.q.device();
     let (h_n, hk, d) = (a.heads, a.kv_heads, a.head_dim);
     if d != 64 && d != 128 {
         return Err(Error::invalid(
@@ -125,10 +108,10 @@ pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
             format!("scale must be finite, got {}", a.scale),
         ));
     }
-    on_device(OP, "k", &dev, a.k)?;
-    on_device(OP, "v", &dev, a.v)?;
-    on_device(OP, "cu_seqlens_q", &dev, a.cu_seqlens_q)?;
-    on_device(OP, "cu_seqlens_kv", &dev, a.cu_seqlens_kv)?;
+    on_device(OP, "k", dev, a.k)?;
+    on_device(OP, "v", dev, a.v)?;
+    on_device(OP, "cu_seqlens_q", dev, a.cu_seqlens_q)?;
+    on_device(OP, "cu_seqlens_kv", dev, a.cu_seqlens_kv)?;
     if a.q.len() % (h_n * d) != 0 {
         return Err(Error::invalid(
             OP,
@@ -170,169 +153,370 @@ pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
             ),
         ));
     }
-    let cu_q = a.cu_seqlens_q.download()?;
-    let cu_kv = a.cu_seqlens_kv.download()?;
-    check_cu("cu_seqlens_q", &cu_q, total_q)?;
-    check_cu("cu_seqlens_kv", &cu_kv, total_kv)?;
-    check_positions(OP, "q_pos", &a.q_pos, &cu_q)?;
-    check_positions(OP, "kv_pos", &a.kv_pos, &cu_kv)?;
+    // A bound above the total cannot be reached: clamp it, so the grid stays small.
+    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
+    check_positions(OP, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
+    check_positions(OP, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
     if let Positions::Explicit(b) = a.q_pos {
-        check_len(&dev, "q_pos", b, total_q)?;
+        check_len(dev, "q_pos", b, total_q)?;
     }
     if let Positions::Explicit(b) = a.kv_pos {
-        check_len(&dev, "kv_pos", b, total_kv)?;
+        check_len(dev, "kv_pos", b, total_kv)?;
     }
-    let duo = a.mode == MaskMode::DuoCausal;
-    let depths = match (a.q_depth, a.kv_depth) {
-        (Some(qd), Some(kd)) if duo => {
-            check_len(&dev, "q_depth", qd, total_q)?;
-            check_len(&dev, "kv_depth", kd, total_kv)?;
-            Some((qd, kd))
-        }
-        _ if duo => {
+    if a.mode == MaskMode::DuoCausal {
+        let (Some(qd), Some(kd)) = (a.q_depth, a.kv_depth) else {
             return Err(Error::invalid(
                 OP,
                 "DuoCausal needs both q_depth and kv_depth",
-            ))
-        }
-        _ => None,
-    };
+            ));
+        };
+        check_len(dev, "q_depth", qd, total_q)?;
+        check_len(dev, "kv_depth", kd, total_kv)?;
+    }
     if let Some(vb) = a.kv_valid {
-        check_len(&dev, "kv_valid", vb, total_kv)?;
+        check_len(dev, "kv_valid", vb, total_kv)?;
     }
-
-    if !dev.backend().runs_kernels() {
-        return forward_host(a, &dev, &cu_q, &cu_kv, total_q, total_kv, depths);
+    let batch = a.cu_seqlens_q.len() - 1;
+    let (q_tiles, kv_tiles) = (max_q.div_ceil(BLOCK_M), max_kv.div_ceil(BLOCK_N));
+    let slots = |t: usize| batch.checked_mul(t).filter(|&n| n <= i32::MAX as usize);
+    if slots(q_tiles).is_none() || slots(kv_tiles).is_none() || slots(q_tiles + kv_tiles).is_none()
+    {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "batch {batch} x ({q_tiles} Q + {kv_tiles} K/V tiles of the longest sequences) \
+                 exceeds the grid"
+            ),
+        ));
     }
-
-    let mut o = dev.alloc::<f32>(total_q * h_n * d, "attention.o")?;
-    let mut lse = dev.alloc::<f32>(h_n * total_q, "attention.lse")?;
-    if total_q == 0 {
-        return Ok(AttentionOut { o, lse });
-    }
-    let (qt, _) = tiles(&cu_q, BLOCK_M);
-    let (kt, kt_first) = tiles(&cu_kv, BLOCK_N);
-    let (nq, nk) = (qt.len() / 3, kt.len() / 3);
-    // Buffers must not be empty for the kernels' pointer arguments: pad the tables by one row.
-    let pad = |mut v: Vec<i32>| {
-        if v.is_empty() {
-            v.push(0);
-        }
-        v
-    };
-    let qt_b = dev.upload(&qt, "attention.q_tiles")?;
-    let kt_b = dev.upload(&pad(kt), "attention.kv_tiles")?;
-    let ktf_b = dev.upload(&kt_first, "attention.kv_tile_first")?;
-    let mut qm = dev.alloc::<i32>(nq * 5, "attention.q_meta")?;
-    let mut km = dev.alloc::<i32>(nk.max(1) * 5, "attention.kv_meta")?;
-    let dummy_i = dev.upload(&[0i32], "attention.none")?;
-    let dummy_u = dev.upload(&[1u8], "attention.none")?;
-    let pos = |p: &Positions<'_>| -> (i32, u32) {
-        match p {
-            Positions::Implicit { offset } => (*offset, 0),
-            Positions::Explicit(_) => (0, 1),
-        }
-    };
-    let (q_off, has_qp) = pos(&a.q_pos);
-    let (kv_off, has_kp) = pos(&a.kv_pos);
-    let qp_b: &DeviceBuffer<i32> = match a.q_pos {
-        Positions::Explicit(b) => b,
-        Positions::Implicit { .. } => &dummy_i,
-    };
-    let kp_b: &DeviceBuffer<i32> = match a.kv_pos {
-        Positions::Explicit(b) => b,
-        Positions::Implicit { .. } => &dummy_i,
-    };
-    let (qd_b, kd_b) = depths.unwrap_or((&dummy_i, &dummy_i));
-    let valid_b = a.kv_valid.unwrap_or(&dummy_u);
-    let mode: u32 = match a.mode {
-        MaskMode::Full => 0,
-        MaskMode::Causal => 1,
-        MaskMode::DuoCausal => 2,
-    };
-
-    let push_positions = |args: &mut KernelArgs| {
-        args.buf(a.cu_seqlens_q)
-            .buf(a.cu_seqlens_kv)
-            .buf(qp_b)
-            .buf(kp_b)
-            .push(q_off)
-            .push(kv_off)
-            .push(has_qp)
-            .push(has_kp)
-            .buf(qd_b)
-            .buf(kd_b)
-            .push(depths.is_some() as u32)
-            .buf(valid_b)
-            .push(a.kv_valid.is_some() as u32);
-    };
-
-    let mut args = KernelArgs::new();
-    args.buf(&qt_b).push(nq as u32).buf(&kt_b).push(nk as u32);
-    push_positions(&mut args);
-    args.buf_mut(&mut qm).buf_mut(&mut km);
-    let blocks = (nq + nk).div_ceil(THREADS as usize) as u32;
-    dev.launch(
-        MODULE,
-        "attn_tile_meta",
-        &LaunchConfig::linear(blocks, THREADS, 0),
-        &args,
-    )?;
-
-    let tc = match a.path {
-        Path::Auto | Path::TensorCore => 1u32,
-        Path::Scalar => 0,
-    };
-    let mut args = KernelArgs::new();
-    args.buf(a.q)
-        .buf(a.k)
-        .buf(a.v)
-        .buf(&qt_b)
-        .buf(&kt_b)
-        .buf(&ktf_b)
-        .buf(&qm)
-        .buf(&km);
-    push_positions(&mut args);
-    args.push(h_n as u32)
-        .push(hk as u32)
-        .push(total_q as u32)
-        .push(a.scale)
-        .push(mode)
-        .push(tc)
-        .buf_mut(&mut o)
-        .buf_mut(&mut lse);
-    let name = format!("attn_fwd_{}_d{d}", T::KIND.name());
-    dev.launch(
-        MODULE,
-        &name,
-        &LaunchConfig {
-            grid: [nq as u32, h_n as u32, 1],
-            block: [THREADS, 1, 1],
-            shared_bytes: 0,
-        },
-        &args,
-    )?;
-    Ok(AttentionOut { o, lse })
+    Ok(Geom {
+        batch,
+        total_q,
+        total_kv,
+        q_tiles,
+        kv_tiles,
+    })
 }
 
-fn forward_host<T: HalfFloat>(
+pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
+    let g = validate(a)?;
+    let dev = a.q.device();
+    let mut o = dev.alloc::<f32>(g.total_q * a.heads * a.head_dim, "attention.o")?;
+    let mut lse = dev.alloc::<f32>(a.heads * g.total_q, "attention.lse")?;
+    let check = run(a, &g, &mut o, &mut lse)?;
+    Ok(AttentionOut { o, lse, check })
+}
+
+pub(super) fn forward_into<T: HalfFloat, O: OutputType<T>>(
     a: &Attention<T>,
-    dev: &Device,
-    cu_q: &[i32],
-    cu_kv: &[i32],
-    total_q: usize,
-    total_kv: usize,
-    depths: Option<(&DeviceBuffer<i32>, &DeviceBuffer<i32>)>,
-) -> Result<AttentionOut> {
-    let f = |b: &DeviceBuffer<T>| -> Result<Vec<f32>> {
-        Ok(b.download()?.iter().map(|x| x.to_f32()).collect())
+    o: &mut DeviceBuffer<O>,
+    lse: &mut DeviceBuffer<f32>,
+) -> Result<DeviceCheck> {
+    let g = validate(a)?;
+    let dev = a.q.device();
+    check_len(dev, "o", o, g.total_q * a.heads * a.head_dim)?;
+    check_len(dev, "lse", lse, a.heads * g.total_q)?;
+    run(a, &g, o, lse)
+}
+
+/// The CPU path, or the two launches.
+fn run<T: HalfFloat, O: OutputType<T>>(
+    a: &Attention<T>,
+    g: &Geom,
+    o: &mut DeviceBuffer<O>,
+    lse: &mut DeviceBuffer<f32>,
+) -> Result<DeviceCheck> {
+    let dev = a.q.device().clone();
+    if let Some(h) = cpu_path(OP, &dev) {
+        forward_host(h, a, g, o, lse)?;
+        return Ok(DeviceCheck::none());
+    }
+    let (nq, nk) = (g.batch * g.q_tiles, g.batch * g.kv_tiles);
+    let mut q_meta = dev.alloc::<i32>((nq * META).max(1), "attention.q_meta")?;
+    let mut kv_meta = dev.alloc::<i32>((nk * META).max(1), "attention.kv_meta")?;
+    let mut status = dev.alloc::<i32>(STATUS_WORDS, "attention.status")?;
+    launch_tile_meta(a, g, &mut q_meta, &mut kv_meta, &mut status)?;
+    if nq > 0 && g.total_q > 0 {
+        launch_fwd(a, g, &q_meta, &kv_meta, &status, o, lse)?;
+    }
+    DeviceCheck::on_device(OP, status, explain_seqlens).eager_if_asked()
+}
+
+/// The head dimension as a kernel variant: `attn_fwd_<dt>_d64` / `_d128`.
+pub(crate) struct D64;
+/// See [`D64`].
+pub(crate) struct D128;
+impl KernelSuffix for D64 {
+    const SUFFIX: &'static str = "d64";
+}
+impl KernelSuffix for D128 {
+    const SUFFIX: &'static str = "d128";
+}
+
+crate::kernels! {
+    module = "attention/duo_causal";
+    /// One thread per tile slot builds its metadata; two more validate `cu_seqlens` into the
+    /// status words.
+    pub(crate) struct TileMetaKernel<'a> = "attn_tile_meta" block = THREADS {
+        batch: u32,
+        cu_q: &'a DeviceBuffer<i32>,
+        cu_kv: &'a DeviceBuffer<i32>,
+        total_q: i32,
+        total_kv: i32,
+        max_q: i32,
+        max_kv: i32,
+        q_tiles: u32,
+        kv_tiles: u32,
+        q_pos: Option<&'a DeviceBuffer<i32>>,
+        kv_pos: Option<&'a DeviceBuffer<i32>>,
+        q_offset: i32,
+        kv_offset: i32,
+        has_q_pos: u32,
+        has_kv_pos: u32,
+        q_depth: Option<&'a DeviceBuffer<i32>>,
+        kv_depth: Option<&'a DeviceBuffer<i32>>,
+        has_depth: u32,
+        kv_valid: Option<&'a DeviceBuffer<u8>>,
+        has_valid: u32,
+        q_meta: &'a mut DeviceBuffer<i32>,
+        kv_meta: &'a mut DeviceBuffer<i32>,
+        status: &'a mut DeviceBuffer<i32>,
+    }
+    /// The fused forward: one block per (Q tile slot, head).
+    pub(crate) struct FwdKernel<'a, T: HalfFloat, D: KernelSuffix> = "attn_fwd"
+        [(f16, D64), (f16, D128), (bf16, D64), (bf16, D128)] block = THREADS {
+        head_dim: PhantomData<D>,
+        q: &'a DeviceBuffer<T>,
+        k: &'a DeviceBuffer<T>,
+        v: &'a DeviceBuffer<T>,
+        cu_q: &'a DeviceBuffer<i32>,
+        cu_kv: &'a DeviceBuffer<i32>,
+        total_q: i32,
+        total_kv: i32,
+        max_q: i32,
+        max_kv: i32,
+        q_tiles: u32,
+        kv_tiles: u32,
+        q_pos: Option<&'a DeviceBuffer<i32>>,
+        kv_pos: Option<&'a DeviceBuffer<i32>>,
+        q_offset: i32,
+        kv_offset: i32,
+        has_q_pos: u32,
+        has_kv_pos: u32,
+        q_depth: Option<&'a DeviceBuffer<i32>>,
+        kv_depth: Option<&'a DeviceBuffer<i32>>,
+        has_depth: u32,
+        q_meta: &'a DeviceBuffer<i32>,
+        kv_meta: &'a DeviceBuffer<i32>,
+        kv_valid: Option<&'a DeviceBuffer<u8>>,
+        has_valid: u32,
+        heads: u32,
+        kv_heads: u32,
+        scale: f32,
+        mode: u32,
+        tc: u32,
+        status: &'a DeviceBuffer<i32>,
+        o: AnyBufMut<'a>,
+        o_half: u32,
+        lse: &'a mut DeviceBuffer<f32>,
+    }
+}
+
+/// What both kernels take after `cu_seqlens`: totals, bounds, tile slots, positions (array +
+/// flag, offset) and depths.
+struct Sides<'a> {
+    total_q: i32,
+    total_kv: i32,
+    max_q: i32,
+    max_kv: i32,
+    q_tiles: u32,
+    kv_tiles: u32,
+    q_pos: Option<&'a DeviceBuffer<i32>>,
+    kv_pos: Option<&'a DeviceBuffer<i32>>,
+    q_offset: i32,
+    kv_offset: i32,
+    q_depth: Option<&'a DeviceBuffer<i32>>,
+    kv_depth: Option<&'a DeviceBuffer<i32>>,
+    has_depth: u32,
+}
+
+fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
+    let pos = |p: Positions<'a>| match p {
+        Positions::Implicit { offset } => (None, offset),
+        Positions::Explicit(b) => (Some(b), 0),
     };
-    let (q, k, v) = (f(a.q)?, f(a.k)?, f(a.v)?);
+    let (q_pos, q_offset) = pos(a.q_pos);
+    let (kv_pos, kv_offset) = pos(a.kv_pos);
+    let duo = a.mode == MaskMode::DuoCausal;
+    Sides {
+        total_q: g.total_q as i32,
+        total_kv: g.total_kv as i32,
+        max_q: a.max_seqlen_q.min(g.total_q) as i32,
+        max_kv: a.max_seqlen_kv.min(g.total_kv) as i32,
+        q_tiles: g.q_tiles as u32,
+        kv_tiles: g.kv_tiles as u32,
+        q_pos,
+        kv_pos,
+        q_offset,
+        kv_offset,
+        q_depth: a.q_depth.filter(|_| duo),
+        kv_depth: a.kv_depth.filter(|_| duo),
+        has_depth: duo as u32,
+    }
+}
+
+/// `attn_tile_meta`: one thread per tile slot, and two that validate `cu_seqlens`.
+fn launch_tile_meta<T: HalfFloat>(
+    a: &Attention<T>,
+    g: &Geom,
+    q_meta: &mut DeviceBuffer<i32>,
+    kv_meta: &mut DeviceBuffer<i32>,
+    status: &mut DeviceBuffer<i32>,
+) -> Result<()> {
+    let threads = g.batch * (g.q_tiles + g.kv_tiles) + 2;
+    let s = sides(a, g);
+    TileMetaKernel {
+        batch: g.batch as u32,
+        cu_q: a.cu_seqlens_q,
+        cu_kv: a.cu_seqlens_kv,
+        total_q: s.total_q,
+        total_kv: s.total_kv,
+        max_q: s.max_q,
+        max_kv: s.max_kv,
+        q_tiles: s.q_tiles,
+        kv_tiles: s.kv_tiles,
+        q_pos: s.q_pos,
+        kv_pos: s.kv_pos,
+        q_offset: s.q_offset,
+        kv_offset: s.kv_offset,
+        has_q_pos: s.q_pos.is_some() as u32,
+        has_kv_pos: s.kv_pos.is_some() as u32,
+        q_depth: s.q_depth,
+        kv_depth: s.kv_depth,
+        has_depth: s.has_depth,
+        kv_valid: a.kv_valid,
+        has_valid: a.kv_valid.is_some() as u32,
+        q_meta,
+        kv_meta,
+        status,
+    }
+    .launch(
+        a.q.device(),
+        Grid::linear(threads.div_ceil(THREADS as usize) as u32),
+    )
+}
+
+/// `attn_fwd_<dt>_d<D>`: grid (batch x Q tile slots, heads).
+fn launch_fwd<T: HalfFloat, O: OutputType<T>>(
+    a: &Attention<T>,
+    g: &Geom,
+    q_meta: &DeviceBuffer<i32>,
+    kv_meta: &DeviceBuffer<i32>,
+    status: &DeviceBuffer<i32>,
+    o: &mut DeviceBuffer<O>,
+    lse: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    fn launch<T: HalfFloat, D: KernelSuffix>(
+        a: &Attention<T>,
+        g: &Geom,
+        q_meta: &DeviceBuffer<i32>,
+        kv_meta: &DeviceBuffer<i32>,
+        status: &DeviceBuffer<i32>,
+        o: AnyBufMut,
+        o_half: bool,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let s = sides(a, g);
+        FwdKernel::<T, D> {
+            head_dim: PhantomData,
+            q: a.q,
+            k: a.k,
+            v: a.v,
+            cu_q: a.cu_seqlens_q,
+            cu_kv: a.cu_seqlens_kv,
+            total_q: s.total_q,
+            total_kv: s.total_kv,
+            max_q: s.max_q,
+            max_kv: s.max_kv,
+            q_tiles: s.q_tiles,
+            kv_tiles: s.kv_tiles,
+            q_pos: s.q_pos,
+            kv_pos: s.kv_pos,
+            q_offset: s.q_offset,
+            kv_offset: s.kv_offset,
+            has_q_pos: s.q_pos.is_some() as u32,
+            has_kv_pos: s.kv_pos.is_some() as u32,
+            q_depth: s.q_depth,
+            kv_depth: s.kv_depth,
+            has_depth: s.has_depth,
+            q_meta,
+            kv_meta,
+            kv_valid: a.kv_valid,
+            has_valid: a.kv_valid.is_some() as u32,
+            heads: a.heads as u32,
+            kv_heads: a.kv_heads as u32,
+            scale: a.scale,
+            mode: match a.mode {
+                MaskMode::Full => 0,
+                MaskMode::Causal => 1,
+                MaskMode::DuoCausal => 2,
+            },
+            tc: match a.path {
+                Path::Auto | Path::TensorCore => 1,
+                Path::Scalar => 0,
+            },
+            status,
+            o,
+            o_half: o_half as u32,
+            lse,
+        }
+        .launch(
+            a.q.device(),
+            Grid::dims([(g.batch * g.q_tiles) as u32, a.heads as u32, 1]),
+        )
+    }
+    let out = AnyBufMut::of(o);
+    match a.head_dim {
+        64 => launch::<T, D64>(a, g, q_meta, kv_meta, status, out, O::ROUNDED, lse),
+        128 => launch::<T, D128>(a, g, q_meta, kv_meta, status, out, O::ROUNDED, lse),
+        d => Err(Error::invalid(
+            OP,
+            format!("head_dim {d}, supported: 64, 128"),
+        )),
+    }
+}
+
+/// The CPU path: `cu_seqlens` checked at once (host memory), then the f64 reference.
+fn forward_host<T: HalfFloat, O: OutputType<T>>(
+    h: Host,
+    a: &Attention<T>,
+    g: &Geom,
+    o_out: &mut DeviceBuffer<O>,
+    lse_out: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let (total_q, total_kv) = (g.total_q, g.total_kv);
+    let cu_q = h.slice(a.cu_seqlens_q)?;
+    let cu_kv = h.slice(a.cu_seqlens_kv)?;
+    check_seqlens_host(
+        OP,
+        cu_q,
+        cu_kv,
+        (total_q, total_kv),
+        (a.max_seqlen_q, a.max_seqlen_kv),
+    )?;
+    let f = |b: &DeviceBuffer<T>| -> Vec<f32> {
+        b.host_slice()
+            .expect("cpu")
+            .iter()
+            .map(|x| x.to_f32())
+            .collect()
+    };
+    let (q, k, v) = (f(a.q), f(a.k), f(a.v));
     let q_pos = resolve(&a.q_pos, cu_q, total_q)?;
     let kv_pos = resolve(&a.kv_pos, cu_kv, total_kv)?;
-    let (q_depth, kv_depth) = match depths {
-        Some((qd, kd)) => (qd.download()?, kd.download()?),
-        None => (vec![0; total_q], vec![0; total_kv]),
+    let (q_depth, kv_depth) = match (a.q_depth, a.kv_depth) {
+        (Some(qd), Some(kd)) if a.mode == MaskMode::DuoCausal => (qd.download()?, kd.download()?),
+        _ => (vec![0; total_q], vec![0; total_kv]),
     };
     let kv_valid = match a.kv_valid {
         Some(b) => b.download()?,
@@ -356,10 +540,11 @@ fn forward_host<T: HalfFloat>(
         mode: a.mode,
     };
     let (o, lse) = reference::attention(&p);
-    let o: Vec<f32> = o.iter().map(|&x| x as f32).collect();
-    let lse: Vec<f32> = lse.iter().map(|&x| x as f32).collect();
-    Ok(AttentionOut {
-        o: dev.upload(&o, "attention.o")?,
-        lse: dev.upload(&lse, "attention.lse")?,
-    })
+    for (d, &x) in h.slice_mut(o_out)?.iter_mut().zip(&o) {
+        *d = O::from_f32(x as f32);
+    }
+    for (d, &x) in h.slice_mut(lse_out)?.iter_mut().zip(&lse) {
+        *d = x as f32;
+    }
+    Ok(())
 }
