@@ -237,7 +237,8 @@ impl Problem {
     /// `attention::forward` on `dev` in `T` on `path`, downloaded.
     pub fn forward<T: HalfFloat>(&self, dev: &Device, path: Path) -> Result<Out> {
         let u = self.upload::<T>(dev)?;
-        let out = attn::forward(&u.attention(path))?;
+        // The device-side check of cu_seqlens must pass on a valid problem.
+        let out = attn::forward(&u.attention(path))?.checked()?;
         Ok((out.o.download()?, out.lse.download()?))
     }
 
@@ -610,6 +611,7 @@ impl Problem {
         let partials = || -> Result<_> {
             let p = attn::decode_partials(&a, splits)?;
             dev.synchronize()?;
+            p.check.check()?;
             let (o, l) = (p.o.download()?, p.lse.download()?);
             Ok((p, o, l))
         };
