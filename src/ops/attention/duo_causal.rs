@@ -416,16 +416,16 @@ fn launch_fwd<T: HalfFloat, O: OutputType<T>>(
     o: &mut DeviceBuffer<O>,
     lse: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
-    fn launch<T: HalfFloat, D: KernelSuffix>(
-        a: &Attention<T>,
-        g: &Geom,
-        q_meta: &DeviceBuffer<i32>,
-        kv_meta: &DeviceBuffer<i32>,
-        status: &DeviceBuffer<i32>,
-        o: AnyBufMut,
+    /// The forward kernel's buffers besides the problem's.
+    struct Bufs<'b> {
+        q_meta: &'b DeviceBuffer<i32>,
+        kv_meta: &'b DeviceBuffer<i32>,
+        status: &'b DeviceBuffer<i32>,
+        o: AnyBufMut<'b>,
         o_half: bool,
-        lse: &mut DeviceBuffer<f32>,
-    ) -> Result<()> {
+        lse: &'b mut DeviceBuffer<f32>,
+    }
+    fn launch<T: HalfFloat, D: KernelSuffix>(a: &Attention<T>, g: &Geom, b: Bufs) -> Result<()> {
         let s = sides(a, g);
         FwdKernel::<T, D> {
             head_dim: PhantomData,
@@ -449,8 +449,8 @@ fn launch_fwd<T: HalfFloat, O: OutputType<T>>(
             q_depth: s.q_depth,
             kv_depth: s.kv_depth,
             has_depth: s.has_depth,
-            q_meta,
-            kv_meta,
+            q_meta: b.q_meta,
+            kv_meta: b.kv_meta,
             kv_valid: a.kv_valid,
             has_valid: a.kv_valid.is_some() as u32,
             heads: a.heads as u32,
@@ -465,20 +465,27 @@ fn launch_fwd<T: HalfFloat, O: OutputType<T>>(
                 Path::Auto | Path::TensorCore => 1,
                 Path::Scalar => 0,
             },
-            status,
-            o,
-            o_half: o_half as u32,
-            lse,
+            status: b.status,
+            o: b.o,
+            o_half: b.o_half as u32,
+            lse: b.lse,
         }
         .launch(
             a.q.device(),
             Grid::dims([(g.batch * g.q_tiles) as u32, a.heads as u32, 1]),
         )
     }
-    let out = AnyBufMut::of(o);
+    let b = Bufs {
+        q_meta,
+        kv_meta,
+        status,
+        o: AnyBufMut::of(o),
+        o_half: O::ROUNDED,
+        lse,
+    };
     match a.head_dim {
-        64 => launch::<T, D64>(a, g, q_meta, kv_meta, status, out, O::ROUNDED, lse),
-        128 => launch::<T, D128>(a, g, q_meta, kv_meta, status, out, O::ROUNDED, lse),
+        64 => launch::<T, D64>(a, g, b),
+        128 => launch::<T, D128>(a, g, b),
         d => Err(Error::invalid(
             OP,
             format!("head_dim {d}, supported: 64, 128"),
