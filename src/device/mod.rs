@@ -376,8 +376,8 @@ impl Device {
         self.inner.d2h.load(Ordering::Relaxed)
     }
 
-    /// How many [`Device::launch`] calls this device has had (0 on the CPU path, which
-    /// launches nothing). Clones share the count.
+    /// How many kernel launches (typed or [`Device::launch_raw`]) this device has had (0 on
+    /// the CPU path, which launches nothing). Clones share the count.
     pub fn launches(&self) -> u64 {
         self.inner.launches.load(Ordering::Relaxed)
     }
