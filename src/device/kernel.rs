@@ -21,9 +21,11 @@
 //! The kernel's name is the base name followed by `_<suffix>` for each type parameter
 //! ([`KernelSuffix`]: the dtype name, `d64`, ...), so `Mask::<bf16>` launches `bitmask_mask_bf16`.
 //! Arguments are passed in field order; no call site writes a kernel name or pushes an argument
-//! by position. The instance list enumerates every instantiation that exists in the kernel source,
-//! and `tests/declarations.rs` checks each one against the host SIMT registry (name, argument
-//! count and sizes, required block) and against the PTX `.entry` parameter lists.
+//! by position. A `PhantomData<D>` field is a type-level variant (it names the instance, e.g.
+//! the head dimension, and is not an argument). The instance list enumerates every instantiation
+//! that exists in the kernel source, and `tests/declarations.rs` checks each one against the host
+//! SIMT registry (name, argument sizes, the block the source exports), the PTX `.entry` parameter
+//! lists and `.maxntid`, and the `.cu` source's parameter names.
 //!
 //! Launching is safe inside the crate only: a kernel trusts its lengths, so the op that fills a
 //! declaration's fields must have validated them. Outside the crate raw launching is
@@ -405,4 +407,25 @@ macro_rules! kernels {
     (@decls $name:ident [ $( ( $($inst:ty),+ ) ),+ $(,)? ]) => {
         vec![ $( $name::<'static, $($inst),+>::decl() ),+ ]
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_declared_block_is_used_and_enforced() {
+        let c = config("simt", "k", Some(256), Grid::linear(3).shared(64)).unwrap();
+        assert_eq!(
+            (c.grid, c.block, c.shared_bytes),
+            ([3, 1, 1], [256, 1, 1], 64)
+        );
+        assert!(config("simt", "k", Some(256), Grid::linear(3).block([256, 1, 1])).is_ok());
+        let e = config("simt", "k", Some(256), Grid::linear(3).block([128, 1, 1])).unwrap_err();
+        assert!(e.to_string().contains("requires block (256, 1, 1)"), "{e}");
+        let e = config("simt", "k", None, Grid::linear(1)).unwrap_err();
+        assert!(e.to_string().contains("must give one"), "{e}");
+        let c = config("simt", "k", None, Grid::dims([2, 3, 4]).block([32, 2, 1])).unwrap();
+        assert_eq!((c.grid, c.block), ([2, 3, 4], [32, 2, 1]));
+    }
 }
