@@ -292,3 +292,20 @@ fn declarations_are_unique_and_named_after_their_module() {
         );
     }
 }
+
+/// Every kernel module but the SIMT runtime's self-tests has declarations, so a family whose
+/// `declarations()` is not collected in `tessera::kernels::declarations()` fails here.
+#[test]
+fn every_op_module_is_declared() {
+    let decls = declarations();
+    let missing: Vec<&str> = tessera::kernels::MODULES
+        .iter()
+        .copied()
+        .filter(|m| !m.starts_with("selftest/"))
+        .filter(|m| !decls.iter().any(|d| d.module == *m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules without declarations: {missing:?}"
+    );
+}
