@@ -19,6 +19,45 @@ mod ptx;
 mod simt;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Every file below `dir` (recursively) whose extension is `ext`, appended to `out`.
+pub fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, ext, out);
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+}
+
+/// The report of a compile command that ran and failed: the command, its status and output.
+fn failed(cmd: &Command, o: &Output) -> String {
+    format!(
+        "{cmd:?} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The end of a parallel compile step: the compilers' warnings as cargo warnings, then a panic
+/// listing every failure, if any.
+fn finish(failure: &str, warnings: Vec<String>, errors: Vec<String>) {
+    for w in warnings {
+        for line in w.lines() {
+            println!("cargo:warning={line}");
+        }
+    }
+    if !errors.is_empty() {
+        panic!("{failure}:\n{}", errors.join("\n"));
+    }
+}
 
 /// A kernel source file: `cuda/<module>.cu`, e.g. module `ckpt/bitmask`.
 pub struct KernelSource {
@@ -28,22 +67,9 @@ pub struct KernelSource {
 
 /// Every `cuda/**/*.cu` except the SIMT runtime's own folder, sorted by module name.
 pub fn kernel_sources(root: &Path) -> Vec<KernelSource> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "cu") {
-                out.push(p);
-            }
-        }
-    }
     let cuda = root.join("cuda");
     let mut files = Vec::new();
-    walk(&cuda, &mut files);
+    walk(&cuda, "cu", &mut files);
     let mut out: Vec<KernelSource> = files
         .into_iter()
         .filter(|p| !p.starts_with(cuda.join("simt")))
@@ -71,22 +97,9 @@ pub struct HipEntry {
 /// when it exists, else `OUT_DIR/hip-entries/<module>.hip` (written here, only when its text
 /// changes) holding `#include "<root>/cuda/<module>.cu"`; then every other `hip/**/*.hip`.
 pub fn hip_entries(root: &Path, out: &Path, sources: &[KernelSource]) -> Vec<HipEntry> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "hip") {
-                out.push(p);
-            }
-        }
-    }
     let hip = root.join("hip");
     let mut files = Vec::new();
-    walk(&hip, &mut files);
+    walk(&hip, "hip", &mut files);
     let mut entries: Vec<HipEntry> = files
         .into_iter()
         .map(|p| HipEntry {

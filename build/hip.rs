@@ -297,12 +297,7 @@ pub fn build(root: &Path, out: &Path, entries: &[crate::HipEntry]) {
                                 .push(format!("{src} ({arch}): {}", err.trim()));
                         }
                     }
-                    Ok(o) => errors.lock().unwrap().push(format!(
-                        "{cmd:?} failed ({}):\n{}{}",
-                        o.status,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )),
+                    Ok(o) => errors.lock().unwrap().push(crate::failed(&cmd, &o)),
                     Err(e) => errors
                         .lock()
                         .unwrap()
@@ -311,18 +306,11 @@ pub fn build(root: &Path, out: &Path, entries: &[crate::HipEntry]) {
             });
         }
     });
-    for w in warnings.into_inner().unwrap() {
-        for line in w.lines() {
-            println!("cargo:warning={line}");
-        }
-    }
-    let errors = errors.into_inner().unwrap();
-    if !errors.is_empty() {
-        panic!(
-            "tessera build (hip): HIP compile failed:\n{}",
-            errors.join("\n")
-        );
-    }
+    crate::finish(
+        "tessera build (hip): HIP compile failed",
+        warnings.into_inner().unwrap(),
+        errors.into_inner().unwrap(),
+    );
     let objects: Vec<(String, String, PathBuf)> =
         jobs.into_iter().map(|(m, a, _, d)| (m, a, d)).collect();
     write_table(out, &objects, true);

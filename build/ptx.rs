@@ -118,12 +118,7 @@ fn compile_all(
                     .arg(src);
                 match cmd.output() {
                     Ok(o) if o.status.success() => {}
-                    Ok(o) => errors.lock().unwrap().push(format!(
-                        "{cmd:?} failed ({}):\n{}{}",
-                        o.status,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )),
+                    Ok(o) => errors.lock().unwrap().push(crate::failed(&cmd, &o)),
                     Err(e) => errors
                         .lock()
                         .unwrap()

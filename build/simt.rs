@@ -47,21 +47,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
-fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, ext, out);
-        } else if p.extension().is_some_and(|x| x == ext) {
-            out.push(p);
-        }
-    }
-}
+use crate::walk;
+use std::time::SystemTime;
 
 fn quoted(p: &Path) -> String {
     format!("{:?}", p.to_string_lossy().replace('\\', "/"))
@@ -414,12 +402,7 @@ pub fn build(
                                 let _ = std::fs::write(&key_file, key);
                             }
                         }
-                        Ok(o) => errors.lock().unwrap().push(format!(
-                            "{cmd:?} failed ({}):\n{}{}",
-                            o.status,
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        )),
+                        Ok(o) => errors.lock().unwrap().push(crate::failed(&cmd, &o)),
                         Err(e) => errors
                             .lock()
                             .unwrap()
@@ -429,18 +412,11 @@ pub fn build(
             });
         }
     });
-    for w in warnings.into_inner().unwrap() {
-        for line in w.lines() {
-            println!("cargo:warning={line}");
-        }
-    }
-    let errors = errors.into_inner().unwrap();
-    if !errors.is_empty() {
-        panic!(
-            "tessera build (simt): compile failed:\n{}",
-            errors.join("\n")
-        );
-    }
+    crate::finish(
+        "tessera build (simt): compile failed",
+        warnings.into_inner().unwrap(),
+        errors.into_inner().unwrap(),
+    );
     // What this run compiled, for whoever measures incremental builds.
     let log: String = stale
         .iter()

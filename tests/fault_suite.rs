@@ -9,33 +9,8 @@
 use tessera::device::KernelArgs;
 use tessera::{Device, LaunchConfig, Schedule, SimtConfig};
 
-/// The raw launch of the self-test kernels, by name with hand-built arguments: what this file
-/// tests. `Device::launch_raw` is `unsafe`; the one unsafe block is here.
-trait SelftestLaunch {
-    fn launch(
-        &self,
-        module: &str,
-        kernel: &str,
-        cfg: &LaunchConfig,
-        args: &KernelArgs,
-    ) -> tessera::Result<()>;
-}
-
-impl SelftestLaunch for Device {
-    fn launch(
-        &self,
-        module: &str,
-        kernel: &str,
-        cfg: &LaunchConfig,
-        args: &KernelArgs,
-    ) -> tessera::Result<()> {
-        // SAFETY: every launch in this file passes a self-test kernel the argument list of its
-        // signature (the host SIMT executor also checks count and sizes), with buffers sized for
-        // the grid; the planted out-of-bounds accesses of the fault kernels run only on the
-        // host SIMT executor, where they land in red zones or guard pages and are reported.
-        unsafe { self.launch_raw(module, kernel, cfg, args) }
-    }
-}
+mod common;
+use common::SelftestLaunch;
 
 /// What catches a planted fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

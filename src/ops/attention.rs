@@ -124,6 +124,70 @@ pub enum Positions<'a> {
     Explicit(&'a DeviceBuffer<i32>),
 }
 
+/// Check that `b` lives on `dev` and has `want` elements.
+pub(crate) fn check_len<U: DType>(
+    op: &'static str,
+    dev: &crate::device::Device,
+    what: &str,
+    b: &DeviceBuffer<U>,
+    want: usize,
+) -> Result<()> {
+    crate::ops::on_device(op, what, dev, b)?;
+    if b.len() != want {
+        return Err(Error::invalid(
+            op,
+            format!("{what} has {} elements, expected {want}", b.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The metadata checks prefill and decode share, after their shape checks: `cu_seqlens` entry
+/// counts, the `max_seqlen` bounds (clamped to the totals: a larger bound cannot be reached)
+/// against implicit positions, and the lengths of explicit positions, depths and validity.
+/// Returns the clamped `(max_q, max_kv)`.
+pub(crate) fn check_metadata<T: HalfFloat>(
+    op: &'static str,
+    a: &Attention<T>,
+    total_q: usize,
+    total_kv: usize,
+) -> Result<(usize, usize)> {
+    let dev = a.q.device();
+    if a.cu_seqlens_q.is_empty() || a.cu_seqlens_q.len() != a.cu_seqlens_kv.len() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "cu_seqlens_q has {} entries and cu_seqlens_kv {}: both need batch + 1 >= 1",
+                a.cu_seqlens_q.len(),
+                a.cu_seqlens_kv.len()
+            ),
+        ));
+    }
+    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
+    check_positions(op, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
+    check_positions(op, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
+    if let Positions::Explicit(b) = a.q_pos {
+        check_len(op, dev, "q_pos", b, total_q)?;
+    }
+    if let Positions::Explicit(b) = a.kv_pos {
+        check_len(op, dev, "kv_pos", b, total_kv)?;
+    }
+    if a.mode == MaskMode::DuoCausal {
+        let (Some(qd), Some(kd)) = (a.q_depth, a.kv_depth) else {
+            return Err(Error::invalid(
+                op,
+                "DuoCausal needs both q_depth and kv_depth",
+            ));
+        };
+        check_len(op, dev, "q_depth", qd, total_q)?;
+        check_len(op, dev, "kv_depth", kd, total_kv)?;
+    }
+    if let Some(b) = a.kv_valid {
+        check_len(op, dev, "kv_valid", b, total_kv)?;
+    }
+    Ok((max_q, max_kv))
+}
+
 /// Check that implicit positions fit in i32: token `t` of a sequence is at `t + offset`, and a
 /// sequence has at most `max_seqlen` tokens (longer ones are an error the kernels detect), so
 /// `offset + max_seqlen - 1` must not overflow (the kernels compute positions in int32).
@@ -260,6 +324,37 @@ pub struct Attention<'a, T: HalfFloat> {
     pub scale: f32,
     pub mode: MaskMode,
     pub path: Path,
+}
+
+impl<'a> Positions<'a> {
+    /// The kernels' form: the position array (`None` when implicit) and the offset (0 when
+    /// explicit).
+    pub(crate) fn kernel_args(self) -> (Option<&'a DeviceBuffer<i32>>, i32) {
+        match self {
+            Positions::Implicit { offset } => (None, offset),
+            Positions::Explicit(b) => (Some(b), 0),
+        }
+    }
+}
+
+impl<'a, T: HalfFloat> Attention<'a, T> {
+    /// The kernels' mask code: 0 full, 1 causal, 2 duo-causal.
+    pub(crate) fn mode_code(&self) -> u32 {
+        match self.mode {
+            MaskMode::Full => 0,
+            MaskMode::Causal => 1,
+            MaskMode::DuoCausal => 2,
+        }
+    }
+
+    /// The depth arrays the kernels read: only in duo-causal mode.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn kernel_depths(
+        &self,
+    ) -> (Option<&'a DeviceBuffer<i32>>, Option<&'a DeviceBuffer<i32>>) {
+        let duo = self.mode == MaskMode::DuoCausal;
+        (self.q_depth.filter(|_| duo), self.kv_depth.filter(|_| duo))
+    }
 }
 
 impl<'a, T: HalfFloat> Attention<'a, T> {

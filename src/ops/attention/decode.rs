@@ -2,7 +2,7 @@
 //! and the launches of `cuda/attention/decode.cu` (`attn_decode_split_<dt>`, `attn_merge`).
 
 use super::{
-    check_positions, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
+    check_metadata, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
     HalfFloat, MaskMode, Partials, Positions,
 };
 use half::{bf16, f16};
@@ -129,15 +129,9 @@ fn launch_split<T: HalfFloat>(
     lse: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     let chunks = (a.heads / a.kv_heads).div_ceil(DECODE_MAX_HEADS);
-    fn side<'a>(p: Positions<'a>) -> (Option<&'a DeviceBuffer<i32>>, i32) {
-        match p {
-            Positions::Implicit { offset } => (None, offset),
-            Positions::Explicit(b) => (Some(b), 0),
-        }
-    }
-    let (q_pos, q_off) = side(a.q_pos);
-    let (kv_pos, kv_off) = side(a.kv_pos);
-    let duo = a.mode == MaskMode::DuoCausal;
+    let (q_pos, q_off) = a.q_pos.kernel_args();
+    let (kv_pos, kv_off) = a.kv_pos.kernel_args();
+    let (q_depth, kv_depth) = a.kernel_depths();
     SplitKernel {
         q: a.q,
         k: a.k,
@@ -146,16 +140,12 @@ fn launch_split<T: HalfFloat>(
         cu_kv: a.cu_seqlens_kv,
         q_pos,
         kv_pos,
-        q_depth: a.q_depth.filter(|_| duo),
-        kv_depth: a.kv_depth.filter(|_| duo),
+        q_depth,
+        kv_depth,
         kv_valid: a.kv_valid,
         q_off,
         kv_off,
-        mode: match a.mode {
-            MaskMode::Full => 0,
-            MaskMode::Causal => 1,
-            MaskMode::DuoCausal => 2,
-        },
+        mode: a.mode_code() as i32,
         batch: g.batch as i32,
         total_q: g.total_q as i32,
         heads: a.heads as i32,
@@ -315,23 +305,6 @@ struct DecodeGeom {
     max_kv: usize,
 }
 
-fn decode_check_len<U: crate::dtype::DType>(
-    op: &'static str,
-    what: &str,
-    dev: &crate::device::Device,
-    buf: &DeviceBuffer<U>,
-    want: usize,
-) -> Result<()> {
-    on_device(op, what, dev, buf)?;
-    if buf.len() != want {
-        return Err(Error::invalid(
-            op,
-            format!("{what} has {} entries, expected {want}", buf.len()),
-        ));
-    }
-    Ok(())
-}
-
 /// Validate a decode problem (shapes, metadata lengths, cu_seqlens contents, devices, splits).
 fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<DecodeGeom> {
     const OP: &str = "attention::decode";
@@ -407,35 +380,7 @@ fn decode_validate<T: HalfFloat>(a: &Attention<T>, splits: usize) -> Result<Deco
             ),
         ));
     }
-    if a.cu_seqlens_q.is_empty() || a.cu_seqlens_q.len() != a.cu_seqlens_kv.len() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "cu_seqlens_q has {} entries and cu_seqlens_kv {}; both need batch + 1 >= 1",
-                a.cu_seqlens_q.len(),
-                a.cu_seqlens_kv.len()
-            ),
-        ));
-    }
-    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
-    check_positions(OP, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
-    check_positions(OP, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
-    if let Positions::Explicit(b) = a.q_pos {
-        decode_check_len(OP, "q_pos", dev, b, total_q)?;
-    }
-    if let Positions::Explicit(b) = a.kv_pos {
-        decode_check_len(OP, "kv_pos", dev, b, total_kv)?;
-    }
-    if a.mode == MaskMode::DuoCausal {
-        let (Some(qd), Some(kd)) = (a.q_depth, a.kv_depth) else {
-            return Err(Error::invalid(OP, "DuoCausal needs q_depth and kv_depth"));
-        };
-        decode_check_len(OP, "q_depth", dev, qd, total_q)?;
-        decode_check_len(OP, "kv_depth", dev, kd, total_kv)?;
-    }
-    if let Some(b) = a.kv_valid {
-        decode_check_len(OP, "kv_valid", dev, b, total_kv)?;
-    }
+    let (max_q, max_kv) = check_metadata(OP, a, total_q, total_kv)?;
     splits
         .checked_mul(total_q)
         .and_then(|n| n.checked_mul(a.heads * d))

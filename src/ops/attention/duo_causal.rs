@@ -12,15 +12,15 @@
 //! once per Q tile that does not skip them.
 
 use super::{
-    check_positions, check_seqlens_host, explain_seqlens, Attention, AttentionOut, DeviceCheck,
-    HalfFloat, MaskMode, OutputType, Path, Positions,
+    check_len, check_metadata, check_seqlens_host, explain_seqlens, Attention, AttentionOut,
+    DeviceCheck, HalfFloat, MaskMode, OutputType, Path, Positions,
 };
 use std::marker::PhantomData;
 
 use half::{bf16, f16};
 
 use crate::device::kernel::{AnyBufMut, Grid, KernelSuffix};
-use crate::device::{Device, DeviceBuffer};
+use crate::device::DeviceBuffer;
 use crate::error::{Error, Result};
 use crate::ops::{cpu_path, on_device, Host};
 use crate::reference::attention as reference;
@@ -38,22 +38,6 @@ const MAX_HEADS: usize = 65_535;
 const STATUS_WORDS: usize = 8;
 /// Ints per tile of the metadata (kMeta).
 const META: usize = 5;
-
-fn check_len<U: crate::dtype::DType>(
-    dev: &Device,
-    what: &str,
-    b: &DeviceBuffer<U>,
-    want: usize,
-) -> Result<()> {
-    on_device(OP, what, dev, b)?;
-    if b.len() != want {
-        return Err(Error::invalid(
-            OP,
-            format!("{what} has {} elements, expected {want}", b.len()),
-        ));
-    }
-    Ok(())
-}
 
 /// Resolved positions of one side (host), for the CPU path (implicit positions were checked to
 /// fit in i32 by [`check_positions`]).
@@ -143,39 +127,7 @@ fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
     if total_q > i32::MAX as usize || total_kv > i32::MAX as usize {
         return Err(Error::invalid(OP, "more than 2^31 - 1 tokens"));
     }
-    if a.cu_seqlens_q.is_empty() || a.cu_seqlens_q.len() != a.cu_seqlens_kv.len() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "cu_seqlens_q has {} entries and cu_seqlens_kv {}: both need batch + 1 >= 1",
-                a.cu_seqlens_q.len(),
-                a.cu_seqlens_kv.len()
-            ),
-        ));
-    }
-    // A bound above the total cannot be reached: clamp it, so the grid stays small.
-    let (max_q, max_kv) = (a.max_seqlen_q.min(total_q), a.max_seqlen_kv.min(total_kv));
-    check_positions(OP, "q_pos", "max_seqlen_q", &a.q_pos, max_q)?;
-    check_positions(OP, "kv_pos", "max_seqlen_kv", &a.kv_pos, max_kv)?;
-    if let Positions::Explicit(b) = a.q_pos {
-        check_len(dev, "q_pos", b, total_q)?;
-    }
-    if let Positions::Explicit(b) = a.kv_pos {
-        check_len(dev, "kv_pos", b, total_kv)?;
-    }
-    if a.mode == MaskMode::DuoCausal {
-        let (Some(qd), Some(kd)) = (a.q_depth, a.kv_depth) else {
-            return Err(Error::invalid(
-                OP,
-                "DuoCausal needs both q_depth and kv_depth",
-            ));
-        };
-        check_len(dev, "q_depth", qd, total_q)?;
-        check_len(dev, "kv_depth", kd, total_kv)?;
-    }
-    if let Some(vb) = a.kv_valid {
-        check_len(dev, "kv_valid", vb, total_kv)?;
-    }
+    let (max_q, max_kv) = check_metadata(OP, a, total_q, total_kv)?;
     let batch = a.cu_seqlens_q.len() - 1;
     let (q_tiles, kv_tiles) = (max_q.div_ceil(BLOCK_M), max_kv.div_ceil(BLOCK_N));
     let slots = |t: usize| batch.checked_mul(t).filter(|&n| n <= i32::MAX as usize);
@@ -214,8 +166,8 @@ pub(super) fn forward_into<T: HalfFloat, O: OutputType<T>>(
 ) -> Result<DeviceCheck> {
     let g = validate(a)?;
     let dev = a.q.device();
-    check_len(dev, "o", o, g.total_q * a.heads * a.head_dim)?;
-    check_len(dev, "lse", lse, a.heads * g.total_q)?;
+    check_len(OP, dev, "o", o, g.total_q * a.heads * a.head_dim)?;
+    check_len(OP, dev, "lse", lse, a.heads * g.total_q)?;
     run(a, &g, o, lse)
 }
 
@@ -341,13 +293,9 @@ struct Sides<'a> {
 }
 
 fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
-    let pos = |p: Positions<'a>| match p {
-        Positions::Implicit { offset } => (None, offset),
-        Positions::Explicit(b) => (Some(b), 0),
-    };
-    let (q_pos, q_offset) = pos(a.q_pos);
-    let (kv_pos, kv_offset) = pos(a.kv_pos);
-    let duo = a.mode == MaskMode::DuoCausal;
+    let (q_pos, q_offset) = a.q_pos.kernel_args();
+    let (kv_pos, kv_offset) = a.kv_pos.kernel_args();
+    let (q_depth, kv_depth) = a.kernel_depths();
     Sides {
         total_q: g.total_q as i32,
         total_kv: g.total_kv as i32,
@@ -359,9 +307,9 @@ fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
         kv_pos,
         q_offset,
         kv_offset,
-        q_depth: a.q_depth.filter(|_| duo),
-        kv_depth: a.kv_depth.filter(|_| duo),
-        has_depth: duo as u32,
+        q_depth,
+        kv_depth,
+        has_depth: (a.mode == MaskMode::DuoCausal) as u32,
     }
 }
 
@@ -456,11 +404,7 @@ fn launch_fwd<T: HalfFloat, O: OutputType<T>>(
             heads: a.heads as u32,
             kv_heads: a.kv_heads as u32,
             scale: a.scale,
-            mode: match a.mode {
-                MaskMode::Full => 0,
-                MaskMode::Causal => 1,
-                MaskMode::DuoCausal => 2,
-            },
+            mode: a.mode_code(),
             tc: match a.path {
                 Path::Auto | Path::TensorCore => 1,
                 Path::Scalar => 0,
