@@ -20,6 +20,7 @@ pub mod device;
 pub mod drivers;
 pub mod dtype;
 pub mod error;
+pub mod interop;
 pub mod kernels;
 pub mod ops;
 pub mod parallel;

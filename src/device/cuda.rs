@@ -80,6 +80,13 @@ impl CudaExec {
         })
     }
 
+    /// The stream launches go on: the caller's (`Device::on_stream`) or the compute stream.
+    fn current_stream(&self) -> sys::CUstream {
+        super::caller_stream()
+            .map(|s| s as sys::CUstream)
+            .unwrap_or_else(|| self.stream.cu_stream())
+    }
+
     fn bind(&self) -> Result<()> {
         self.ctx
             .bind_to_thread()
@@ -150,11 +157,13 @@ impl Drop for CudaExec {
 struct CudaMem {
     ctx: Arc<CudaContext>,
     ptr: sys::CUdeviceptr,
+    /// False for the caller's memory (`DeviceBuffer::borrow_raw`): never freed here.
+    owned: bool,
 }
 
 impl Drop for CudaMem {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
+        if self.owned && self.ctx.bind_to_thread().is_ok() {
             // SAFETY: ptr was returned by cuMemAlloc in this context and is freed once.
             let _ = unsafe { result::free_sync(self.ptr) };
         }
@@ -183,8 +192,14 @@ impl RawMem for CudaMem {
         self.ctx
             .bind_to_thread()
             .map_err(|e| drv("cuCtxSetCurrent", e))?;
+        if let Some(s) = super::caller_stream() {
+            // SAFETY: `Device::on_stream`'s caller guarantees a live stream of this context.
+            unsafe { result::stream::synchronize(s as sys::CUstream) }
+                .map_err(|e| drv("cuStreamSynchronize(caller stream)", e))?;
+        }
         // SAFETY: the caller checked offset + dst.len() <= bytes; the allocation is live. The
-        // synchronous copy waits for prior work on the legacy default stream we launch on.
+        // synchronous copy waits for prior work on the legacy default stream we launch on (and
+        // the caller's stream was synchronised above).
         unsafe { result::memcpy_dtoh_sync(dst, self.ptr + offset as u64) }
             .map_err(|e| drv("cuMemcpyDtoH", e))
     }
@@ -251,6 +266,15 @@ impl Exec for CudaExec {
         Ok(Box::new(CudaMem {
             ctx: self.ctx.clone(),
             ptr,
+            owned: true,
+        }))
+    }
+
+    unsafe fn borrow(&self, addr: u64, _bytes: usize) -> Result<Box<dyn RawMem>> {
+        Ok(Box::new(CudaMem {
+            ctx: self.ctx.clone(),
+            ptr: addr,
+            owned: false,
         }))
     }
 
@@ -273,7 +297,7 @@ impl Exec for CudaExec {
                 (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
                 (cfg.block[0], cfg.block[1], cfg.block[2]),
                 cfg.shared_bytes,
-                self.stream.cu_stream(),
+                self.current_stream(),
                 &mut params,
             )
         }
@@ -282,6 +306,11 @@ impl Exec for CudaExec {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        if let Some(s) = super::caller_stream() {
+            // SAFETY: `Device::on_stream`'s caller guarantees a live stream of this context.
+            unsafe { result::stream::synchronize(s as sys::CUstream) }
+                .map_err(|e| drv("cuStreamSynchronize(caller stream)", e))?;
+        }
         self.stream
             .synchronize()
             .map_err(|e| drv("cuStreamSynchronize", e))
@@ -303,7 +332,7 @@ impl Exec for CudaExec {
         let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
             .map_err(|e| drv("cuEventCreate", e))?;
         // SAFETY: ev is a fresh event; the stream belongs to the bound context.
-        unsafe { result::event::record(ev, self.stream.cu_stream()) }
+        unsafe { result::event::record(ev, self.current_stream()) }
             .map_err(|e| drv("cuEventRecord", e))?;
         Ok(Box::new(CudaEventRaw { ev }))
     }
@@ -319,8 +348,8 @@ impl Exec for CudaExec {
         self.bind()?;
         let (d, s) = (dst.addr() + dst_off as u64, src.addr() + src_off as u64);
         // SAFETY: both are allocations of this context and the caller checked that
-        // `offset + bytes` lies inside each; the copy is ordered on our stream.
-        unsafe { result::memcpy_dtod_async(d, s, bytes, self.stream.cu_stream()) }
+        // `offset + bytes` lies inside each; the copy is ordered on the launch stream.
+        unsafe { result::memcpy_dtod_async(d, s, bytes, self.current_stream()) }
             .map_err(|e| drv("cuMemcpyDtoDAsync", e))
     }
 

@@ -70,6 +70,9 @@ struct Api {
     malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
     free: unsafe extern "C" fn(*mut c_void) -> HipError,
     memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> HipError,
+    memcpy_async:
+        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, HipStream) -> HipError,
+    stream_synchronize: unsafe extern "C" fn(HipStream) -> HipError,
     device_synchronize: unsafe extern "C" fn() -> HipError,
     event_create: unsafe extern "C" fn(*mut HipEvent) -> HipError,
     event_destroy: unsafe extern "C" fn(HipEvent) -> HipError,
@@ -149,6 +152,8 @@ impl Api {
             malloc: sym(&lib, "hipMalloc")?,
             free: sym(&lib, "hipFree")?,
             memcpy: sym(&lib, "hipMemcpy")?,
+            memcpy_async: sym(&lib, "hipMemcpyAsync")?,
+            stream_synchronize: sym(&lib, "hipStreamSynchronize")?,
             device_synchronize: sym(&lib, "hipDeviceSynchronize")?,
             event_create: sym(&lib, "hipEventCreate")?,
             event_destroy: sym(&lib, "hipEventDestroy")?,
@@ -494,6 +499,8 @@ struct HipMem {
     api: Arc<Api>,
     ordinal: usize,
     ptr: *mut c_void,
+    /// False for the caller's memory (`DeviceBuffer::borrow_raw`): never freed here.
+    owned: bool,
 }
 
 // SAFETY: a device pointer is an address valid from any host thread of the process.
@@ -503,7 +510,7 @@ unsafe impl Sync for HipMem {}
 
 impl Drop for HipMem {
     fn drop(&mut self) {
-        if bind(&self.api, self.ordinal).is_ok() {
+        if self.owned && bind(&self.api, self.ordinal).is_ok() {
             // SAFETY: ptr was returned by hipMalloc and is freed once, here.
             let _ = unsafe { (self.api.free)(self.ptr) };
         }
@@ -536,8 +543,14 @@ impl RawMem for HipMem {
             return Ok(());
         }
         bind(&self.api, self.ordinal)?;
+        if let Some(stream) = super::caller_stream() {
+            // SAFETY: `Device::on_stream`'s caller guarantees a live stream of this device.
+            let e = unsafe { (self.api.stream_synchronize)(stream) };
+            self.api.check("hipStreamSynchronize(caller stream)", e)?;
+        }
         // SAFETY: the caller checked offset + dst.len() <= bytes; the allocation is live and dst
-        // is a writable host slice. The copy waits for prior work on the null stream.
+        // is a writable host slice. The copy waits for prior work on the null stream (and the
+        // caller's stream was synchronised above).
         let e = unsafe {
             (self.api.memcpy)(
                 dst.as_mut_ptr() as *mut c_void,
@@ -618,6 +631,16 @@ impl Exec for HipExec {
             api: self.api.clone(),
             ordinal: self.ordinal,
             ptr: p,
+            owned: true,
+        }))
+    }
+
+    unsafe fn borrow(&self, addr: u64, _bytes: usize) -> Result<Box<dyn RawMem>> {
+        Ok(Box::new(HipMem {
+            api: self.api.clone(),
+            ordinal: self.ordinal,
+            ptr: addr as *mut c_void,
+            owned: false,
         }))
     }
 
@@ -653,7 +676,7 @@ impl Exec for HipExec {
                 by,
                 bz,
                 cfg.shared_bytes,
-                ptr::null_mut(),
+                super::caller_stream().unwrap_or(ptr::null_mut()),
                 params,
                 extra_ptr,
             )
@@ -692,9 +715,9 @@ impl Exec for HipExec {
             api: self.api.clone(),
             ev,
         };
-        // SAFETY: ev is a fresh event; null stream.
+        // SAFETY: ev is a fresh event; the null stream or the caller's live stream.
         self.api.check("hipEventRecord", unsafe {
-            (self.api.event_record)(ev, ptr::null_mut())
+            (self.api.event_record)(ev, super::caller_stream().unwrap_or(ptr::null_mut()))
         })?;
         Ok(Box::new(raw))
     }
@@ -712,6 +735,20 @@ impl Exec for HipExec {
         }
         self.bind()?;
         let (d, s) = (dst.addr() + dst_off as u64, src.addr() + src_off as u64);
+        if let Some(stream) = super::caller_stream() {
+            // SAFETY: both are live allocations of this device (caller-checked bounds); the
+            // stream is the caller's live stream (`Device::on_stream`).
+            let e = unsafe {
+                (self.api.memcpy_async)(
+                    d as *mut c_void,
+                    s as *const c_void,
+                    bytes,
+                    HIP_MEMCPY_DEVICE_TO_DEVICE,
+                    stream,
+                )
+            };
+            return self.api.check("hipMemcpyAsync(DtoD)", e);
+        }
         // SAFETY: both are live HIP allocations of this executor; the caller checked that
         // `offset + bytes` lies inside each.
         let e = unsafe {

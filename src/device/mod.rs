@@ -172,6 +172,22 @@ pub(crate) trait Exec: Send + Sync {
         src_off: usize,
         bytes: usize,
     ) -> Result<()>;
+    /// Wrap `bytes` of memory at `addr` that the caller owns (never freed by tessera). Only GPU
+    /// executors borrow; the host SIMT executor refuses (its buffers carry red zones, so
+    /// callers stage host memory into its own allocations: `interop` does).
+    ///
+    /// # Safety
+    /// As [`DeviceBuffer::borrow_raw`].
+    unsafe fn borrow(&self, addr: u64, bytes: usize) -> Result<Box<dyn RawMem>> {
+        let _ = (addr, bytes);
+        Err(Error::invalid(
+            "borrow",
+            format!(
+                "the {} executor does not borrow memory; copy into its buffers",
+                self.backend()
+            ),
+        ))
+    }
     /// The CUDA executor behind this trait object (peer copies and NCCL need its context).
     fn as_cuda(&self) -> Option<&cuda::CudaExec> {
         None
@@ -248,6 +264,53 @@ impl RawMem for HostMem {
         let n = self.bytes;
         Some(&mut bytemuck::cast_slice_mut(&mut self.words)[..n])
     }
+}
+
+/// Host memory the caller owns (the CPU path's borrowed buffers): never freed here.
+pub(crate) struct BorrowedHost {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+// SAFETY: a BorrowedHost is a pointer to plain bytes; `DeviceBuffer::borrow_raw`'s contract makes
+// the caller keep them alive and unaliased while tessera uses them, from whichever thread.
+unsafe impl Send for BorrowedHost {}
+// SAFETY: as above; `&self` methods only read.
+unsafe impl Sync for BorrowedHost {}
+
+impl RawMem for BorrowedHost {
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+    fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
+        self.host_mut().expect("host")[offset..offset + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        dst.copy_from_slice(&self.host().expect("host")[offset..offset + dst.len()]);
+        Ok(())
+    }
+    fn host(&self) -> Option<&[u8]> {
+        // SAFETY: `borrow_raw`'s caller guarantees `bytes` readable bytes at `ptr` (a dangling,
+        // aligned pointer when `bytes == 0`) for the buffer's lifetime.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) })
+    }
+    fn host_mut(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: as `host`, and the caller guarantees no other access while tessera holds the
+        // buffer, so this unique borrow of `self` is the only access.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) })
+    }
+}
+
+thread_local! {
+    /// The caller's stream for launches on this thread (`Device::on_stream`); 0 when none.
+    static CALLER_STREAM: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The stream `Device::on_stream` set on this thread, if any (a `CUstream` or `hipStream_t`).
+pub(crate) fn caller_stream() -> Option<*mut std::ffi::c_void> {
+    let s = CALLER_STREAM.with(|c| c.get());
+    (s != 0).then_some(s as *mut std::ffi::c_void)
 }
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
@@ -382,6 +445,32 @@ impl Device {
         self.inner.launches.load(Ordering::Relaxed)
     }
 
+    /// Run `f` with every launch, copy and event of this thread on the caller's `stream` (a
+    /// `CUstream` on CUDA, a `hipStream_t` on HIP) instead of the device's own, with no
+    /// device-wide synchronisation: the C ABI and the Python package run ops this way. Downloads
+    /// inside `f` first wait for `stream`. A null stream keeps the device's stream; on SIMT and
+    /// the CPU path there is no stream and `stream` is ignored. Nested calls restore the outer
+    /// stream when they return (or unwind).
+    ///
+    /// # Safety
+    /// `stream` must be null or a live stream of this device's context that stays alive until
+    /// `f` returns.
+    pub unsafe fn on_stream<R>(&self, stream: *mut std::ffi::c_void, f: impl FnOnce() -> R) -> R {
+        struct Restore(usize);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CALLER_STREAM.with(|c| c.set(self.0));
+            }
+        }
+        let keep = matches!(self.backend(), Backend::Cuda(_) | Backend::Hip(_));
+        let prev = CALLER_STREAM.with(|c| c.get());
+        let _restore = Restore(prev);
+        if keep && !stream.is_null() {
+            CALLER_STREAM.with(|c| c.set(stream as usize));
+        }
+        f()
+    }
+
     /// Kernel names this device can launch (empty for the CPU path).
     pub fn kernel_names(&self) -> Vec<String> {
         self.inner
@@ -505,6 +594,53 @@ impl<T: DType> std::fmt::Debug for DeviceBuffer<T> {
 }
 
 impl<T: DType> DeviceBuffer<T> {
+    /// A buffer over `len` elements of `T` at `addr` that the caller owns: tessera never frees
+    /// it. On the CPU path `addr` is a host address; on CUDA and HIP a device address of the
+    /// device's context. The host SIMT executor does not borrow (an error): stage host memory
+    /// into its buffers, which carry red zones. A zero `addr` is an error unless `len == 0`.
+    ///
+    /// # Safety
+    /// `addr` must point to `len * size_of::<T>()` bytes aligned to `T`, readable and writable
+    /// through this device (host memory for the CPU path, device memory of this device's context
+    /// for a GPU), alive and not accessed by anyone else (except through other borrowed buffers
+    /// that only read it) until the buffer is dropped and the work queued on it has finished.
+    pub unsafe fn borrow_raw(device: &Device, addr: u64, len: usize) -> Result<DeviceBuffer<T>> {
+        let size = std::mem::size_of::<T>();
+        let bytes = len
+            .checked_mul(size)
+            .ok_or_else(|| Error::invalid("borrow", format!("{len} elements overflow usize")))?;
+        if addr == 0 && len > 0 {
+            return Err(Error::invalid("borrow", "null data pointer"));
+        }
+        if addr % std::mem::align_of::<T>() as u64 != 0 {
+            return Err(Error::invalid(
+                "borrow",
+                format!(
+                    "address {addr:#x} is not aligned to {} ({size} bytes)",
+                    T::KIND
+                ),
+            ));
+        }
+        let mem: Box<dyn RawMem> = match &device.inner.exec {
+            // SAFETY: forwarded contract.
+            Some(e) => unsafe { e.borrow(addr, bytes)? },
+            None => {
+                let ptr = if len == 0 {
+                    std::ptr::NonNull::<T>::dangling().as_ptr() as *mut u8
+                } else {
+                    addr as *mut u8
+                };
+                Box::new(BorrowedHost { ptr, bytes })
+            }
+        };
+        Ok(DeviceBuffer {
+            mem,
+            len,
+            device: device.clone(),
+            _t: PhantomData,
+        })
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len

@@ -14,6 +14,8 @@
 
 use serde::Serialize;
 
+use crate::interop::runners;
+
 /// Element types a tensor may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +37,15 @@ pub enum Dtypes {
 }
 
 impl Dtypes {
+    /// Whether every tensor of an op marked with this set shares one dtype per call (the
+    /// generic sets), as opposed to naming one fixed type.
+    pub fn shared(self) -> bool {
+        matches!(
+            self,
+            Dtypes::Float | Dtypes::Half | Dtypes::Bits16Or32 | Dtypes::Bits32 | Dtypes::Any
+        )
+    }
+
     pub fn names(self) -> &'static [&'static str] {
         match self {
             Dtypes::Float => &["f32", "f16", "bf16"],
@@ -103,6 +114,10 @@ pub struct OpSpec {
     pub inputs: &'static [TensorSpec],
     pub params: &'static [ParamSpec],
     pub outputs: &'static [TensorSpec],
+    /// Runs the op on a validated [`crate::interop::Call`]: how the C ABI, the Python package
+    /// and `tessera run` reach it.
+    #[serde(skip)]
+    pub run: crate::interop::Runner,
 }
 
 const fn t(name: &'static str, dtypes: Dtypes, shape: &'static str) -> TensorSpec {
@@ -215,6 +230,7 @@ pub static OPS: &[OpSpec] = &[
             t("mask", Dtypes::U32, "[ceil(n / 32)]"),
             t("values", Dtypes::Float, "[popcount(mask)]"),
         ],
+        run: runners::bitmask_sparsify,
     },
     OpSpec {
         name: "bitmask.densify",
@@ -227,6 +243,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[],
         outputs: &[t("out", Dtypes::Float, "[n]")],
+        run: runners::bitmask_densify,
     },
     OpSpec {
         name: "codec.gather",
@@ -243,6 +260,7 @@ pub static OPS: &[OpSpec] = &[
             "number of set mask bits",
         )],
         outputs: &[t("out", Dtypes::Bits16Or32, "[count]")],
+        run: runners::codec_gather,
     },
     OpSpec {
         name: "codec.delta_encode",
@@ -257,6 +275,7 @@ pub static OPS: &[OpSpec] = &[
             t("words", Dtypes::U32, "[packed_words(widths, n)]"),
             t("widths", Dtypes::U8, "[ceil(n / 256)]"),
         ],
+        run: runners::codec_delta_encode,
     },
     OpSpec {
         name: "codec.delta_decode",
@@ -269,6 +288,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[],
         outputs: &[t("out", Dtypes::Float, "[n]")],
+        run: runners::codec_delta_decode,
     },
     OpSpec {
         name: "codec.delta_f32",
@@ -280,6 +300,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[],
         outputs: &[t("out", Dtypes::F32, "[n]")],
+        run: runners::codec_delta_f32,
     },
     OpSpec {
         name: "codec.to_f32",
@@ -288,6 +309,7 @@ pub static OPS: &[OpSpec] = &[
         inputs: &[t("values", Dtypes::Float, "[n]")],
         params: &[],
         outputs: &[t("out", Dtypes::F32, "[n]")],
+        run: runners::codec_to_f32,
     },
     OpSpec {
         name: "codec.kmeans",
@@ -308,6 +330,7 @@ pub static OPS: &[OpSpec] = &[
             t("centroids", Dtypes::F32, "[2^bits] (host)"),
             t("indices", Dtypes::U8, "[n]"),
         ],
+        run: runners::codec_kmeans,
     },
     OpSpec {
         name: "codec.pack_indices",
@@ -319,6 +342,7 @@ pub static OPS: &[OpSpec] = &[
             t("words", Dtypes::U32, "[packed_words(widths, n)]"),
             t("widths", Dtypes::U8, "[ceil(n / 256)]"),
         ],
+        run: runners::codec_pack_indices,
     },
     OpSpec {
         name: "codec.dequantize",
@@ -329,13 +353,17 @@ pub static OPS: &[OpSpec] = &[
             t("indices.widths", Dtypes::U8, "[ceil(n / 256)]"),
             opt("base_vals", Dtypes::Float, "[n]"),
         ],
-        params: &[p(
-            "centroids",
-            ParamType::F32List,
-            None,
-            "1..=256 centroids",
-        )],
+        params: &[
+            p(
+                "indices.count",
+                ParamType::Usize,
+                None,
+                "number of packed indices n",
+            ),
+            p("centroids", ParamType::F32List, None, "1..=256 centroids"),
+        ],
         outputs: &[t("out", Dtypes::Float, "[n]")],
+        run: runners::codec_dequantize,
     },
     OpSpec {
         name: "attention.forward",
@@ -344,6 +372,7 @@ pub static OPS: &[OpSpec] = &[
         inputs: ATTENTION_INPUTS,
         params: ATTENTION_PARAMS,
         outputs: O_LSE,
+        run: runners::attention_forward,
     },
     OpSpec {
         name: "attention.decode",
@@ -352,6 +381,7 @@ pub static OPS: &[OpSpec] = &[
         inputs: ATTENTION_INPUTS,
         params: ATTENTION_PARAMS_SPLITS,
         outputs: O_LSE,
+        run: runners::attention_decode,
     },
     OpSpec {
         name: "attention.decode_partials",
@@ -363,6 +393,7 @@ pub static OPS: &[OpSpec] = &[
             t("o", Dtypes::F32, "[splits, total_q, heads, head_dim]"),
             t("lse", Dtypes::F32, "[splits, heads, total_q]"),
         ],
+        run: runners::attention_decode_partials,
     },
     OpSpec {
         name: "attention.merge",
@@ -379,6 +410,7 @@ pub static OPS: &[OpSpec] = &[
             p("head_dim", ParamType::Usize, None, "head dimension"),
         ],
         outputs: O_LSE,
+        run: runners::attention_merge,
     },
     OpSpec {
         name: "tah.select_hard",
@@ -392,6 +424,7 @@ pub static OPS: &[OpSpec] = &[
             "in (0, 1); the paper uses 0.9",
         )],
         outputs: &[t("indices", Dtypes::U32, "[count]")],
+        run: runners::tah_select_hard,
     },
     OpSpec {
         name: "tah.gather_rows",
@@ -403,6 +436,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[p("d", ParamType::Usize, None, "row width")],
         outputs: &[t("out", Dtypes::Bits32, "[m, d]")],
+        run: runners::tah_gather_rows,
     },
     OpSpec {
         name: "tah.scatter_rows",
@@ -415,6 +449,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[p("d", ParamType::Usize, None, "row width")],
         outputs: &[t("dst", Dtypes::Bits32, "[rows, d]")],
+        run: runners::tah_scatter_rows,
     },
     OpSpec {
         name: "tah.copy_range",
@@ -435,6 +470,7 @@ pub static OPS: &[OpSpec] = &[
             p("n", ParamType::Usize, None, "elements"),
         ],
         outputs: &[t("dst", Dtypes::Any, "[>= dst_off + n]")],
+        run: runners::tah_copy_range,
     },
     OpSpec {
         name: "tah.next_depth_input",
@@ -454,6 +490,7 @@ pub static OPS: &[OpSpec] = &[
             t("ids", Dtypes::U32, "[m, k]"),
             t("weights", Dtypes::F32, "[m, k]"),
         ],
+        run: runners::tah_next_depth_input,
     },
     OpSpec {
         name: "tah.accumulate_logits",
@@ -465,6 +502,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[],
         outputs: &[t("cum", Dtypes::F32, "[n]")],
+        run: runners::tah_accumulate_logits,
     },
 ];
 
@@ -657,8 +695,9 @@ mod tests {
                 .inputs
                 .iter()
                 .map(|t| t.name.split('.').next().unwrap())
-                .chain(op.params.iter().map(|p| p.name))
+                .chain(op.params.iter().map(|p| p.name.split('.').next().unwrap()))
                 .collect();
+            declared.sort_unstable();
             declared.dedup();
             for a in &args {
                 assert!(

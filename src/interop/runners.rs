@@ -1,0 +1,400 @@
+//! One runner per op of the table: read the call's tensors and parameters by their Rust names,
+//! call the Rust op, put its outputs. [`Call::run`](super::Call::run) has already checked
+//! names, dtypes (per the table's dtype sets), devices and shapes; the ops check the rest.
+
+use half::{bf16, f16};
+
+use super::{Arg, Call, DynBuffer, Elem};
+use crate::device::DeviceBuffer;
+use crate::dtype::DTypeKind;
+use crate::error::{Error, Result};
+use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
+use crate::ops::{bitmask, codec, tah};
+
+/// `Elem::get` of a moved-out tensor, by value.
+fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
+    let Arg { buf, shape } = arg;
+    let dt = buf.dtype();
+    T::take(buf)
+        .map(|b| (b, shape))
+        .map_err(|_| call.err(format!("input `{name}` is {dt}, expected {}", T::KIND)))
+}
+
+pub(crate) fn bitmask_sparsify(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("base")?, "bitmask.sparsify", |T| {
+        let s = bitmask::sparsify(c.inp::<T>("base")?, c.inp::<T>("new")?, c.p_f32("tau")?)?;
+        c.put("mask", s.mask)?;
+        c.put("values", s.values)
+    })
+}
+
+pub(crate) fn bitmask_densify(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("base")?, "bitmask.densify", |T| {
+        let out = bitmask::densify_parts(
+            c.inp::<T>("base")?,
+            c.inp::<u32>("mask")?,
+            c.inp::<T>("values")?,
+        )?;
+        c.put("out", out)
+    })
+}
+
+pub(crate) fn codec_gather(c: &mut Call) -> Result<()> {
+    fn go<T: Elem>(c: &mut Call) -> Result<()> {
+        let out = codec::gather(
+            c.inp::<T>("src")?,
+            c.inp::<u32>("mask")?,
+            c.p_usize("count")?,
+        )?;
+        c.put("out", out)
+    }
+    match c.dtype_of("src")? {
+        DTypeKind::F32 => go::<f32>(c),
+        DTypeKind::I32 => go::<i32>(c),
+        DTypeKind::U32 => go::<u32>(c),
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        DTypeKind::U16 => go::<u16>(c),
+        other => Err(c.err(format!("src dtype {other} is not 2 or 4 bytes"))),
+    }
+}
+
+pub(crate) fn codec_delta_encode(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("base_vals")?, "codec.delta_encode", |T| {
+        let p = codec::delta_encode(c.inp::<T>("base_vals")?, c.inp::<T>("new_vals")?)?;
+        c.put("words", p.words)?;
+        c.put("widths", p.widths)
+    })
+}
+
+/// Run `f` on a [`codec::Packed`] made of the moved-out inputs `<prefix>.words` and
+/// `<prefix>.widths`, then put them back.
+fn with_packed<R>(
+    c: &mut Call,
+    prefix: &str,
+    count: usize,
+    f: impl FnOnce(&Call, &codec::Packed) -> Result<R>,
+) -> Result<R> {
+    let (wn, hn) = (format!("{prefix}.words"), format!("{prefix}.widths"));
+    let words = c.take_inp(&wn)?;
+    let widths = match c.take_inp(&hn) {
+        Ok(w) => w,
+        Err(e) => {
+            c.put_back(&wn, words)?;
+            return Err(e);
+        }
+    };
+    let (words, ws) = into_typed::<u32>(c, &wn, words)?;
+    let (widths, hs) = into_typed::<u8>(c, &hn, widths)?;
+    let packed = codec::Packed {
+        words,
+        widths,
+        count,
+    };
+    let r = f(c, &packed);
+    let codec::Packed { words, widths, .. } = packed;
+    c.put_back(
+        &wn,
+        Arg {
+            buf: DynBuffer::U32(words),
+            shape: ws,
+        },
+    )?;
+    c.put_back(
+        &hn,
+        Arg {
+            buf: DynBuffer::U8(widths),
+            shape: hs,
+        },
+    )?;
+    r
+}
+
+pub(crate) fn codec_delta_decode(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("base_vals")?, "codec.delta_decode", |T| {
+        let n = c.inp::<T>("base_vals")?.len();
+        let out = with_packed(c, "packed", n, |c, p| {
+            codec::delta_decode(c.inp::<T>("base_vals")?, p)
+        })?;
+        c.put("out", out)
+    })
+}
+
+pub(crate) fn codec_delta_f32(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("base_vals")?, "codec.delta_f32", |T| {
+        let out = codec::delta_f32(c.inp::<T>("base_vals")?, c.inp::<T>("new_vals")?)?;
+        c.put("out", out)
+    })
+}
+
+pub(crate) fn codec_to_f32(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("values")?, "codec.to_f32", |T| {
+        let out = codec::to_f32(c.inp::<T>("values")?)?;
+        c.put("out", out)
+    })
+}
+
+pub(crate) fn codec_kmeans(c: &mut Call) -> Result<()> {
+    let k = codec::kmeans(
+        c.inp::<f32>("values")?,
+        c.p_u32("bits")?,
+        c.p_u32("max_iters")?,
+        c.p_f32("tol")?,
+    )?;
+    c.put_host("centroids", &k.centroids)?;
+    c.put("indices", k.indices)
+}
+
+pub(crate) fn codec_pack_indices(c: &mut Call) -> Result<()> {
+    let p = codec::pack_indices(c.inp::<u8>("indices")?, c.p_u32("bits")?)?;
+    c.put("words", p.words)?;
+    c.put("widths", p.widths)
+}
+
+pub(crate) fn codec_dequantize(c: &mut Call) -> Result<()> {
+    // Without a base the output dtype is not given by any input: f32.
+    let dt = match c.opt_dtype_of("base_vals")? {
+        Some(d) => d,
+        None => DTypeKind::F32,
+    };
+    let count = c.p_usize("indices.count")?;
+    with_float!(dt, "codec.dequantize", |T| {
+        let centroids = c.p_list("centroids")?.to_vec();
+        let out = with_packed(c, "indices", count, |c, p| {
+            codec::dequantize(p, &centroids, c.opt_inp::<T>("base_vals")?)
+        })?;
+        c.put("out", out)
+    })
+}
+
+fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'a, T>> {
+    const OP: &str = "attention";
+    let (q, k, v) = (c.inp::<T>("q")?, c.inp::<T>("k")?, c.inp::<T>("v")?);
+    let mode = c.p_enum("mode")?;
+    let (qd, kd) = (c.opt_inp::<i32>("q_depth")?, c.opt_inp::<i32>("kv_depth")?);
+    let b: AttentionBuilder<'a, T> = match (mode, qd, kd) {
+        ("duo_causal", Some(qd), Some(kd)) => Attention::duo_causal(q, k, v, qd, kd),
+        ("duo_causal", _, _) => {
+            return Err(Error::invalid(
+                OP,
+                "mode duo_causal needs q_depth and kv_depth",
+            ))
+        }
+        (_, None, None) => match mode {
+            "full" => Attention::full(q, k, v),
+            _ => Attention::causal(q, k, v),
+        },
+        (m, _, _) => {
+            return Err(Error::invalid(
+                OP,
+                format!("q_depth and kv_depth are only used by mode duo_causal, not {m}"),
+            ))
+        }
+    };
+    let pos = |name: &str| -> Result<Positions<'a>> {
+        Ok(match c.opt_inp::<i32>(name)? {
+            Some(p) => Positions::Explicit(p),
+            None => Positions::Implicit { offset: 0 },
+        })
+    };
+    let mut b = b
+        .heads(c.p_usize("heads")?, c.p_usize("kv_heads")?)
+        .head_dim(c.p_usize("head_dim")?)
+        .seqlens(
+            c.inp::<i32>("cu_seqlens_q")?,
+            c.inp::<i32>("cu_seqlens_kv")?,
+            c.p_usize("max_seqlen_q")?,
+            c.p_usize("max_seqlen_kv")?,
+        )
+        .positions(pos("q_pos")?, pos("kv_pos")?)
+        .scale(c.p_f32("scale")?)
+        .path(match c.p_enum("path")? {
+            "tensor_core" => Path::TensorCore,
+            "scalar" => Path::Scalar,
+            _ => Path::Auto,
+        });
+    if let Some(valid) = c.opt_inp::<u8>("kv_valid")? {
+        b = b.kv_valid(valid);
+    }
+    b.build()
+}
+
+/// Report the kernels' findings about `cu_seqlens` where that costs no wait (SIMT and the CPU
+/// path run synchronously). On a GPU the check would wait for the stream; it runs only with
+/// `TESSERA_EAGER_CHECKS=1` (docs/interop.md).
+fn check_now(c: &Call, check: &crate::ops::DeviceCheck) -> Result<()> {
+    if matches!(
+        c.device.backend(),
+        crate::device::Backend::Cpu | crate::device::Backend::Simt(_)
+    ) {
+        check.check()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn attention_forward(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let (o, lse) = (c.take_provided("o")?, c.take_provided("lse")?);
+        match (o, lse) {
+            (Some(mut o), Some(mut lse)) => {
+                let r = {
+                    let a = attention_problem::<T>(c)?;
+                    match (o.get_mut::<f32>(), lse.get_mut::<f32>()) {
+                        (Some(ob), Some(lb)) => attention::forward_into(&a, ob, lb),
+                        _ => Err(c.err("o and lse must be f32")),
+                    }
+                };
+                let check = r?;
+                check_now(c, &check)?;
+                c.put_written("o", o)?;
+                c.put_written("lse", lse)
+            }
+            (o, lse) => {
+                let out = attention::forward(&attention_problem::<T>(c)?)?;
+                check_now(c, &out.check)?;
+                c.restore_provided("o", o)?;
+                c.restore_provided("lse", lse)?;
+                c.put("o", out.o)?;
+                c.put("lse", out.lse)
+            }
+        }
+    }
+    match c.dtype_of("q")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
+    }
+}
+
+pub(crate) fn attention_decode(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let out = attention::decode(&attention_problem::<T>(c)?, c.p_usize("splits")?)?;
+        check_now(c, &out.check)?;
+        c.put("o", out.o)?;
+        c.put("lse", out.lse)
+    }
+    match c.dtype_of("q")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
+    }
+}
+
+pub(crate) fn attention_decode_partials(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let p = attention::decode_partials(&attention_problem::<T>(c)?, c.p_usize("splits")?)?;
+        check_now(c, &p.check)?;
+        c.put("o", p.o)?;
+        c.put("lse", p.lse)
+    }
+    match c.dtype_of("q")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
+    }
+}
+
+pub(crate) fn attention_merge(c: &mut Call) -> Result<()> {
+    let out = attention::merge(
+        c.inp::<f32>("o")?,
+        c.inp::<f32>("lse")?,
+        c.p_usize("splits")?,
+        c.p_usize("total_q")?,
+        c.p_usize("heads")?,
+        c.p_usize("head_dim")?,
+    )?;
+    c.put("o", out.o)?;
+    c.put("lse", out.lse)
+}
+
+pub(crate) fn tah_select_hard(c: &mut Call) -> Result<()> {
+    let s = tah::select_hard(c.inp::<f32>("scores")?, c.p_f64("threshold")?)?;
+    c.put("indices", s.indices)
+}
+
+pub(crate) fn tah_gather_rows(c: &mut Call) -> Result<()> {
+    fn go<T: Elem>(c: &mut Call) -> Result<()> {
+        let out = tah::gather_rows(c.inp::<T>("src")?, c.inp::<u32>("idx")?, c.p_usize("d")?)?;
+        c.put("out", out)
+    }
+    match c.dtype_of("src")? {
+        DTypeKind::F32 => go::<f32>(c),
+        DTypeKind::I32 => go::<i32>(c),
+        DTypeKind::U32 => go::<u32>(c),
+        other => Err(c.err(format!("src dtype {other} is not a 4-byte type"))),
+    }
+}
+
+/// Run `f` with in-place input `name` moved out as `&mut DeviceBuffer<T>`, then put it back.
+fn in_place<T: Elem>(
+    c: &mut Call,
+    name: &str,
+    f: impl FnOnce(&Call, &mut DeviceBuffer<T>) -> Result<()>,
+) -> Result<()> {
+    let mut arg = c.take_inp(name)?;
+    let r = match arg.buf.get_mut::<T>() {
+        Some(b) => f(c, b),
+        None => Err(c.err(format!(
+            "input `{name}` is {}, expected {}",
+            arg.buf.dtype(),
+            T::KIND
+        ))),
+    };
+    c.put_back(name, arg)?;
+    r
+}
+
+pub(crate) fn tah_scatter_rows(c: &mut Call) -> Result<()> {
+    fn go<T: Elem>(c: &mut Call) -> Result<()> {
+        in_place::<T>(c, "dst", |c, dst| {
+            tah::scatter_rows(
+                c.inp::<T>("src")?,
+                c.inp::<u32>("idx")?,
+                c.p_usize("d")?,
+                dst,
+            )
+        })
+    }
+    match c.dtype_of("dst")? {
+        DTypeKind::F32 => go::<f32>(c),
+        DTypeKind::I32 => go::<i32>(c),
+        DTypeKind::U32 => go::<u32>(c),
+        other => Err(c.err(format!("dst dtype {other} is not a 4-byte type"))),
+    }
+}
+
+pub(crate) fn tah_copy_range(c: &mut Call) -> Result<()> {
+    fn go<T: Elem>(c: &mut Call) -> Result<()> {
+        in_place::<T>(c, "dst", |c, dst| {
+            tah::copy_range(
+                c.inp::<T>("src")?,
+                c.p_usize("src_off")?,
+                dst,
+                c.p_usize("dst_off")?,
+                c.p_usize("n")?,
+            )
+        })
+    }
+    with_elem!(c.dtype_of("dst")?, "tah.copy_range", |T| go::<T>(c))
+}
+
+pub(crate) fn tah_next_depth_input(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("emb")?, "tah.next_depth_input", |T| {
+        let n = tah::next_depth_input(
+            c.inp::<f32>("cum")?,
+            c.p_usize("vocab")?,
+            c.p_usize("k")?,
+            c.inp::<T>("emb")?,
+            c.p_usize("d")?,
+        )?;
+        c.put("out", n.out)?;
+        c.put("ids", n.ids)?;
+        c.put("weights", n.weights)
+    })
+}
+
+pub(crate) fn tah_accumulate_logits(c: &mut Call) -> Result<()> {
+    in_place::<f32>(c, "cum", |c, cum| {
+        tah::accumulate_logits(cum, c.inp::<f32>("logits")?)
+    })
+}
