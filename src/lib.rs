@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod capi;
 pub mod ckpt;
 pub mod device;
 pub mod drivers;

@@ -855,3 +855,67 @@ impl Call {
         self.put(name, b)
     }
 }
+
+/// A host executor by name: `cpu` (the native CPU path), `simt` (the host SIMT executor, wave32:
+/// the CUDA sources) or `simt64` (wave64: the HIP sources), optionally with a shuffled
+/// schedule, `simt-shuffle<seed>` / `simt64-shuffle<seed>`.
+pub fn host_device(name: &str) -> Result<Device> {
+    use crate::device::{Schedule, SimtConfig};
+    let bad = || {
+        Error::invalid(
+            "host executor",
+            format!("`{name}` is not one of cpu, simt, simt64, simt-shuffle<seed>, simt64-shuffle<seed>"),
+        )
+    };
+    if name == "cpu" {
+        return Ok(Device::cpu());
+    }
+    let (wave, rest) = if let Some(r) = name.strip_prefix("simt64") {
+        (64, r)
+    } else if let Some(r) = name.strip_prefix("simt") {
+        (32, r.strip_prefix("32").unwrap_or(r))
+    } else {
+        return Err(bad());
+    };
+    let schedule = match rest {
+        "" => Schedule::InOrder,
+        r => Schedule::Shuffled(
+            r.strip_prefix("-shuffle")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(bad)?,
+        ),
+    };
+    Device::simt_with(SimtConfig {
+        wave,
+        schedule,
+        ..SimtConfig::default()
+    })
+}
+
+/// Whether output `i` of `op` has a size that depends on the data (not on the input shapes and
+/// parameters): its rule uses a function of the data (`popcount(mask)`) or a name no input or
+/// parameter binds (`tah.select_hard`'s `count`).
+pub fn data_dependent(op: &OpSpec, i: usize) -> bool {
+    let mut dims = shape::Dims::new();
+    for p in op.params {
+        if matches!(p.ty, ParamType::U32 | ParamType::Usize) {
+            dims.insert(p.name.to_string(), 1);
+        }
+    }
+    for t in op.inputs {
+        for d in shape::parse(t.shape) {
+            match d {
+                shape::Dim::Name(n) => {
+                    dims.insert(n, 1);
+                }
+                shape::Dim::Expr(shape::Expr::Add(a, _)) => {
+                    if let shape::Expr::Name(n) = *a {
+                        dims.insert(n, 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    shape::eval(op.outputs[i].shape, &dims).is_none()
+}

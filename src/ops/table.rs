@@ -71,6 +71,19 @@ pub struct TensorSpec {
     pub shape: &'static str,
     /// May be absent (`Option` in Rust).
     pub optional: bool,
+    /// For an output whose size depends on the data: how many elements it can take at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<&'static str>,
+}
+
+impl TensorSpec {
+    /// The same tensor with an upper bound on its data-dependent size.
+    const fn at_most(self, max: &'static str) -> Self {
+        TensorSpec {
+            max: Some(max),
+            ..self
+        }
+    }
 }
 
 fn dtype_names<S: serde::Serializer>(d: &Dtypes, s: S) -> Result<S::Ok, S::Error> {
@@ -126,6 +139,7 @@ const fn t(name: &'static str, dtypes: Dtypes, shape: &'static str) -> TensorSpe
         dtypes,
         shape,
         optional: false,
+        max: None,
     }
 }
 
@@ -135,6 +149,7 @@ const fn opt(name: &'static str, dtypes: Dtypes, shape: &'static str) -> TensorS
         dtypes,
         shape,
         optional: true,
+        max: None,
     }
 }
 
@@ -228,7 +243,7 @@ pub static OPS: &[OpSpec] = &[
         )],
         outputs: &[
             t("mask", Dtypes::U32, "[ceil(n / 32)]"),
-            t("values", Dtypes::Float, "[popcount(mask)]"),
+            t("values", Dtypes::Float, "[popcount(mask)]").at_most("n elements"),
         ],
         run: runners::bitmask_sparsify,
     },
@@ -272,7 +287,8 @@ pub static OPS: &[OpSpec] = &[
         ],
         params: &[],
         outputs: &[
-            t("words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("words", Dtypes::U32, "[packed_words(widths, n)]")
+                .at_most("256 * ceil(n / 256) elements"),
             t("widths", Dtypes::U8, "[ceil(n / 256)]"),
         ],
         run: runners::codec_delta_encode,
@@ -339,7 +355,8 @@ pub static OPS: &[OpSpec] = &[
         inputs: &[t("indices", Dtypes::U8, "[n]")],
         params: &[p("bits", ParamType::U32, None, "1..=8")],
         outputs: &[
-            t("words", Dtypes::U32, "[packed_words(widths, n)]"),
+            t("words", Dtypes::U32, "[packed_words(widths, n)]")
+                .at_most("8 * bits * ceil(n / 256) elements"),
             t("widths", Dtypes::U8, "[ceil(n / 256)]"),
         ],
         run: runners::codec_pack_indices,
@@ -423,7 +440,7 @@ pub static OPS: &[OpSpec] = &[
             None,
             "in (0, 1); the paper uses 0.9",
         )],
-        outputs: &[t("indices", Dtypes::U32, "[count]")],
+        outputs: &[t("indices", Dtypes::U32, "[count]").at_most("n elements")],
         run: runners::tah_select_hard,
     },
     OpSpec {

@@ -1,0 +1,831 @@
+//! Generated from the op table by `capi::codegen::rust_source`; do not edit by hand
+//! (`TESSERA_BLESS=1 cargo test --release --lib capi` regenerates it).
+
+#![allow(clippy::too_many_arguments)]
+
+use std::ffi::c_void;
+
+use super::dlpack::DLTensor;
+use super::{entry, Ctx, TesseraStatus};
+use crate::interop::ParamValue;
+
+/// `bitmask.sparsify`: change bitmask of new vs base and the packed changed values (Rust: `tessera::ops::bitmask::sparsify`).
+///
+/// Inputs: `base` (f32|f16|bf16, `[n]`), `new_` (f32|f16|bf16, `[n]`).
+///
+/// Parameters: `tau` (float, usually 0): changes with |new - base| <= tau are dropped; 0 compares bit patterns.
+///
+/// Outputs, allocated by the caller: `mask` (u32, `[ceil(n / 32)]`), `values` (f32|f16|bf16, `[popcount(mask)]`: its size depends on the data; pass a 1-D tensor with room for n elements; `values_len`, when not NULL, receives the number of elements written).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_bitmask_sparsify(
+    base: *const DLTensor,
+    new_: *const DLTensor,
+    tau: f32,
+    mask: *mut DLTensor,
+    values: *mut DLTensor,
+    values_len: *mut i64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("bitmask.sparsify", || {
+        let mut c = Ctx::new("bitmask.sparsify");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base", base) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("new", new_) }?;
+        c.param("tau", ParamValue::F32(tau));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("mask", mask, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("values", values, values_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `bitmask.densify`: the dense tensor from base, change mask and packed values (Rust: `tessera::ops::bitmask::densify_parts`).
+///
+/// Inputs: `base` (f32|f16|bf16, `[n]`), `mask` (u32, `[ceil(n / 32)]`), `values` (f32|f16|bf16, `[popcount(mask)]`).
+///
+/// Outputs, allocated by the caller: `out` (f32|f16|bf16, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_bitmask_densify(
+    base: *const DLTensor,
+    mask: *const DLTensor,
+    values: *const DLTensor,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("bitmask.densify", || {
+        let mut c = Ctx::new("bitmask.densify");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base", base) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("mask", mask) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("values", values) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.gather`: the elements of src whose mask bit is set, in order (Rust: `tessera::ops::codec::gather`).
+///
+/// Inputs: `src` (f32|f16|bf16|u32|i32|u16, `[n]`), `mask` (u32, `[ceil(n / 32)]`).
+///
+/// Parameters: `count` (uint64_t): number of set mask bits.
+///
+/// Outputs, allocated by the caller: `out` (f32|f16|bf16|u32|i32|u16, `[count]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_gather(
+    src: *const DLTensor,
+    mask: *const DLTensor,
+    count: u64,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.gather", || {
+        let mut c = Ctx::new("codec.gather");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src", src) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("mask", mask) }?;
+        c.param("count", ParamValue::Usize(crate::capi::usize_param("codec.gather", "count", count)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.delta_encode`: lossless zigzag-delta code of new_vals against base_vals, bit-packed per block (Rust: `tessera::ops::codec::delta_encode`).
+///
+/// Inputs: `base_vals` (f32|f16|bf16, `[n]`), `new_vals` (f32|f16|bf16, `[n]`).
+///
+/// Outputs, allocated by the caller: `words` (u32, `[packed_words(widths, n)]`: its size depends on the data; pass a 1-D tensor with room for 256 * ceil(n / 256) elements; `words_len`, when not NULL, receives the number of elements written), `widths` (u8, `[ceil(n / 256)]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_delta_encode(
+    base_vals: *const DLTensor,
+    new_vals: *const DLTensor,
+    words: *mut DLTensor,
+    words_len: *mut i64,
+    widths: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.delta_encode", || {
+        let mut c = Ctx::new("codec.delta_encode");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base_vals", base_vals) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("new_vals", new_vals) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("words", words, words_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("widths", widths, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.delta_decode`: inverse of codec.delta_encode, bit-exact (Rust: `tessera::ops::codec::delta_decode`).
+///
+/// Inputs: `base_vals` (f32|f16|bf16, `[n]`), `packed_words` (u32, `[packed_words(widths, n)]`), `packed_widths` (u8, `[ceil(n / 256)]`).
+///
+/// Outputs, allocated by the caller: `out` (f32|f16|bf16, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_delta_decode(
+    base_vals: *const DLTensor,
+    packed_words: *const DLTensor,
+    packed_widths: *const DLTensor,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.delta_decode", || {
+        let mut c = Ctx::new("codec.delta_decode");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base_vals", base_vals) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("packed.words", packed_words) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("packed.widths", packed_widths) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.delta_f32`: new_vals - base_vals in f32 (Rust: `tessera::ops::codec::delta_f32`).
+///
+/// Inputs: `base_vals` (f32|f16|bf16, `[n]`), `new_vals` (f32|f16|bf16, `[n]`).
+///
+/// Outputs, allocated by the caller: `out` (f32, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_delta_f32(
+    base_vals: *const DLTensor,
+    new_vals: *const DLTensor,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.delta_f32", || {
+        let mut c = Ctx::new("codec.delta_f32");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base_vals", base_vals) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("new_vals", new_vals) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.to_f32`: widen to f32 (Rust: `tessera::ops::codec::to_f32`).
+///
+/// Inputs: `values` (f32|f16|bf16, `[n]`).
+///
+/// Outputs, allocated by the caller: `out` (f32, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_to_f32(
+    values: *const DLTensor,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.to_f32", || {
+        let mut c = Ctx::new("codec.to_f32");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("values", values) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.kmeans`: exact, deterministic 1-D k-means with 2^bits centroids (Rust: `tessera::ops::codec::kmeans`).
+///
+/// Inputs: `values` (f32, `[n]`).
+///
+/// Parameters: `bits` (uint32_t): 2, 3, 4 or 8; `max_iters` (uint32_t): update limit; `tol` (float): stop when no centroid moves more than tol x range.
+///
+/// Outputs, allocated by the caller: `centroids` (f32, `[2^bits] (host)`), `indices` (u8, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_kmeans(
+    values: *const DLTensor,
+    bits: u32,
+    max_iters: u32,
+    tol: f32,
+    centroids: *mut DLTensor,
+    indices: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.kmeans", || {
+        let mut c = Ctx::new("codec.kmeans");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("values", values) }?;
+        c.param("bits", ParamValue::U32(bits));
+        c.param("max_iters", ParamValue::U32(max_iters));
+        c.param("tol", ParamValue::F32(tol));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("centroids", centroids, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("indices", indices, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.pack_indices`: pack indices at a fixed bit width (Rust: `tessera::ops::codec::pack_indices`).
+///
+/// Inputs: `indices` (u8, `[n]`).
+///
+/// Parameters: `bits` (uint32_t): 1..=8.
+///
+/// Outputs, allocated by the caller: `words` (u32, `[packed_words(widths, n)]`: its size depends on the data; pass a 1-D tensor with room for 8 * bits * ceil(n / 256) elements; `words_len`, when not NULL, receives the number of elements written), `widths` (u8, `[ceil(n / 256)]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_pack_indices(
+    indices: *const DLTensor,
+    bits: u32,
+    words: *mut DLTensor,
+    words_len: *mut i64,
+    widths: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.pack_indices", || {
+        let mut c = Ctx::new("codec.pack_indices");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("indices", indices) }?;
+        c.param("bits", ParamValue::U32(bits));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("words", words, words_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("widths", widths, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `codec.dequantize`: round_T(base_vals + centroids[index]) for packed indices (Rust: `tessera::ops::codec::dequantize`).
+///
+/// Inputs: `indices_words` (u32, `[packed_words(widths, n)]`), `indices_widths` (u8, `[ceil(n / 256)]`), `base_vals` (f32|f16|bf16, `[n]`, optional: may be NULL).
+///
+/// Parameters: `indices_count` (uint64_t): number of packed indices n; `centroids` (const float*, `centroids_len` of them): 1..=256 centroids.
+///
+/// Outputs, allocated by the caller: `out` (f32|f16|bf16, `[n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_codec_dequantize(
+    indices_words: *const DLTensor,
+    indices_widths: *const DLTensor,
+    base_vals: *const DLTensor,
+    indices_count: u64,
+    centroids: *const f32,
+    centroids_len: u64,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("codec.dequantize", || {
+        let mut c = Ctx::new("codec.dequantize");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("indices.words", indices_words) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("indices.widths", indices_widths) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("base_vals", base_vals) }?;
+        c.param("indices.count", ParamValue::Usize(crate::capi::usize_param("codec.dequantize", "indices.count", indices_count)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_list("centroids", centroids, centroids_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `attention.forward`: varlen GQA attention (full, causal, duo-causal), fused, tile-skipping (Rust: `tessera::ops::attention::forward`).
+///
+/// Inputs: `q` (f16|bf16, `[total_q, heads, head_dim]`), `k` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `v` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `cu_seqlens_q` (i32, `[batch + 1]`), `cu_seqlens_kv` (i32, `[batch + 1]`), `q_pos` (i32, `[total_q]`, optional: may be NULL), `kv_pos` (i32, `[total_kv]`, optional: may be NULL), `q_depth` (i32, `[total_q]`, optional: may be NULL), `kv_depth` (i32, `[total_kv]`, optional: may be NULL), `kv_valid` (u8, `[total_kv]`, optional: may be NULL).
+///
+/// Parameters: `heads` (uint64_t): query heads H; `kv_heads` (uint64_t): key/value heads (H is a multiple); `head_dim` (uint64_t): D: 64 or 128; `max_seqlen_q` (uint64_t): bound on every query sequence's length (sizes the grid); `max_seqlen_kv` (uint64_t): bound on every key sequence's length; `scale` (float): softmax scale, usually 1/sqrt(D); `mode` (const char*, one of "full", "causal", "duo_causal"): mask: full, causal (by position) or duo_causal (position and depth); `path` (const char*, one of "auto", "tensor_core", "scalar", NULL = "auto"): kernel path.
+///
+/// Outputs, allocated by the caller: `o` (f32, `[total_q, heads, head_dim]`), `lse` (f32, `[heads, total_q]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_attention_forward(
+    q: *const DLTensor,
+    k: *const DLTensor,
+    v: *const DLTensor,
+    cu_seqlens_q: *const DLTensor,
+    cu_seqlens_kv: *const DLTensor,
+    q_pos: *const DLTensor,
+    kv_pos: *const DLTensor,
+    q_depth: *const DLTensor,
+    kv_depth: *const DLTensor,
+    kv_valid: *const DLTensor,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    max_seqlen_q: u64,
+    max_seqlen_kv: u64,
+    scale: f32,
+    mode: *const std::ffi::c_char,
+    path: *const std::ffi::c_char,
+    o: *mut DLTensor,
+    lse: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("attention.forward", || {
+        let mut c = Ctx::new("attention.forward");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q", q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("k", k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v", v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_q", cu_seqlens_q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_kv", cu_seqlens_kv) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_pos", q_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_pos", kv_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_depth", q_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_depth", kv_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_valid", kv_valid) }?;
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.forward", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param("scale", ParamValue::F32(scale));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("mode", mode) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("path", path) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("o", o, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("lse", lse, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `attention.decode`: flash-decoding: split-KV partials, then the LSE merge (Rust: `tessera::ops::attention::decode`).
+///
+/// Inputs: `q` (f16|bf16, `[total_q, heads, head_dim]`), `k` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `v` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `cu_seqlens_q` (i32, `[batch + 1]`), `cu_seqlens_kv` (i32, `[batch + 1]`), `q_pos` (i32, `[total_q]`, optional: may be NULL), `kv_pos` (i32, `[total_kv]`, optional: may be NULL), `q_depth` (i32, `[total_q]`, optional: may be NULL), `kv_depth` (i32, `[total_kv]`, optional: may be NULL), `kv_valid` (u8, `[total_kv]`, optional: may be NULL).
+///
+/// Parameters: `heads` (uint64_t): query heads H; `kv_heads` (uint64_t): key/value heads (H is a multiple); `head_dim` (uint64_t): D: 64 or 128; `max_seqlen_q` (uint64_t): bound on every query sequence's length (sizes the grid); `max_seqlen_kv` (uint64_t): bound on every key sequence's length; `scale` (float): softmax scale, usually 1/sqrt(D); `mode` (const char*, one of "full", "causal", "duo_causal"): mask: full, causal (by position) or duo_causal (position and depth); `path` (const char*, one of "auto", "tensor_core", "scalar", NULL = "auto"): kernel path; `splits` (uint64_t): key splits per sequence.
+///
+/// Outputs, allocated by the caller: `o` (f32, `[total_q, heads, head_dim]`), `lse` (f32, `[heads, total_q]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_attention_decode(
+    q: *const DLTensor,
+    k: *const DLTensor,
+    v: *const DLTensor,
+    cu_seqlens_q: *const DLTensor,
+    cu_seqlens_kv: *const DLTensor,
+    q_pos: *const DLTensor,
+    kv_pos: *const DLTensor,
+    q_depth: *const DLTensor,
+    kv_depth: *const DLTensor,
+    kv_valid: *const DLTensor,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    max_seqlen_q: u64,
+    max_seqlen_kv: u64,
+    scale: f32,
+    mode: *const std::ffi::c_char,
+    path: *const std::ffi::c_char,
+    splits: u64,
+    o: *mut DLTensor,
+    lse: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("attention.decode", || {
+        let mut c = Ctx::new("attention.decode");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q", q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("k", k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v", v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_q", cu_seqlens_q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_kv", cu_seqlens_kv) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_pos", q_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_pos", kv_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_depth", q_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_depth", kv_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_valid", kv_valid) }?;
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param("scale", ParamValue::F32(scale));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("mode", mode) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("path", path) }?;
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode", "splits", splits)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("o", o, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("lse", lse, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `attention.decode_partials`: flash-decoding partial (O, LSE) per key split (Rust: `tessera::ops::attention::decode_partials`).
+///
+/// Inputs: `q` (f16|bf16, `[total_q, heads, head_dim]`), `k` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `v` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `cu_seqlens_q` (i32, `[batch + 1]`), `cu_seqlens_kv` (i32, `[batch + 1]`), `q_pos` (i32, `[total_q]`, optional: may be NULL), `kv_pos` (i32, `[total_kv]`, optional: may be NULL), `q_depth` (i32, `[total_q]`, optional: may be NULL), `kv_depth` (i32, `[total_kv]`, optional: may be NULL), `kv_valid` (u8, `[total_kv]`, optional: may be NULL).
+///
+/// Parameters: `heads` (uint64_t): query heads H; `kv_heads` (uint64_t): key/value heads (H is a multiple); `head_dim` (uint64_t): D: 64 or 128; `max_seqlen_q` (uint64_t): bound on every query sequence's length (sizes the grid); `max_seqlen_kv` (uint64_t): bound on every key sequence's length; `scale` (float): softmax scale, usually 1/sqrt(D); `mode` (const char*, one of "full", "causal", "duo_causal"): mask: full, causal (by position) or duo_causal (position and depth); `path` (const char*, one of "auto", "tensor_core", "scalar", NULL = "auto"): kernel path; `splits` (uint64_t): key splits per sequence.
+///
+/// Outputs, allocated by the caller: `o` (f32, `[splits, total_q, heads, head_dim]`), `lse` (f32, `[splits, heads, total_q]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_attention_decode_partials(
+    q: *const DLTensor,
+    k: *const DLTensor,
+    v: *const DLTensor,
+    cu_seqlens_q: *const DLTensor,
+    cu_seqlens_kv: *const DLTensor,
+    q_pos: *const DLTensor,
+    kv_pos: *const DLTensor,
+    q_depth: *const DLTensor,
+    kv_depth: *const DLTensor,
+    kv_valid: *const DLTensor,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    max_seqlen_q: u64,
+    max_seqlen_kv: u64,
+    scale: f32,
+    mode: *const std::ffi::c_char,
+    path: *const std::ffi::c_char,
+    splits: u64,
+    o: *mut DLTensor,
+    lse: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("attention.decode_partials", || {
+        let mut c = Ctx::new("attention.decode_partials");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q", q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("k", k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v", v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_q", cu_seqlens_q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_kv", cu_seqlens_kv) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_pos", q_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_pos", kv_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_depth", q_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_depth", kv_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_valid", kv_valid) }?;
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param("scale", ParamValue::F32(scale));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("mode", mode) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("path", path) }?;
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "splits", splits)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("o", o, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("lse", lse, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `attention.merge`: merge partial (O, LSE) over disjoint key sets (Rust: `tessera::ops::attention::merge`).
+///
+/// Inputs: `o` (f32, `[splits, total_q, heads, head_dim]`), `lse` (f32, `[splits, heads, total_q]`).
+///
+/// Parameters: `splits` (uint64_t): number of partials; `total_q` (uint64_t): query tokens; `heads` (uint64_t): heads; `head_dim` (uint64_t): head dimension.
+///
+/// Updated in place: `o`, `lse`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_attention_merge(
+    o: *const DLTensor,
+    lse: *const DLTensor,
+    splits: u64,
+    total_q: u64,
+    heads: u64,
+    head_dim: u64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("attention.merge", || {
+        let mut c = Ctx::new("attention.merge");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("o", o) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("lse", lse) }?;
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.merge", "splits", splits)?));
+        c.param("total_q", ParamValue::Usize(crate::capi::usize_param("attention.merge", "total_q", total_q)?));
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.merge", "heads", heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.merge", "head_dim", head_dim)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.select_hard`: indices of the tokens with sigmoid(score) > threshold, ascending (Rust: `tessera::ops::tah::select_hard`).
+///
+/// Inputs: `scores` (f32, `[n]`).
+///
+/// Parameters: `threshold` (double): in (0, 1); the paper uses 0.9.
+///
+/// Outputs, allocated by the caller: `indices` (u32, `[count]`: its size depends on the data; pass a 1-D tensor with room for n elements; `indices_len`, when not NULL, receives the number of elements written).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_select_hard(
+    scores: *const DLTensor,
+    threshold: f64,
+    indices: *mut DLTensor,
+    indices_len: *mut i64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.select_hard", || {
+        let mut c = Ctx::new("tah.select_hard");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("scores", scores) }?;
+        c.param("threshold", ParamValue::F64(threshold));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("indices", indices, indices_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.gather_rows`: out[r, :] = src[idx[r], :] for 4-byte elements (Rust: `tessera::ops::tah::gather_rows`).
+///
+/// Inputs: `src` (f32|i32|u32, `[rows, d]`), `idx` (u32, `[m]`).
+///
+/// Parameters: `d` (uint64_t): row width.
+///
+/// Outputs, allocated by the caller: `out` (f32|i32|u32, `[m, d]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_gather_rows(
+    src: *const DLTensor,
+    idx: *const DLTensor,
+    d: u64,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.gather_rows", || {
+        let mut c = Ctx::new("tah.gather_rows");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src", src) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("idx", idx) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.gather_rows", "d", d)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.scatter_rows`: dst[idx[r], :] = src[r, :] in place, distinct indices (Rust: `tessera::ops::tah::scatter_rows`).
+///
+/// Inputs: `src` (f32|i32|u32, `[m, d]`), `idx` (u32, `[m]`), `dst` (f32|i32|u32, `[rows, d] (written in place)`).
+///
+/// Parameters: `d` (uint64_t): row width.
+///
+/// Updated in place: `dst`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_scatter_rows(
+    src: *const DLTensor,
+    idx: *const DLTensor,
+    dst: *const DLTensor,
+    d: u64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.scatter_rows", || {
+        let mut c = Ctx::new("tah.scatter_rows");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src", src) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("idx", idx) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("dst", dst) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.scatter_rows", "d", d)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.copy_range`: dst[dst_off..][..n] = src[src_off..][..n] in place (Rust: `tessera::ops::tah::copy_range`).
+///
+/// Inputs: `src` (f32|f16|bf16|i32|u32|u16|u8, `[>= src_off + n]`), `dst` (f32|f16|bf16|i32|u32|u16|u8, `[>= dst_off + n] (written in place)`).
+///
+/// Parameters: `src_off` (uint64_t): first source element; `dst_off` (uint64_t): first destination element; `n` (uint64_t): elements.
+///
+/// Updated in place: `dst`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_copy_range(
+    src: *const DLTensor,
+    dst: *const DLTensor,
+    src_off: u64,
+    dst_off: u64,
+    n: u64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.copy_range", || {
+        let mut c = Ctx::new("tah.copy_range");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src", src) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("dst", dst) }?;
+        c.param("src_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "src_off", src_off)?));
+        c.param("dst_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "dst_off", dst_off)?));
+        c.param("n", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "n", n)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.next_depth_input`: top-k of the cumulative logits, softmax, weighted sum of embedding rows (Rust: `tessera::ops::tah::next_depth_input`).
+///
+/// Inputs: `cum` (f32, `[m, vocab]`), `emb` (f32|f16|bf16, `[vocab, d]`).
+///
+/// Parameters: `vocab` (uint64_t): vocabulary size; `k` (uint64_t): 1..=min(256, vocab); `d` (uint64_t): embedding width.
+///
+/// Outputs, allocated by the caller: `out` (f32, `[m, d]`), `ids` (u32, `[m, k]`), `weights` (f32, `[m, k]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_next_depth_input(
+    cum: *const DLTensor,
+    emb: *const DLTensor,
+    vocab: u64,
+    k: u64,
+    d: u64,
+    out: *mut DLTensor,
+    ids: *mut DLTensor,
+    weights: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.next_depth_input", || {
+        let mut c = Ctx::new("tah.next_depth_input");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cum", cum) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("emb", emb) }?;
+        c.param("vocab", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "vocab", vocab)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "k", k)?));
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "d", d)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("ids", ids, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("weights", weights, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `tah.accumulate_logits`: cum += logits in place (Rust: `tessera::ops::tah::accumulate_logits`).
+///
+/// Inputs: `cum` (f32, `[n] (written in place)`), `logits` (f32, `[n]`).
+///
+/// Updated in place: `cum`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_tah_accumulate_logits(
+    cum: *const DLTensor,
+    logits: *const DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("tah.accumulate_logits", || {
+        let mut c = Ctx::new("tah.accumulate_logits");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cum", cum) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("logits", logits) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
