@@ -159,14 +159,29 @@ struct CudaMem {
     ptr: sys::CUdeviceptr,
     /// False for the caller's memory (`DeviceBuffer::borrow_raw`): never freed here.
     owned: bool,
+    /// The caller's stream this was allocated on, stream-ordered (`Device::on_stream`): freed
+    /// on it without a device-wide wait when it is still the thread's stream at drop.
+    ordered_on: Option<usize>,
 }
 
 impl Drop for CudaMem {
     fn drop(&mut self) {
-        if self.owned && self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: ptr was returned by cuMemAlloc in this context and is freed once.
-            let _ = unsafe { result::free_sync(self.ptr) };
+        if !self.owned || self.ctx.bind_to_thread().is_err() {
+            return;
         }
+        if let Some(s) = self.ordered_on {
+            if super::caller_stream() == Some(s as *mut c_void) {
+                // SAFETY: ptr came from cuMemAllocAsync on stream `s`, which is still the
+                // caller's live stream (`Device::on_stream`); freed once, ordered after the work
+                // queued on `s` that used it.
+                if unsafe { result::free_async(self.ptr, s as sys::CUstream) }.is_ok() {
+                    return;
+                }
+            }
+        }
+        // SAFETY: ptr was returned by cuMemAlloc or cuMemAllocAsync in this context and is
+        // freed once; cuMemFree frees either kind after waiting for the device.
+        let _ = unsafe { result::free_sync(self.ptr) };
     }
 }
 
@@ -259,6 +274,19 @@ impl Exec for CudaExec {
 
     fn alloc(&self, bytes: usize, _label: &str) -> Result<Box<dyn RawMem>> {
         self.bind()?;
+        // On the caller's stream, allocate stream-ordered (no device-wide wait when the buffer
+        // is freed there); fall back to cuMemAlloc when the device has no memory pools.
+        if let Some(s) = super::caller_stream() {
+            // SAFETY: the caller's live stream of this context (`Device::on_stream`).
+            if let Ok(ptr) = unsafe { result::malloc_async(s as sys::CUstream, bytes.max(1)) } {
+                return Ok(Box::new(CudaMem {
+                    ctx: self.ctx.clone(),
+                    ptr,
+                    owned: true,
+                    ordered_on: Some(s as usize),
+                }));
+            }
+        }
         // cuMemAlloc rejects 0 bytes; a 1-byte allocation gives empty buffers a valid address.
         // SAFETY: plain allocation in the bound context.
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
@@ -267,6 +295,7 @@ impl Exec for CudaExec {
             ctx: self.ctx.clone(),
             ptr,
             owned: true,
+            ordered_on: None,
         }))
     }
 
@@ -275,6 +304,7 @@ impl Exec for CudaExec {
             ctx: self.ctx.clone(),
             ptr: addr,
             owned: false,
+            ordered_on: None,
         }))
     }
 
