@@ -80,7 +80,7 @@ const char *tessera_version(void);
 /**
  * Set the executor for host (kDLCPU) tensors, process-wide: "cpu" (the native CPU path, the
  * default), "simt" (the host SIMT executor running the CUDA sources in wave32) or "simt64" (the
- * HIP sources in wave64), optionally with a shuffled schedule: "simt-shuffle<seed>". On SIMT,
+ * HIP sources in wave64), optionally with a shuffled schedule: `simt-shuffle<seed>`. On SIMT,
  * host tensors are copied into red-zoned buffers and outputs copied back.
  *
  * # Safety

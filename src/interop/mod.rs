@@ -5,7 +5,7 @@
 //! A [`Call`] collects named input tensors ([`DynBuffer`] + shape), parameters ([`ParamValue`])
 //! and, optionally, caller-provided output tensors; [`Call::run`] validates all of them against
 //! the table (names, dtypes, shapes, devices), runs the op and returns its outputs by their Rust
-//! names. Each op's entry in the table carries its runner (`OpSpec::run`, in [`runners`]), so an
+//! names. Each op's entry in the table carries its runner (`OpSpec::run`, in `src/interop/runners.rs`), so an
 //! op declared in the table is reachable from every interface with no other glue.
 //!
 //! Outputs: an op that has an `_into` form (`attention.forward`) writes straight into a provided
