@@ -106,7 +106,10 @@ pub unsafe extern "C" fn tessera_codec_gather(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("mask", mask) }?;
-        c.param("count", ParamValue::Usize(crate::capi::usize_param("codec.gather", "count", count)?));
+        c.param(
+            "count",
+            ParamValue::Usize(crate::capi::usize_param("codec.gather", "count", count)?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -342,7 +345,14 @@ pub unsafe extern "C" fn tessera_codec_dequantize(
         unsafe { c.input("indices.widths", indices_widths) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("base_vals", base_vals) }?;
-        c.param("indices.count", ParamValue::Usize(crate::capi::usize_param("codec.dequantize", "indices.count", indices_count)?));
+        c.param(
+            "indices.count",
+            ParamValue::Usize(crate::capi::usize_param(
+                "codec.dequantize",
+                "indices.count",
+                indices_count,
+            )?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_list("centroids", centroids, centroids_len) }?;
         // SAFETY: forwarded from this function's contract.
@@ -410,11 +420,46 @@ pub unsafe extern "C" fn tessera_attention_forward(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "heads", heads)?));
-        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "kv_heads", kv_heads)?));
-        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.forward", "head_dim", head_dim)?));
-        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_q", max_seqlen_q)?));
-        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param(
+            "heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.forward",
+                "heads",
+                heads,
+            )?),
+        );
+        c.param(
+            "kv_heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.forward",
+                "kv_heads",
+                kv_heads,
+            )?),
+        );
+        c.param(
+            "head_dim",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.forward",
+                "head_dim",
+                head_dim,
+            )?),
+        );
+        c.param(
+            "max_seqlen_q",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.forward",
+                "max_seqlen_q",
+                max_seqlen_q,
+            )?),
+        );
+        c.param(
+            "max_seqlen_kv",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.forward",
+                "max_seqlen_kv",
+                max_seqlen_kv,
+            )?),
+        );
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
@@ -488,17 +533,59 @@ pub unsafe extern "C" fn tessera_attention_decode(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "heads", heads)?));
-        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "kv_heads", kv_heads)?));
-        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode", "head_dim", head_dim)?));
-        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_q", max_seqlen_q)?));
-        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param(
+            "heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "heads",
+                heads,
+            )?),
+        );
+        c.param(
+            "kv_heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "kv_heads",
+                kv_heads,
+            )?),
+        );
+        c.param(
+            "head_dim",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "head_dim",
+                head_dim,
+            )?),
+        );
+        c.param(
+            "max_seqlen_q",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "max_seqlen_q",
+                max_seqlen_q,
+            )?),
+        );
+        c.param(
+            "max_seqlen_kv",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "max_seqlen_kv",
+                max_seqlen_kv,
+            )?),
+        );
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("path", path) }?;
-        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode", "splits", splits)?));
+        c.param(
+            "splits",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode",
+                "splits",
+                splits,
+            )?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("o", o, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -567,17 +654,59 @@ pub unsafe extern "C" fn tessera_attention_decode_partials(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "heads", heads)?));
-        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "kv_heads", kv_heads)?));
-        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "head_dim", head_dim)?));
-        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_q", max_seqlen_q)?));
-        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param(
+            "heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "heads",
+                heads,
+            )?),
+        );
+        c.param(
+            "kv_heads",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "kv_heads",
+                kv_heads,
+            )?),
+        );
+        c.param(
+            "head_dim",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "head_dim",
+                head_dim,
+            )?),
+        );
+        c.param(
+            "max_seqlen_q",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "max_seqlen_q",
+                max_seqlen_q,
+            )?),
+        );
+        c.param(
+            "max_seqlen_kv",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "max_seqlen_kv",
+                max_seqlen_kv,
+            )?),
+        );
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("path", path) }?;
-        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "splits", splits)?));
+        c.param(
+            "splits",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.decode_partials",
+                "splits",
+                splits,
+            )?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("o", o, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -615,10 +744,34 @@ pub unsafe extern "C" fn tessera_attention_merge(
         unsafe { c.input("o", o) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("lse", lse) }?;
-        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.merge", "splits", splits)?));
-        c.param("total_q", ParamValue::Usize(crate::capi::usize_param("attention.merge", "total_q", total_q)?));
-        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.merge", "heads", heads)?));
-        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.merge", "head_dim", head_dim)?));
+        c.param(
+            "splits",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.merge",
+                "splits",
+                splits,
+            )?),
+        );
+        c.param(
+            "total_q",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.merge",
+                "total_q",
+                total_q,
+            )?),
+        );
+        c.param(
+            "heads",
+            ParamValue::Usize(crate::capi::usize_param("attention.merge", "heads", heads)?),
+        );
+        c.param(
+            "head_dim",
+            ParamValue::Usize(crate::capi::usize_param(
+                "attention.merge",
+                "head_dim",
+                head_dim,
+            )?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -682,7 +835,10 @@ pub unsafe extern "C" fn tessera_tah_gather_rows(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("idx", idx) }?;
-        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.gather_rows", "d", d)?));
+        c.param(
+            "d",
+            ParamValue::Usize(crate::capi::usize_param("tah.gather_rows", "d", d)?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -718,7 +874,10 @@ pub unsafe extern "C" fn tessera_tah_scatter_rows(
         unsafe { c.input("idx", idx) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("dst", dst) }?;
-        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.scatter_rows", "d", d)?));
+        c.param(
+            "d",
+            ParamValue::Usize(crate::capi::usize_param("tah.scatter_rows", "d", d)?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -751,9 +910,26 @@ pub unsafe extern "C" fn tessera_tah_copy_range(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("dst", dst) }?;
-        c.param("src_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "src_off", src_off)?));
-        c.param("dst_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "dst_off", dst_off)?));
-        c.param("n", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "n", n)?));
+        c.param(
+            "src_off",
+            ParamValue::Usize(crate::capi::usize_param(
+                "tah.copy_range",
+                "src_off",
+                src_off,
+            )?),
+        );
+        c.param(
+            "dst_off",
+            ParamValue::Usize(crate::capi::usize_param(
+                "tah.copy_range",
+                "dst_off",
+                dst_off,
+            )?),
+        );
+        c.param(
+            "n",
+            ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "n", n)?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -789,9 +965,22 @@ pub unsafe extern "C" fn tessera_tah_next_depth_input(
         unsafe { c.input("cum", cum) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("emb", emb) }?;
-        c.param("vocab", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "vocab", vocab)?));
-        c.param("k", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "k", k)?));
-        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "d", d)?));
+        c.param(
+            "vocab",
+            ParamValue::Usize(crate::capi::usize_param(
+                "tah.next_depth_input",
+                "vocab",
+                vocab,
+            )?),
+        );
+        c.param(
+            "k",
+            ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "k", k)?),
+        );
+        c.param(
+            "d",
+            ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "d", d)?),
+        );
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.

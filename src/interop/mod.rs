@@ -359,6 +359,8 @@ pub struct Output {
 pub struct Outputs {
     pub op: &'static OpSpec,
     pub tensors: Vec<Output>,
+    /// The input tensors that are not outputs, handed back (a caller can reuse them).
+    pub inputs: Vec<(&'static str, Arg)>,
 }
 
 impl Outputs {
@@ -679,9 +681,17 @@ impl Call {
                 in_place,
             });
         }
+        let inputs = self
+            .op
+            .inputs
+            .iter()
+            .zip(self.inputs)
+            .filter_map(|(spec, arg)| arg.map(|a| (spec.name, a)))
+            .collect();
         Ok(Outputs {
             op: self.op,
             tensors,
+            inputs,
         })
     }
 }
