@@ -1,4 +1,4 @@
-//! The `tessera` command line: `info`, `verify`, `bench`, `ckpt`, `tasp`, `topo`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`.
 
 use std::process::ExitCode;
 
@@ -38,6 +38,18 @@ impl BackendArg {
     }
 }
 
+/// `tessera run --backend`: the executor families, with both SIMT wave widths.
+#[derive(Clone, Copy, ValueEnum)]
+enum RunBackend {
+    Cuda,
+    Hip,
+    /// Host SIMT, wave32 (the CUDA sources).
+    Simt,
+    /// Host SIMT, wave64 (the HIP sources).
+    Simt64,
+    Cpu,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Devices found, compiled targets, and the kernels each executor can launch.
@@ -66,13 +78,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The op table: every public op, its tensors, parameters and outputs (running an op on
-    /// tensors from a file is the next step; today only `--list`).
+    /// Run one op of the op table on tensors from a safetensors file and write its outputs to
+    /// another (`tessera run OP --in X.safetensors [--param NAME=VALUE]... -o Y.safetensors`),
+    /// or list the ops (`--list`).
+    ///
+    /// Inputs are taken from the file by their Rust names (`tessera run --list`, docs/ops.md); a
+    /// tensor the op does not take is an error, not ignored. Outputs are written by their names.
+    /// Exit status: 0, 2 for bad input (tensors, dtypes, shapes, parameters, unknown op), 1 for
+    /// anything else (files, devices, kernels).
     Run {
+        /// The op (`family.op`, e.g. `attention.forward`).
+        #[arg(
+            value_name = "OP",
+            required_unless_present = "list",
+            conflicts_with = "list"
+        )]
+        op: Option<String>,
+        /// The input tensors: a safetensors file holding each input under its name.
+        #[arg(long = "in", value_name = "INPUTS.safetensors")]
+        input: Option<std::path::PathBuf>,
+        /// A parameter (repeatable): `heads=8`, `scale=0.125`, `mode=causal`,
+        /// `centroids=0.1,0.2`.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Where to write the outputs (safetensors, each output under its name).
+        #[arg(short, long, value_name = "OUT.safetensors")]
+        output: Option<std::path::PathBuf>,
+        /// The executor: cuda, hip, simt (the CUDA sources on the CPU, wave32), simt64 (the
+        /// HIP sources, wave64) or cpu (the native CPU path). Default: the best present (CUDA,
+        /// then HIP, then cpu).
+        #[arg(long, value_enum)]
+        backend: Option<RunBackend>,
         /// List the ops.
         #[arg(long)]
         list: bool,
-        /// As JSON.
+        /// As JSON: the op list, or a summary of the run (outputs, host wall time).
         #[arg(long, conflicts_with = "markdown")]
         json: bool,
         /// As the Markdown op reference (docs/ops.md).
@@ -164,22 +204,65 @@ fn main() -> ExitCode {
             json,
         } => run_bench(backend, elements, reps, json),
         Cmd::Run {
+            op,
+            input,
+            params,
+            output,
+            backend,
             list,
             json,
             markdown,
-        } => run_ops(list, json, markdown),
+        } => match op {
+            Some(op) if !list => run_op(&op, input, &params, output, backend, json),
+            _ => run_ops(list, json, markdown),
+        },
         Cmd::Ckpt { cmd } => run_ckpt(cmd),
         Cmd::Tasp { cmd } => run_tasp(cmd),
         Cmd::Topo { cmd } => run_topo(cmd),
     }
 }
 
+/// One op as `tessera run --list` prints it: name and summary, inputs, parameters, outputs.
+fn op_lines(op: &tessera::ops::table::OpSpec) -> String {
+    use tessera::ops::table::ParamType;
+    let names = |ts: &[tessera::ops::table::TensorSpec]| {
+        ts.iter()
+            .map(|t| {
+                let q = if t.optional { "?" } else { "" };
+                format!("{}{q}: {}{}", t.name, t.dtypes.names().join("|"), t.shape)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let params = op
+        .params
+        .iter()
+        .map(|p| {
+            let ty = match p.ty {
+                ParamType::Enum(w) => w.join("|"),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            match p.default {
+                Some(d) => format!("{}: {ty} = {d}", p.name),
+                None => format!("{}: {ty}", p.name),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut s = format!("{}  ({})\n", op.name, op.summary);
+    s += &format!("    in:     {}\n", names(op.inputs));
+    if !params.is_empty() {
+        s += &format!("    params: {params}\n");
+    }
+    s += &format!("    out:    {}\n", names(op.outputs));
+    s
+}
+
 fn run_ops(list: bool, json: bool, markdown: bool) -> ExitCode {
-    use tessera::ops::table::{ParamType, OPS};
+    use tessera::ops::table::OPS;
     if !list {
         eprintln!(
-            "tessera run: only --list is available; running an op on tensors from a file is \
-             not built yet"
+            "error: give an op (`tessera run OP --in X.safetensors -o Y.safetensors`) or --list"
         );
         return ExitCode::from(2);
     }
@@ -192,39 +275,161 @@ fn run_ops(list: bool, json: bool, markdown: bool) -> ExitCode {
         print!("{}", tessera::ops::table::markdown());
     } else {
         for op in OPS {
-            let names = |ts: &[tessera::ops::table::TensorSpec]| {
-                ts.iter()
-                    .map(|t| {
-                        let q = if t.optional { "?" } else { "" };
-                        format!("{}{q}: {}{}", t.name, t.dtypes.names().join("|"), t.shape)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let params = op
-                .params
-                .iter()
-                .map(|p| {
-                    let ty = match p.ty {
-                        ParamType::Enum(w) => w.join("|"),
-                        other => format!("{other:?}").to_lowercase(),
-                    };
-                    match p.default {
-                        Some(d) => format!("{}: {ty} = {d}", p.name),
-                        None => format!("{}: {ty}", p.name),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!("{}  ({})", op.name, op.summary);
-            println!("    in:     {}", names(op.inputs));
-            if !params.is_empty() {
-                println!("    params: {params}");
-            }
-            println!("    out:    {}", names(op.outputs));
+            print!("{}", op_lines(op));
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `tessera run OP --in X -o Y`: see `Cmd::Run`. Errors go to stderr as `error: <message>`
+/// (with the op's inputs, parameters and outputs for bad input); exit status 2 for bad input,
+/// 1 otherwise.
+fn run_op(
+    op: &str,
+    input: Option<std::path::PathBuf>,
+    params: &[String],
+    output: Option<std::path::PathBuf>,
+    backend: Option<RunBackend>,
+    json: bool,
+) -> ExitCode {
+    match run_op_inner(op, input, params, output, backend) {
+        Ok(summary) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{} on {}: {} output{} -> {} ({:.3} ms host wall time)",
+                    summary["op"].as_str().unwrap_or(op),
+                    summary["backend"].as_str().unwrap_or(""),
+                    summary["outputs"].as_array().map_or(0, Vec::len),
+                    if summary["outputs"].as_array().map_or(0, Vec::len) == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    summary["output_file"].as_str().unwrap_or(""),
+                    summary["host_wall_ms"].as_f64().unwrap_or(0.0),
+                );
+                for o in summary["outputs"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<10} {:<5} {}{}",
+                        o["name"].as_str().unwrap_or(""),
+                        o["dtype"].as_str().unwrap_or(""),
+                        o["shape"],
+                        if o["in_place"].as_bool() == Some(true) {
+                            "  (input updated in place)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            let bad_input = matches!(e, tessera::Error::InvalidArgument { .. });
+            if bad_input {
+                if let Some(spec) = tessera::ops::table::find(op) {
+                    eprint!("\n{}", op_lines(spec));
+                }
+            }
+            ExitCode::from(if bad_input { 2 } else { 1 })
+        }
+    }
+}
+
+fn run_op_inner(
+    op: &str,
+    input: Option<std::path::PathBuf>,
+    params: &[String],
+    output: Option<std::path::PathBuf>,
+    backend: Option<RunBackend>,
+) -> tessera::Result<serde_json::Value> {
+    use tessera::interop::{file, Call, Scalar};
+    use tessera::Error;
+    let bad = |msg: String| Error::invalid("run", msg);
+    // Command-line checks first: no device is opened for a call that cannot run.
+    if tessera::ops::table::find(op).is_none() {
+        return Call::new(op, &Device::cpu()).map(|_| serde_json::Value::Null);
+    }
+    let input =
+        input.ok_or_else(|| bad("give the input tensors with --in INPUTS.safetensors".into()))?;
+    let output =
+        output.ok_or_else(|| bad("give the output file with -o OUT.safetensors".into()))?;
+    let mut parsed: Vec<(&str, &str)> = Vec::new();
+    for p in params {
+        let (name, value) = p
+            .split_once('=')
+            .ok_or_else(|| bad(format!("--param {p}: expected NAME=VALUE")))?;
+        let name = name.trim();
+        if parsed.iter().any(|(n, _)| *n == name) {
+            return Err(bad(format!("--param {name} given twice")));
+        }
+        parsed.push((name, value));
+    }
+    let dev = match backend {
+        None => Device::best(),
+        Some(RunBackend::Cuda) => Device::cuda(0)?,
+        Some(RunBackend::Hip) => Device::hip(0)?,
+        Some(RunBackend::Simt) => Device::simt(),
+        Some(RunBackend::Simt64) => Device::simt_with(tessera::SimtConfig {
+            wave: 64,
+            ..Default::default()
+        })?,
+        Some(RunBackend::Cpu) => Device::cpu(),
+    };
+    let mut call = Call::new(op, &dev)?;
+    for (name, value) in &parsed {
+        call.param_scalar(name, &Scalar::parse(value))?;
+    }
+    let bytes = std::fs::read(&input).map_err(|e| Error::Io {
+        context: format!("reading {}", input.display()),
+        source: e,
+    })?;
+    file::inputs_from_safetensors(&mut call, &bytes, &input.display().to_string())?;
+    drop(bytes);
+    // The outputs are downloaded next anyway: read the checks of input contents on a GPU too.
+    call.check_contents(true);
+    let spec = call.op();
+    let t0 = std::time::Instant::now();
+    let outs = call.run()?;
+    dev.synchronize()?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let meta = std::collections::HashMap::from([(
+        "tessera".to_string(),
+        format!(
+            "{} on {} (tessera {})",
+            spec.name,
+            dev.backend(),
+            env!("CARGO_PKG_VERSION")
+        ),
+    )]);
+    let data = file::outputs_to_safetensors(&outs, Some(meta))?;
+    std::fs::write(&output, data).map_err(|e| Error::Io {
+        context: format!("writing {}", output.display()),
+        source: e,
+    })?;
+    Ok(json!({
+        "op": spec.name,
+        "backend": dev.backend().to_string(),
+        "device": dev.describe(),
+        "input_file": input.display().to_string(),
+        "output_file": output.display().to_string(),
+        "outputs": outs.tensors.iter().map(|o| json!({
+            "name": o.name,
+            "dtype": o.buf.dtype().name(),
+            "shape": o.shape,
+            "in_place": o.in_place,
+        })).collect::<Vec<_>>(),
+        "host_wall_ms": ms,
+        "timing": "host wall time of one call and a device synchronise (uploads, downloads and \
+                   file I/O excluded; the first call on a GPU includes loading its kernels): \
+                   not a GPU kernel time",
+    }))
 }
 
 fn pick_device(backend: Option<BackendArg>) -> Device {

@@ -13,6 +13,7 @@
 //! device's stream. Outputs whose size depends on the data (`bitmask.sparsify`'s `values`) take
 //! a provided tensor of any capacity that fits; [`Output::shape`] says how much was written.
 
+pub mod file;
 pub mod shape;
 
 use half::{bf16, f16};
@@ -224,6 +225,55 @@ pub fn dtype_by_name(name: &str) -> Option<DTypeKind> {
     })
 }
 
+/// Tensors in one line: `name dtypes shape` each, `(optional)` marked, `; `-separated.
+pub fn tensor_list(ts: &[TensorSpec]) -> String {
+    ts.iter()
+        .map(|t| {
+            format!(
+                "{}{} {} {}",
+                t.name,
+                if t.optional { " (optional)" } else { "" },
+                t.dtypes.names().join("|"),
+                t.shape
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error naming every one of `names` that is not an input of `op` (in the order given),
+/// with the op's inputs; `Ok` when all are. Interfaces that take tensors by name from a
+/// container (`tessera run` from a safetensors file) call it so that a misspelt name is an
+/// error rather than ignored: a misspelt *optional* input (`kv_valid`, `q_pos`) would otherwise
+/// change the result without a word.
+pub fn check_input_names<'a>(
+    op: &'static OpSpec,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let extra: Vec<String> = names
+        .into_iter()
+        .filter(|n| !op.inputs.iter().any(|t| t.name == *n))
+        .map(|n| format!("`{n}`"))
+        .collect();
+    if extra.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        op.name,
+        format!(
+            "{} {} not {} of the op (tensors are taken by their exact names); the op takes: {}",
+            extra.join(", "),
+            if extra.len() == 1 { "is" } else { "are" },
+            if extra.len() == 1 {
+                "an input"
+            } else {
+                "inputs"
+            },
+            tensor_list(op.inputs)
+        ),
+    ))
+}
+
 /// A parameter's value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamValue {
@@ -379,6 +429,8 @@ pub struct Call {
     /// Per output: the buffer, whether it is the caller's, and how many elements were written.
     results: Vec<Option<(DynBuffer, bool, u64)>>,
     dims: shape::Dims,
+    /// Read the device-side checks of input contents before returning on every backend.
+    check_contents: bool,
 }
 
 /// The op name used in errors about the call itself (the op's own errors name the op).
@@ -412,6 +464,7 @@ impl Call {
             provided: op.outputs.iter().map(|_| None).collect(),
             results: op.outputs.iter().map(|_| None).collect(),
             dims: shape::Dims::new(),
+            check_contents: false,
         })
     }
 
@@ -428,18 +481,15 @@ impl Call {
     }
 
     fn names(ts: &[TensorSpec]) -> String {
-        ts.iter()
-            .map(|t| {
-                format!(
-                    "{}{} {} {}",
-                    t.name,
-                    if t.optional { " (optional)" } else { "" },
-                    t.dtypes.names().join("|"),
-                    t.shape
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+        tensor_list(ts)
+    }
+
+    /// Read the device-side checks of input contents (attention's `cu_seqlens`) before
+    /// [`Call::run`] returns, on every backend: one wait on a GPU. Without it they are read at
+    /// once on the CPU path and SIMT (which run synchronously), and on a GPU only with
+    /// `TESSERA_EAGER_CHECKS=1`. `tessera run` sets it: it waits for the outputs anyway.
+    pub fn check_contents(&mut self, yes: bool) {
+        self.check_contents = yes;
     }
 
     /// Give input tensor `name`.
@@ -487,9 +537,13 @@ impl Call {
         Ok(())
     }
 
-    /// Whether output `name` is an input written in place.
+    /// Whether output `name` is an input written in place (`tah.scatter_rows`'s `dst`; not
+    /// `attention.merge`'s `o`, an input and a new output of the same name).
     pub fn in_place(&self, name: &str) -> bool {
-        self.op.inputs.iter().any(|t| t.name == name)
+        self.op
+            .inputs
+            .iter()
+            .any(|t| t.name == name && t.written_in_place())
     }
 
     /// Set parameter `name`.
@@ -579,12 +633,18 @@ impl Call {
                 }
             }
             if !arg.buf.device().same(&this.device) {
-                return Err(this.err(format!(
-                    "{what} `{}` is on {}, the call runs on {}",
-                    spec.name,
-                    arg.buf.device().backend(),
-                    this.device.backend()
-                )));
+                let (theirs, ours) = (arg.buf.device().backend(), this.device.backend());
+                return Err(this.err(if theirs == ours {
+                    format!(
+                        "{what} `{}` is on another {theirs} device than the call's",
+                        spec.name
+                    )
+                } else {
+                    format!(
+                        "{what} `{}` is on {theirs}, the call runs on {ours}",
+                        spec.name
+                    )
+                }));
             }
             let elems = arg.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             if elems != Some(arg.buf.len() as u64) {
@@ -846,6 +906,13 @@ impl Call {
         self.results[i] = Some(match self.provided[i].take() {
             None => (produced, false, n as u64),
             Some(mut dst) => {
+                if dst.buf.dtype() != T::KIND {
+                    return Err(self.err(format!(
+                        "output `{name}` is {}, the op writes {} here",
+                        dst.buf.dtype(),
+                        T::KIND
+                    )));
+                }
                 if dst.buf.len() < n {
                     return Err(self.err(format!(
                         "output `{name}` needs {n} elements, the given tensor holds {}",

@@ -221,12 +221,14 @@ fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'
 
 /// Report the kernels' findings about `cu_seqlens` where that costs no wait (SIMT and the CPU
 /// path run synchronously). On a GPU the check would wait for the stream; it runs only with
-/// `TESSERA_EAGER_CHECKS=1` (docs/interop.md).
+/// `TESSERA_EAGER_CHECKS=1` (docs/interop.md) or [`Call::check_contents`].
 fn check_now(c: &Call, check: &crate::ops::DeviceCheck) -> Result<()> {
-    if matches!(
-        c.device.backend(),
-        crate::device::Backend::Cpu | crate::device::Backend::Simt(_)
-    ) {
+    if c.check_contents
+        || matches!(
+            c.device.backend(),
+            crate::device::Backend::Cpu | crate::device::Backend::Simt(_)
+        )
+    {
         check.check()?;
     }
     Ok(())

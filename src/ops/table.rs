@@ -86,6 +86,15 @@ impl TensorSpec {
     }
 }
 
+impl TensorSpec {
+    /// An input the op updates in place (its shape rule ends in `(written in place)`): the output
+    /// of the same name is this tensor. An input and an output may share a name without it
+    /// (`attention.merge`'s `o`: partials in, a new O out).
+    pub fn written_in_place(&self) -> bool {
+        self.shape.ends_with("(written in place)")
+    }
+}
+
 fn dtype_names<S: serde::Serializer>(d: &Dtypes, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(d.names())
 }
@@ -747,6 +756,16 @@ mod tests {
                 op.name
             );
             assert!(!op.outputs.is_empty(), "{}", op.name);
+            // An input written in place is also an output, of the same name and dtypes.
+            for i in op.inputs.iter().filter(|t| t.written_in_place()) {
+                let o = op.outputs.iter().find(|o| o.name == i.name);
+                assert!(
+                    o.is_some_and(|o| o.dtypes == i.dtypes && !o.written_in_place()),
+                    "{}: {} is written in place but is not an output",
+                    op.name,
+                    i.name
+                );
+            }
         }
     }
 

@@ -1,0 +1,1283 @@
+//! Every op of the op table run by name through `interop::Call` (what the C ABI, the Python
+//! package and `tessera run` use), on the CPU path and on host SIMT, against the Rust op called
+//! directly on the CPU path; caller-provided outputs; and bad inputs, each an error naming the
+//! op and the problem.
+//!
+//! The cases come from `cases(op)`, a match on the op's name that panics for a name it does not
+//! know: an op added to the table without a case here fails `every_op_has_a_case`.
+
+use half::{bf16, f16};
+use tessera::device::Schedule;
+use tessera::interop::{self, Call, DynBuffer, Outputs, ParamValue, Scalar};
+use tessera::ops::attention::{self as attn, MaskMode, Path};
+use tessera::ops::table::OPS;
+use tessera::ops::{bitmask, codec, tah};
+use tessera::testing::{self, lse_mismatch, pair, rel_l2, tol, PairKind, Rng};
+use tessera::verify::attention::{Problem, Spec};
+use tessera::{DType, DTypeKind, Device, DeviceBuffer, Float};
+
+// ---- host tensors ------------------------------------------------------------------------------
+
+/// A tensor on the host: dtype, little-endian bytes, shape.
+#[derive(Clone, Debug)]
+struct HostT {
+    dtype: DTypeKind,
+    bytes: Vec<u8>,
+    shape: Vec<u64>,
+}
+
+impl HostT {
+    fn new<T: DType>(v: &[T], shape: &[usize]) -> HostT {
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "{shape:?}");
+        HostT {
+            dtype: T::KIND,
+            bytes: bytemuck::cast_slice(v).to_vec(),
+            shape: shape.iter().map(|&d| d as u64).collect(),
+        }
+    }
+
+    fn vec<T: DType>(v: &[T]) -> HostT {
+        HostT::new(v, &[v.len()])
+    }
+
+    /// A device buffer downloaded, with the shape it has.
+    fn of<T: DType>(b: &DeviceBuffer<T>, shape: &[usize]) -> HostT {
+        HostT::new(&b.download().unwrap(), shape)
+    }
+
+    fn upload(&self, dev: &Device, name: &str) -> DynBuffer {
+        DynBuffer::from_bytes(dev, self.dtype, &self.bytes, name).unwrap()
+    }
+
+    fn f32s(&self) -> Vec<f32> {
+        assert_eq!(self.dtype, DTypeKind::F32);
+        pod_vec(&self.bytes)
+    }
+}
+
+/// Elements of `T` from little-endian bytes.
+fn pod_vec<T: bytemuck::Pod>(b: &[u8]) -> Vec<T> {
+    let mut v = vec![T::zeroed(); b.len() / std::mem::size_of::<T>()];
+    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(b);
+    v
+}
+
+fn cpu() -> Device {
+    Device::cpu()
+}
+
+fn up<T: DType>(v: &[T]) -> DeviceBuffer<T> {
+    cpu().upload(v, "direct").unwrap()
+}
+
+// ---- cases -------------------------------------------------------------------------------------
+
+/// How an output on SIMT is compared with the direct CPU result (on the CPU path every output
+/// must be bit-identical: the runner calls the same function).
+#[derive(Clone, Copy, Debug)]
+enum Cmp {
+    /// Bit-exact: masks, indices, counts, integer outputs, and the ops that claim it.
+    Exact,
+    /// f32 output within this relative L2 error (ARCHITECTURE §5, `testing::tol`).
+    Rel(f64),
+    /// An attention LSE: within `tol::LSE_ABS`, exactly -inf where the CPU's is.
+    Lse,
+}
+
+type Inputs = Vec<(&'static str, HostT)>;
+type Params = Vec<(&'static str, Scalar)>;
+
+struct Case {
+    label: String,
+    op: &'static str,
+    inputs: Inputs,
+    params: Params,
+    /// The Rust op called directly on the CPU path: every output of the table, in its order.
+    expect: Vec<(&'static str, HostT, Cmp)>,
+}
+
+fn int(v: usize) -> Scalar {
+    Scalar::Int(v as i64)
+}
+
+fn word(w: &str) -> Scalar {
+    Scalar::Str(w.to_string())
+}
+
+/// Random mask words for `n` elements (no bits past the last) and their popcount.
+fn random_mask(n: usize, r: &mut Rng) -> (Vec<u32>, usize) {
+    let mut m: Vec<u32> = (0..n.div_ceil(32)).map(|_| r.next_u64() as u32).collect();
+    if n % 32 != 0 {
+        *m.last_mut().unwrap() &= (1u32 << (n % 32)) - 1;
+    }
+    let c = m.iter().map(|w| w.count_ones() as usize).sum();
+    (m, c)
+}
+
+fn sparsify_case<T: Float>(seed: u64, tau: Option<f32>) -> Case {
+    let n = 1000;
+    let (b, x) = pair::<T>(PairKind::Dense, n, 0, seed);
+    let s = bitmask::sparsify(&up(&b), &up(&x), tau.unwrap_or(0.0)).unwrap();
+    let k = s.values.len();
+    Case {
+        label: format!("bitmask.sparsify {} tau {tau:?}", T::KIND),
+        op: "bitmask.sparsify",
+        inputs: vec![("base", HostT::vec(&b)), ("new", HostT::vec(&x))],
+        params: tau
+            .map(|t| vec![("tau", Scalar::Float(t as f64))])
+            .unwrap_or_default(),
+        expect: vec![
+            ("mask", HostT::of(&s.mask, &[n.div_ceil(32)]), Cmp::Exact),
+            ("values", HostT::of(&s.values, &[k]), Cmp::Exact),
+        ],
+    }
+}
+
+fn densify_case<T: Float>(seed: u64) -> Case {
+    let n = 777;
+    let (b, x) = pair::<T>(PairKind::Special, n, 200, seed);
+    let (mask, values) = tessera::reference::bitmask::sparsify(&b, &x, 0.0);
+    let out = bitmask::densify_parts(&up(&b), &up(&mask), &up(&values)).unwrap();
+    Case {
+        label: format!("bitmask.densify {}", T::KIND),
+        op: "bitmask.densify",
+        inputs: vec![
+            ("base", HostT::vec(&b)),
+            ("mask", HostT::vec(&mask)),
+            ("values", HostT::vec(&values)),
+        ],
+        params: vec![],
+        expect: vec![("out", HostT::of(&out, &[n]), Cmp::Exact)],
+    }
+}
+
+fn gather_case<T: DType>(src: Vec<T>, seed: u64) -> Case {
+    let n = src.len();
+    let (mask, count) = random_mask(n, &mut Rng(seed));
+    let out = codec::gather(&up(&src), &up(&mask), count).unwrap();
+    Case {
+        label: format!("codec.gather {}", T::KIND),
+        op: "codec.gather",
+        inputs: vec![("src", HostT::vec(&src)), ("mask", HostT::vec(&mask))],
+        params: vec![("count", int(count))],
+        expect: vec![("out", HostT::of(&out, &[count]), Cmp::Exact)],
+    }
+}
+
+fn delta_encode_case<T: Float>(seed: u64) -> Case {
+    let n = 3001;
+    let (b, x) = pair::<T>(PairKind::Ulp, n, 700, seed);
+    let p = codec::delta_encode(&up(&b), &up(&x)).unwrap();
+    Case {
+        label: format!("codec.delta_encode {}", T::KIND),
+        op: "codec.delta_encode",
+        inputs: vec![("base_vals", HostT::vec(&b)), ("new_vals", HostT::vec(&x))],
+        params: vec![],
+        expect: vec![
+            ("words", HostT::of(&p.words, &[p.words.len()]), Cmp::Exact),
+            (
+                "widths",
+                HostT::of(&p.widths, &[n.div_ceil(256)]),
+                Cmp::Exact,
+            ),
+        ],
+    }
+}
+
+fn delta_decode_case<T: Float>(seed: u64) -> Case {
+    let n = 2500;
+    let (b, x) = pair::<T>(PairKind::Special, n, 900, seed);
+    let p = codec::delta_encode(&up(&b), &up(&x)).unwrap();
+    let out = codec::delta_decode(&up(&b), &p).unwrap();
+    assert_eq!(testing::bits(&out.download().unwrap()), testing::bits(&x));
+    Case {
+        label: format!("codec.delta_decode {}", T::KIND),
+        op: "codec.delta_decode",
+        inputs: vec![
+            ("base_vals", HostT::vec(&b)),
+            ("packed.words", HostT::of(&p.words, &[p.words.len()])),
+            ("packed.widths", HostT::of(&p.widths, &[p.widths.len()])),
+        ],
+        params: vec![],
+        expect: vec![("out", HostT::of(&out, &[n]), Cmp::Exact)],
+    }
+}
+
+fn delta_f32_case<T: Float>(seed: u64) -> Case {
+    let n = 1500;
+    let (b, x) = pair::<T>(PairKind::Dense, n, 0, seed);
+    let out = codec::delta_f32(&up(&b), &up(&x)).unwrap();
+    Case {
+        label: format!("codec.delta_f32 {}", T::KIND),
+        op: "codec.delta_f32",
+        inputs: vec![("base_vals", HostT::vec(&b)), ("new_vals", HostT::vec(&x))],
+        params: vec![],
+        expect: vec![("out", HostT::of(&out, &[n]), Cmp::Exact)],
+    }
+}
+
+fn to_f32_case<T: Float>(seed: u64) -> Case {
+    let (v, _) = pair::<T>(PairKind::Special, 999, 10, seed);
+    let out = codec::to_f32(&up(&v)).unwrap();
+    Case {
+        label: format!("codec.to_f32 {}", T::KIND),
+        op: "codec.to_f32",
+        inputs: vec![("values", HostT::vec(&v))],
+        params: vec![],
+        expect: vec![("out", HostT::of(&out, &[v.len()]), Cmp::Exact)],
+    }
+}
+
+fn dequantize_case<T: Float>(with_base: bool, seed: u64) -> Case {
+    let (n, bits) = (1300, 3);
+    let mut r = Rng(seed);
+    let idx: Vec<u8> = (0..n).map(|_| (r.next_u64() % 8) as u8).collect();
+    let centroids: Vec<f32> = (0..8).map(|i| -0.5 + 0.137 * i as f32).collect();
+    let p = codec::pack_indices(&up(&idx), bits).unwrap();
+    let base: Vec<T> = testing::to_dtype(&r.values_in::<T>(n, 1.0));
+    let out = codec::dequantize(&p, &centroids, with_base.then(|| up(&base)).as_ref()).unwrap();
+    let mut inputs = vec![
+        ("indices.words", HostT::of(&p.words, &[p.words.len()])),
+        ("indices.widths", HostT::of(&p.widths, &[p.widths.len()])),
+    ];
+    if with_base {
+        inputs.push(("base_vals", HostT::vec(&base)));
+    }
+    Case {
+        label: format!("codec.dequantize {} base {with_base}", T::KIND),
+        op: "codec.dequantize",
+        inputs,
+        params: vec![
+            ("indices.count", int(n)),
+            (
+                "centroids",
+                Scalar::List(centroids.iter().map(|&c| c as f64).collect()),
+            ),
+        ],
+        expect: vec![("out", HostT::of(&out, &[n]), Cmp::Exact)],
+    }
+}
+
+/// The attention tensors and parameters of `p` for a call: explicit positions unless they are
+/// the implicit `0..len`, depths in duo-causal mode, key validity when the problem has one.
+fn attention_args<T: attn::HalfFloat>(p: &Problem, path: &str) -> (Inputs, Params) {
+    let (tq, tk) = (p.total_q(), p.total_kv());
+    let (h, hk, d) = (p.heads, p.kv_heads, p.head_dim);
+    let mut inputs = vec![
+        ("q", HostT::new(&testing::to_dtype::<T>(&p.q), &[tq, h, d])),
+        ("k", HostT::new(&testing::to_dtype::<T>(&p.k), &[tk, hk, d])),
+        ("v", HostT::new(&testing::to_dtype::<T>(&p.v), &[tk, hk, d])),
+        ("cu_seqlens_q", HostT::vec(&p.cu_q)),
+        ("cu_seqlens_kv", HostT::vec(&p.cu_kv)),
+    ];
+    if p.implicit != Some((0, 0)) {
+        inputs.push(("q_pos", HostT::vec(&p.q_pos)));
+        inputs.push(("kv_pos", HostT::vec(&p.kv_pos)));
+    }
+    if p.mode == MaskMode::DuoCausal {
+        inputs.push(("q_depth", HostT::vec(&p.q_depth)));
+        inputs.push(("kv_depth", HostT::vec(&p.kv_depth)));
+    }
+    if let Some(v) = &p.kv_valid {
+        inputs.push(("kv_valid", HostT::vec(v)));
+    }
+    let mode = match p.mode {
+        MaskMode::Full => "full",
+        MaskMode::Causal => "causal",
+        MaskMode::DuoCausal => "duo_causal",
+    };
+    let params = vec![
+        ("heads", int(h)),
+        ("kv_heads", int(hk)),
+        ("head_dim", int(d)),
+        ("max_seqlen_q", int(attn::max_seqlen(&p.cu_q))),
+        ("max_seqlen_kv", int(attn::max_seqlen(&p.cu_kv))),
+        ("scale", Scalar::Float(p.scale as f64)),
+        ("mode", word(mode)),
+        ("path", word(path)),
+    ];
+    (inputs, params)
+}
+
+fn path_of(word: &str) -> Path {
+    match word {
+        "scalar" => Path::Scalar,
+        "tensor_core" => Path::TensorCore,
+        _ => Path::Auto,
+    }
+}
+
+/// Small attention problems: full with implicit positions, causal with offsets (explicit) and
+/// invalid keys, duo-causal with depths; an empty and a one-token sequence.
+fn attention_problem<T: Float>(mode: MaskMode, seed: u64) -> Problem {
+    let spec = match mode {
+        MaskMode::Full => Spec {
+            name: "full",
+            mode,
+            seqs: &[37, 0, 1, 50],
+            heads: 2,
+            kv_heads: 2,
+            d: 64,
+            offsets: None,
+            invalid: &[(3, 5, 40)],
+            random_invalid: false,
+        },
+        MaskMode::Causal => Spec {
+            name: "causal",
+            mode,
+            seqs: &[45, 70],
+            heads: 4,
+            kv_heads: 2,
+            d: 64,
+            offsets: Some((3, -2)),
+            invalid: &[],
+            random_invalid: true,
+        },
+        MaskMode::DuoCausal => Spec {
+            name: "duo",
+            mode,
+            seqs: &[40, 33],
+            heads: 4,
+            kv_heads: 1,
+            d: 128,
+            offsets: None,
+            invalid: &[(0, 0, 10)],
+            random_invalid: true,
+        },
+    };
+    spec.problem::<T>(seed)
+}
+
+fn attention_case<T: attn::HalfFloat>(
+    op: &'static str,
+    mode: MaskMode,
+    path: &str,
+    seed: u64,
+) -> Case {
+    let p = attention_problem::<T>(mode, seed);
+    let (mut inputs, mut params) = attention_args::<T>(&p, path);
+    let (tq, h, d) = (p.total_q(), p.heads, p.head_dim);
+    let u = p.upload::<T>(&cpu()).unwrap();
+    let a = u.attention(path_of(path));
+    let splits = 3;
+    let expect = match op {
+        "attention.forward" => {
+            let out = attn::forward(&a).unwrap().checked().unwrap();
+            vec![
+                ("o", HostT::of(&out.o, &[tq, h, d]), Cmp::Rel(tol::HALF)),
+                ("lse", HostT::of(&out.lse, &[h, tq]), Cmp::Lse),
+            ]
+        }
+        "attention.decode" => {
+            params.push(("splits", int(splits)));
+            let out = attn::decode(&a, splits).unwrap().checked().unwrap();
+            vec![
+                ("o", HostT::of(&out.o, &[tq, h, d]), Cmp::Rel(tol::HALF)),
+                ("lse", HostT::of(&out.lse, &[h, tq]), Cmp::Lse),
+            ]
+        }
+        "attention.decode_partials" => {
+            params.push(("splits", int(splits)));
+            let out = attn::decode_partials(&a, splits).unwrap();
+            out.check.check().unwrap();
+            vec![
+                (
+                    "o",
+                    HostT::of(&out.o, &[splits, tq, h, d]),
+                    Cmp::Rel(tol::HALF),
+                ),
+                ("lse", HostT::of(&out.lse, &[splits, h, tq]), Cmp::Lse),
+            ]
+        }
+        other => panic!("{other}"),
+    };
+    inputs.sort_by_key(|(n, _)| *n);
+    Case {
+        label: format!("{op} {} {mode:?} {path}", T::KIND),
+        op,
+        inputs,
+        params,
+        expect,
+    }
+}
+
+fn merge_case(seed: u64) -> Case {
+    let (s, tq, h, d) = (3, 21, 2, 64);
+    let mut r = Rng(seed);
+    let o = r.values_in::<f32>(s * tq * h * d, 1.0);
+    let mut lse = r.values_in::<f32>(s * h * tq, 3.0);
+    // Some partials saw no key (-inf), and one row none at all.
+    for (i, l) in lse.iter_mut().enumerate() {
+        if i % 7 == 0 || i % (h * tq) == 5 {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    let out = attn::merge(&up(&o), &up(&lse), s, tq, h, d).unwrap();
+    Case {
+        label: "attention.merge".into(),
+        op: "attention.merge",
+        inputs: vec![
+            ("o", HostT::new(&o, &[s, tq, h, d])),
+            ("lse", HostT::new(&lse, &[s, h, tq])),
+        ],
+        params: vec![
+            ("splits", int(s)),
+            ("total_q", int(tq)),
+            ("heads", int(h)),
+            ("head_dim", int(d)),
+        ],
+        expect: vec![
+            ("o", HostT::of(&out.o, &[tq, h, d]), Cmp::Rel(tol::F32)),
+            ("lse", HostT::of(&out.lse, &[h, tq]), Cmp::Lse),
+        ],
+    }
+}
+
+fn select_hard_case(seed: u64) -> Case {
+    let mut r = Rng(seed);
+    let mut scores = r.values_in::<f32>(2000, 5.0);
+    scores[17] = f32::NAN;
+    scores[18] = f32::INFINITY;
+    let s = tah::select_hard(&up(&scores), 0.9).unwrap();
+    Case {
+        label: "tah.select_hard".into(),
+        op: "tah.select_hard",
+        inputs: vec![("scores", HostT::vec(&scores))],
+        params: vec![("threshold", Scalar::Float(0.9))],
+        expect: vec![("indices", HostT::of(&s.indices, &[s.count]), Cmp::Exact)],
+    }
+}
+
+fn gather_rows_case<T: DType>(src: Vec<T>, d: usize, seed: u64) -> Case {
+    let rows = src.len() / d;
+    let mut r = Rng(seed);
+    let idx: Vec<u32> = (0..23)
+        .map(|_| (r.next_u64() % rows as u64) as u32)
+        .collect();
+    let out = tah::gather_rows(&up(&src), &up(&idx), d).unwrap();
+    Case {
+        label: format!("tah.gather_rows {}", T::KIND),
+        op: "tah.gather_rows",
+        inputs: vec![
+            ("src", HostT::new(&src, &[rows, d])),
+            ("idx", HostT::vec(&idx)),
+        ],
+        params: vec![("d", int(d))],
+        expect: vec![("out", HostT::of(&out, &[idx.len(), d]), Cmp::Exact)],
+    }
+}
+
+fn scatter_rows_case<T: DType>(dst: Vec<T>, src_of: impl Fn(usize) -> T, d: usize) -> Case {
+    let rows = dst.len() / d;
+    let mut idx: Vec<u32> = (0..rows as u32).collect();
+    Rng(5).shuffle(&mut idx);
+    idx.truncate(rows / 3);
+    let src: Vec<T> = (0..idx.len() * d).map(src_of).collect();
+    let mut out = up(&dst);
+    tah::scatter_rows(&up(&src), &up(&idx), d, &mut out).unwrap();
+    Case {
+        label: format!("tah.scatter_rows {}", T::KIND),
+        op: "tah.scatter_rows",
+        inputs: vec![
+            ("src", HostT::new(&src, &[idx.len(), d])),
+            ("idx", HostT::vec(&idx)),
+            ("dst", HostT::new(&dst, &[rows, d])),
+        ],
+        params: vec![("d", int(d))],
+        expect: vec![("dst", HostT::of(&out, &[rows, d]), Cmp::Exact)],
+    }
+}
+
+fn copy_range_case<T: DType>(src: Vec<T>, dst: Vec<T>) -> Case {
+    let (src_off, dst_off, n) = (17, 33, 150);
+    let mut out = up(&dst);
+    tah::copy_range(&up(&src), src_off, &mut out, dst_off, n).unwrap();
+    Case {
+        label: format!("tah.copy_range {}", T::KIND),
+        op: "tah.copy_range",
+        inputs: vec![("src", HostT::vec(&src)), ("dst", HostT::vec(&dst))],
+        params: vec![
+            ("src_off", int(src_off)),
+            ("dst_off", int(dst_off)),
+            ("n", int(n)),
+        ],
+        expect: vec![("dst", HostT::of(&out, &[dst.len()]), Cmp::Exact)],
+    }
+}
+
+fn next_depth_case<E: Float>(seed: u64) -> Case {
+    let (m, vocab, k, d) = (5, 300, 8, 24);
+    let mut r = Rng(seed);
+    let cum = r.values_in::<f32>(m * vocab, 3.0);
+    let emb: Vec<E> = testing::to_dtype(&r.values_in::<E>(vocab * d, 1.0));
+    let n = tah::next_depth_input(&up(&cum), vocab, k, &up(&emb), d).unwrap();
+    Case {
+        label: format!("tah.next_depth_input {}", E::KIND),
+        op: "tah.next_depth_input",
+        inputs: vec![
+            ("cum", HostT::new(&cum, &[m, vocab])),
+            ("emb", HostT::new(&emb, &[vocab, d])),
+        ],
+        params: vec![("vocab", int(vocab)), ("k", int(k)), ("d", int(d))],
+        expect: vec![
+            ("out", HostT::of(&n.out, &[m, d]), Cmp::Rel(tol::F32)),
+            ("ids", HostT::of(&n.ids, &[m, k]), Cmp::Exact),
+            (
+                "weights",
+                HostT::of(&n.weights, &[m, k]),
+                Cmp::Rel(tol::F32),
+            ),
+        ],
+    }
+}
+
+fn accumulate_case(seed: u64) -> Case {
+    let mut r = Rng(seed);
+    let (cum, logits) = (r.values_in::<f32>(1234, 4.0), r.values_in::<f32>(1234, 4.0));
+    let mut out = up(&cum);
+    tah::accumulate_logits(&mut out, &up(&logits)).unwrap();
+    Case {
+        label: "tah.accumulate_logits".into(),
+        op: "tah.accumulate_logits",
+        inputs: vec![("cum", HostT::vec(&cum)), ("logits", HostT::vec(&logits))],
+        params: vec![],
+        expect: vec![("cum", HostT::of(&out, &[cum.len()]), Cmp::Exact)],
+    }
+}
+
+/// The cases of op `name`. A name without cases panics: every op of the table must have some.
+fn cases(name: &'static str) -> Vec<Case> {
+    let mut r = Rng(0xc0ffee);
+    match name {
+        "bitmask.sparsify" => vec![
+            sparsify_case::<f32>(1, None),
+            sparsify_case::<f16>(2, None),
+            sparsify_case::<bf16>(3, Some(0.001)),
+        ],
+        "bitmask.densify" => vec![densify_case::<f32>(4), densify_case::<bf16>(5)],
+        "codec.gather" => vec![
+            gather_case((0..1000u32).map(|i| i * 7).collect(), 6),
+            gather_case(testing::to_dtype::<f16>(&r.values_in::<f16>(777, 1.0)), 7),
+            gather_case((0..64u16).collect(), 8),
+        ],
+        "codec.delta_encode" => vec![delta_encode_case::<f32>(9), delta_encode_case::<f16>(10)],
+        "codec.delta_decode" => {
+            vec![delta_decode_case::<bf16>(11), delta_decode_case::<f32>(12)]
+        }
+        "codec.delta_f32" => vec![delta_f32_case::<f16>(13), delta_f32_case::<f32>(14)],
+        "codec.to_f32" => vec![to_f32_case::<bf16>(15), to_f32_case::<f16>(16)],
+        "codec.kmeans" => {
+            let v = r.values_in::<f32>(3000, 1.0);
+            let k = codec::kmeans(&up(&v), 3, 20, 1e-4).unwrap();
+            vec![Case {
+                label: "codec.kmeans".into(),
+                op: "codec.kmeans",
+                inputs: vec![("values", HostT::vec(&v))],
+                params: vec![
+                    ("bits", int(3)),
+                    ("max_iters", int(20)),
+                    ("tol", Scalar::Float(1e-4)),
+                ],
+                expect: vec![
+                    ("centroids", HostT::vec(&k.centroids), Cmp::Exact),
+                    ("indices", HostT::of(&k.indices, &[v.len()]), Cmp::Exact),
+                ],
+            }]
+        }
+        "codec.pack_indices" => {
+            let idx: Vec<u8> = (0..1000).map(|_| (r.next_u64() % 32) as u8).collect();
+            let p = codec::pack_indices(&up(&idx), 5).unwrap();
+            vec![Case {
+                label: "codec.pack_indices".into(),
+                op: "codec.pack_indices",
+                inputs: vec![("indices", HostT::vec(&idx))],
+                params: vec![("bits", int(5))],
+                expect: vec![
+                    ("words", HostT::of(&p.words, &[p.words.len()]), Cmp::Exact),
+                    ("widths", HostT::of(&p.widths, &[4]), Cmp::Exact),
+                ],
+            }]
+        }
+        "codec.dequantize" => vec![
+            dequantize_case::<f32>(false, 17),
+            dequantize_case::<bf16>(true, 18),
+            dequantize_case::<f16>(true, 19),
+        ],
+        "attention.forward" => vec![
+            attention_case::<bf16>(name, MaskMode::Causal, "auto", 20),
+            attention_case::<f16>(name, MaskMode::DuoCausal, "auto", 21),
+            attention_case::<bf16>(name, MaskMode::Full, "scalar", 22),
+        ],
+        "attention.decode" => vec![attention_case::<f16>(name, MaskMode::Causal, "auto", 23)],
+        "attention.decode_partials" => vec![attention_case::<bf16>(
+            name,
+            MaskMode::DuoCausal,
+            "auto",
+            24,
+        )],
+        "attention.merge" => vec![merge_case(25)],
+        "tah.select_hard" => vec![select_hard_case(26)],
+        "tah.gather_rows" => vec![
+            gather_rows_case(r.values_in::<f32>(50 * 7, 1.0), 7, 27),
+            gather_rows_case((0..120i32).map(|i| i - 60).collect(), 3, 28),
+        ],
+        "tah.scatter_rows" => vec![
+            scatter_rows_case(vec![0u32; 30 * 5], |i| i as u32 + 1, 5),
+            scatter_rows_case(r.values_in::<f32>(24 * 16, 1.0), |i| i as f32 * 0.5, 16),
+        ],
+        "tah.copy_range" => vec![
+            copy_range_case((0..300).map(|i| i as u8).collect(), vec![7u8; 200]),
+            copy_range_case(
+                testing::to_dtype::<f16>(&r.values_in::<f16>(300, 1.0)),
+                vec![f16::ZERO; 200],
+            ),
+            copy_range_case(r.values_in::<f32>(300, 1.0), vec![-1f32; 190]),
+        ],
+        "tah.next_depth_input" => vec![next_depth_case::<f32>(29), next_depth_case::<bf16>(30)],
+        "tah.accumulate_logits" => vec![accumulate_case(31)],
+        other => panic!(
+            "op `{other}` of the table has no interop case: add one to cases() in tests/interop.rs"
+        ),
+    }
+}
+
+// ---- running and comparing ---------------------------------------------------------------------
+
+fn call_of(dev: &Device, c: &Case) -> Call {
+    let mut call = Call::new(c.op, dev).unwrap();
+    for (n, t) in &c.inputs {
+        call.input(n, t.upload(dev, n), t.shape.clone())
+            .unwrap_or_else(|e| panic!("{}: input {n}: {e}", c.label));
+    }
+    for (n, v) in &c.params {
+        call.param_scalar(n, v)
+            .unwrap_or_else(|e| panic!("{}: parameter {n}: {e}", c.label));
+    }
+    call
+}
+
+fn run(dev: &Device, c: &Case) -> Outputs {
+    call_of(dev, c)
+        .run()
+        .unwrap_or_else(|e| panic!("{} on {}: {e}", c.label, dev.backend()))
+}
+
+fn download(o: &interop::Output) -> HostT {
+    HostT {
+        dtype: o.buf.dtype(),
+        bytes: o.buf.to_bytes().unwrap(),
+        shape: o.shape.clone(),
+    }
+}
+
+/// The outputs that are inputs updated in place. `attention.merge`'s `o` and `lse` are inputs
+/// and outputs of the same names but not in place: the partials in, a new O and LSE out.
+const IN_PLACE: &[(&str, &str)] = &[
+    ("tah.scatter_rows", "dst"),
+    ("tah.copy_range", "dst"),
+    ("tah.accumulate_logits", "cum"),
+];
+
+/// Compare `outs` with the case's direct CPU results: every output present, in the table's
+/// order, with the same dtype and shape; bytes identical when `exact`, else per `Cmp`.
+fn compare(c: &Case, dev: &Device, outs: &Outputs, exact: bool) {
+    let at = format!("{} on {}", c.label, dev.backend());
+    let names: Vec<&str> = outs.tensors.iter().map(|o| o.name).collect();
+    let table: Vec<&str> = outs.op.outputs.iter().map(|o| o.name).collect();
+    assert_eq!(names, table, "{at}: outputs");
+    let want: Vec<&str> = c.expect.iter().map(|e| e.0).collect();
+    assert_eq!(want, table, "{at}: the case must check every output");
+    for (name, e, cmp) in &c.expect {
+        let o = outs.get(name).unwrap();
+        assert!(!o.provided, "{at}: {name}");
+        assert_eq!(
+            o.in_place,
+            IN_PLACE.contains(&(c.op, *name)),
+            "{at}: {name} in place"
+        );
+        let got = download(o);
+        assert_eq!(got.dtype, e.dtype, "{at}: {name} dtype");
+        assert_eq!(got.shape, e.shape, "{at}: {name} shape");
+        match (exact, cmp) {
+            (true, _) | (false, Cmp::Exact) => {
+                if let Some(i) = testing::first_diff(&got.bytes, &e.bytes) {
+                    panic!(
+                        "{at}: {name} differs from the direct CPU call at byte {i} of {}",
+                        e.bytes.len()
+                    );
+                }
+            }
+            (false, Cmp::Rel(t)) => {
+                let r: Vec<f64> = e.f32s().iter().map(|&x| x as f64).collect();
+                let err = rel_l2(&got.f32s(), &r);
+                assert!(err <= *t, "{at}: {name} relative L2 {err:.2e} > {t:.0e}");
+            }
+            (false, Cmp::Lse) => {
+                let r: Vec<f64> = e.f32s().iter().map(|&x| x as f64).collect();
+                let g = got.f32s();
+                if let Some(i) = lse_mismatch(&g, &r) {
+                    panic!("{at}: {name}[{i}] = {} vs the CPU path's {}", g[i], r[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Every op of the table, every case, on `dev`.
+fn every_op_on(dev: &Device) {
+    let exact = dev.backend() == tessera::Backend::Cpu;
+    for op in OPS {
+        for c in &cases(op.name) {
+            assert_eq!(c.op, op.name);
+            let outs = run(dev, c);
+            compare(c, dev, &outs, exact);
+        }
+    }
+}
+
+#[test]
+fn every_op_has_a_case() {
+    for op in OPS {
+        let cs = cases(op.name);
+        assert!(!cs.is_empty(), "{}", op.name);
+        for c in &cs {
+            assert_eq!(c.op, op.name, "{}", c.label);
+            // Every input named in a case is an input of the op.
+            interop::check_input_names(op, c.inputs.iter().map(|(n, _)| *n)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_op_on_the_cpu_path_is_the_rust_op() {
+    every_op_on(&cpu());
+}
+
+#[test]
+fn every_op_on_simt_wave32() {
+    every_op_on(&testing::simt(32, Schedule::InOrder, 2));
+}
+
+#[test]
+fn every_op_on_simt_wave32_shuffled_and_skewed() {
+    every_op_on(&testing::simt(32, Schedule::Shuffled(0x1e7e_0001), 2));
+    every_op_on(&testing::simt(32, Schedule::Skewed(0x1e7e_0003), 2));
+}
+
+#[test]
+fn every_op_on_simt_wave64() {
+    every_op_on(&testing::simt(64, Schedule::InOrder, 2));
+    every_op_on(&testing::simt(64, Schedule::Shuffled(0x1e7e_0002), 2));
+}
+
+// ---- caller-provided outputs -------------------------------------------------------------------
+
+#[test]
+fn provided_outputs_are_written() {
+    for dev in [cpu(), testing::simt(32, Schedule::InOrder, 2)] {
+        // Data-dependent size: `values` given with capacity n > popcount; Output::shape says
+        // how much was written, the rest of the tensor is untouched.
+        let c = sparsify_case::<f16>(40, None);
+        let n = 1000;
+        let popcount = c.expect[1].1.shape[0] as usize;
+        assert!(popcount < n);
+        let mut call = call_of(&dev, &c);
+        let sentinel = f16::from_f32(12.5);
+        call.output(
+            "values",
+            HostT::vec(&vec![sentinel; n]).upload(&dev, "values"),
+            vec![n as u64],
+        )
+        .unwrap();
+        call.output(
+            "mask",
+            HostT::vec(&[0u32; 32]).upload(&dev, "mask"),
+            vec![32],
+        )
+        .unwrap();
+        let outs = call.run().unwrap();
+        let v = outs.get("values").unwrap();
+        assert!(v.provided && !v.in_place);
+        assert_eq!(v.shape, vec![popcount as u64], "written length");
+        assert_eq!(v.buf.len(), n);
+        let got = download(v);
+        let want = &c.expect[1].1;
+        assert_eq!(&got.bytes[..want.bytes.len()], &want.bytes[..]);
+        let rest: Vec<f16> = pod_vec(&got.bytes[want.bytes.len()..]);
+        assert!(rest.iter().all(|x| x.to_bits() == sentinel.to_bits()));
+        let m = outs.get("mask").unwrap();
+        assert!(m.provided);
+        assert_eq!(m.shape, vec![32]);
+        assert_eq!(download(m).bytes, c.expect[0].1.bytes);
+
+        // A fixed-size output through the copy path, another through forward_into.
+        let c = to_f32_case::<bf16>(41);
+        let mut call = call_of(&dev, &c);
+        call.output(
+            "out",
+            HostT::vec(&vec![0f32; 999]).upload(&dev, "out"),
+            vec![999],
+        )
+        .unwrap();
+        let outs = call.run().unwrap();
+        let o = outs.get("out").unwrap();
+        assert!(o.provided);
+        assert_eq!(o.shape, vec![999]);
+        assert_eq!(download(o).bytes, c.expect[0].1.bytes);
+
+        let c = attention_case::<bf16>("attention.forward", MaskMode::Causal, "auto", 42);
+        let plain = run(&dev, &c);
+        let mut call = call_of(&dev, &c);
+        for (name, e, _) in &c.expect {
+            let zeros = vec![0f32; e.bytes.len() / 4];
+            let buf = HostT::new(&zeros, &[zeros.len()]).upload(&dev, name);
+            call.output(name, buf, e.shape.clone()).unwrap();
+        }
+        let outs = call.run().unwrap();
+        for (name, e, _) in &c.expect {
+            let (o, p) = (outs.get(name).unwrap(), plain.get(name).unwrap());
+            assert!(o.provided, "{name}");
+            assert_eq!(o.shape, e.shape, "{name}");
+            assert_eq!(
+                download(o).bytes,
+                download(p).bytes,
+                "{name}: forward_into and forward differ on {}",
+                dev.backend()
+            );
+        }
+        // attention.merge: `o` and `lse` are inputs and outputs of the same names but not in
+        // place, so they may be provided (they were once refused as "updated in place", and
+        // the input returned as the output).
+        let c = merge_case(47);
+        let plain = run(&dev, &c);
+        let mut call = call_of(&dev, &c);
+        for (name, e, _) in &c.expect {
+            let zeros = vec![0f32; e.bytes.len() / 4];
+            let buf = HostT::new(&zeros, &[zeros.len()]).upload(&dev, name);
+            call.output(name, buf, e.shape.clone()).unwrap();
+        }
+        let outs = call.run().unwrap();
+        for (name, e, _) in &c.expect {
+            let o = outs.get(name).unwrap();
+            assert!(o.provided && !o.in_place, "{name}");
+            assert_eq!(o.shape, e.shape, "{name}");
+            assert_eq!(download(o).bytes, download(plain.get(name).unwrap()).bytes);
+        }
+        let c = attention_case::<bf16>("attention.forward", MaskMode::Causal, "auto", 42);
+        let plain = run(&dev, &c);
+        // Only one of them given: the other is allocated.
+        let mut call = call_of(&dev, &c);
+        let lse = &c.expect[1].1;
+        call.output(
+            "lse",
+            HostT::new(&vec![0f32; lse.bytes.len() / 4], &[lse.bytes.len() / 4])
+                .upload(&dev, "lse"),
+            lse.shape.clone(),
+        )
+        .unwrap();
+        let outs = call.run().unwrap();
+        assert!(outs.get("lse").unwrap().provided && !outs.get("o").unwrap().provided);
+        assert_eq!(
+            download(outs.get("lse").unwrap()).bytes,
+            download(plain.get("lse").unwrap()).bytes
+        );
+    }
+}
+
+/// The message of the error of `r`, which must be an `InvalidArgument` naming `op`.
+fn invalid<T>(r: tessera::Result<T>, op: &str) -> String {
+    match r {
+        Ok(_) => panic!("{op}: expected an error"),
+        Err(e @ tessera::Error::InvalidArgument { .. }) => {
+            let m = e.to_string();
+            assert!(m.starts_with(&format!("{op}: ")), "{m}");
+            m
+        }
+        Err(e) => panic!("{op}: expected InvalidArgument, got {e}"),
+    }
+}
+
+fn has(m: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(m.contains(p), "`{p}` not in: {m}");
+    }
+}
+
+#[test]
+fn bad_provided_outputs_are_errors() {
+    let dev = cpu();
+    let c = attention_case::<bf16>("attention.forward", MaskMode::Causal, "auto", 43);
+    let (tq, h, d) = (
+        c.expect[0].1.shape[0],
+        c.expect[0].1.shape[1],
+        c.expect[0].1.shape[2],
+    );
+    let o_buf = || HostT::vec(&vec![0f32; (tq * h * d) as usize]).upload(&dev, "o");
+    // Same number of elements, wrong shape.
+    let mut call = call_of(&dev, &c);
+    call.output("o", o_buf(), vec![h, tq, d]).unwrap();
+    let m = invalid(call.run(), "attention.forward");
+    has(&m, &["output `o` has shape", "[total_q, heads, head_dim]"]);
+    // Wrong dtype.
+    let mut call = call_of(&dev, &c);
+    let half = HostT::vec(&vec![bf16::ZERO; (tq * h * d) as usize]).upload(&dev, "o");
+    call.output("o", half, vec![tq, h, d]).unwrap();
+    has(
+        &invalid(call.run(), "attention.forward"),
+        &["output `o` is bf16", "f32"],
+    );
+    // A shape that does not match the buffer's length.
+    let mut call = call_of(&dev, &c);
+    call.output("o", o_buf(), vec![tq, h, d + 1]).unwrap();
+    has(
+        &invalid(call.run(), "attention.forward"),
+        &["output `o`", "does not match its"],
+    );
+    // Not an output; an input updated in place; given twice.
+    let mut call = call_of(&dev, &c);
+    has(
+        &invalid(call.output("out", o_buf(), vec![1]), "attention.forward"),
+        &["no output named `out`", "o f32 [total_q, heads, head_dim]"],
+    );
+    call.output("o", o_buf(), vec![tq, h, d]).unwrap();
+    has(
+        &invalid(
+            call.output("o", o_buf(), vec![tq, h, d]),
+            "attention.forward",
+        ),
+        &["output `o` given twice"],
+    );
+    let c2 = accumulate_case(44);
+    let mut call = call_of(&dev, &c2);
+    let cum = c2.inputs[0].1.upload(&dev, "cum");
+    has(
+        &invalid(call.output("cum", cum, vec![1234]), "tah.accumulate_logits"),
+        &["`cum` is updated in place"],
+    );
+
+    // Data-dependent output: too small for what the op writes, or not 1-D.
+    let c = sparsify_case::<f32>(45, None);
+    let popcount = c.expect[1].1.shape[0] as usize;
+    let mut call = call_of(&dev, &c);
+    let small = HostT::vec(&vec![0f32; popcount - 1]).upload(&dev, "values");
+    call.output("values", small, vec![popcount as u64 - 1])
+        .unwrap();
+    has(
+        &invalid(call.run(), "bitmask.sparsify"),
+        &[
+            "output `values` needs",
+            &format!("the given tensor holds {}", popcount - 1),
+        ],
+    );
+    let mut call = call_of(&dev, &c);
+    let two_d = HostT::vec(&vec![0f32; 1000]).upload(&dev, "values");
+    call.output("values", two_d, vec![10, 100]).unwrap();
+    has(
+        &invalid(call.run(), "bitmask.sparsify"),
+        &["output `values` must be 1-D"],
+    );
+    // A provided output of a dtype the op does not write (dequantize without a base writes
+    // f32; the table allows any float for `out`): an error naming the op.
+    let c = dequantize_case::<f32>(false, 46);
+    let mut call = call_of(&dev, &c);
+    let f16_out = HostT::vec(&vec![f16::ZERO; 1300]).upload(&dev, "out");
+    call.output("out", f16_out, vec![1300]).unwrap();
+    has(
+        &invalid(call.run(), "codec.dequantize"),
+        &["output `out` is f16, the op writes f32"],
+    );
+}
+
+// ---- bad inputs --------------------------------------------------------------------------------
+
+#[test]
+fn bad_inputs_are_errors_naming_the_op() {
+    let dev = cpu();
+    let op = "attention.forward";
+    // Unknown op: the error lists the ops.
+    let m = invalid(Call::new("attention.foward", &dev), "run");
+    has(
+        &m,
+        &[
+            "unknown op `attention.foward`",
+            "attention.forward",
+            "tah.copy_range",
+        ],
+    );
+
+    let c = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    let input = |n: &str| c.inputs.iter().find(|(x, _)| *x == n).unwrap().1.clone();
+    // Unknown parameter.
+    let mut call = call_of(&dev, &c);
+    has(
+        &invalid(call.param_scalar("headz", &Scalar::Int(4)), op),
+        &["no parameter named `headz`", "heads", "max_seqlen_kv"],
+    );
+    let mut call0 = Call::new("tah.accumulate_logits", &dev).unwrap();
+    has(
+        &invalid(
+            call0.param("tau", ParamValue::F32(0.0)),
+            "tah.accumulate_logits",
+        ),
+        &["no parameter named `tau`; the op has none"],
+    );
+    // Missing parameter.
+    let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    c2.params.retain(|(n, _)| *n != "scale");
+    has(
+        &invalid(call_of(&dev, &c2).run(), op),
+        &["missing parameter `scale`"],
+    );
+    // Missing tensor: the message lists what the op takes.
+    let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    c2.inputs.retain(|(n, _)| *n != "v");
+    has(
+        &invalid(call_of(&dev, &c2).run(), op),
+        &[
+            "missing input `v`",
+            "q f16|bf16 [total_q, heads, head_dim]",
+            "kv_valid (optional) u8 [total_kv]",
+        ],
+    );
+    // A name that is not an input, through Call::input and through check_input_names.
+    has(
+        &invalid(
+            call.input(
+                "cu_seqlens",
+                input("cu_seqlens_q").upload(&dev, "x"),
+                vec![3],
+            ),
+            op,
+        ),
+        &[
+            "no input named `cu_seqlens`",
+            "cu_seqlens_q i32 [batch + 1]",
+        ],
+    );
+    let spec = tessera::ops::table::find(op).unwrap();
+    has(
+        &invalid(
+            interop::check_input_names(spec, ["q", "kv_mask", "k", "extra"]),
+            op,
+        ),
+        &[
+            "`kv_mask`, `extra` are not inputs of the op",
+            "kv_valid (optional) u8 [total_kv]",
+        ],
+    );
+    interop::check_input_names(spec, ["q", "k", "v", "kv_valid"]).unwrap();
+    // The same input twice.
+    let mut call = call_of(&dev, &c);
+    has(
+        &invalid(
+            call.input("q", input("q").upload(&dev, "q"), input("q").shape),
+            op,
+        ),
+        &["input `q` given twice"],
+    );
+
+    // Wrong dtype: a fixed one, and one outside the op's set.
+    let with = |name: &'static str, t: HostT| {
+        let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+        c2.inputs.iter_mut().find(|(n, _)| *n == name).unwrap().1 = t;
+        call_of(&dev, &c2).run()
+    };
+    let cu = input("cu_seqlens_q");
+    let cu_u32 = HostT {
+        dtype: DTypeKind::U32,
+        ..cu.clone()
+    };
+    has(
+        &invalid(with("cu_seqlens_q", cu_u32), op),
+        &["input `cu_seqlens_q` is u32; it must be i32"],
+    );
+    let q = input("q");
+    let q_f32 = HostT::new(
+        &vec![0f32; q.bytes.len() / 2],
+        &q.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+    );
+    has(
+        &invalid(with("q", q_f32), op),
+        &["input `q` is f32; it must be f16 or bf16"],
+    );
+    // Mixed dtypes within a shared set: k f16 with q bf16; base f32 with new f16.
+    let k = input("k");
+    has(
+        &invalid(
+            with(
+                "k",
+                HostT {
+                    dtype: DTypeKind::F16,
+                    ..k.clone()
+                },
+            ),
+            op,
+        ),
+        &["input `k` is f16 but `q` is bf16: they must have the same dtype"],
+    );
+    let mut call = Call::new("bitmask.sparsify", &dev).unwrap();
+    call.input("base", HostT::vec(&[1f32; 64]).upload(&dev, "b"), vec![64])
+        .unwrap();
+    call.input(
+        "new",
+        HostT::vec(&[f16::ONE; 64]).upload(&dev, "n"),
+        vec![64],
+    )
+    .unwrap();
+    has(
+        &invalid(call.run(), "bitmask.sparsify"),
+        &["input `new` is f16 but `base` is f32"],
+    );
+
+    // Wrong shape: number of dimensions, a dimension that disagrees with a parameter or an
+    // earlier tensor, an expression (`[batch + 1]` vs the other cu_seqlens), a shape that does
+    // not match the buffer.
+    let (tq, h, d) = (q.shape[0], q.shape[1], q.shape[2]);
+    has(
+        &invalid(
+            with(
+                "q",
+                HostT {
+                    shape: vec![tq, h * d],
+                    ..q.clone()
+                },
+            ),
+            op,
+        ),
+        &["input `q` has 2 dimensions", "the op expects 3"],
+    );
+    has(
+        &invalid(
+            with(
+                "q",
+                HostT {
+                    shape: vec![tq * 2, h / 2, d],
+                    ..q.clone()
+                },
+            ),
+            op,
+        ),
+        &["input `q` dimension 1 (heads) is 2, but heads = 4"],
+    );
+    let kv_valid = input("kv_valid");
+    let short = HostT::vec(&vec![1u8; kv_valid.bytes.len() - 1]);
+    has(
+        &invalid(with("kv_valid", short), op),
+        &["input `kv_valid` dimension 0 (total_kv)"],
+    );
+    let cu_kv = HostT::vec(&[0i32, 45, 80, 115]);
+    has(
+        &invalid(with("cu_seqlens_kv", cu_kv), op),
+        &["input `cu_seqlens_kv` dimension 0 is 4, batch + 1 = 3"],
+    );
+    has(
+        &invalid(
+            with(
+                "v",
+                HostT {
+                    shape: vec![1, 2, 3],
+                    ..input("v")
+                },
+            ),
+            op,
+        ),
+        &["input `v`: shape [1, 2, 3] does not match its"],
+    );
+
+    // A buffer on another device.
+    let other = Device::cpu_separate();
+    let mut call = Call::new("tah.accumulate_logits", &dev).unwrap();
+    call.input("cum", HostT::vec(&[0f32; 8]).upload(&dev, "c"), vec![8])
+        .unwrap();
+    call.input(
+        "logits",
+        HostT::vec(&[0f32; 8]).upload(&other, "l"),
+        vec![8],
+    )
+    .unwrap();
+    has(
+        &invalid(call.run(), "tah.accumulate_logits"),
+        &["input `logits` is on another cpu device than the call's"],
+    );
+    let simt = testing::simt(32, Schedule::InOrder, 1);
+    let mut call = Call::new("codec.to_f32", &simt).unwrap();
+    call.input(
+        "values",
+        HostT::vec(&[f16::ONE; 8]).upload(&dev, "v"),
+        vec![8],
+    )
+    .unwrap();
+    has(
+        &invalid(call.run(), "codec.to_f32"),
+        &["input `values` is on cpu", "the call runs on simt-w32"],
+    );
+
+    // Out-of-range and mistyped parameters.
+    let mut call = call_of(&dev, &c);
+    has(
+        &invalid(call.param_scalar("heads", &Scalar::Int(-1)), op),
+        &["parameter heads: -1 is outside 0..="],
+    );
+    has(
+        &invalid(call.param_scalar("heads", &Scalar::parse("2.5")), op),
+        &["parameter heads: expected an integer"],
+    );
+    has(
+        &invalid(call.param_scalar("mode", &Scalar::parse("sideways")), op),
+        &["parameter mode: `sideways` is not one of full, causal, duo_causal"],
+    );
+    has(
+        &invalid(call.param_scalar("mode", &Scalar::Int(1)), op),
+        &["parameter mode: expected one of full, causal, duo_causal"],
+    );
+    has(
+        &invalid(call.param_scalar("scale", &Scalar::parse("big")), op),
+        &["parameter scale: expected a number"],
+    );
+    let mut kcall = Call::new("codec.kmeans", &dev).unwrap();
+    has(
+        &invalid(
+            kcall.param_scalar("bits", &Scalar::Int(1 << 40)),
+            "codec.kmeans",
+        ),
+        &["parameter bits: 1099511627776 is outside 0..=4294967295"],
+    );
+    // Values the table accepts but the op does not: the op's own error.
+    let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    c2.params.retain(|(n, _)| *n != "kv_heads");
+    c2.params.push(("kv_heads", int(3)));
+    let e = call_of(&dev, &c2).run().unwrap_err().to_string();
+    assert!(e.contains("kv_heads"), "{e}");
+    // duo_causal needs depths.
+    let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    c2.params.retain(|(n, _)| *n != "mode");
+    c2.params.push(("mode", word("duo_causal")));
+    has(
+        &call_of(&dev, &c2).run().unwrap_err().to_string(),
+        &["duo_causal needs q_depth and kv_depth"],
+    );
+    // Invalid cu_seqlens contents: reported by the device-side check on SIMT.
+    let mut c2 = attention_case::<bf16>(op, MaskMode::Causal, "auto", 50);
+    let cu_bad = HostT::vec(&[0i32, 80, 45]);
+    for (n, t) in c2.inputs.iter_mut() {
+        if n.starts_with("cu_seqlens") {
+            *t = cu_bad.clone();
+        }
+    }
+    let e = call_of(&simt, &c2).run().unwrap_err().to_string();
+    assert!(e.contains("cu_seqlens"), "{e}");
+}
+
+#[test]
+fn scalar_parse() {
+    assert_eq!(Scalar::parse("8"), Scalar::Int(8));
+    assert_eq!(Scalar::parse(" -3 "), Scalar::Int(-3));
+    assert_eq!(Scalar::parse("0.125"), Scalar::Float(0.125));
+    assert_eq!(Scalar::parse("1e-3"), Scalar::Float(1e-3));
+    assert_eq!(
+        Scalar::parse("0.5,1,-2"),
+        Scalar::List(vec![0.5, 1.0, -2.0])
+    );
+    assert_eq!(Scalar::parse("[1, 2]"), Scalar::List(vec![1.0, 2.0]));
+    assert_eq!(Scalar::parse("causal"), Scalar::Str("causal".into()));
+}
