@@ -401,7 +401,7 @@ enum TesseraStatus tessera_attention_decode_partials(const DLTensor *q,
  *
  * Parameters: `splits` (uint64_t): number of partials; `total_q` (uint64_t): query tokens; `heads` (uint64_t): heads; `head_dim` (uint64_t): head dimension.
  *
- * Updated in place: `o`, `lse`.
+ * Outputs, allocated by the caller: `o_out` (f32, `[total_q, heads, head_dim]`), `lse_out` (f32, `[heads, total_q]`).
  *
  * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
  *
@@ -414,6 +414,8 @@ enum TesseraStatus tessera_attention_merge(const DLTensor *o,
                                            uint64_t total_q,
                                            uint64_t heads,
                                            uint64_t head_dim,
+                                           DLTensor *o_out,
+                                           DLTensor *lse_out,
                                            void *stream);
 
 /**

@@ -1281,3 +1281,261 @@ fn scalar_parse() {
     assert_eq!(Scalar::parse("[1, 2]"), Scalar::List(vec![1.0, 2.0]));
     assert_eq!(Scalar::parse("causal"), Scalar::Str("causal".into()));
 }
+
+// ---- the C ABI ---------------------------------------------------------------------------------
+
+mod c_abi {
+    //! Every case again through the exported `tessera_<family>_<op>` functions (by
+    //! `tessera::capi::call`, which the generator writes next to them), on host memory the test
+    //! owns, on the CPU path and SIMT wave32/wave64.
+    #![allow(unsafe_code)]
+
+    use super::*;
+    use std::ffi::{c_void, CString};
+    use tessera::capi::codegen::{c_args, ArgKind};
+    use tessera::capi::dlpack::{DLDataType, DLDevice, DLTensor, KDL_CPU};
+    use tessera::capi::{self, CArg, TesseraStatus};
+    use tessera::ops::table::find;
+
+    /// 16-byte aligned host memory and the shape a `DLTensor` points at.
+    struct Mem {
+        words: Vec<u128>,
+        bytes: usize,
+        shape: Vec<i64>,
+        dtype: DTypeKind,
+    }
+
+    impl Mem {
+        fn new(dtype: DTypeKind, shape: &[u64], init: Option<&[u8]>) -> Mem {
+            let bytes = shape.iter().product::<u64>() as usize * dtype.size();
+            let mut words = vec![0u128; bytes.div_ceil(16).max(1)];
+            if let Some(b) = init {
+                bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes].copy_from_slice(b);
+            }
+            Mem {
+                words,
+                bytes,
+                shape: shape.iter().map(|&d| d as i64).collect(),
+                dtype,
+            }
+        }
+
+        fn tensor(&mut self) -> DLTensor {
+            DLTensor {
+                data: self.words.as_mut_ptr() as *mut c_void,
+                device: DLDevice {
+                    device_type: KDL_CPU,
+                    device_id: 0,
+                },
+                ndim: self.shape.len() as i32,
+                dtype: DLDataType::of(self.dtype),
+                shape: self.shape.as_mut_ptr(),
+                strides: std::ptr::null_mut(),
+                byte_offset: 0,
+            }
+        }
+
+        fn host(&self, len: usize) -> HostT {
+            HostT {
+                dtype: self.dtype,
+                bytes: bytemuck::cast_slice::<u128, u8>(&self.words)[..len * self.dtype.size()]
+                    .to_vec(),
+                shape: vec![],
+            }
+        }
+    }
+
+    fn last_error() -> String {
+        // SAFETY: tessera_last_error returns a NUL-terminated string owned by this thread.
+        unsafe { std::ffi::CStr::from_ptr(capi::tessera_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn set_executor(name: &str) {
+        let n = CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated string.
+        let s = unsafe { capi::tessera_set_host_executor(n.as_ptr()) };
+        assert_eq!(s, TesseraStatus::Ok, "{}", last_error());
+    }
+
+    /// Run case `c` through the C function; the outputs (and in-place inputs) by name.
+    fn run_c(c: &Case) -> Vec<(&'static str, HostT)> {
+        let op = find(c.op).unwrap();
+        let mut inputs: Vec<Option<(Mem, DLTensor)>> = op
+            .inputs
+            .iter()
+            .map(|spec| {
+                c.inputs
+                    .iter()
+                    .find(|(n, _)| *n == spec.name)
+                    .map(|(_, t)| {
+                        let mut m = Mem::new(t.dtype, &t.shape, Some(&t.bytes));
+                        let dl = m.tensor();
+                        (m, dl)
+                    })
+            })
+            .collect();
+        let mut words: Vec<CString> = Vec::new();
+        let mut lists: Vec<Vec<f32>> = Vec::new();
+        let mut outputs: Vec<(&'static str, Mem, DLTensor, i64, bool)> = Vec::new();
+        for (name, e, _) in &c.expect {
+            if op
+                .inputs
+                .iter()
+                .any(|t| t.name == *name && t.written_in_place())
+            {
+                continue;
+            }
+            let i = op.outputs.iter().position(|o| o.name == *name).unwrap();
+            let dd = interop::data_dependent(op, i);
+            // A data-dependent output gets more room than it needs: `_len` says what was used.
+            let shape = if dd {
+                vec![e.shape.iter().product::<u64>() + 7]
+            } else {
+                e.shape.clone()
+            };
+            let mut m = Mem::new(e.dtype, &shape, None);
+            let dl = m.tensor();
+            outputs.push((name, m, dl, -1, dd));
+        }
+        // The arguments, in the C order.
+        let mut args: Vec<CArg> = Vec::new();
+        for slot in inputs.iter_mut() {
+            args.push(CArg::Tensor(match slot {
+                Some((_, dl)) => dl as *const DLTensor,
+                None => std::ptr::null(),
+            }));
+        }
+        for spec in op.params {
+            let v = match c.params.iter().find(|(n, _)| *n == spec.name) {
+                Some((_, s)) => Some(ParamValue::convert(op.name, spec, s).unwrap()),
+                None => spec
+                    .default
+                    .map(|d| ParamValue::convert(op.name, spec, &Scalar::parse(d)).unwrap()),
+            };
+            args.push(match v {
+                Some(ParamValue::F32(x)) => CArg::F32(x),
+                Some(ParamValue::F64(x)) => CArg::F64(x),
+                Some(ParamValue::U32(x)) => CArg::U32(x),
+                Some(ParamValue::I32(x)) => CArg::I32(x),
+                Some(ParamValue::Usize(x)) => CArg::U64(x as u64),
+                Some(ParamValue::Enum(w)) => {
+                    words.push(CString::new(w).unwrap());
+                    CArg::Str(words.last().unwrap().as_ptr())
+                }
+                Some(ParamValue::F32List(xs)) => {
+                    lists.push(xs);
+                    let l = lists.last().unwrap();
+                    CArg::List(l.as_ptr(), l.len() as u64)
+                }
+                None => panic!("{}: parameter {} has no value", c.label, spec.name),
+            });
+        }
+        for (_, _, dl, len, dd) in outputs.iter_mut() {
+            args.push(CArg::Out(dl as *mut DLTensor));
+            if *dd {
+                args.push(CArg::Len(len as *mut i64));
+            }
+        }
+        let kinds: Vec<ArgKind> = c_args(op).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(kinds.len(), args.len(), "{}: argument count", c.label);
+        // SAFETY: every tensor points at live, 16-byte aligned memory of its shape, which this
+        // function owns until after the (synchronous, host) call returns.
+        let status = unsafe { capi::call(op.name, &args, std::ptr::null_mut()) }
+            .unwrap_or_else(|| panic!("{}: no generated function matched", c.label));
+        assert_eq!(status, TesseraStatus::Ok, "{}: {}", c.label, last_error());
+        assert_eq!(last_error(), "", "{}: success leaves no error", c.label);
+        let mut got = Vec::new();
+        for (name, e, _) in &c.expect {
+            if let Some((m, _)) = op
+                .inputs
+                .iter()
+                .position(|t| t.name == *name && t.written_in_place())
+                .and_then(|i| inputs[i].as_ref())
+            {
+                let mut h = m.host(m.bytes / m.dtype.size());
+                h.shape = e.shape.clone();
+                got.push((*name, h));
+                continue;
+            }
+            let (_, m, _, len, dd) = outputs.iter().find(|o| o.0 == *name).unwrap();
+            let n = if *dd {
+                assert!(*len >= 0, "{}: {name}_len not written", c.label);
+                *len as usize
+            } else {
+                m.bytes / m.dtype.size()
+            };
+            let mut h = m.host(n);
+            h.shape = if *dd { vec![n as u64] } else { e.shape.clone() };
+            got.push((*name, h));
+        }
+        got
+    }
+
+    fn compare_c(c: &Case, at: &str, got: &[(&'static str, HostT)], exact: bool) {
+        assert_eq!(got.len(), c.expect.len(), "{at}");
+        for ((name, g), (ename, e, cmp)) in got.iter().zip(&c.expect) {
+            assert_eq!(name, ename, "{at}");
+            assert_eq!(g.shape, e.shape, "{at}: {name} shape");
+            match (exact, cmp) {
+                (true, _) | (false, Cmp::Exact) => {
+                    if let Some(i) = testing::first_diff(&g.bytes, &e.bytes) {
+                        panic!("{at}: {name} differs from the direct CPU call at byte {i}");
+                    }
+                }
+                (false, Cmp::Rel(t)) => {
+                    let r: Vec<f64> = e.f32s().iter().map(|&x| x as f64).collect();
+                    let err = rel_l2(&g.f32s(), &r);
+                    assert!(err <= *t, "{at}: {name} relative L2 {err:.2e} > {t:.0e}");
+                }
+                (false, Cmp::Lse) => {
+                    let r: Vec<f64> = e.f32s().iter().map(|&x| x as f64).collect();
+                    let gv = g.f32s();
+                    if let Some(i) = lse_mismatch(&gv, &r) {
+                        panic!("{at}: {name}[{i}] = {} vs the CPU path's {}", gv[i], r[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One test for every executor: the host executor is process-wide.
+    #[test]
+    fn every_op_through_the_c_abi() {
+        for executor in ["cpu", "simt", "simt64", "simt-shuffle5"] {
+            set_executor(executor);
+            for op in OPS {
+                for c in &cases(op.name) {
+                    let got = run_c(c);
+                    compare_c(
+                        c,
+                        &format!("{} via C on {executor}", c.label),
+                        &got,
+                        executor == "cpu",
+                    );
+                }
+            }
+        }
+        set_executor("cpu");
+        // Bad input through the C ABI: an error status and a message naming the op.
+        let mut args = vec![CArg::Tensor(std::ptr::null()); 2];
+        args.push(CArg::F32(0.0));
+        args.push(CArg::Out(std::ptr::null_mut()));
+        args.push(CArg::Out(std::ptr::null_mut()));
+        args.push(CArg::Len(std::ptr::null_mut()));
+        // SAFETY: null pointers only, which every function must reject.
+        let s = unsafe { capi::call("bitmask.sparsify", &args, std::ptr::null_mut()) };
+        assert_eq!(s, Some(TesseraStatus::InvalidArgument));
+        let m = last_error();
+        assert!(
+            m.starts_with("bitmask.sparsify:") && m.contains("null"),
+            "{m}"
+        );
+        // SAFETY: a wrong argument list is refused before any call.
+        assert!(
+            unsafe { capi::call("bitmask.sparsify", &args[..2], std::ptr::null_mut()) }.is_none()
+        );
+        assert!(unsafe { capi::call("no.such_op", &[], std::ptr::null_mut()) }.is_none());
+    }
+}

@@ -104,6 +104,122 @@ fn param_type(ty: ParamType) -> &'static str {
     }
 }
 
+/// The kind of one argument of a generated C function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// `const DLTensor*`: an input (NULL where optional).
+    Tensor,
+    /// `DLTensor*`: an output the caller allocated.
+    Out,
+    /// `int64_t*`: receives a data-dependent output's length (may be NULL).
+    Len,
+    F32,
+    F64,
+    U32,
+    I32,
+    U64,
+    /// `const char*`: an enum word (NULL: the default).
+    Str,
+    /// `const float*` and its `uint64_t` count (two C arguments).
+    List,
+}
+
+/// The C arguments of `op`'s function before `stream`, in order: inputs, parameters, outputs
+/// (each data-dependent one followed by its `_len`), with their C names.
+pub fn c_args(op: &OpSpec) -> Vec<(String, ArgKind)> {
+    let mut v: Vec<(String, ArgKind)> = op
+        .inputs
+        .iter()
+        .map(|t| (c_name(t.name), ArgKind::Tensor))
+        .collect();
+    for p in op.params {
+        let k = match p.ty {
+            ParamType::F32 => ArgKind::F32,
+            ParamType::F64 => ArgKind::F64,
+            ParamType::U32 => ArgKind::U32,
+            ParamType::I32 => ArgKind::I32,
+            ParamType::Usize => ArgKind::U64,
+            ParamType::Enum(_) => ArgKind::Str,
+            ParamType::F32List => ArgKind::List,
+        };
+        v.push((c_name(p.name), k));
+    }
+    for (i, t) in op.outputs.iter().enumerate() {
+        if op
+            .inputs
+            .iter()
+            .any(|x| x.name == t.name && x.written_in_place())
+        {
+            continue;
+        }
+        let n = if op.inputs.iter().any(|x| x.name == t.name) {
+            format!("{}_out", c_name(t.name))
+        } else {
+            c_name(t.name)
+        };
+        v.push((n.clone(), ArgKind::Out));
+        if data_dependent(op, i) {
+            v.push((format!("{n}_len"), ArgKind::Len));
+        }
+    }
+    v
+}
+
+fn dispatcher(s: &mut String) {
+    s.push_str(
+        "
+/// Call the generated function of op `name` with `args` in its C order (see
+         /// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
+         /// there is no such op or the arguments do not match its signature.
+         ///
+/// # Safety
+/// As the generated function's.
+         pub unsafe fn call(name: &str, args: &[CArg], stream: *mut c_void) -> Option<TesseraStatus> {
+             match name {
+",
+    );
+    for op in OPS {
+        let args = c_args(op);
+        let pats: Vec<String> = args
+            .iter()
+            .enumerate()
+            .map(|(i, (_, k))| match k {
+                ArgKind::List => format!("CArg::List(a{i}, a{i}_len)"),
+                k => format!("CArg::{k:?}(a{i})"),
+            })
+            .collect();
+        let vals: Vec<String> = args
+            .iter()
+            .enumerate()
+            .map(|(i, (_, k))| match k {
+                ArgKind::List => format!("*a{i}, *a{i}_len"),
+                _ => format!("*a{i}"),
+            })
+            .collect();
+        let _ = write!(
+            s,
+            "        \"{}\" => match args {{
+            [{}] => {{
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe {{ {}({}, stream) }})
+            }}
+            _ => None,
+        }},
+",
+            op.name,
+            pats.join(", "),
+            function_name(op),
+            vals.join(", ")
+        );
+    }
+    s.push_str(
+        "        _ => None,
+    }
+}
+",
+    );
+}
+
 /// The whole of `src/capi/ops.rs`.
 pub fn rust_source() -> String {
     let mut s = String::from(
@@ -112,17 +228,31 @@ pub fn rust_source() -> String {
          #![allow(clippy::too_many_arguments)]\n\n\
          use std::ffi::c_void;\n\n\
          use super::dlpack::DLTensor;\n\
-         use super::{entry, Ctx, TesseraStatus};\n\
+         use super::{entry, CArg, Ctx, TesseraStatus};\n\
          use crate::interop::ParamValue;\n",
     );
     for op in OPS {
         function(&mut s, op);
     }
+    dispatcher(&mut s);
     s
 }
 
 fn function(s: &mut String, op: &OpSpec) {
-    let in_place = |t: &TensorSpec| op.inputs.iter().any(|i| i.name == t.name);
+    let in_place = |t: &TensorSpec| {
+        op.inputs
+            .iter()
+            .any(|i| i.name == t.name && i.written_in_place())
+    };
+    // An output that shares its name with an input it does not update (`attention.merge`'s
+    // `o`) is `<name>_out` in C.
+    let out_name = |t: &TensorSpec| {
+        if op.inputs.iter().any(|i| i.name == t.name) {
+            format!("{}_out", c_name(t.name))
+        } else {
+            c_name(t.name)
+        }
+    };
     let _ = write!(
         s,
         "\n/// `{}`: {} (Rust: `tessera::{}`).\n///\n",
@@ -169,10 +299,15 @@ fn function(s: &mut String, op: &OpSpec) {
                     t.dtypes.names().join("|"),
                     t.shape,
                     t.max.unwrap_or("the largest possible result"),
-                    n = c_name(t.name),
+                    n = out_name(t),
                 )
             } else {
-                tensor_doc(t)
+                format!(
+                    "`{}` ({}, `{}`)",
+                    out_name(t),
+                    t.dtypes.names().join("|"),
+                    t.shape
+                )
             }
         })
         .collect();
@@ -216,9 +351,9 @@ fn function(s: &mut String, op: &OpSpec) {
         if in_place(t) {
             continue;
         }
-        let _ = writeln!(s, "    {}: *mut DLTensor,", c_name(t.name));
+        let _ = writeln!(s, "    {}: *mut DLTensor,", out_name(t));
         if data_dependent(op, i) {
-            let _ = writeln!(s, "    {}_len: *mut i64,", c_name(t.name));
+            let _ = writeln!(s, "    {}_len: *mut i64,", out_name(t));
         }
     }
     let _ = write!(
@@ -261,7 +396,7 @@ fn function(s: &mut String, op: &OpSpec) {
             continue;
         }
         let len = if data_dependent(op, i) {
-            format!("{}_len", c_name(t.name))
+            format!("{}_len", out_name(t))
         } else {
             "std::ptr::null_mut()".into()
         };
@@ -269,7 +404,7 @@ fn function(s: &mut String, op: &OpSpec) {
             s,
             "        // SAFETY: forwarded from this function's contract.\n        unsafe {{ c.output(\"{}\", {}, {len}) }}?;",
             t.name,
-            c_name(t.name)
+            out_name(t)
         );
     }
     s.push_str(

@@ -15,6 +15,8 @@ pub mod codegen;
 pub mod dlpack;
 mod ops;
 
+pub use ops::call;
+
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -137,6 +139,21 @@ pub unsafe extern "C" fn tessera_set_host_executor(name: *const c_char) -> Tesse
         *HOST.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev);
         Ok(())
     })
+}
+
+/// One argument of [`call`], by the kind of its C parameter ([`codegen::ArgKind`]).
+#[derive(Clone, Copy, Debug)]
+pub enum CArg {
+    Tensor(*const DLTensor),
+    Out(*mut DLTensor),
+    Len(*mut i64),
+    F32(f32),
+    F64(f64),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    Str(*const c_char),
+    List(*const f32, u64),
 }
 
 /// A `uint64_t` size parameter as `usize`, range-checked like every interface's sizes.

@@ -6,7 +6,7 @@
 use std::ffi::c_void;
 
 use super::dlpack::DLTensor;
-use super::{entry, Ctx, TesseraStatus};
+use super::{entry, CArg, Ctx, TesseraStatus};
 use crate::interop::ParamValue;
 
 /// `bitmask.sparsify`: change bitmask of new vs base and the packed changed values (Rust: `tessera::ops::bitmask::sparsify`).
@@ -722,7 +722,7 @@ pub unsafe extern "C" fn tessera_attention_decode_partials(
 ///
 /// Parameters: `splits` (uint64_t): number of partials; `total_q` (uint64_t): query tokens; `heads` (uint64_t): heads; `head_dim` (uint64_t): head dimension.
 ///
-/// Updated in place: `o`, `lse`.
+/// Outputs, allocated by the caller: `o_out` (f32, `[total_q, heads, head_dim]`), `lse_out` (f32, `[heads, total_q]`).
 ///
 /// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
 ///
@@ -736,6 +736,8 @@ pub unsafe extern "C" fn tessera_attention_merge(
     total_q: u64,
     heads: u64,
     head_dim: u64,
+    o_out: *mut DLTensor,
+    lse_out: *mut DLTensor,
     stream: *mut c_void,
 ) -> TesseraStatus {
     entry("attention.merge", || {
@@ -772,6 +774,10 @@ pub unsafe extern "C" fn tessera_attention_merge(
                 head_dim,
             )?),
         );
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("o", o_out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("lse", lse_out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -1017,4 +1023,185 @@ pub unsafe extern "C" fn tessera_tah_accumulate_logits(
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
+}
+
+/// Call the generated function of op `name` with `args` in its C order (see
+/// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
+/// there is no such op or the arguments do not match its signature.
+///
+/// # Safety
+/// As the generated function's.
+pub unsafe fn call(name: &str, args: &[CArg], stream: *mut c_void) -> Option<TesseraStatus> {
+    match name {
+        "bitmask.sparsify" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::F32(a2), CArg::Out(a3), CArg::Out(a4), CArg::Len(a5)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_bitmask_sparsify(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
+            }
+            _ => None,
+        },
+        "bitmask.densify" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Out(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_bitmask_densify(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "codec.gather" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::Out(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_gather(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "codec.delta_encode" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Out(a2), CArg::Len(a3), CArg::Out(a4)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_delta_encode(*a0, *a1, *a2, *a3, *a4, stream) })
+            }
+            _ => None,
+        },
+        "codec.delta_decode" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Out(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_delta_decode(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "codec.delta_f32" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Out(a2)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_delta_f32(*a0, *a1, *a2, stream) })
+            }
+            _ => None,
+        },
+        "codec.to_f32" => match args {
+            [CArg::Tensor(a0), CArg::Out(a1)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_to_f32(*a0, *a1, stream) })
+            }
+            _ => None,
+        },
+        "codec.kmeans" => match args {
+            [CArg::Tensor(a0), CArg::U32(a1), CArg::U32(a2), CArg::F32(a3), CArg::Out(a4), CArg::Out(a5)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_kmeans(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
+            }
+            _ => None,
+        },
+        "codec.pack_indices" => match args {
+            [CArg::Tensor(a0), CArg::U32(a1), CArg::Out(a2), CArg::Len(a3), CArg::Out(a4)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_codec_pack_indices(*a0, *a1, *a2, *a3, *a4, stream) })
+            }
+            _ => None,
+        },
+        "codec.dequantize" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3), CArg::List(a4, a4_len), CArg::Out(a5)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_codec_dequantize(*a0, *a1, *a2, *a3, *a4, *a4_len, *a5, stream)
+                })
+            }
+            _ => None,
+        },
+        "attention.forward" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::Out(a18), CArg::Out(a19)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_attention_forward(
+                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
+                        *a14, *a15, *a16, *a17, *a18, *a19, stream,
+                    )
+                })
+            }
+            _ => None,
+        },
+        "attention.decode" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_attention_decode(
+                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
+                        *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream,
+                    )
+                })
+            }
+            _ => None,
+        },
+        "attention.decode_partials" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_attention_decode_partials(
+                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
+                        *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream,
+                    )
+                })
+            }
+            _ => None,
+        },
+        "attention.merge" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::U64(a5), CArg::Out(a6), CArg::Out(a7)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_attention_merge(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream)
+                })
+            }
+            _ => None,
+        },
+        "tah.select_hard" => match args {
+            [CArg::Tensor(a0), CArg::F64(a1), CArg::Out(a2), CArg::Len(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_tah_select_hard(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "tah.gather_rows" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::Out(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_tah_gather_rows(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "tah.scatter_rows" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_tah_scatter_rows(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "tah.copy_range" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_tah_copy_range(*a0, *a1, *a2, *a3, *a4, stream) })
+            }
+            _ => None,
+        },
+        "tah.next_depth_input" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::Out(a5), CArg::Out(a6), CArg::Out(a7)] =>
+            {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe {
+                    tessera_tah_next_depth_input(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream)
+                })
+            }
+            _ => None,
+        },
+        "tah.accumulate_logits" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1)] => {
+                // SAFETY: forwarded from this function's contract.
+                Some(unsafe { tessera_tah_accumulate_logits(*a0, *a1, stream) })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
