@@ -13,19 +13,20 @@ use tessera::Device;
 
 const N: usize = 1024;
 
+/// Groups `gpu` (on a GPU: host time, the launch cost) and `cpu-path`.
 fn run(c: &mut Criterion, group: &str, dev: &Device) {
     let mut g = c.benchmark_group(group);
     g.sample_size(20).measurement_time(Duration::from_secs(2));
     let logits = dev.upload(&vec![0.5f32; N], "logits").expect("upload");
     let mut cum = dev.upload(&vec![0.0f32; N], "cum").expect("upload");
-    g.bench_function("direct/accumulate_logits_1k", |b| {
+    g.bench_function("direct_host_time/accumulate_logits_1k", |b| {
         b.iter(|| tah::accumulate_logits(&mut cum, &logits).expect("op"))
     });
     let mut bufs = Some((
         DynBuffer::F32(dev.upload(&vec![0.0f32; N], "cum").expect("upload")),
         DynBuffer::F32(dev.upload(&vec![0.5f32; N], "logits").expect("upload")),
     ));
-    g.bench_function("call/accumulate_logits_1k", |b| {
+    g.bench_function("call_host_time/accumulate_logits_1k", |b| {
         b.iter(|| {
             let (cum, logits) = bufs.take().expect("buffers");
             let mut call = Call::new("tah.accumulate_logits", dev).expect("op");
@@ -45,7 +46,7 @@ fn run(c: &mut Criterion, group: &str, dev: &Device) {
 fn benches(c: &mut Criterion) {
     let best = Device::best();
     if best.backend().runs_kernels() {
-        run(c, "gpu-host-time", &best);
+        run(c, "gpu", &best);
     } else {
         eprintln!("interop bench: no GPU; only the CPU path runs");
     }
