@@ -106,10 +106,7 @@ pub unsafe extern "C" fn tessera_codec_gather(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("mask", mask) }?;
-        c.param(
-            "count",
-            ParamValue::Usize(crate::capi::usize_param("codec.gather", "count", count)?),
-        );
+        c.param("count", ParamValue::Usize(crate::capi::usize_param("codec.gather", "count", count)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -345,14 +342,7 @@ pub unsafe extern "C" fn tessera_codec_dequantize(
         unsafe { c.input("indices.widths", indices_widths) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("base_vals", base_vals) }?;
-        c.param(
-            "indices.count",
-            ParamValue::Usize(crate::capi::usize_param(
-                "codec.dequantize",
-                "indices.count",
-                indices_count,
-            )?),
-        );
+        c.param("indices.count", ParamValue::Usize(crate::capi::usize_param("codec.dequantize", "indices.count", indices_count)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_list("centroids", centroids, centroids_len) }?;
         // SAFETY: forwarded from this function's contract.
@@ -420,46 +410,11 @@ pub unsafe extern "C" fn tessera_attention_forward(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param(
-            "heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.forward",
-                "heads",
-                heads,
-            )?),
-        );
-        c.param(
-            "kv_heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.forward",
-                "kv_heads",
-                kv_heads,
-            )?),
-        );
-        c.param(
-            "head_dim",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.forward",
-                "head_dim",
-                head_dim,
-            )?),
-        );
-        c.param(
-            "max_seqlen_q",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.forward",
-                "max_seqlen_q",
-                max_seqlen_q,
-            )?),
-        );
-        c.param(
-            "max_seqlen_kv",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.forward",
-                "max_seqlen_kv",
-                max_seqlen_kv,
-            )?),
-        );
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.forward", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.forward", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.forward", "max_seqlen_kv", max_seqlen_kv)?));
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
@@ -533,59 +488,17 @@ pub unsafe extern "C" fn tessera_attention_decode(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param(
-            "heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "heads",
-                heads,
-            )?),
-        );
-        c.param(
-            "kv_heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "kv_heads",
-                kv_heads,
-            )?),
-        );
-        c.param(
-            "head_dim",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "head_dim",
-                head_dim,
-            )?),
-        );
-        c.param(
-            "max_seqlen_q",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "max_seqlen_q",
-                max_seqlen_q,
-            )?),
-        );
-        c.param(
-            "max_seqlen_kv",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "max_seqlen_kv",
-                max_seqlen_kv,
-            )?),
-        );
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode", "max_seqlen_kv", max_seqlen_kv)?));
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("path", path) }?;
-        c.param(
-            "splits",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode",
-                "splits",
-                splits,
-            )?),
-        );
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode", "splits", splits)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("o", o, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -654,59 +567,17 @@ pub unsafe extern "C" fn tessera_attention_decode_partials(
         unsafe { c.input("kv_depth", kv_depth) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("kv_valid", kv_valid) }?;
-        c.param(
-            "heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "heads",
-                heads,
-            )?),
-        );
-        c.param(
-            "kv_heads",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "kv_heads",
-                kv_heads,
-            )?),
-        );
-        c.param(
-            "head_dim",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "head_dim",
-                head_dim,
-            )?),
-        );
-        c.param(
-            "max_seqlen_q",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "max_seqlen_q",
-                max_seqlen_q,
-            )?),
-        );
-        c.param(
-            "max_seqlen_kv",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "max_seqlen_kv",
-                max_seqlen_kv,
-            )?),
-        );
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "max_seqlen_kv", max_seqlen_kv)?));
         c.param("scale", ParamValue::F32(scale));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("mode", mode) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.param_enum("path", path) }?;
-        c.param(
-            "splits",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.decode_partials",
-                "splits",
-                splits,
-            )?),
-        );
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.decode_partials", "splits", splits)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("o", o, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -746,34 +617,10 @@ pub unsafe extern "C" fn tessera_attention_merge(
         unsafe { c.input("o", o) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("lse", lse) }?;
-        c.param(
-            "splits",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.merge",
-                "splits",
-                splits,
-            )?),
-        );
-        c.param(
-            "total_q",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.merge",
-                "total_q",
-                total_q,
-            )?),
-        );
-        c.param(
-            "heads",
-            ParamValue::Usize(crate::capi::usize_param("attention.merge", "heads", heads)?),
-        );
-        c.param(
-            "head_dim",
-            ParamValue::Usize(crate::capi::usize_param(
-                "attention.merge",
-                "head_dim",
-                head_dim,
-            )?),
-        );
+        c.param("splits", ParamValue::Usize(crate::capi::usize_param("attention.merge", "splits", splits)?));
+        c.param("total_q", ParamValue::Usize(crate::capi::usize_param("attention.merge", "total_q", total_q)?));
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("attention.merge", "heads", heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("attention.merge", "head_dim", head_dim)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("o", o_out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -841,10 +688,7 @@ pub unsafe extern "C" fn tessera_tah_gather_rows(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("idx", idx) }?;
-        c.param(
-            "d",
-            ParamValue::Usize(crate::capi::usize_param("tah.gather_rows", "d", d)?),
-        );
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.gather_rows", "d", d)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -880,10 +724,7 @@ pub unsafe extern "C" fn tessera_tah_scatter_rows(
         unsafe { c.input("idx", idx) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("dst", dst) }?;
-        c.param(
-            "d",
-            ParamValue::Usize(crate::capi::usize_param("tah.scatter_rows", "d", d)?),
-        );
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.scatter_rows", "d", d)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -916,26 +757,9 @@ pub unsafe extern "C" fn tessera_tah_copy_range(
         unsafe { c.input("src", src) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("dst", dst) }?;
-        c.param(
-            "src_off",
-            ParamValue::Usize(crate::capi::usize_param(
-                "tah.copy_range",
-                "src_off",
-                src_off,
-            )?),
-        );
-        c.param(
-            "dst_off",
-            ParamValue::Usize(crate::capi::usize_param(
-                "tah.copy_range",
-                "dst_off",
-                dst_off,
-            )?),
-        );
-        c.param(
-            "n",
-            ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "n", n)?),
-        );
+        c.param("src_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "src_off", src_off)?));
+        c.param("dst_off", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "dst_off", dst_off)?));
+        c.param("n", ParamValue::Usize(crate::capi::usize_param("tah.copy_range", "n", n)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.run(stream) }
     })
@@ -971,22 +795,9 @@ pub unsafe extern "C" fn tessera_tah_next_depth_input(
         unsafe { c.input("cum", cum) }?;
         // SAFETY: forwarded from this function's contract.
         unsafe { c.input("emb", emb) }?;
-        c.param(
-            "vocab",
-            ParamValue::Usize(crate::capi::usize_param(
-                "tah.next_depth_input",
-                "vocab",
-                vocab,
-            )?),
-        );
-        c.param(
-            "k",
-            ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "k", k)?),
-        );
-        c.param(
-            "d",
-            ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "d", d)?),
-        );
+        c.param("vocab", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "vocab", vocab)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "k", k)?));
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("tah.next_depth_input", "d", d)?));
         // SAFETY: forwarded from this function's contract.
         unsafe { c.output("out", out, std::ptr::null_mut()) }?;
         // SAFETY: forwarded from this function's contract.
@@ -1026,179 +837,150 @@ pub unsafe extern "C" fn tessera_tah_accumulate_logits(
 }
 
 /// Call the generated function of op `name` with `args` in its C order (see
-/// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
-/// there is no such op or the arguments do not match its signature.
-///
+         /// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
+         /// there is no such op or the arguments do not match its signature.
+         ///
 /// # Safety
 /// As the generated function's.
-pub unsafe fn call(name: &str, args: &[CArg], stream: *mut c_void) -> Option<TesseraStatus> {
-    match name {
+         pub unsafe fn call(name: &str, args: &[CArg], stream: *mut c_void) -> Option<TesseraStatus> {
+             match name {
         "bitmask.sparsify" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::F32(a2), CArg::Out(a3), CArg::Out(a4), CArg::Len(a5)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_bitmask_sparsify(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::F32(a2), CArg::Out(a3), CArg::Out(a4), CArg::Len(a5)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_bitmask_sparsify(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
             }
             _ => None,
         },
         "bitmask.densify" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Out(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_bitmask_densify(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_bitmask_densify(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "codec.gather" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::Out(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_gather(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_gather(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "codec.delta_encode" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Out(a2), CArg::Len(a3), CArg::Out(a4)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_delta_encode(*a0, *a1, *a2, *a3, *a4, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_delta_encode(*a0, *a1, *a2, *a3, *a4, stream) })
             }
             _ => None,
         },
         "codec.delta_decode" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Out(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_delta_decode(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_delta_decode(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "codec.delta_f32" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Out(a2)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_delta_f32(*a0, *a1, *a2, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_delta_f32(*a0, *a1, *a2, stream) })
             }
             _ => None,
         },
         "codec.to_f32" => match args {
             [CArg::Tensor(a0), CArg::Out(a1)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_to_f32(*a0, *a1, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_to_f32(*a0, *a1, stream) })
             }
             _ => None,
         },
         "codec.kmeans" => match args {
-            [CArg::Tensor(a0), CArg::U32(a1), CArg::U32(a2), CArg::F32(a3), CArg::Out(a4), CArg::Out(a5)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_kmeans(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
+            [CArg::Tensor(a0), CArg::U32(a1), CArg::U32(a2), CArg::F32(a3), CArg::Out(a4), CArg::Out(a5)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_kmeans(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
             }
             _ => None,
         },
         "codec.pack_indices" => match args {
             [CArg::Tensor(a0), CArg::U32(a1), CArg::Out(a2), CArg::Len(a3), CArg::Out(a4)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_codec_pack_indices(*a0, *a1, *a2, *a3, *a4, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_pack_indices(*a0, *a1, *a2, *a3, *a4, stream) })
             }
             _ => None,
         },
         "codec.dequantize" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3), CArg::List(a4, a4_len), CArg::Out(a5)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_codec_dequantize(*a0, *a1, *a2, *a3, *a4, *a4_len, *a5, stream)
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3), CArg::List(a4, a4_len), CArg::Out(a5)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_codec_dequantize(*a0, *a1, *a2, *a3, *a4, *a4_len, *a5, stream) })
             }
             _ => None,
         },
         "attention.forward" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::Out(a18), CArg::Out(a19)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_attention_forward(
-                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
-                        *a14, *a15, *a16, *a17, *a18, *a19, stream,
-                    )
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::Out(a18), CArg::Out(a19)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_attention_forward(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, stream) })
             }
             _ => None,
         },
         "attention.decode" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_attention_decode(
-                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
-                        *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream,
-                    )
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_attention_decode(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream) })
             }
             _ => None,
         },
         "attention.decode_partials" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_attention_decode_partials(
-                        *a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13,
-                        *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream,
-                    )
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::F32(a15), CArg::Str(a16), CArg::Str(a17), CArg::U64(a18), CArg::Out(a19), CArg::Out(a20)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_attention_decode_partials(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, *a20, stream) })
             }
             _ => None,
         },
         "attention.merge" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::U64(a5), CArg::Out(a6), CArg::Out(a7)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_attention_merge(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream)
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::U64(a5), CArg::Out(a6), CArg::Out(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_attention_merge(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
             }
             _ => None,
         },
         "tah.select_hard" => match args {
             [CArg::Tensor(a0), CArg::F64(a1), CArg::Out(a2), CArg::Len(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_tah_select_hard(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_select_hard(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "tah.gather_rows" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::Out(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_tah_gather_rows(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_gather_rows(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "tah.scatter_rows" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_tah_scatter_rows(*a0, *a1, *a2, *a3, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_scatter_rows(*a0, *a1, *a2, *a3, stream) })
             }
             _ => None,
         },
         "tah.copy_range" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_tah_copy_range(*a0, *a1, *a2, *a3, *a4, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_copy_range(*a0, *a1, *a2, *a3, *a4, stream) })
             }
             _ => None,
         },
         "tah.next_depth_input" => match args {
-            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::Out(a5), CArg::Out(a6), CArg::Out(a7)] =>
-            {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe {
-                    tessera_tah_next_depth_input(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream)
-                })
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::U64(a3), CArg::U64(a4), CArg::Out(a5), CArg::Out(a6), CArg::Out(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_next_depth_input(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
             }
             _ => None,
         },
         "tah.accumulate_logits" => match args {
             [CArg::Tensor(a0), CArg::Tensor(a1)] => {
-                // SAFETY: forwarded from this function's contract.
-                Some(unsafe { tessera_tah_accumulate_logits(*a0, *a1, stream) })
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_tah_accumulate_logits(*a0, *a1, stream) })
             }
             _ => None,
         },
