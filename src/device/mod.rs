@@ -655,6 +655,15 @@ impl<T: DType> DeviceBuffer<T> {
         &self.device
     }
 
+    /// The buffer's address as its device sees it: a device pointer on CUDA and HIP, a host
+    /// pointer on SIMT and the CPU path (the start of the payload, inside the red zones on SIMT).
+    /// For handing the memory to another framework (the Python package exports outputs over
+    /// DLPack); reading or writing through it is the caller's responsibility, and it is valid only
+    /// while the buffer lives.
+    pub fn device_ptr(&self) -> u64 {
+        self.mem.addr()
+    }
+
     /// Copy `data` (exactly `len()` elements) into the buffer.
     pub fn upload(&mut self, data: &[T]) -> Result<()> {
         if data.len() != self.len {

@@ -142,6 +142,11 @@ impl DynBuffer {
         each_buffer!(self, |b| b.device())
     }
 
+    /// The buffer's address on its device ([`DeviceBuffer::device_ptr`]).
+    pub fn device_ptr(&self) -> u64 {
+        each_buffer!(self, |b| b.device_ptr())
+    }
+
     /// A new buffer of `len` elements of `dtype` on `dev`.
     pub fn alloc(dev: &Device, dtype: DTypeKind, len: usize, label: &str) -> Result<DynBuffer> {
         with_elem!(dtype, "alloc", |T| dev.alloc::<T>(len, label).map(T::wrap))
