@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
 
 use tessera::capi::dlpack::{
-    self as cdl, DLDataType, DLDevice, DLTensor, Place, View, KDL_CPU, KDL_CUDA, KDL_ROCM,
+    self as cdl, DLDataType, DLDevice, Place, View, KDL_CPU, KDL_CUDA, KDL_ROCM,
 };
 use tessera::device::Device;
 use tessera::interop::{self, Call, DynBuffer, Scalar};
@@ -436,29 +436,6 @@ fn scalar(op: &str, name: &str, v: &Bound<'_, PyAny>) -> PyResult<Scalar> {
     })
 }
 
-/// `t`, without its strides when it has no elements: strides mean nothing then, and producers
-/// give any (numpy exports `[0]` for an empty 1-D array), which `capi::dlpack::view` would take
-/// for a non-contiguous layout.
-fn without_empty_strides(t: &DLTensor) -> DLTensor {
-    let mut strides = t.strides;
-    if !t.shape.is_null() && t.ndim > 0 {
-        // SAFETY: a producer's DLTensor has `ndim` readable shape entries (checked non-null).
-        let shape = unsafe { std::slice::from_raw_parts(t.shape, t.ndim as usize) };
-        if shape.contains(&0) {
-            strides = std::ptr::null_mut();
-        }
-    }
-    DLTensor {
-        data: t.data,
-        device: t.device,
-        ndim: t.ndim,
-        dtype: t.dtype,
-        shape: t.shape,
-        strides,
-        byte_offset: t.byte_offset,
-    }
-}
-
 /// One tensor of a call: the caller's object and what tessera took from it.
 struct Taken<'py> {
     name: &'static str,
@@ -531,7 +508,7 @@ fn call<'py>(
         }
         let m = dlpack::import(&obj, handshake, &what)?;
         // SAFETY: the producer's tensor is valid (shape/strides readable) while `m` lives.
-        let view = ts(unsafe { cdl::view(opn, name, &without_empty_strides(m.tensor())) })?;
+        let view = ts(unsafe { cdl::view(opn, name, m.tensor()) })?;
         let read_only = m.flags() & dlpack::FLAG_READ_ONLY != 0;
         managed.push(m);
         let t = Taken {
@@ -568,8 +545,11 @@ fn call<'py>(
 
     // 3. Written tensors: writable, and sharing memory with no other tensor of the call (the
     // kernels and the CPU path assume it).
-    // (`Call::in_place` takes an output's name: an input is written when an output has its name.)
-    let updated = |name: &str| spec.outputs.iter().any(|o| o.name == name);
+    let updated = |name: &str| {
+        spec.inputs
+            .iter()
+            .any(|t| t.name == name && t.written_in_place())
+    };
     let written: Vec<&Taken> = taken_in
         .iter()
         .filter(|t| updated(t.name))
@@ -706,7 +686,10 @@ fn op_table_json() -> PyResult<String> {
         for (op, spec) in ops.iter_mut().zip(table::OPS) {
             if let Some(outs) = op.get_mut("outputs").and_then(|o| o.as_array_mut()) {
                 for (i, o) in outs.iter_mut().enumerate() {
-                    let in_place = spec.inputs.iter().any(|t| t.name == spec.outputs[i].name);
+                    let in_place = spec
+                        .inputs
+                        .iter()
+                        .any(|t| t.name == spec.outputs[i].name && t.written_in_place());
                     o["data_dependent"] = (!in_place && interop::data_dependent(spec, i)).into();
                     o["in_place"] = in_place.into();
                 }

@@ -181,7 +181,9 @@ pub unsafe fn view(op: &'static str, name: &str, t: *const DLTensor) -> Result<V
         shape
             .push(u64::try_from(d).map_err(|_| bad(format!("negative dimension in {shape_i:?}")))?);
     }
-    if !t.strides.is_null() && ndim > 0 {
+    // Strides mean nothing for a tensor without elements (numpy exports `[0]` for an empty 1-D
+    // array), so they are only checked when there is data.
+    if !t.strides.is_null() && ndim > 0 && !shape_i.contains(&0) {
         // SAFETY: non-null and `ndim` entries long (the caller's contract).
         let strides = unsafe { std::slice::from_raw_parts(t.strides, ndim) };
         let mut want = 1i64;

@@ -266,13 +266,6 @@ def test_attention_decode():
     assert parts.o.shape == (3,) + p["q"].shape and parts.lse.shape == (3, 4, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="tessera bug: attention.merge's outputs `o`/`lse` have its inputs' names, so the op "
-    "table's 'same name = updated in place' rule (interop::Call::in_place, capi codegen) treats "
-    "them as in-place and the merged result is lost",
-)
 def test_attention_merge_of_tessera_tensors():
     """tessera.Tensor outputs fed back as inputs: merge of decode partials."""
     p = attention_problem(8, [1, 1, 1], [20, 33, 64])
