@@ -42,6 +42,18 @@ for line in sys.stdin:
 ' "$stage"
 strip "$stage"/tessera "$stage"/tests/* "$stage"/benches/* 2>/dev/null || true
 
+# The Python wheel (abi3, stripped) for tests/python/test_torch.py on the device, when it fits
+# under the carry limit beside the binaries.
+if bash scripts/python-test.sh -q -k every_op >/dev/null 2>&1; then
+  mkdir -p "$stage/wheels"
+  target/py-venv/bin/maturin build --release --strip -m python/Cargo.toml -o "$stage/wheels" \
+    >/dev/null 2>&1 || rm -rf "$stage/wheels"
+  if [ "$(du -sm "$stage" | cut -f1)" -ge 62 ]; then
+    echo "device-check: no room for the Python wheel under the carry limit; skipping it" >&2
+    rm -rf "$stage/wheels"
+  fi
+fi
+
 size=$(du -sm "$stage" | cut -f1)
 echo "staged $(find "$stage" -type f | wc -l) files, ${size} MiB in $stage" >&2
 if [ "$size" -ge 64 ]; then

@@ -36,4 +36,12 @@ for b in "$stage"/benches/*; do
 done
 timeout 300 python3 scripts/compare_torch.py --out "$OUT/compare_torch.json" > "$OUT/compare_torch.txt" 2>&1
 echo "compare_torch rc=$?" >> "$OUT/summary.txt"
+# The Python package against torch on the GPU (SDPA comparison, timings, call cost).
+if ls "$stage"/wheels/*.whl >/dev/null 2>&1; then
+  timeout 120 python3 -m pip install --no-deps --no-index --target /tmp/tessera-py "$stage"/wheels/*.whl \
+    > "$OUT/python-install.txt" 2>&1
+  PYTHONPATH=/tmp/tessera-py timeout 240 python3 -m pytest tests/python/test_torch.py -q -s -rs \
+    > "$OUT/python-torch.txt" 2>&1
+  echo "python test_torch rc=$?" >> "$OUT/summary.txt"
+fi
 cat "$OUT/summary.txt"
