@@ -1532,6 +1532,93 @@ mod c_abi {
             m.starts_with("bitmask.sparsify:") && m.contains("null"),
             "{m}"
         );
+        // Malformed tensors: each an InvalidArgument naming the op, the tensor and the problem.
+        let mut base = Mem::new(DTypeKind::F32, &[64], None);
+        let mut neu = Mem::new(DTypeKind::F32, &[64], None);
+        let mut mask = Mem::new(DTypeKind::U32, &[2], None);
+        let mut vals = Mem::new(DTypeKind::F32, &[64], None);
+        let good = |m: &mut Mem| m.tensor();
+        let mut try_sparsify = |b: DLTensor, expect: &[&str]| {
+            let (x, mut mk, mut v) = (good(&mut neu), good(&mut mask), good(&mut vals));
+            let mut len = -1i64;
+            let args = [
+                CArg::Tensor(&b),
+                CArg::Tensor(&x),
+                CArg::F32(0.0),
+                CArg::Out(&mut mk),
+                CArg::Out(&mut v),
+                CArg::Len(&mut len),
+            ];
+            // SAFETY: every pointer is live host memory of the shape it states (or deliberately
+            // malformed metadata that the function must reject before touching data).
+            let s = unsafe { capi::call("bitmask.sparsify", &args, std::ptr::null_mut()) };
+            let m = last_error();
+            assert_eq!(s, Some(TesseraStatus::InvalidArgument), "{m}");
+            assert!(m.starts_with("bitmask.sparsify:"), "{m}");
+            for e in expect {
+                assert!(m.contains(e), "{m} should mention {e}");
+            }
+            assert_eq!(len, -1, "no length on failure");
+        };
+        // f64 is not a dtype tessera takes.
+        let mut t = good(&mut base);
+        t.dtype.bits = 64;
+        try_sparsify(t, &["`base`", "dtype"]);
+        // Strided (every other element).
+        let mut strides = [2i64];
+        let mut half = [32i64];
+        let mut t = good(&mut base);
+        t.shape = half.as_mut_ptr();
+        t.strides = strides.as_mut_ptr();
+        try_sparsify(t, &["`base`", "contiguous"]);
+        // Misaligned for f32.
+        let mut t = good(&mut base);
+        t.byte_offset = 2;
+        try_sparsify(t, &["`base`", "aligned"]);
+        // A negative dimension.
+        let mut neg = [-1i64];
+        let mut t = good(&mut base);
+        t.shape = neg.as_mut_ptr();
+        try_sparsify(t, &["`base`", "negative"]);
+        // Wrong length for `new`'s n.
+        let mut short = [63i64];
+        let mut t = good(&mut base);
+        t.shape = short.as_mut_ptr();
+        try_sparsify(t, &["`new`"]);
+        // A device tensor where there is no GPU (on a GPU machine this memory would be taken for
+        // device memory, so only here).
+        if Device::cuda(0).is_err() {
+            let mut t = good(&mut base);
+            t.device.device_type = tessera::capi::dlpack::KDL_CUDA;
+            try_sparsify(t, &["Cuda"]);
+        }
+        // An unknown word for an enum parameter (attention's `mode`): refused before any tensor.
+        let mut args = vec![CArg::Tensor(std::ptr::null()); 10];
+        args.extend([
+            CArg::U64(1),
+            CArg::U64(1),
+            CArg::U64(64),
+            CArg::U64(1),
+            CArg::U64(1),
+        ]);
+        let sideways = CString::new("sideways").unwrap();
+        args.extend([
+            CArg::F32(0.125),
+            CArg::Str(sideways.as_ptr()),
+            CArg::Str(std::ptr::null()),
+        ]);
+        args.extend([
+            CArg::Out(std::ptr::null_mut()),
+            CArg::Out(std::ptr::null_mut()),
+        ]);
+        // SAFETY: null tensors and a NUL-terminated word.
+        let s = unsafe { capi::call("attention.forward", &args, std::ptr::null_mut()) };
+        let m = last_error();
+        assert_eq!(s, Some(TesseraStatus::InvalidArgument), "{m}");
+        assert!(
+            m.contains("mode") && m.contains("sideways") && m.contains("duo_causal"),
+            "{m}"
+        );
         // SAFETY: a wrong argument list is refused before any call.
         assert!(
             unsafe { capi::call("bitmask.sparsify", &args[..2], std::ptr::null_mut()) }.is_none()

@@ -230,6 +230,24 @@ impl RawEvent for HostEvent {
     }
 }
 
+/// `RawMem::write` of memory that is host memory (bounds checked by the caller).
+fn host_write(m: &mut dyn RawMem, offset: usize, src: &[u8]) -> Result<()> {
+    let host = m
+        .host_mut()
+        .ok_or_else(|| Error::invalid("upload", "not host memory"))?;
+    host[offset..offset + src.len()].copy_from_slice(src);
+    Ok(())
+}
+
+/// `RawMem::read` of memory that is host memory (bounds checked by the caller).
+fn host_read(m: &dyn RawMem, offset: usize, dst: &mut [u8]) -> Result<()> {
+    let host = m
+        .host()
+        .ok_or_else(|| Error::invalid("download", "not host memory"))?;
+    dst.copy_from_slice(&host[offset..offset + dst.len()]);
+    Ok(())
+}
+
 /// Plain host memory, 256-byte aligned, for the CPU path.
 pub(crate) struct HostMem {
     words: Vec<u128>,
@@ -250,12 +268,10 @@ impl RawMem for HostMem {
         self.words.as_ptr() as u64
     }
     fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
-        self.host_mut().expect("host")[offset..offset + src.len()].copy_from_slice(src);
-        Ok(())
+        host_write(self, offset, src)
     }
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
-        dst.copy_from_slice(&self.host().expect("host")[offset..offset + dst.len()]);
-        Ok(())
+        host_read(self, offset, dst)
     }
     fn host(&self) -> Option<&[u8]> {
         Some(&bytemuck::cast_slice(&self.words)[..self.bytes])
@@ -283,12 +299,10 @@ impl RawMem for BorrowedHost {
         self.ptr as u64
     }
     fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
-        self.host_mut().expect("host")[offset..offset + src.len()].copy_from_slice(src);
-        Ok(())
+        host_write(self, offset, src)
     }
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
-        dst.copy_from_slice(&self.host().expect("host")[offset..offset + dst.len()]);
-        Ok(())
+        host_read(self, offset, dst)
     }
     fn host(&self) -> Option<&[u8]> {
         // SAFETY: `borrow_raw`'s caller guarantees `bytes` readable bytes at `ptr` (a dangling,

@@ -167,6 +167,17 @@ pub(crate) fn codec_dequantize(c: &mut Call) -> Result<()> {
     })
 }
 
+/// `go::<f16>` or `go::<bf16>`, by the dtype of the attention input `q`.
+macro_rules! by_q_dtype {
+    ($c:expr, $go:ident) => {
+        match $c.dtype_of("q")? {
+            DTypeKind::F16 => $go::<f16>($c),
+            DTypeKind::BF16 => $go::<bf16>($c),
+            other => Err($c.err(format!("q is {other}; attention takes f16 or bf16"))),
+        }
+    };
+}
+
 fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'a, T>> {
     const OP: &str = "attention";
     let (q, k, v) = (c.inp::<T>("q")?, c.inp::<T>("k")?, c.inp::<T>("v")?);
@@ -261,11 +272,7 @@ pub(crate) fn attention_forward(c: &mut Call) -> Result<()> {
             }
         }
     }
-    match c.dtype_of("q")? {
-        DTypeKind::F16 => go::<f16>(c),
-        DTypeKind::BF16 => go::<bf16>(c),
-        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
-    }
+    by_q_dtype!(c, go)
 }
 
 pub(crate) fn attention_decode(c: &mut Call) -> Result<()> {
@@ -275,11 +282,7 @@ pub(crate) fn attention_decode(c: &mut Call) -> Result<()> {
         c.put("o", out.o)?;
         c.put("lse", out.lse)
     }
-    match c.dtype_of("q")? {
-        DTypeKind::F16 => go::<f16>(c),
-        DTypeKind::BF16 => go::<bf16>(c),
-        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
-    }
+    by_q_dtype!(c, go)
 }
 
 pub(crate) fn attention_decode_partials(c: &mut Call) -> Result<()> {
@@ -289,11 +292,7 @@ pub(crate) fn attention_decode_partials(c: &mut Call) -> Result<()> {
         c.put("o", p.o)?;
         c.put("lse", p.lse)
     }
-    match c.dtype_of("q")? {
-        DTypeKind::F16 => go::<f16>(c),
-        DTypeKind::BF16 => go::<bf16>(c),
-        other => Err(c.err(format!("q is {other}; attention takes f16 or bf16"))),
-    }
+    by_q_dtype!(c, go)
 }
 
 pub(crate) fn attention_merge(c: &mut Call) -> Result<()> {
