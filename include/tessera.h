@@ -539,6 +539,29 @@ enum TesseraStatus tessera_tah_accumulate_logits(const DLTensor *cum,
                                                  const DLTensor *logits,
                                                  void *stream);
 
+/**
+ * `moe.align`: top-k expert ids -> flat indices grouped by expert (flat order within one), each run padded to a multiple of block_size; the expert of each block (Rust: `tessera::ops::moe::align`).
+ *
+ * Inputs: `topk_ids` (i32, `[T, k]`).
+ *
+ * Parameters: `k` (uint64_t): experts per token (>= 1); `num_experts` (uint64_t): E, 1..=1024; `block_size` (uint64_t): rows per block of the expert GEMM (>= 1).
+ *
+ * Outputs, allocated by the caller: `sorted_token_ids` (i32, `[T * k + num_experts * (block_size - 1)]`), `expert_ids` (i32, `[ceil((T * k + num_experts * (block_size - 1)) / block_size)]`), `num_tokens_post_padded` (i32, `[1]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_align(const DLTensor *topk_ids,
+                                     uint64_t k,
+                                     uint64_t num_experts,
+                                     uint64_t block_size,
+                                     DLTensor *sorted_token_ids,
+                                     DLTensor *expert_ids,
+                                     DLTensor *num_tokens_post_padded,
+                                     void *stream);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -281,3 +281,43 @@ fn invalid_cu_seqlens_are_reported_not_followed() {
         }
     }
 }
+
+/// `moe::align`: out-of-range expert ids (read from the call's device-side check), E = 0,
+/// block_size = 0, k = 0 and a length that is not a multiple of k are each an `InvalidArgument`
+/// naming the op; sizes whose output would pass i32 are refused before anything is allocated.
+#[test]
+fn moe_align_rejects_bad_ids_and_sizes() {
+    use tessera::ops::moe;
+    for dev in executors() {
+        let ids: Vec<i32> = (0..40).map(|i| i % 4).collect();
+        let good = dev.upload(&ids, "topk_ids").unwrap();
+        for (pos, bad) in [(3usize, -1i32), (39, 4), (0, i32::MAX)] {
+            let mut v = ids.clone();
+            v[pos] = bad;
+            let b = dev.upload(&v, "topk_ids").unwrap();
+            expect_invalid(moe::align(&b, 2, 4, 8), "moe::align", &["expert id"]);
+            // Deferred: the sizes pass, the check reports the ids.
+            match moe::align_deferred(&b, 2, 4, 8) {
+                Ok((_, check)) => {
+                    expect_invalid(check.check(), "moe::align", &["expert id", "[0, 4)"])
+                }
+                Err(e) => expect_invalid::<()>(Err(e), "moe::align", &["expert id"]),
+            }
+        }
+        expect_invalid(moe::align(&good, 2, 0, 8), "moe::align", &["num_experts"]);
+        expect_invalid(moe::align(&good, 2, 4, 0), "moe::align", &["block_size"]);
+        expect_invalid(moe::align(&good, 0, 4, 8), "moe::align", &["k must be"]);
+        expect_invalid(moe::align(&good, 3, 4, 8), "moe::align", &["multiple of k"]);
+        expect_invalid(
+            moe::align(&good, 2, 1024, 1 << 22),
+            "moe::align",
+            &["i32::MAX"],
+        );
+        let (a, check) = moe::align_deferred(&good, 2, 4, 8).unwrap();
+        check.check().unwrap();
+        assert_eq!(
+            a.num_tokens_post_padded.download().unwrap(),
+            vec![tessera::reference::moe::align(&ids, 4, 8).num_tokens_post_padded]
+        );
+    }
+}

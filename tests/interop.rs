@@ -11,7 +11,7 @@ use tessera::device::Schedule;
 use tessera::interop::{self, Call, DynBuffer, Outputs, ParamValue, Scalar};
 use tessera::ops::attention::{self as attn, MaskMode, Path};
 use tessera::ops::table::OPS;
-use tessera::ops::{bitmask, codec, tah};
+use tessera::ops::{bitmask, codec, moe, tah};
 use tessera::testing::{self, lse_mismatch, pair, rel_l2, tol, PairKind, Rng};
 use tessera::verify::attention::{Problem, Spec};
 use tessera::{DType, DTypeKind, Device, DeviceBuffer, Float};
@@ -546,6 +546,42 @@ fn accumulate_case(seed: u64) -> Case {
 }
 
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
+fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
+    let mut r = Rng(seed);
+    let ids: Vec<i32> = (0..t * k)
+        .map(|_| (r.next_u64() % e as u64) as i32)
+        .collect();
+    let a = moe::align(&up(&ids), k, e, block).unwrap();
+    let len = a.sorted_token_ids.len();
+    Case {
+        label: format!("moe.align T={t} k={k} E={e} block={block}"),
+        op: "moe.align",
+        inputs: vec![("topk_ids", HostT::new(&ids, &[t, k]))],
+        params: vec![
+            ("k", int(k)),
+            ("num_experts", int(e)),
+            ("block_size", int(block)),
+        ],
+        expect: vec![
+            (
+                "sorted_token_ids",
+                HostT::of(&a.sorted_token_ids, &[len]),
+                Cmp::Exact,
+            ),
+            (
+                "expert_ids",
+                HostT::of(&a.expert_ids, &[len.div_ceil(block)]),
+                Cmp::Exact,
+            ),
+            (
+                "num_tokens_post_padded",
+                HostT::of(&a.num_tokens_post_padded, &[1]),
+                Cmp::Exact,
+            ),
+        ],
+    }
+}
+
 fn cases(name: &'static str) -> Vec<Case> {
     let mut r = Rng(0xc0ffee);
     match name {
@@ -635,6 +671,7 @@ fn cases(name: &'static str) -> Vec<Case> {
         ],
         "tah.next_depth_input" => vec![next_depth_case::<f32>(29), next_depth_case::<bf16>(30)],
         "tah.accumulate_logits" => vec![accumulate_case(31)],
+        "moe.align" => vec![align_case(300, 8, 64, 16, 32), align_case(17, 3, 5, 1, 33)],
         other => panic!(
             "op `{other}` of the table has no interop case: add one to cases() in tests/interop.rs"
         ),

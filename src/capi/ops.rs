@@ -836,6 +836,47 @@ pub unsafe extern "C" fn tessera_tah_accumulate_logits(
     })
 }
 
+/// `moe.align`: top-k expert ids -> flat indices grouped by expert (flat order within one), each run padded to a multiple of block_size; the expert of each block (Rust: `tessera::ops::moe::align`).
+///
+/// Inputs: `topk_ids` (i32, `[T, k]`).
+///
+/// Parameters: `k` (uint64_t): experts per token (>= 1); `num_experts` (uint64_t): E, 1..=1024; `block_size` (uint64_t): rows per block of the expert GEMM (>= 1).
+///
+/// Outputs, allocated by the caller: `sorted_token_ids` (i32, `[T * k + num_experts * (block_size - 1)]`), `expert_ids` (i32, `[ceil((T * k + num_experts * (block_size - 1)) / block_size)]`), `num_tokens_post_padded` (i32, `[1]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_align(
+    topk_ids: *const DLTensor,
+    k: u64,
+    num_experts: u64,
+    block_size: u64,
+    sorted_token_ids: *mut DLTensor,
+    expert_ids: *mut DLTensor,
+    num_tokens_post_padded: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.align", || {
+        let mut c = Ctx::new("moe.align");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("topk_ids", topk_ids) }?;
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("moe.align", "k", k)?));
+        c.param("num_experts", ParamValue::Usize(crate::capi::usize_param("moe.align", "num_experts", num_experts)?));
+        c.param("block_size", ParamValue::Usize(crate::capi::usize_param("moe.align", "block_size", block_size)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("sorted_token_ids", sorted_token_ids, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("expert_ids", expert_ids, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("num_tokens_post_padded", num_tokens_post_padded, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// Call the generated function of op `name` with `args` in its C order (see
          /// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
          /// there is no such op or the arguments do not match its signature.
@@ -981,6 +1022,13 @@ pub unsafe extern "C" fn tessera_tah_accumulate_logits(
             [CArg::Tensor(a0), CArg::Tensor(a1)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_tah_accumulate_logits(*a0, *a1, stream) })
+            }
+            _ => None,
+        },
+        "moe.align" => match args {
+            [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::U64(a3), CArg::Out(a4), CArg::Out(a5), CArg::Out(a6)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_align(*a0, *a1, *a2, *a3, *a4, *a5, *a6, stream) })
             }
             _ => None,
         },

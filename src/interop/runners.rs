@@ -9,7 +9,7 @@ use crate::device::DeviceBuffer;
 use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
-use crate::ops::{bitmask, codec, tah};
+use crate::ops::{bitmask, codec, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
 fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
@@ -398,4 +398,16 @@ pub(crate) fn tah_accumulate_logits(c: &mut Call) -> Result<()> {
     in_place::<f32>(c, "cum", |c, cum| {
         tah::accumulate_logits(cum, c.inp::<f32>("logits")?)
     })
+}
+
+pub(crate) fn moe_align(c: &mut Call) -> Result<()> {
+    let a = moe::align(
+        c.inp::<i32>("topk_ids")?,
+        c.p_usize("k")?,
+        c.p_usize("num_experts")?,
+        c.p_usize("block_size")?,
+    )?;
+    c.put("sorted_token_ids", a.sorted_token_ids)?;
+    c.put("expert_ids", a.expert_ids)?;
+    c.put("num_tokens_post_padded", a.num_tokens_post_padded)
 }

@@ -26,6 +26,10 @@ pub enum Expr {
     Num(u64),
     Name(String),
     Add(Box<Expr>, Box<Expr>),
+    /// `a - b` (unknown when negative).
+    Sub(Box<Expr>, Box<Expr>),
+    /// `a * b`.
+    Mul(Box<Expr>, Box<Expr>),
     /// `ceil(a / b)`.
     CeilDiv(Box<Expr>, Box<Expr>),
     /// `2^e`.
@@ -41,6 +45,8 @@ impl Expr {
             Expr::Num(n) => Some(*n),
             Expr::Name(n) => dims.get(n).copied(),
             Expr::Add(a, b) => a.eval(dims)?.checked_add(b.eval(dims)?),
+            Expr::Sub(a, b) => a.eval(dims)?.checked_sub(b.eval(dims)?),
+            Expr::Mul(a, b) => a.eval(dims)?.checked_mul(b.eval(dims)?),
             Expr::CeilDiv(a, b) => {
                 let b = b.eval(dims)?;
                 (b > 0).then(|| a.eval(dims).map(|a| a.div_ceil(b)))?
@@ -54,7 +60,11 @@ impl Expr {
 /// A parsed rule: its dimensions, or `None` for rules without brackets.
 pub fn parse(rule: &str) -> Vec<Dim> {
     // Drop the trailing note: `[n] (written in place)`, `[2^bits] (host)`.
-    let body = rule.split(" (").next().unwrap_or(rule).trim();
+    // The note follows the closing bracket; parentheses inside the brackets are the rule's own.
+    let body = match rule.trim().find(']') {
+        Some(i) if rule.trim().starts_with('[') => &rule.trim()[..=i],
+        _ => rule.split(" (").next().unwrap_or(rule).trim(),
+    };
     let inner = body
         .strip_prefix('[')
         .and_then(|b| b.strip_suffix(']'))
@@ -102,16 +112,23 @@ fn split_top(s: &str) -> Vec<&str> {
 
 fn expr(s: &str) -> Expr {
     let s = s.trim();
-    // Lowest precedence first: a + b (outside parentheses).
-    let mut depth = 0;
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            '+' if depth == 0 => {
-                return Expr::Add(Box::new(expr(&s[..i])), Box::new(expr(&s[i + 1..])));
-            }
-            _ => {}
+    // Lowest precedence first: a + b and a - b, then a * b (outside parentheses; the last
+    // operator of a level splits, so `a - b + c` is `(a - b) + c`).
+    if let Some((i, op)) = last_top(s, &['+', '-']) {
+        let (a, b) = (Box::new(expr(&s[..i])), Box::new(expr(&s[i + 1..])));
+        return if op == '+' {
+            Expr::Add(a, b)
+        } else {
+            Expr::Sub(a, b)
+        };
+    }
+    if let Some((i, _)) = last_top(s, &['*']) {
+        return Expr::Mul(Box::new(expr(&s[..i])), Box::new(expr(&s[i + 1..])));
+    }
+    // `(e)`: a parenthesised expression.
+    if let Some(inner) = s.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        if balanced(inner) {
+            return expr(inner);
         }
     }
     if let Some(e) = s.strip_prefix("2^") {
@@ -129,6 +146,37 @@ fn expr(s: &str) -> Expr {
         return Expr::Name(s.to_string());
     }
     Expr::Data(s.to_string())
+}
+
+/// The byte offset and operator of the last of `ops` outside parentheses in `s`.
+fn last_top(s: &str, ops: &[char]) -> Option<(usize, char)> {
+    let mut depth = 0;
+    let mut found = None;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 && ops.contains(&c) => found = Some((i, c)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Whether the parentheses of `s` balance without the depth going negative.
+fn balanced(s: &str) -> bool {
+    let mut depth = 0i32;
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    depth == 0
 }
 
 /// Check `shape` against `rule`, binding new names into `dims`. `Err` says what differs.
@@ -207,8 +255,18 @@ fn show(e: &Expr) -> String {
         Expr::Num(n) => n.to_string(),
         Expr::Name(n) | Expr::Data(n) => n.clone(),
         Expr::Add(a, b) => format!("{} + {}", show(a), show(b)),
+        Expr::Sub(a, b) => format!("{} - {}", show(a), show_factor(b)),
+        Expr::Mul(a, b) => format!("{} * {}", show_factor(a), show_factor(b)),
         Expr::CeilDiv(a, b) => format!("ceil({} / {})", show(a), show(b)),
         Expr::Pow2(e) => format!("2^{}", show(e)),
+    }
+}
+
+/// `e` as an operand of `*` (or the right side of `-`): parenthesised when it is a sum.
+fn show_factor(e: &Expr) -> String {
+    match e {
+        Expr::Add(..) | Expr::Sub(..) => format!("({})", show(e)),
+        _ => show(e),
     }
 }
 
@@ -247,5 +305,38 @@ mod tests {
         assert!(bind("[>= src_off + n]", &[14], &mut d).is_err());
         let d = dims(&[("bits", 3)]);
         assert_eq!(eval("[2^bits] (host)", &d), Some(vec![8]));
+    }
+
+    #[test]
+    fn products_differences_and_parentheses() {
+        // moe.align's output lengths.
+        let mut d = dims(&[("k", 8), ("num_experts", 256), ("block_size", 64)]);
+        bind("[T, k]", &[4096, 8], &mut d).unwrap();
+        let sorted = "[T * k + num_experts * (block_size - 1)]";
+        assert_eq!(eval(sorted, &d), Some(vec![4096 * 8 + 256 * 63]));
+        let blocks = "[ceil((T * k + num_experts * (block_size - 1)) / block_size)]";
+        assert_eq!(
+            eval(blocks, &d),
+            Some(vec![(4096u64 * 8 + 256 * 63).div_ceil(64)])
+        );
+        bind(sorted, &[4096 * 8 + 256 * 63], &mut d).unwrap();
+        assert_eq!(
+            eval("[T * k + num_experts * (block_size - 1)] (note)", &d),
+            eval(sorted, &d)
+        );
+        assert!(bind(sorted, &[4096 * 8], &mut d).is_err());
+        // Left to right within a level; * before + and -; a negative difference is unknown.
+        let d = dims(&[("a", 10), ("b", 3), ("c", 2)]);
+        assert_eq!(eval("[a - b + c]", &d), Some(vec![9]));
+        assert_eq!(eval("[a - b - c]", &d), Some(vec![5]));
+        assert_eq!(eval("[a * b - c * c]", &d), Some(vec![26]));
+        assert_eq!(eval("[(a - b) * (c + 1)]", &d), Some(vec![21]));
+        assert_eq!(eval("[b - a]", &d), None);
+        assert_eq!(eval("[b - a]", &Dims::new()), None);
+        assert_eq!(
+            show(&expr("T * k + num_experts * (block_size - 1)")),
+            "T * k + num_experts * (block_size - 1)"
+        );
+        assert_eq!(show(&expr("(a - b) * c")), "(a - b) * c");
     }
 }

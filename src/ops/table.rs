@@ -530,6 +530,37 @@ pub static OPS: &[OpSpec] = &[
         outputs: &[t("cum", Dtypes::F32, "[n]")],
         run: runners::tah_accumulate_logits,
     },
+    OpSpec {
+        name: "moe.align",
+        rust: "ops::moe::align",
+        summary: "top-k expert ids -> flat indices grouped by expert (flat order within one), \
+                  each run padded to a multiple of block_size; the expert of each block",
+        inputs: &[t("topk_ids", Dtypes::I32, "[T, k]")],
+        params: &[
+            p("k", ParamType::Usize, None, "experts per token (>= 1)"),
+            p("num_experts", ParamType::Usize, None, "E, 1..=1024"),
+            p(
+                "block_size",
+                ParamType::Usize,
+                None,
+                "rows per block of the expert GEMM (>= 1)",
+            ),
+        ],
+        outputs: &[
+            t(
+                "sorted_token_ids",
+                Dtypes::I32,
+                "[T * k + num_experts * (block_size - 1)]",
+            ),
+            t(
+                "expert_ids",
+                Dtypes::I32,
+                "[ceil((T * k + num_experts * (block_size - 1)) / block_size)]",
+            ),
+            t("num_tokens_post_padded", Dtypes::I32, "[1]"),
+        ],
+        run: runners::moe_align,
+    },
 ];
 
 const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
@@ -660,6 +691,13 @@ fn field_checks() {
             weights: _,
         } = n;
     }
+    fn moe(a: &crate::ops::moe::Aligned) {
+        let crate::ops::moe::Aligned {
+            sorted_token_ids: _,
+            expert_ids: _,
+            num_tokens_post_padded: _,
+        } = a;
+    }
     fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
         let crate::ops::codec::Packed {
             words: _,
@@ -701,6 +739,7 @@ mod tests {
             ("ops::codec::", include_str!("codec.rs")),
             ("ops::attention::", include_str!("attention.rs")),
             ("ops::tah::", include_str!("tah.rs")),
+            ("ops::moe::", include_str!("moe.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources

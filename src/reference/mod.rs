@@ -5,4 +5,5 @@
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod moe;
 pub mod tah;

@@ -5,7 +5,7 @@
 //! runner ([`run`]) and the naming of a failed op ([`failed`]). Each family's checks live in its
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
-//! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`],
+//! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`],
 //! [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
@@ -17,6 +17,7 @@ use crate::error::Result;
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod moe;
 pub mod sequence_parallel;
 pub mod tah;
 
@@ -144,6 +145,11 @@ pub const FAMILIES: &[Family] = &[
         rows: attention::merge_rows,
     },
     Family {
+        name: "moe",
+        modules: &["moe/align"],
+        rows: moe::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -188,6 +194,7 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("tah_scatter_rows", "tah::scatter_rows"),
         ("tah_next_input_", "tah::next_depth_input"),
         ("tah_accumulate", "tah::accumulate_logits"),
+        ("moe_align_", "moe::align"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
