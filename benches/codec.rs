@@ -5,8 +5,11 @@
 //!   bytes the op must move. Skipped, with a message, when no GPU is present.
 //! * `cpu-path/*`: the native CPU path (rayon reference). CPU times, never GPU performance.
 
+mod common;
+
 use std::time::Duration;
 
+use common::timed;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use tessera::ops::codec;
@@ -17,22 +20,6 @@ use tessera::Device;
 
 /// Changed values (about 23% of a 16M-element bf16 tensor).
 const N: usize = 1 << 24;
-
-fn timed<F: FnMut()>(dev: &Device, gpu: bool, b: &mut criterion::Bencher, mut f: F) {
-    if gpu {
-        b.iter_custom(|iters| {
-            let stream = dev.default_stream();
-            let t0 = stream.record().expect("event");
-            for _ in 0..iters {
-                f();
-            }
-            let t1 = stream.record().expect("event");
-            Duration::from_secs_f64(t0.elapsed_ms(&t1).expect("elapsed") as f64 * 1e-3)
-        })
-    } else {
-        b.iter(&mut f)
-    }
-}
 
 fn run(c: &mut Criterion, group: &str, dev: &Device) {
     let (base, new) = checkpoint_pair::<bf16>(N, 0.23, 7);

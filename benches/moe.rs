@@ -8,8 +8,11 @@
 //!   copy ceiling of the same run. Skipped, with a message, when no GPU is present.
 //! * `cpu-path/*`: the native CPU path (reference). CPU times, never GPU performance.
 
+mod common;
+
 use std::time::Duration;
 
+use common::timed;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tessera::ops::{moe, tah};
 use tessera::testing::Rng;
@@ -19,22 +22,6 @@ const T: usize = 4096;
 const K: usize = 8;
 const E: usize = 256;
 const BLOCK: usize = 64;
-
-fn timed<F: FnMut()>(dev: &Device, gpu: bool, b: &mut criterion::Bencher, mut f: F) {
-    if gpu {
-        b.iter_custom(|iters| {
-            let stream = dev.default_stream();
-            let t0 = stream.record().expect("event");
-            for _ in 0..iters {
-                f();
-            }
-            let t1 = stream.record().expect("event");
-            Duration::from_secs_f64(t0.elapsed_ms(&t1).expect("elapsed") as f64 * 1e-3)
-        })
-    } else {
-        b.iter(&mut f)
-    }
-}
 
 fn run(c: &mut Criterion, group: &str, dev: &Device) {
     let mut r = Rng(0x3e_a1);

@@ -8,8 +8,11 @@
 //! * `cpu-path/*`: the native CPU path (reference), with 4 rows and width 64. CPU times, never GPU
 //!   performance.
 
+mod common;
+
 use std::time::Duration;
 
+use common::timed;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use tessera::drivers::tah;
@@ -18,22 +21,6 @@ use tessera::Device;
 
 const VOCAB: usize = 151_936;
 const TOP_K: usize = 100;
-
-fn timed<F: FnMut()>(dev: &Device, gpu: bool, b: &mut criterion::Bencher, mut f: F) {
-    if gpu {
-        b.iter_custom(|iters| {
-            let stream = dev.default_stream();
-            let t0 = stream.record().expect("event");
-            for _ in 0..iters {
-                f();
-            }
-            let t1 = stream.record().expect("event");
-            Duration::from_secs_f64(t0.elapsed_ms(&t1).expect("elapsed") as f64 * 1e-3)
-        })
-    } else {
-        b.iter(&mut f)
-    }
-}
 
 fn run(c: &mut Criterion, group: &str, dev: &Device, rows: usize, hidden: usize) {
     let mut r = Rng(0x7a4b);
