@@ -38,6 +38,9 @@ pub(crate) struct CudaExec {
     sm: u32,
     name: String,
     modules: Mutex<HashMap<String, Module>>,
+    /// cuBLASLt's handle and workspace for this device, created on first use
+    /// (`device::cublaslt`).
+    pub(crate) cublaslt: super::cublaslt::Slot,
 }
 
 // SAFETY: the raw CUmodule/CUfunction handles are only used under the `modules` mutex with the
@@ -77,11 +80,12 @@ impl CudaExec {
             sm: (major * 10 + minor) as u32,
             name,
             modules: Mutex::new(HashMap::new()),
+            cublaslt: Default::default(),
         })
     }
 
     /// The stream launches go on: the caller's (`Device::on_stream`) or the compute stream.
-    fn current_stream(&self) -> sys::CUstream {
+    pub(crate) fn current_stream(&self) -> sys::CUstream {
         super::caller_stream()
             .map(|s| s as sys::CUstream)
             .unwrap_or_else(|| self.stream.cu_stream())

@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod args;
+pub mod cublaslt;
 pub mod cuda;
 pub mod hip;
 pub mod kernel;
