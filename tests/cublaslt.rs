@@ -22,8 +22,8 @@ fn not_available_on_the_cpu_path_or_simt() {
 #[test]
 fn matmul_off_cuda_is_unsupported() {
     for dev in host_devices() {
-        let a = dev.upload(&vec![bf16::ONE; 4 * 3], "a").unwrap();
-        let b = dev.upload(&vec![bf16::ONE; 5 * 3], "b").unwrap();
+        let a = dev.upload(&[bf16::ONE; 4 * 3], "a").unwrap();
+        let b = dev.upload(&[bf16::ONE; 5 * 3], "b").unwrap();
         let mut d = dev.alloc::<f32>(4 * 5, "d").unwrap();
         let e = cublaslt::matmul(&a, &b, &mut d, 4, 5, 3).unwrap_err();
         assert!(
@@ -66,8 +66,8 @@ fn probe_reports_absence_without_panicking() {
     if let Ok(gpu) = Device::cuda(0) {
         if first.is_err() {
             assert!(!cublaslt::available(&gpu));
-            let a = gpu.upload(&vec![f16::ONE; 8], "a").unwrap();
-            let b = gpu.upload(&vec![f16::ONE; 8], "b").unwrap();
+            let a = gpu.upload(&[f16::ONE; 8], "a").unwrap();
+            let b = gpu.upload(&[f16::ONE; 8], "b").unwrap();
             let mut d = gpu.alloc::<f32>(4, "d").unwrap();
             let e = cublaslt::matmul(&a, &b, &mut d, 2, 2, 4).unwrap_err();
             assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e}");
@@ -91,8 +91,8 @@ fn bad_arguments_are_argument_errors_on_every_device() {
     let mut devs = host_devices();
     devs.extend(Device::cuda(0).ok());
     for dev in devs {
-        let a = dev.upload(&vec![f16::ONE; 4 * 3], "a").unwrap();
-        let b = dev.upload(&vec![f16::ONE; 5 * 3], "b").unwrap();
+        let a = dev.upload(&[f16::ONE; 4 * 3], "a").unwrap();
+        let b = dev.upload(&[f16::ONE; 5 * 3], "b").unwrap();
         let mut d = dev.alloc::<f32>(4 * 5, "d").unwrap();
         expect_invalid(cublaslt::matmul(&a, &b, &mut d, 4, 5, 2), "A must hold");
         expect_invalid(cublaslt::matmul(&a, &b, &mut d, 3, 5, 4), "B must hold");
@@ -117,7 +117,7 @@ fn bad_arguments_are_argument_errors_on_every_device() {
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
         // Buffers of another device.
         let other = Device::simt();
-        let b_other = other.upload(&vec![f16::ONE; 5 * 3], "b").unwrap();
+        let b_other = other.upload(&[f16::ONE; 5 * 3], "b").unwrap();
         expect_invalid(
             cublaslt::matmul(&a, &b_other, &mut d, 4, 5, 3),
             "one device",
