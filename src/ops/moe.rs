@@ -1,9 +1,12 @@
-//! Mixture-of-experts ops. Today: [`align`] (`moe.align`), the block alignment of the router's
-//! top-k expert ids that a grouped expert GEMM consumes (vLLM's `moe_align_block_size`
-//! contract, with a deterministic order). The rest of issue 12 (router, permute, combine, the
-//! layer) is not built yet; see docs/moe.md.
+//! Mixture-of-experts ops (issue 12, ReXMoE): [`route`] (`moe.route`, the router top-k with PSR
+//! masking), [`align`] (`moe.align`, the block alignment of the router's top-k expert ids that a
+//! grouped expert GEMM consumes: vLLM's `moe_align_block_size` contract, with a deterministic
+//! order), [`permute`] / [`combine`] (`moe.permute`, `moe.combine`: token rows into the aligned
+//! expert order and back) and [`load`] (`moe.load`, tokens per virtual expert and per physical
+//! layer). See docs/moe.md.
 //!
-//! Kernels: `cuda/moe/align.cu`. Reference and CPU path: [`crate::reference::moe`].
+//! Kernels: `cuda/moe/align.cu`, `cuda/moe/route.cu`, `cuda/moe/permute.cu`. Reference and CPU
+//! path: [`crate::reference::moe`].
 
 use crate::device::kernel::Grid;
 use crate::device::DeviceBuffer;
@@ -22,32 +25,80 @@ pub const MAX_EXPERTS: usize = 1024;
 /// `[chunks, E]` counts, so their number is bounded and large inputs get larger chunks.
 const MAX_CHUNKS: usize = 256;
 
-crate::kernels! {
-    module = "moe/align";
-    /// Per chunk of `chunk` flat entries: the count of each expert and of out-of-range ids.
-    pub(crate) struct CountKernel<'a> = "moe_align_count" block = BLOCK {
-        topk_ids: &'a DeviceBuffer<i32>,
-        n: u32,
-        num_experts: u32,
-        chunk: u32,
-        counts: &'a mut DeviceBuffer<u32>,
+/// Every kernel this family declares (checked by `tests/declarations.rs`).
+pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
+    let mut all = align_kernels::declarations();
+    all.extend(route_kernels::declarations());
+    all
+}
+
+use align_kernels::{CountKernel, PlaceKernel};
+use route_kernels::{LoadKernel, RouteKernel};
+
+mod align_kernels {
+    use super::*;
+    crate::kernels! {
+        module = "moe/align";
+        /// Per chunk of `chunk` flat entries: the count of each expert and of out-of-range ids.
+        pub(crate) struct CountKernel<'a> = "moe_align_count" block = BLOCK {
+            topk_ids: &'a DeviceBuffer<i32>,
+            n: u32,
+            num_experts: u32,
+            chunk: u32,
+            counts: &'a mut DeviceBuffer<u32>,
+        }
+        /// Run starts, `expert_ids`, padding, the total and the status; each block places its
+        /// chunk's entries in flat index order.
+        pub(crate) struct PlaceKernel<'a> = "moe_align_place" block = BLOCK {
+            topk_ids: &'a DeviceBuffer<i32>,
+            counts: &'a DeviceBuffer<u32>,
+            n: u32,
+            num_experts: u32,
+            block_size: u32,
+            chunk: u32,
+            nchunks: u32,
+            len: u32,
+            nblocks: u32,
+            sorted_token_ids: &'a mut DeviceBuffer<i32>,
+            expert_ids: &'a mut DeviceBuffer<i32>,
+            total: &'a mut DeviceBuffer<i32>,
+            status: &'a mut DeviceBuffer<i32>,
+        }
     }
-    /// Run starts, `expert_ids`, padding, the total and the status; each block places its
-    /// chunk's entries in flat index order.
-    pub(crate) struct PlaceKernel<'a> = "moe_align_place" block = BLOCK {
-        topk_ids: &'a DeviceBuffer<i32>,
-        counts: &'a DeviceBuffer<u32>,
-        n: u32,
-        num_experts: u32,
-        block_size: u32,
-        chunk: u32,
-        nchunks: u32,
-        len: u32,
-        nblocks: u32,
-        sorted_token_ids: &'a mut DeviceBuffer<i32>,
-        expert_ids: &'a mut DeviceBuffer<i32>,
-        total: &'a mut DeviceBuffer<i32>,
-        status: &'a mut DeviceBuffer<i32>,
+}
+
+mod route_kernels {
+    use super::*;
+    crate::kernels! {
+        module = "moe/route";
+        /// The PSR mask (per block) and one warp per token: softmax statistics, top-k, weights.
+        pub(crate) struct RouteKernel<'a> = "moe_route" block = BLOCK {
+            logits: &'a DeviceBuffer<f32>,
+            tokens: u32,
+            num_virtual: u32,
+            num_experts: u32,
+            own_start: u32,
+            top_k: u32,
+            renormalize: u32,
+            masked: u32,
+            seed: u64,
+            step: u64,
+            layer: u64,
+            topk_ids: &'a mut DeviceBuffer<i32>,
+            topk_weights: &'a mut DeviceBuffer<f32>,
+            status: &'a mut DeviceBuffer<i32>,
+        }
+        /// Tokens per virtual expert and per physical layer (one block).
+        pub(crate) struct LoadKernel<'a> = "moe_load" block = BLOCK {
+            topk_ids: &'a DeviceBuffer<i32>,
+            n: u32,
+            num_virtual: u32,
+            num_experts: u32,
+            r: u32,
+            per_expert: &'a mut DeviceBuffer<i32>,
+            per_layer: &'a mut DeviceBuffer<i32>,
+            status: &'a mut DeviceBuffer<i32>,
+        }
     }
 }
 
@@ -215,4 +266,314 @@ fn explain_status(op: &'static str, w: &[i32]) -> Result<()> {
         &[bad, e] => Err(bad_id(op, None, bad as u32 as usize, e as u32 as usize)),
         _ => Err(Error::invalid(op, format!("unknown device status {w:?}"))),
     }
+}
+
+// ---- moe.route ------------------------------------------------------------------------------
+
+/// PSR (progressive scaling routing) at a training step: the pool of experts a layer may route
+/// to grows from its own `N` at step `t_s` to all `r·N` at step `t_e`
+/// ([`reference::psr_pool_size`]); the masked experts are drawn by a generator keyed by
+/// (`seed`, `step`, the layer), see [`reference::psr_mask`] and docs/moe.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Psr {
+    pub step: u64,
+    pub t_s: u64,
+    pub t_e: u64,
+    pub seed: u64,
+}
+
+/// Parameters of [`route`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteParams {
+    /// Layers per group (`r = 1`: a conventional MoE).
+    pub r: usize,
+    /// This layer's index `j` in its group: its own experts are the virtual ids `j·N .. j·N + N`.
+    pub layer_in_group: usize,
+    /// The global layer index; keys the PSR generator.
+    pub layer: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Divide the `top_k` weights by their sum.
+    pub renormalize: bool,
+    /// The training step and schedule; `None` at inference (no mask).
+    pub psr: Option<Psr>,
+}
+
+/// The result of [`route`], on the op's device.
+#[derive(Debug)]
+pub struct Routed {
+    /// `[T, k]` virtual expert ids, per token in rank order (largest logit first, ties to the
+    /// lower id).
+    pub topk_ids: DeviceBuffer<i32>,
+    /// `[T, k]` softmax probabilities of those experts (f32), renormalised to sum 1 when asked.
+    pub topk_weights: DeviceBuffer<f32>,
+}
+
+/// Largest grid of the route kernel (it loops over the tokens beyond); each block writes three
+/// status words.
+const MAX_ROUTE_BLOCKS: usize = 1024;
+
+/// Router top-k with PSR masking: `logits` is `[T, r·N]` f32 (`x · W_routerᵀ`), `N =
+/// logits.len() / (tokens·r)`.
+///
+/// At a training step (`p.psr` given) `r·N − N_t` of the experts outside the layer's own `N`
+/// are masked ([`reference::psr_mask`], computed on the device); at inference none. The unmasked
+/// experts are ranked by logit (the softmax order), larger first, `-0 == +0`, equal logits to
+/// the lower id, and the first `top_k` taken; their weights are the softmax probabilities over
+/// the unmasked experts in f32 (max-subtracted), divided by their sum when `renormalize`.
+///
+/// Errors ([`Error::InvalidArgument`] naming `moe::route`): `r == 0`, `layer_in_group >= r`,
+/// `top_k == 0`, `N == 0`, a logits length not `tokens·r·N`, `r·N > MAX_EXPERTS`, `top_k`
+/// above the pool size (`N_t` at a step, else `r·N`), more than `u32::MAX` tokens, and (checked on
+/// the device) a token whose unmasked logits contain NaN or +inf, or are all −inf. With
+/// `tokens == 0` the outputs are empty (only `r`, `layer_in_group` and `top_k` are checked: `N`
+/// is unknown). [`route`] reads the device status back (a wait); [`route_deferred`] does not.
+pub fn route(logits: &DeviceBuffer<f32>, tokens: usize, p: &RouteParams) -> Result<Routed> {
+    let (out, check) = route_deferred(logits, tokens, p)?;
+    check.check()?;
+    Ok(out)
+}
+
+/// [`route`] without the wait: the logit checks are left in the returned [`DeviceCheck`] (see
+/// [`align_deferred`]); until checked the rows of bad tokens hold ids −1 and weights 0.
+pub fn route_deferred(
+    logits: &DeviceBuffer<f32>,
+    tokens: usize,
+    p: &RouteParams,
+) -> Result<(Routed, DeviceCheck)> {
+    const OP: &str = "moe::route";
+    let dev = logits.device().clone();
+    if p.r == 0 {
+        return Err(Error::invalid(OP, "r must be >= 1"));
+    }
+    if p.layer_in_group >= p.r {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "layer_in_group = {} must be below r = {}",
+                p.layer_in_group, p.r
+            ),
+        ));
+    }
+    if p.top_k == 0 {
+        return Err(Error::invalid(OP, "top_k must be >= 1"));
+    }
+    if tokens > u32::MAX as usize {
+        return Err(Error::invalid(
+            OP,
+            format!("{tokens} tokens exceed u32::MAX"),
+        ));
+    }
+    let k = p.top_k;
+    if tokens == 0 {
+        if !logits.is_empty() {
+            return Err(Error::invalid(
+                OP,
+                format!("tokens = 0 but logits has {} entries", logits.len()),
+            ));
+        }
+        let out = Routed {
+            topk_ids: dev.alloc::<i32>(0, "moe.topk_ids")?,
+            topk_weights: dev.alloc::<f32>(0, "moe.topk_weights")?,
+        };
+        return Ok((out, DeviceCheck::none()));
+    }
+    let per = tokens * p.r;
+    let n = logits.len() / per;
+    if n == 0 || n * per != logits.len() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "logits has {} entries, not tokens·r·N = {tokens}·{}·N for an N >= 1",
+                logits.len(),
+                p.r
+            ),
+        ));
+    }
+    let e = p.r * n;
+    if e > MAX_EXPERTS {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "r·N = {}·{n} = {e} virtual experts exceed MAX_EXPERTS = {MAX_EXPERTS}",
+                p.r
+            ),
+        ));
+    }
+    let pool = match &p.psr {
+        Some(s) => reference::psr_pool_size(n, p.r, s.step, s.t_s, s.t_e),
+        None => e,
+    };
+    if k > pool {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "top_k = {k} exceeds the pool of {pool} routable experts (r·N = {e}{})",
+                if p.psr.is_some() {
+                    ", PSR at this step"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if let Some(h) = cpu_path(OP, &dev) {
+        let l = h.slice(logits)?;
+        let mask = reference::psr_mask(n, p);
+        if let Some((t, nan)) = reference::route_first_bad(l, tokens, &mask) {
+            return Err(bad_logits(OP, Some(t), usize::from(nan), usize::from(!nan)));
+        }
+        let (ids, ws) = reference::route(l, tokens, p);
+        let out = Routed {
+            topk_ids: dev.upload(&ids, "moe.topk_ids")?,
+            topk_weights: dev.upload(&ws, "moe.topk_weights")?,
+        };
+        return Ok((out, DeviceCheck::none()));
+    }
+    let mut topk_ids = dev.alloc::<i32>(tokens * k, "moe.topk_ids")?;
+    let mut topk_weights = dev.alloc::<f32>(tokens * k, "moe.topk_weights")?;
+    // Tokens per block: one per warp (256 / warp width; 4 is the fewest, on wave64).
+    let blocks = tokens.div_ceil(4).min(MAX_ROUTE_BLOCKS);
+    let mut status = dev.alloc::<i32>(3 * blocks, "moe.route_status")?;
+    let (masked, seed, step) = match &p.psr {
+        Some(s) => (e - pool, s.seed, s.step),
+        None => (0, 0, 0),
+    };
+    RouteKernel {
+        logits,
+        tokens: tokens as u32,
+        num_virtual: e as u32,
+        num_experts: n as u32,
+        own_start: (p.layer_in_group * n) as u32,
+        top_k: k as u32,
+        renormalize: u32::from(p.renormalize),
+        masked: masked as u32,
+        seed,
+        step,
+        layer: p.layer as u64,
+        topk_ids: &mut topk_ids,
+        topk_weights: &mut topk_weights,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(blocks as u32))?;
+    let out = Routed {
+        topk_ids,
+        topk_weights,
+    };
+    let check = DeviceCheck::on_device(OP, status, explain_route).eager_if_asked()?;
+    Ok((out, check))
+}
+
+/// The error of bad logit rows: the first token, and how many of each kind.
+fn bad_logits(op: &'static str, first: Option<usize>, nan: usize, neg: usize) -> Error {
+    let first = first.map_or(String::new(), |t| format!(" (first: token {t})"));
+    Error::invalid(
+        op,
+        format!(
+            "{nan} token(s) have a NaN or +inf logit among the unmasked experts and {neg} have \
+             all unmasked logits -inf{first}: the softmax is undefined"
+        ),
+    )
+}
+
+/// The verdict of the route status words: per block `[NaN/+inf tokens, all −inf tokens, first]`.
+fn explain_route(op: &'static str, w: &[i32]) -> Result<()> {
+    let (mut nan, mut neg, mut first) = (0usize, 0usize, None::<usize>);
+    for b in w.chunks(3) {
+        let &[x, y, f] = b else {
+            return Err(Error::invalid(op, format!("unknown device status {w:?}")));
+        };
+        nan += x as u32 as usize;
+        neg += y as u32 as usize;
+        if f >= 0 {
+            first = Some(first.map_or(f as usize, |p: usize| p.min(f as usize)));
+        }
+    }
+    if nan + neg == 0 {
+        Ok(())
+    } else {
+        Err(bad_logits(op, first, nan, neg))
+    }
+}
+
+// ---- moe.load -------------------------------------------------------------------------------
+
+/// The result of [`load`], on the op's device.
+#[derive(Debug)]
+pub struct Load {
+    /// `[r·N]`: the number of `topk_ids` entries equal to each virtual expert.
+    pub per_expert: DeviceBuffer<i32>,
+    /// `[r]`: the number routed to the experts of the group's `j`-th physical layer
+    /// (virtual ids `j·N .. j·N + N`).
+    pub per_layer: DeviceBuffer<i32>,
+}
+
+/// Load statistics of the router's `topk_ids` (any shape, every entry a virtual expert id in
+/// `[0, r·N)`): integer counts, bit-exact. Errors ([`Error::InvalidArgument`] naming
+/// `moe::load`): `num_experts == 0`, `r == 0`, `r·N > MAX_EXPERTS`, more than `i32::MAX` entries,
+/// and (on the device) an id outside `[0, r·N)`. One launch of one block; the op reads the
+/// status word back ([`load_deferred`] does not).
+pub fn load(topk_ids: &DeviceBuffer<i32>, num_experts: usize, r: usize) -> Result<Load> {
+    let (out, check) = load_deferred(topk_ids, num_experts, r)?;
+    check.check()?;
+    Ok(out)
+}
+
+/// [`load`] with the id check left in the returned [`DeviceCheck`].
+pub fn load_deferred(
+    topk_ids: &DeviceBuffer<i32>,
+    num_experts: usize,
+    r: usize,
+) -> Result<(Load, DeviceCheck)> {
+    const OP: &str = "moe::load";
+    let dev = topk_ids.device().clone();
+    let n = topk_ids.len();
+    if num_experts == 0 || r == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("num_experts (N = {num_experts}) and r ({r}) must be >= 1"),
+        ));
+    }
+    let e = num_experts.saturating_mul(r);
+    if e > MAX_EXPERTS {
+        return Err(Error::invalid(
+            OP,
+            format!("r·N = {r}·{num_experts} virtual experts exceed MAX_EXPERTS = {MAX_EXPERTS}"),
+        ));
+    }
+    if n > i32::MAX as usize {
+        return Err(Error::invalid(OP, format!("{n} ids exceed i32::MAX")));
+    }
+    if let Some(h) = cpu_path(OP, &dev) {
+        let ids = h.slice(topk_ids)?;
+        if let Some((i, id)) = reference::first_bad(ids, e) {
+            return Err(bad_id(OP, Some((i, id)), 1, e));
+        }
+        let (pe, pl) = reference::load(ids, num_experts, r);
+        let out = Load {
+            per_expert: dev.upload(&pe, "moe.per_expert")?,
+            per_layer: dev.upload(&pl, "moe.per_layer")?,
+        };
+        return Ok((out, DeviceCheck::none()));
+    }
+    let mut per_expert = dev.alloc::<i32>(e, "moe.per_expert")?;
+    let mut per_layer = dev.alloc::<i32>(r, "moe.per_layer")?;
+    let mut status = dev.alloc::<i32>(2, "moe.load_status")?;
+    LoadKernel {
+        topk_ids,
+        n: n as u32,
+        num_virtual: e as u32,
+        num_experts: num_experts as u32,
+        r: r as u32,
+        per_expert: &mut per_expert,
+        per_layer: &mut per_layer,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(1))?;
+    let out = Load {
+        per_expert,
+        per_layer,
+    };
+    let check = DeviceCheck::on_device(OP, status, explain_status).eager_if_asked()?;
+    Ok((out, check))
 }

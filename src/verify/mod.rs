@@ -146,7 +146,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "moe",
-        modules: &["moe/align"],
+        modules: &["moe/align", "moe/route"],
         rows: moe::rows,
     },
     Family {
@@ -195,6 +195,8 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("tah_next_input_", "tah::next_depth_input"),
         ("tah_accumulate", "tah::accumulate_logits"),
         ("moe_align_", "moe::align"),
+        ("moe_route", "moe::route"),
+        ("moe_load", "moe::load"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
