@@ -431,3 +431,336 @@ fn load_cases_and_bad_inputs() {
         }
     }
 }
+
+// ---- moe.permute / moe.combine ----------------------------------------------------------------
+
+use half::{bf16, f16};
+use tessera::verify::moe::{PermuteCase, PERMUTE_CASES};
+
+fn check_permute(devs: &[Device], c: &PermuteCase) {
+    for dev in devs {
+        for o in [
+            c.permute_outcome::<bf16>(dev),
+            c.permute_outcome::<f32>(dev),
+            c.combine_outcome::<f32, f32>(dev),
+            c.combine_outcome::<bf16, bf16>(dev),
+            c.combine_outcome::<f16, f32>(dev),
+            c.combine_outcome::<f32, f16>(dev),
+        ] {
+            assert!(
+                o.pass(),
+                "{} on {}: {}",
+                c.label,
+                dev.backend(),
+                o.result.unwrap_err()
+            );
+        }
+    }
+}
+
+/// The permute / combine verify cases on every executor.
+#[test]
+fn permute_combine_verify_cases() {
+    let devs = devices();
+    for (i, &(t, d, k, e, b, ids)) in PERMUTE_CASES.iter().enumerate() {
+        check_permute(
+            &devs,
+            &PermuteCase::generate(t, d, k, e, b, ids, 0x7e_9e + i as u64),
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    /// Random shapes (0, 1, primes, odd widths), ids and values.
+    #[test]
+    fn permute_combine_random(
+        t in prop::sample::select(vec![0usize, 1, 2, 7, 31, 97, 130]),
+        d in prop::sample::select(vec![1usize, 2, 3, 5, 8, 67]),
+        k in 1usize..5,
+        e in 1usize..40,
+        b in 1usize..20,
+        kind in prop::sample::select(vec![Ids::Uniform, Ids::Skewed, Ids::OneExpert]),
+        seed in any::<u64>(),
+    ) {
+        check_permute(&devices(), &PermuteCase::generate(t, d, k, e, b, kind, seed));
+    }
+}
+
+/// Element widths 1, 2 and 8 bytes (the b8/b16/b64 copies), bit-exact, on every executor.
+#[test]
+fn permute_any_element_type() {
+    let (t, d, k, e, b) = (37usize, 3usize, 2usize, 5usize, 4usize);
+    let c = PermuteCase::generate(t, d, k, e, b, Ids::Uniform, 5);
+    let a = tessera::reference::moe::align(&c.align.topk_ids, e, b);
+    let x8: Vec<u8> = (0..t * d).map(|i| (i * 7 % 251) as u8).collect();
+    let x64: Vec<u64> = (0..t * d)
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    for dev in devices() {
+        let ids = dev.upload(&c.align.topk_ids, "ids").unwrap();
+        let al = moe::align(&ids, k, e, b).unwrap();
+        let p8 = moe::permute(&dev.upload(&x8, "x").unwrap(), d, &al, k, e, b).unwrap();
+        let w8 = tessera::reference::moe::permute(
+            &x8,
+            d,
+            &a.sorted_token_ids,
+            &a.expert_ids,
+            a.num_tokens_post_padded,
+            k,
+            e,
+            b,
+        )
+        .unwrap();
+        assert_eq!(
+            p8.rows.download().unwrap(),
+            w8.rows,
+            "u8 on {}",
+            dev.backend()
+        );
+        let p64 = moe::permute(&dev.upload(&x64, "x").unwrap(), d, &al, k, e, b).unwrap();
+        let w64 = tessera::reference::moe::permute(
+            &x64,
+            d,
+            &a.sorted_token_ids,
+            &a.expert_ids,
+            a.num_tokens_post_padded,
+            k,
+            e,
+            b,
+        )
+        .unwrap();
+        assert_eq!(
+            p64.rows.download().unwrap(),
+            w64.rows,
+            "u64 on {}",
+            dev.backend()
+        );
+        assert_eq!(p64.offsets.download().unwrap(), w64.offsets);
+        let x16: Vec<u16> = x8.iter().map(|&v| v as u16 * 3).collect();
+        let p16 = moe::permute(&dev.upload(&x16, "x").unwrap(), d, &al, k, e, b).unwrap();
+        let w16 = tessera::reference::moe::permute(
+            &x16,
+            d,
+            &a.sorted_token_ids,
+            &a.expert_ids,
+            a.num_tokens_post_padded,
+            k,
+            e,
+            b,
+        )
+        .unwrap();
+        assert_eq!(
+            p16.rows.download().unwrap(),
+            w16.rows,
+            "u16 on {}",
+            dev.backend()
+        );
+    }
+}
+
+/// The whole dispatch path: route -> align -> permute -> (identity experts) -> combine gives
+/// back x when the weights are renormalised (f32, within 1e-5), on every executor.
+#[test]
+fn route_permute_combine_round_trip() {
+    let (t, n, r, k, d) = (97usize, 8usize, 4usize, 4usize, 24usize);
+    let p = route_params(r, 1, k, true, Some((5, 0, 10)));
+    let case = RouteCase::generate(t, n, p, Logits::Uniform, 11);
+    let mut g = tessera::testing::Rng(3);
+    let x: Vec<f32> = (0..t * d).map(|_| (g.unit() - 0.5) as f32).collect();
+    for dev in devices() {
+        let l = dev.upload(&case.logits, "logits").unwrap();
+        let routed = moe::route(&l, t, &p).unwrap();
+        let al = moe::align(&routed.topk_ids, k, r * n, 8).unwrap();
+        let xb = dev.upload(&x, "x").unwrap();
+        let pm = moe::permute(&xb, d, &al, k, r * n, 8).unwrap();
+        let y: Vec<f32> =
+            moe::combine::<f32, f32>(&pm.rows, &pm.positions, &routed.topk_weights, d, k)
+                .unwrap()
+                .download()
+                .unwrap();
+        let want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let e = tessera::testing::rel_l2(&y, &want);
+        assert!(e < 1e-5, "round trip error {e} on {}", dev.backend());
+        let ld = moe::load(&routed.topk_ids, n, r).unwrap();
+        let pe = ld.per_expert.download().unwrap();
+        let off = pm.offsets.download().unwrap();
+        for v in 0..r * n {
+            let padded = (pe[v] as usize).div_ceil(8) * 8;
+            assert_eq!(
+                (off[v + 1] - off[v]) as usize,
+                padded,
+                "expert {v} on {}",
+                dev.backend()
+            );
+        }
+    }
+}
+
+/// Bad alignments (a bad entry, a missing index, a decreasing expert_ids, a bad total, wrong
+/// lengths) are permute errors; bad positions and sizes are combine errors; every executor.
+#[test]
+fn permute_combine_bad_inputs() {
+    let (t, d, k, e, b) = (40usize, 4usize, 2usize, 6usize, 4usize);
+    let c = PermuteCase::generate(t, d, k, e, b, Ids::Uniform, 9);
+    let a = tessera::reference::moe::align(&c.align.topk_ids, e, b);
+    let n = (t * k) as i32;
+    for dev in devices() {
+        let be = dev.backend();
+        let x = dev.upload(&c.x, "x").unwrap();
+        let mk = |s: &[i32], ex: &[i32], tot: i32| moe::Aligned {
+            sorted_token_ids: dev.upload(s, "s").unwrap(),
+            expert_ids: dev.upload(ex, "e").unwrap(),
+            num_tokens_post_padded: dev.upload(&[tot], "t").unwrap(),
+        };
+        let good = mk(&a.sorted_token_ids, &a.expert_ids, a.num_tokens_post_padded);
+        assert!(moe::permute(&x, d, &good, k, e, b).is_ok());
+        let invalid = |r: tessera::Result<moe::Permuted<f32>>, what: &str| match r {
+            Err(Error::InvalidArgument { op, .. }) => assert_eq!(op, "moe::permute", "{what}"),
+            o => panic!("{what} on {be}: {o:?}"),
+        };
+        let first = a.sorted_token_ids.iter().position(|&s| s < n).unwrap();
+        let mut s = a.sorted_token_ids.clone();
+        s[first] = n + 5;
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(&s, &a.expert_ids, a.num_tokens_post_padded),
+                k,
+                e,
+                b,
+            ),
+            "entry > n",
+        );
+        s[first] = -3;
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(&s, &a.expert_ids, a.num_tokens_post_padded),
+                k,
+                e,
+                b,
+            ),
+            "entry < 0",
+        );
+        s[first] = n;
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(&s, &a.expert_ids, a.num_tokens_post_padded),
+                k,
+                e,
+                b,
+            ),
+            "missing index",
+        );
+        let mut ex = a.expert_ids.clone();
+        ex.swap(0, 1);
+        if ex != a.expert_ids {
+            invalid(
+                moe::permute(
+                    &x,
+                    d,
+                    &mk(&a.sorted_token_ids, &ex, a.num_tokens_post_padded),
+                    k,
+                    e,
+                    b,
+                ),
+                "decreasing",
+            );
+        }
+        ex = a.expert_ids.clone();
+        ex[0] = e as i32;
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(&a.sorted_token_ids, &ex, a.num_tokens_post_padded),
+                k,
+                e,
+                b,
+            ),
+            "expert id E",
+        );
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(
+                    &a.sorted_token_ids,
+                    &a.expert_ids,
+                    a.num_tokens_post_padded + 1,
+                ),
+                k,
+                e,
+                b,
+            ),
+            "total",
+        );
+        invalid(
+            moe::permute(&x, d, &mk(&a.sorted_token_ids, &a.expert_ids, -4), k, e, b),
+            "negative total",
+        );
+        invalid(
+            moe::permute(
+                &x,
+                d,
+                &mk(
+                    &a.sorted_token_ids[1..],
+                    &a.expert_ids,
+                    a.num_tokens_post_padded,
+                ),
+                k,
+                e,
+                b,
+            ),
+            "length",
+        );
+        invalid(moe::permute(&x, d, &good, k, e, 0), "block 0");
+        invalid(moe::permute(&x, 0, &good, k, e, b), "d = 0");
+        invalid(moe::permute(&x, 3, &good, k, e, b), "x not a multiple of d");
+        invalid(moe::permute(&x, d, &good, 0, e, b), "k = 0");
+        invalid(moe::permute(&x, d, &good, k, 0, b), "E = 0");
+        // combine
+        let eo = dev.upload(&vec![1f32; 10 * d], "eo").unwrap();
+        let w = dev.upload(&vec![0.5f32; 6], "w").unwrap();
+        let cinv = |r: tessera::Result<DeviceBufferF32>, what: &str| match r {
+            Err(Error::InvalidArgument { op, .. }) => assert_eq!(op, "moe::combine", "{what}"),
+            o => panic!("{what} on {be}: {o:?}"),
+        };
+        for bad in [-1, 10, i32::MAX] {
+            let pos = dev.upload(&[0, 1, 2, bad, 4, 5], "pos").unwrap();
+            cinv(
+                moe::combine::<f32, f32>(&eo, &pos, &w, d, 2),
+                &format!("position {bad}"),
+            );
+        }
+        let pos = dev.upload(&[0, 1, 2, 3, 4, 5], "pos").unwrap();
+        let y = moe::combine::<f32, f32>(&eo, &pos, &w, d, 2)
+            .unwrap()
+            .download()
+            .unwrap();
+        assert_eq!(y, vec![1f32; 3 * d]);
+        cinv(
+            moe::combine::<f32, f32>(&eo, &pos, &w, d, 4),
+            "k does not divide",
+        );
+        cinv(
+            moe::combine::<f32, f32>(&eo, &pos, &w, 3, 2),
+            "expert_out not multiple of d",
+        );
+        cinv(moe::combine::<f32, f32>(&eo, &pos, &w, 0, 2), "d = 0");
+        cinv(moe::combine::<f32, f32>(&eo, &pos, &w, d, 0), "k = 0");
+        let w5 = dev.upload(&[0.5f32; 5], "w").unwrap();
+        cinv(
+            moe::combine::<f32, f32>(&eo, &pos, &w5, d, 2),
+            "weights length",
+        );
+    }
+}
+
+type DeviceBufferF32 = tessera::DeviceBuffer<f32>;

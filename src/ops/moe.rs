@@ -8,10 +8,15 @@
 //! Kernels: `cuda/moe/align.cu`, `cuda/moe/route.cu`, `cuda/moe/permute.cu`. Reference and CPU
 //! path: [`crate::reference::moe`].
 
-use crate::device::kernel::Grid;
-use crate::device::DeviceBuffer;
+use std::marker::PhantomData;
+
+use half::{bf16, f16};
+
+use crate::device::kernel::{Grid, KernelArg, KernelSuffix, Width, B16, B32, B8};
+use crate::device::{DeviceBuffer, KernelArgs};
+use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
-use crate::ops::{cpu_path, DeviceCheck};
+use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::reference::moe as reference;
 
 /// Threads per block of every kernel of the module (`kBlock`).
@@ -29,10 +34,12 @@ const MAX_CHUNKS: usize = 256;
 pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
     let mut all = align_kernels::declarations();
     all.extend(route_kernels::declarations());
+    all.extend(permute_kernels::declarations());
     all
 }
 
 use align_kernels::{CountKernel, PlaceKernel};
+use permute_kernels::{CombineKernel, PermuteIndexKernel, PermuteRowsKernel};
 use route_kernels::{LoadKernel, RouteKernel};
 
 mod align_kernels {
@@ -62,6 +69,56 @@ mod align_kernels {
             sorted_token_ids: &'a mut DeviceBuffer<i32>,
             expert_ids: &'a mut DeviceBuffer<i32>,
             total: &'a mut DeviceBuffer<i32>,
+            status: &'a mut DeviceBuffer<i32>,
+        }
+    }
+}
+
+mod permute_kernels {
+    use super::*;
+    crate::kernels! {
+        module = "moe/permute";
+        /// The inverse permutation `positions`, the group `offsets` and the structure checks.
+        pub(crate) struct PermuteIndexKernel<'a> = "moe_permute_index" block = BLOCK {
+            sorted: &'a DeviceBuffer<i32>,
+            len: u32,
+            n: u32,
+            expert_ids: &'a DeviceBuffer<i32>,
+            nblocks: u32,
+            ntpp: &'a DeviceBuffer<i32>,
+            num_experts: u32,
+            block_size: u32,
+            positions: &'a mut DeviceBuffer<i32>,
+            offsets: &'a mut DeviceBuffer<i32>,
+            status: &'a mut DeviceBuffer<i32>,
+        }
+        /// One block per output row: the gathered row (zero for sentinels); the positions check.
+        pub(crate) struct PermuteRowsKernel<'a, W: Width> = "moe_permute_rows" [(B8), (B16), (B32), (B64)] block = BLOCK {
+            x: Words<'a, W>,
+            sorted: &'a DeviceBuffer<i32>,
+            positions: &'a DeviceBuffer<i32>,
+            len: u32,
+            n: u32,
+            k: u32,
+            words: u64,
+            rows: WordsMut<'a, W>,
+            status: &'a mut DeviceBuffer<i32>,
+            status_off: u32,
+        }
+        /// One block per token: the weighted sum of its k expert rows in slot order, in f32.
+        pub(crate) struct CombineKernel<'a, I: Float, O: Float> = "moe_combine" [
+            (f32, f32), (f32, bf16), (f32, f16),
+            (bf16, f32), (bf16, bf16), (bf16, f16),
+            (f16, f32), (f16, bf16), (f16, f16),
+        ] block = BLOCK {
+            expert_out: &'a DeviceBuffer<I>,
+            rows: u64,
+            positions: &'a DeviceBuffer<i32>,
+            weights: &'a DeviceBuffer<f32>,
+            tokens: u32,
+            k: u32,
+            d: u32,
+            y: &'a mut DeviceBuffer<O>,
             status: &'a mut DeviceBuffer<i32>,
         }
     }
@@ -576,4 +633,418 @@ pub fn load_deferred(
     };
     let check = DeviceCheck::on_device(OP, status, explain_status).eager_if_asked()?;
     Ok((out, check))
+}
+
+// ---- moe.permute / moe.combine ----------------------------------------------------------------
+
+/// 64-bit words, the widest copy unit of the permute kernel (suffix `b64`).
+pub struct B64;
+
+impl Width for B64 {
+    type Elem = u64;
+}
+impl KernelSuffix for B64 {
+    const SUFFIX: &'static str = "b64";
+}
+
+/// A buffer of any element type seen as words of `W` (the caller checked that its byte length
+/// and every row are multiples of the word).
+pub(crate) struct Words<'a, W: Width> {
+    addr: u64,
+    _view: PhantomData<&'a W::Elem>,
+}
+
+/// [`Words`] for a buffer the kernel writes.
+pub(crate) struct WordsMut<'a, W: Width> {
+    addr: u64,
+    _view: PhantomData<&'a mut W::Elem>,
+}
+
+impl<'a, W: Width> Words<'a, W> {
+    fn of<T: DType>(b: &'a DeviceBuffer<T>) -> Self {
+        Words {
+            addr: b.addr(),
+            _view: PhantomData,
+        }
+    }
+}
+
+impl<'a, W: Width> WordsMut<'a, W> {
+    fn of<T: DType>(b: &'a mut DeviceBuffer<T>) -> Self {
+        WordsMut {
+            addr: b.addr(),
+            _view: PhantomData,
+        }
+    }
+}
+
+impl<W: Width> KernelArg for Words<'_, W> {
+    const SIZE: usize = 8;
+    const POINTER: bool = true;
+    fn push_arg(&self, args: &mut KernelArgs) {
+        args.push(self.addr);
+    }
+}
+
+impl<W: Width> KernelArg for WordsMut<'_, W> {
+    const SIZE: usize = 8;
+    const POINTER: bool = true;
+    fn push_arg(&self, args: &mut KernelArgs) {
+        args.push(self.addr);
+    }
+}
+
+/// The result of [`permute`], on the op's device.
+#[derive(Debug)]
+pub struct Permuted<T: DType> {
+    /// `[len, d]` with `len = aligned.sorted_token_ids.len()`: row `p` is token
+    /// `sorted_token_ids[p] / top_k`'s row of `x`; the rows of padding, sentinel and tail entries
+    /// are zero.
+    pub rows: DeviceBuffer<T>,
+    /// `[E + 1]`: the padded run start of each expert in `rows` (a multiple of the block size);
+    /// `offsets[E] = num_tokens_post_padded`. Group `e` of a grouped GEMM is rows
+    /// `offsets[e] .. offsets[e + 1]`.
+    pub offsets: DeviceBuffer<i32>,
+    /// `[T·k]`: the row of `rows` that holds flat entry `t·k + slot`.
+    pub positions: DeviceBuffer<i32>,
+}
+
+/// Largest grid of the permute and combine kernels (they loop beyond it).
+const MAX_GRID: usize = 4096;
+
+/// Gather the token rows of `x` (`[T, d]`, any element type) into the aligned expert order of
+/// `aligned` (the [`align`] of the `[T, top_k]` router ids for `num_experts` experts and
+/// `block_size`): a copy, bit-exact. Also the group offsets and the inverse permutation.
+///
+/// Errors ([`Error::InvalidArgument`] naming `moe::permute`): `d == 0`, an `x` length not a
+/// multiple of `d`, `top_k == 0`, `num_experts` outside `1..=MAX_EXPERTS`, `block_size == 0`,
+/// lengths of the three `aligned` buffers that are not those of `align` for `T·top_k` entries,
+/// buffers on another device, and (checked on the device) contents that are not an alignment:
+/// an entry that is neither a flat index in `[0, T·k)` before `num_tokens_post_padded` nor the
+/// sentinel `T·k`, a flat index missing or repeated, `expert_ids` out of range, decreasing, or
+/// not `-1` past the used blocks, and a `num_tokens_post_padded` that is not a multiple of the
+/// block size in `[0, len]`. The kernels never read or write out of bounds on such input.
+/// [`permute`] reads the status back (a wait); [`permute_deferred`] does not.
+pub fn permute<T: DType>(
+    x: &DeviceBuffer<T>,
+    d: usize,
+    aligned: &Aligned,
+    top_k: usize,
+    num_experts: usize,
+    block_size: usize,
+) -> Result<Permuted<T>> {
+    let (out, check) = permute_deferred(x, d, aligned, top_k, num_experts, block_size)?;
+    check.check()?;
+    Ok(out)
+}
+
+/// [`permute`] with the content checks left in the returned [`DeviceCheck`].
+pub fn permute_deferred<T: DType>(
+    x: &DeviceBuffer<T>,
+    d: usize,
+    aligned: &Aligned,
+    top_k: usize,
+    num_experts: usize,
+    block_size: usize,
+) -> Result<(Permuted<T>, DeviceCheck)> {
+    const OP: &str = "moe::permute";
+    let dev = x.device().clone();
+    if d == 0 || x.len() % d != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "x has {} elements, not a multiple of d = {d} (d >= 1)",
+                x.len()
+            ),
+        ));
+    }
+    if top_k == 0 {
+        return Err(Error::invalid(OP, "top_k must be >= 1"));
+    }
+    if num_experts == 0 || num_experts > MAX_EXPERTS {
+        return Err(Error::invalid(
+            OP,
+            format!("num_experts must be in 1..={MAX_EXPERTS}, got {num_experts}"),
+        ));
+    }
+    if block_size == 0 {
+        return Err(Error::invalid(OP, "block_size must be >= 1"));
+    }
+    let tokens = x.len() / d;
+    let n = tokens
+        .checked_mul(top_k)
+        .filter(|&n| n <= i32::MAX as usize)
+        .ok_or_else(|| Error::invalid(OP, format!("T·k = {tokens}·{top_k} exceeds i32::MAX")))?;
+    let len = reference::sorted_len(n, num_experts, block_size)
+        .filter(|&l| l <= i32::MAX as usize)
+        .ok_or_else(|| Error::invalid(OP, "T·k + E·(block_size − 1) exceeds i32::MAX"))?;
+    let nblocks = len.div_ceil(block_size);
+    for (what, b, want) in [
+        ("sorted_token_ids", &aligned.sorted_token_ids, len),
+        ("expert_ids", &aligned.expert_ids, nblocks),
+        ("num_tokens_post_padded", &aligned.num_tokens_post_padded, 1),
+    ] {
+        if b.len() != want {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "aligned.{what} has {} entries; align of T·k = {tokens}·{top_k} ids for \
+                     {num_experts} experts and block {block_size} gives {want}",
+                    b.len()
+                ),
+            ));
+        }
+        on_device(OP, what, &dev, b)?;
+    }
+    let row_bytes = d * std::mem::size_of::<T>();
+    len.checked_mul(row_bytes)
+        .ok_or_else(|| Error::invalid(OP, "the permuted rows exceed the address space"))?;
+
+    if let Some(h) = cpu_path(OP, &dev) {
+        let p = reference::permute(
+            h.slice(x)?,
+            d,
+            h.slice(&aligned.sorted_token_ids)?,
+            h.slice(&aligned.expert_ids)?,
+            h.slice(&aligned.num_tokens_post_padded)?[0],
+            top_k,
+            num_experts,
+            block_size,
+        )
+        .map_err(|m| Error::invalid(OP, m))?;
+        let out = Permuted {
+            rows: dev.upload(&p.rows, "moe.permuted_rows")?,
+            offsets: dev.upload(&p.offsets, "moe.offsets")?,
+            positions: dev.upload(&p.positions, "moe.positions")?,
+        };
+        return Ok((out, DeviceCheck::none()));
+    }
+
+    let mut rows = dev.alloc::<T>(len * d, "moe.permuted_rows")?;
+    let mut offsets = dev.alloc::<i32>(num_experts + 1, "moe.offsets")?;
+    let mut positions = dev.alloc::<i32>(n, "moe.positions")?;
+    let tile = BLOCK as usize;
+    let g1 = len
+        .max(nblocks)
+        .max(num_experts + 1)
+        .div_ceil(tile)
+        .clamp(1, MAX_GRID);
+    let g2 = len.max(n.div_ceil(tile)).clamp(1, MAX_GRID);
+    let mut status = dev.alloc::<i32>(3 + 3 * g1 + g2, "moe.permute_status")?;
+    PermuteIndexKernel {
+        sorted: &aligned.sorted_token_ids,
+        len: len as u32,
+        n: n as u32,
+        expert_ids: &aligned.expert_ids,
+        nblocks: nblocks as u32,
+        ntpp: &aligned.num_tokens_post_padded,
+        num_experts: num_experts as u32,
+        block_size: block_size as u32,
+        positions: &mut positions,
+        offsets: &mut offsets,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(g1 as u32))?;
+    let grid = Grid::linear(g2 as u32);
+    macro_rules! rows_kernel {
+        ($w:ty, $bytes:expr) => {
+            PermuteRowsKernel::<$w> {
+                x: Words::of(x),
+                sorted: &aligned.sorted_token_ids,
+                positions: &positions,
+                len: len as u32,
+                n: n as u32,
+                k: top_k as u32,
+                words: (row_bytes / $bytes) as u64,
+                rows: WordsMut::of(&mut rows),
+                status: &mut status,
+                status_off: (3 + 3 * g1) as u32,
+            }
+            .launch(&dev, grid)?
+        };
+    }
+    // The widest word dividing the row (buffers are allocated at least 8-byte aligned).
+    if row_bytes % 8 == 0 {
+        rows_kernel!(B64, 8);
+    } else if row_bytes % 4 == 0 {
+        rows_kernel!(B32, 4);
+    } else if row_bytes % 2 == 0 {
+        rows_kernel!(B16, 2);
+    } else {
+        rows_kernel!(B8, 1);
+    }
+    let out = Permuted {
+        rows,
+        offsets,
+        positions,
+    };
+    let check = DeviceCheck::on_device(OP, status, explain_permute).eager_if_asked()?;
+    Ok((out, check))
+}
+
+/// The verdict of the permute status words (layout in `cuda/moe/permute.cu`).
+fn explain_permute(op: &'static str, w: &[i32]) -> Result<()> {
+    let bad_status = || Error::invalid(op, format!("unknown device status of {} words", w.len()));
+    let [n, e, g1, rest @ ..] = w else {
+        return Err(bad_status());
+    };
+    let g1 = *g1 as u32 as usize;
+    if rest.len() < 3 * g1 {
+        return Err(bad_status());
+    }
+    let (idx, rows) = rest.split_at(3 * g1);
+    let sum = |it: &mut dyn Iterator<Item = &i32>| it.map(|&x| x as u32 as u64).sum::<u64>();
+    let bad = sum(&mut idx.iter().step_by(3));
+    let valid = sum(&mut idx.iter().skip(1).step_by(3));
+    let faults = sum(&mut idx.iter().skip(2).step_by(3));
+    let missing = sum(&mut rows.iter());
+    let n = *n as u32 as u64;
+    if bad > 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{bad} entries of sorted_token_ids are neither a flat index in [0, {n}) before \
+                 num_tokens_post_padded nor the sentinel {n}"
+            ),
+        ));
+    }
+    if faults > 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "expert_ids / num_tokens_post_padded are not an alignment for {e} experts ({faults} \
+                 faults: an id out of range, decreasing, not -1 past the used blocks, or a total \
+                 that is not a multiple of the block size within the length)"
+            ),
+        ));
+    }
+    if valid != n || missing > 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "sorted_token_ids does not hold every flat index in [0, {n}) exactly once ({valid} \
+                 index entries, {missing} indices missing)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Combine the expert outputs back to token order: `y[t, :] = Σ_{slot = 0..k−1, in order}
+/// w[t, slot] · expert_out[positions[t·k + slot], :]`, accumulated in f32 and rounded to `O`
+/// (round to nearest even). `expert_out` is `[rows, d]` (any number of rows, e.g. the permuted
+/// `len`), `positions` and `topk_weights` are `[T, k]` ([`Permuted::positions`] and
+/// [`Routed::topk_weights`]). No float atomics: the same bits on every run.
+///
+/// Errors ([`Error::InvalidArgument`] naming `moe::combine`): `d == 0`, `top_k == 0`, an
+/// `expert_out` length not a multiple of `d`, a `positions` length not a multiple of `top_k`,
+/// `topk_weights` not the length of `positions`, more than `u32::MAX` tokens, `d > u32::MAX`,
+/// buffers on another device, and (on the device) a position outside `[0, rows)` (which then
+/// contributes nothing). [`combine`] reads the status back; [`combine_deferred`] does not.
+pub fn combine<I: Float, O: Float>(
+    expert_out: &DeviceBuffer<I>,
+    positions: &DeviceBuffer<i32>,
+    topk_weights: &DeviceBuffer<f32>,
+    d: usize,
+    top_k: usize,
+) -> Result<DeviceBuffer<O>> {
+    let (y, check) = combine_deferred(expert_out, positions, topk_weights, d, top_k)?;
+    check.check()?;
+    Ok(y)
+}
+
+/// [`combine`] with the position check left in the returned [`DeviceCheck`].
+pub fn combine_deferred<I: Float, O: Float>(
+    expert_out: &DeviceBuffer<I>,
+    positions: &DeviceBuffer<i32>,
+    topk_weights: &DeviceBuffer<f32>,
+    d: usize,
+    top_k: usize,
+) -> Result<(DeviceBuffer<O>, DeviceCheck)> {
+    const OP: &str = "moe::combine";
+    let dev = expert_out.device().clone();
+    if d == 0 || top_k == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("d ({d}) and top_k ({top_k}) must be >= 1"),
+        ));
+    }
+    if d > u32::MAX as usize {
+        return Err(Error::invalid(OP, format!("d = {d} exceeds u32::MAX")));
+    }
+    if expert_out.len() % d != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "expert_out has {} elements, not a multiple of d = {d}",
+                expert_out.len()
+            ),
+        ));
+    }
+    if positions.len() % top_k != 0 || topk_weights.len() != positions.len() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "positions ({}) and topk_weights ({}) must both have T·top_k entries (top_k = \
+                 {top_k})",
+                positions.len(),
+                topk_weights.len()
+            ),
+        ));
+    }
+    on_device(OP, "positions", &dev, positions)?;
+    on_device(OP, "topk_weights", &dev, topk_weights)?;
+    let tokens = positions.len() / top_k;
+    if tokens > u32::MAX as usize {
+        return Err(Error::invalid(
+            OP,
+            format!("{tokens} tokens exceed u32::MAX"),
+        ));
+    }
+    let rows = expert_out.len() / d;
+    if let Some(h) = cpu_path(OP, &dev) {
+        let pos = h.slice(positions)?;
+        if let Some(i) = pos.iter().position(|&p| p < 0 || p as usize >= rows) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "positions[{i}] = {} is not a row of expert_out in [0, {rows})",
+                    pos[i]
+                ),
+            ));
+        }
+        let y = reference::combine(h.slice(expert_out)?, pos, h.slice(topk_weights)?, d, top_k);
+        let y: Vec<O> = y.iter().map(|&v| O::from_f64(v)).collect();
+        return Ok((dev.upload(&y, "moe.combined")?, DeviceCheck::none()));
+    }
+    let mut y = dev.alloc::<O>(tokens * d, "moe.combined")?;
+    let grid = tokens.clamp(1, MAX_GRID);
+    let mut status = dev.alloc::<i32>(grid, "moe.combine_status")?;
+    CombineKernel::<I, O> {
+        expert_out,
+        rows: rows as u64,
+        positions,
+        weights: topk_weights,
+        tokens: tokens as u32,
+        k: top_k as u32,
+        d: d as u32,
+        y: &mut y,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(grid as u32))?;
+    let check = DeviceCheck::on_device(OP, status, explain_combine).eager_if_asked()?;
+    Ok((y, check))
+}
+
+/// The verdict of the combine status words: per block, the positions outside the rows.
+fn explain_combine(op: &'static str, w: &[i32]) -> Result<()> {
+    let bad: u64 = w.iter().map(|&x| x as u32 as u64).sum();
+    if bad == 0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("{bad} entries of positions are not rows of expert_out"),
+        ))
+    }
 }

@@ -233,6 +233,111 @@ pub fn route_f64(logits: &[f32], tokens: usize, p: &RouteParams) -> (Vec<i32>, V
     (ids, ws)
 }
 
+// ---- moe.permute / moe.combine -----------------------------------------------------------
+
+/// The result of [`permute`] on the host (see [`crate::ops::moe::Permuted`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Permuted<T> {
+    pub rows: Vec<T>,
+    pub offsets: Vec<i32>,
+    pub positions: Vec<i32>,
+}
+
+/// Gather the rows of `x` (`[T, d]`) into the order of an alignment (`sorted_token_ids`,
+/// `expert_ids`, `num_tokens_post_padded` of `T·top_k` entries, `num_experts`, `block_size`),
+/// validating that it is one (the same rules as the kernels; the message says what is wrong).
+/// The caller has validated the lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn permute<T: bytemuck::Pod>(
+    x: &[T],
+    d: usize,
+    sorted_token_ids: &[i32],
+    expert_ids: &[i32],
+    num_tokens_post_padded: i32,
+    top_k: usize,
+    num_experts: usize,
+    block_size: usize,
+) -> Result<Permuted<T>, String> {
+    let n = x.len() / d * top_k;
+    let len = sorted_token_ids.len();
+    let total = num_tokens_post_padded;
+    if total < 0 || total as usize > len || total as usize % block_size != 0 {
+        return Err(format!(
+            "num_tokens_post_padded = {total} is not a multiple of the block size {block_size} in              [0, {len}]"
+        ));
+    }
+    let nvb = total as usize / block_size;
+    for (b, &e) in expert_ids.iter().enumerate() {
+        let ok = if b < nvb {
+            e >= 0 && (e as usize) < num_experts && (b == 0 || expert_ids[b - 1] <= e)
+        } else {
+            e == -1
+        };
+        if !ok {
+            return Err(format!(
+                "expert_ids[{b}] = {e} is not an alignment's (out of range, decreasing, or not -1                  past the {nvb} used blocks)"
+            ));
+        }
+    }
+    let mut rows = vec![T::zeroed(); len * d];
+    let mut positions = vec![-1i32; n];
+    for (p, &s) in sorted_token_ids.iter().enumerate() {
+        if s >= 0 && (s as usize) < n && p < nvb * block_size {
+            let s = s as usize;
+            if positions[s] >= 0 {
+                return Err(format!("flat index {s} appears twice in sorted_token_ids"));
+            }
+            positions[s] = p as i32;
+            let t = s / top_k;
+            rows[p * d..(p + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]);
+        } else if s != n as i32 {
+            return Err(format!(
+                "sorted_token_ids[{p}] = {s} is neither a flat index in [0, {n}) before                  num_tokens_post_padded nor the sentinel {n}"
+            ));
+        }
+    }
+    if let Some(i) = positions.iter().position(|&p| p < 0) {
+        return Err(format!("flat index {i} is missing from sorted_token_ids"));
+    }
+    let offsets = (0..=num_experts)
+        .map(|e| {
+            let b = expert_ids[..nvb]
+                .iter()
+                .take_while(|&&x| (x as usize) < e)
+                .count();
+            (b * block_size) as i32
+        })
+        .collect();
+    Ok(Permuted {
+        rows,
+        offsets,
+        positions,
+    })
+}
+
+/// `y[t, :] = Σ_slot w[t, slot] · expert_out[positions[t·k + slot], :]` in f64 (slot order). The
+/// caller has validated the positions.
+pub fn combine<I: crate::dtype::Float>(
+    expert_out: &[I],
+    positions: &[i32],
+    topk_weights: &[f32],
+    d: usize,
+    top_k: usize,
+) -> Vec<f64> {
+    let tokens = positions.len() / top_k;
+    let mut y = vec![0f64; tokens * d];
+    for t in 0..tokens {
+        for s in 0..top_k {
+            let p = positions[t * top_k + s] as usize;
+            let w = topk_weights[t * top_k + s] as f64;
+            for c in 0..d {
+                y[t * d + c] += w * expert_out[p * d + c].to_f64();
+            }
+        }
+    }
+    y
+}
+
 // ---- moe.load -----------------------------------------------------------------------------
 
 /// Tokens per virtual expert (`r·N` counts) and per physical layer of the group (`r` counts:

@@ -146,7 +146,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "moe",
-        modules: &["moe/align", "moe/route"],
+        modules: &["moe/align", "moe/route", "moe/permute"],
         rows: moe::rows,
     },
     Family {
@@ -197,6 +197,8 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_align_", "moe::align"),
         ("moe_route", "moe::route"),
         ("moe_load", "moe::load"),
+        ("moe_permute_", "moe::permute"),
+        ("moe_combine_", "moe::combine"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))

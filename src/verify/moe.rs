@@ -3,6 +3,7 @@
 
 use super::{stage, up, Outcome, Row};
 use crate::device::Device;
+use crate::dtype::Float;
 use crate::ops::moe;
 use crate::reference::moe as reference;
 use crate::testing::{first_diff, rel_l2, tol, Rng};
@@ -180,6 +181,7 @@ pub fn rows(dev: &Device) -> Vec<Row> {
         })
         .collect();
     rows.extend(route_rows(dev));
+    rows.extend(permute_rows(dev));
     rows.extend(load_rows(dev));
     rows
 }
@@ -519,4 +521,203 @@ fn load_rows(dev: &Device) -> Vec<Row> {
         .enumerate()
         .map(|(i, &(n, e, r, ids))| LoadCase::generate(n, e, r, ids, 0x10ad + i as u64).row(dev))
         .collect()
+}
+
+// ---- moe.permute / moe.combine ----------------------------------------------------------------
+
+/// One `moe.permute` + `moe.combine` problem: router ids `[T, k]`, token rows `[T, d]`, expert
+/// outputs `[len, d]` and weights `[T, k]`, with values exact in every float type.
+pub struct PermuteCase {
+    pub align: AlignCase,
+    pub d: usize,
+    /// `[T, d]` token rows.
+    pub x: Vec<f32>,
+    /// `[len, d]` expert outputs (len = the aligned length).
+    pub expert_out: Vec<f32>,
+    /// `[T, k]` weights.
+    pub weights: Vec<f32>,
+    pub label: String,
+}
+
+impl PermuteCase {
+    /// `t` tokens of width `d`, `k` ids each over `e` experts, block `b`.
+    pub fn generate(
+        t: usize,
+        d: usize,
+        k: usize,
+        e: usize,
+        b: usize,
+        ids: Ids,
+        seed: u64,
+    ) -> PermuteCase {
+        let align = AlignCase::generate(t, k, e, b, ids, seed);
+        let mut g = Rng(seed ^ 0x9e37);
+        let len = reference::sorted_len(t * k, e, b).unwrap_or(0);
+        let x = g.values_in::<half::bf16>(t * d, 4.0);
+        let expert_out = g.values_in::<half::bf16>(len * d, 2.0);
+        let weights = (0..t * k).map(|_| g.unit() as f32).collect();
+        PermuteCase {
+            label: format!("{} d={d}", align.label),
+            align,
+            d,
+            x,
+            expert_out,
+            weights,
+        }
+    }
+
+    fn host_permuted<T: bytemuck::Pod>(&self, x: &[T]) -> Result<reference::Permuted<T>, String> {
+        let a = &self.align;
+        let want = reference::align(&a.topk_ids, a.num_experts, a.block_size);
+        reference::permute(
+            x,
+            self.d,
+            &want.sorted_token_ids,
+            &want.expert_ids,
+            want.num_tokens_post_padded,
+            a.k,
+            a.num_experts,
+            a.block_size,
+        )
+    }
+
+    /// `moe::align` then `moe::permute` of `x` as `T` on `dev`, bit-exact against the reference
+    /// (rows, offsets, positions), plus the contract: `rows[positions[i]]` is token `i / k`'s row.
+    pub fn permute_outcome<T: Float>(&self, dev: &Device) -> Outcome {
+        let r = (|| {
+            let a = &self.align;
+            let xt: Vec<T> = crate::testing::to_dtype(&self.x);
+            let want = self.host_permuted(&xt)?;
+            let ids = up(dev, &a.topk_ids, "topk_ids")?;
+            let xb = up(dev, &xt, "x")?;
+            let (rows, offsets, positions) = stage(dev, "moe::permute", || {
+                let al = moe::align(&ids, a.k, a.num_experts, a.block_size)?;
+                let p = moe::permute(&xb, self.d, &al, a.k, a.num_experts, a.block_size)?;
+                Ok((
+                    p.rows.download()?,
+                    p.offsets.download()?,
+                    p.positions.download()?,
+                ))
+            })?;
+            let d = self.d;
+            for (i, &p) in positions.iter().enumerate() {
+                let t = i / a.k;
+                let ok = usize::try_from(p).is_ok_and(|p| {
+                    (p + 1) * d <= rows.len()
+                        && crate::testing::bits(&rows[p * d..(p + 1) * d])
+                            == crate::testing::bits(&xt[t * d..(t + 1) * d])
+                });
+                if !ok {
+                    return Err(format!(
+                        "positions[{i}] = {p} does not hold token {t}'s row"
+                    ));
+                }
+            }
+            if let Some(i) = first_diff(
+                &crate::testing::bits(&rows),
+                &crate::testing::bits(&want.rows),
+            ) {
+                Err(format!(
+                    "rows differ at element {i} (row {}) (kernel moe_permute_rows)",
+                    i / d.max(1)
+                ))
+            } else if let Some(i) = first_diff(&offsets, &want.offsets) {
+                Err(format!(
+                    "offsets differ at {i}: {} vs {} (kernel moe_permute_index)",
+                    offsets[i], want.offsets[i]
+                ))
+            } else if let Some(i) = first_diff(&positions, &want.positions) {
+                Err(format!(
+                    "positions differ at {i}: {} vs {} (kernel moe_permute_index)",
+                    positions[i], want.positions[i]
+                ))
+            } else {
+                Ok(())
+            }
+        })();
+        Outcome::exact(r)
+    }
+
+    /// `moe::combine::<I, O>` of the expert outputs at the reference positions on `dev`, against
+    /// the f64 reference: rel-L2 within 1e-5 for f32 output, 4e-3 for f16/bf16 output.
+    pub fn combine_outcome<I: Float, O: Float>(&self, dev: &Device) -> Outcome {
+        let a = &self.align;
+        let r = (|| {
+            let p = self.host_permuted(&self.x)?;
+            let eo: Vec<I> = crate::testing::to_dtype(&self.expert_out);
+            let want = reference::combine(&eo, &p.positions, &self.weights, self.d, a.k);
+            let eb = up(dev, &eo, "expert_out")?;
+            let pb = up(dev, &p.positions, "positions")?;
+            let wb = up(dev, &self.weights, "weights")?;
+            let y = stage(dev, "moe::combine", || {
+                moe::combine::<I, O>(&eb, &pb, &wb, self.d, a.k)?.download()
+            })?;
+            let y32: Vec<f32> = y.iter().map(|v| v.to_f32()).collect();
+            Ok(rel_l2(&y32, &want))
+        })();
+        let tol = if O::KIND == crate::dtype::DTypeKind::F32 {
+            tol::F32
+        } else {
+            tol::HALF_AIM
+        };
+        match r {
+            Ok(e) if e <= tol => Outcome {
+                error: format!("{e:.1e}"),
+                result: Ok(()),
+            },
+            Ok(e) => Outcome {
+                error: format!("{e:.1e}"),
+                result: Err(format!("y rel-L2 {e:.2e} > {tol:.0e} (kernel moe_combine)")),
+            },
+            Err(e) => Outcome {
+                error: "-".into(),
+                result: Err(e),
+            },
+        }
+    }
+}
+
+/// The permute / combine verify cases: (T, d, k, E, block, ids). The first is the bench size.
+pub const PERMUTE_CASES: &[(usize, usize, usize, usize, usize, Ids)] = &[
+    (4096, 64, 8, 256, 64, Ids::Uniform),
+    (1000, 33, 2, 64, 16, Ids::Skewed),
+    (333, 7, 3, 1, 7, Ids::OneExpert),
+    (0, 16, 4, 8, 4, Ids::Uniform),
+    (5, 1, 1, 1024, 1, Ids::Uniform),
+];
+
+fn permute_rows(dev: &Device) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (i, &(t, d, k, e, b, ids)) in PERMUTE_CASES.iter().enumerate() {
+        let c = PermuteCase::generate(t, d, k, e, b, ids, 0x9e_4e + i as u64);
+        rows.push(c.permute_outcome::<half::bf16>(dev).row(
+            "moe.permute",
+            "bf16",
+            dev,
+            c.label.clone(),
+        ));
+        rows.push(
+            c.permute_outcome::<f32>(dev)
+                .row("moe.permute", "f32", dev, c.label.clone()),
+        );
+        rows.push(c.combine_outcome::<half::bf16, half::bf16>(dev).row(
+            "moe.combine",
+            "bf16",
+            dev,
+            c.label.clone(),
+        ));
+        rows.push(c.combine_outcome::<f32, f32>(dev).row(
+            "moe.combine",
+            "f32",
+            dev,
+            c.label.clone(),
+        ));
+        rows.push(c.combine_outcome::<half::f16, f32>(dev).row(
+            "moe.combine",
+            "f16->f32",
+            dev,
+            c.label.clone(),
+        ));
+    }
+    rows
 }
