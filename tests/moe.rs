@@ -727,7 +727,7 @@ fn permute_combine_bad_inputs() {
         invalid(moe::permute(&x, d, &good, k, 0, b), "E = 0");
         // combine
         let eo = dev.upload(&vec![1f32; 10 * d], "eo").unwrap();
-        let w = dev.upload(&vec![0.5f32; 6], "w").unwrap();
+        let w = dev.upload(&[0.5f32; 6], "w").unwrap();
         let cinv = |r: tessera::Result<DeviceBufferF32>, what: &str| match r {
             Err(Error::InvalidArgument { op, .. }) => assert_eq!(op, "moe::combine", "{what}"),
             o => panic!("{what} on {be}: {o:?}"),
