@@ -562,6 +562,104 @@ enum TesseraStatus tessera_moe_align(const DLTensor *topk_ids,
                                      DLTensor *num_tokens_post_padded,
                                      void *stream);
 
+/**
+ * `moe.route`: router top-k with PSR masking: at a training step, r*N - N_t of the experts outside the layer's own N are masked by a seeded generator; top_k of the softmax over the unmasked logits (ties to the lower id), optionally renormalised (Rust: `tessera::ops::moe::route`).
+ *
+ * Inputs: `logits` (f32, `[T, r * N]`).
+ *
+ * Parameters: `r` (uint64_t): layers per group (1: a conventional MoE); `layer_in_group` (uint64_t): this layer's index j in its group (own experts j*N .. j*N + N); `top_k` (uint64_t): experts per token (<= the pool); `renormalize` (const char*, one of "true", "false"): divide the top_k weights by their sum; `step` (uint64_t, usually 9223372036854775807): training step t; the default 9223372036854775807 means inference (no mask); `t_s` (uint64_t, usually 0): PSR: the step the pool starts to grow; `t_e` (uint64_t, usually 0): PSR: the step the pool is all r*N; `seed` (uint64_t, usually 0): PSR: the generator's seed; `layer` (uint64_t, usually 9223372036854775807): global layer index keying the generator; the default 9223372036854775807 means layer_in_group.
+ *
+ * Outputs, allocated by the caller: `topk_ids` (i32, `[T, top_k]`), `topk_weights` (f32, `[T, top_k]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_route(const DLTensor *logits,
+                                     uint64_t r,
+                                     uint64_t layer_in_group,
+                                     uint64_t top_k,
+                                     const char *renormalize,
+                                     uint64_t step,
+                                     uint64_t t_s,
+                                     uint64_t t_e,
+                                     uint64_t seed,
+                                     uint64_t layer,
+                                     DLTensor *topk_ids,
+                                     DLTensor *topk_weights,
+                                     void *stream);
+
+/**
+ * `moe.permute`: token rows gathered into the aligned expert order (a copy; padding rows zero), the padded group offsets and each flat entry's row (Rust: `tessera::ops::moe::permute`).
+ *
+ * Inputs: `x` (f32|f16|bf16|i32|u32|u16|u8, `[T, d]`), `aligned_sorted_token_ids` (i32, `[T * top_k + num_experts * (block_size - 1)]`), `aligned_expert_ids` (i32, `[ceil((T * top_k + num_experts * (block_size - 1)) / block_size)]`), `aligned_num_tokens_post_padded` (i32, `[1]`).
+ *
+ * Parameters: `d` (uint64_t): row width (>= 1); `top_k` (uint64_t): experts per token (>= 1); `num_experts` (uint64_t): E, 1..=1024; `block_size` (uint64_t): the alignment's block size.
+ *
+ * Outputs, allocated by the caller: `rows` (f32|f16|bf16|i32|u32|u16|u8, `[T * top_k + num_experts * (block_size - 1), d]`), `offsets` (i32, `[num_experts + 1]`), `positions` (i32, `[T * top_k]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_permute(const DLTensor *x,
+                                       const DLTensor *aligned_sorted_token_ids,
+                                       const DLTensor *aligned_expert_ids,
+                                       const DLTensor *aligned_num_tokens_post_padded,
+                                       uint64_t d,
+                                       uint64_t top_k,
+                                       uint64_t num_experts,
+                                       uint64_t block_size,
+                                       DLTensor *rows,
+                                       DLTensor *offsets,
+                                       DLTensor *positions,
+                                       void *stream);
+
+/**
+ * `moe.combine`: y[t] = sum over the slots in order of w[t, slot] * expert_out[positions[t, slot]], in f32, no atomics (deterministic); y has expert_out's dtype (Rust: `tessera::ops::moe::combine`).
+ *
+ * Inputs: `expert_out` (f32|f16|bf16, `[rows, d]`), `positions` (i32, `[T, top_k]`), `topk_weights` (f32, `[T, top_k]`).
+ *
+ * Parameters: `d` (uint64_t): row width (>= 1); `top_k` (uint64_t): experts per token (>= 1).
+ *
+ * Outputs, allocated by the caller: `y` (f32|f16|bf16, `[T, d]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_combine(const DLTensor *expert_out,
+                                       const DLTensor *positions,
+                                       const DLTensor *topk_weights,
+                                       uint64_t d,
+                                       uint64_t top_k,
+                                       DLTensor *y,
+                                       void *stream);
+
+/**
+ * `moe.load`: tokens routed to each virtual expert and to the experts of each physical layer of the group (Rust: `tessera::ops::moe::load`).
+ *
+ * Inputs: `topk_ids` (i32, `[T, k]`).
+ *
+ * Parameters: `num_experts` (uint64_t): N, experts per layer; `r` (uint64_t): layers per group.
+ *
+ * Outputs, allocated by the caller: `per_expert` (i32, `[r * num_experts]`), `per_layer` (i32, `[r]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_load(const DLTensor *topk_ids,
+                                    uint64_t num_experts,
+                                    uint64_t r,
+                                    DLTensor *per_expert,
+                                    DLTensor *per_layer,
+                                    void *stream);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

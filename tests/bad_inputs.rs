@@ -321,3 +321,142 @@ fn moe_align_rejects_bad_ids_and_sizes() {
         );
     }
 }
+
+/// `moe::route`: bad parameters (r = 0, layer_in_group >= r, top_k = 0, k above the pool or E,
+/// a logits length that is not T·r·N, E > MAX_EXPERTS) and bad logits (NaN, +inf, an all −inf
+/// row; read from the device-side check) are each an `InvalidArgument` naming the op.
+#[test]
+fn moe_route_rejects_bad_params_and_logits() {
+    use tessera::ops::moe::{self, Psr, RouteParams};
+    let p = |r, j, k, psr: Option<Psr>| RouteParams {
+        r,
+        layer_in_group: j,
+        layer: 3,
+        top_k: k,
+        renormalize: true,
+        psr,
+    };
+    let psr = Some(Psr {
+        step: 0,
+        t_s: 10,
+        t_e: 20,
+        seed: 1,
+    });
+    for dev in executors() {
+        let v: Vec<f32> = (0..3 * 16).map(|i| (i % 5) as f32).collect();
+        let l = dev.upload(&v, "logits").unwrap();
+        assert!(moe::route(&l, 3, &p(2, 1, 2, psr)).is_ok());
+        expect_invalid(
+            moe::route(&l, 3, &p(0, 0, 2, None)),
+            "moe::route",
+            &["r must"],
+        );
+        expect_invalid(
+            moe::route(&l, 3, &p(2, 2, 2, None)),
+            "moe::route",
+            &["layer_in_group"],
+        );
+        expect_invalid(
+            moe::route(&l, 3, &p(2, 1, 0, None)),
+            "moe::route",
+            &["top_k"],
+        );
+        expect_invalid(
+            moe::route(&l, 3, &p(2, 1, 17, None)),
+            "moe::route",
+            &["pool"],
+        );
+        expect_invalid(
+            moe::route(&l, 3, &p(2, 1, 9, psr)),
+            "moe::route",
+            &["pool", "PSR"],
+        );
+        expect_invalid(
+            moe::route(&l, 5, &p(2, 1, 2, None)),
+            "moe::route",
+            &["tokens·r·N"],
+        );
+        let big = dev.upload(&vec![0f32; 2 * 1030], "logits").unwrap();
+        expect_invalid(
+            moe::route(&big, 1, &p(2, 0, 1, None)),
+            "moe::route",
+            &["MAX_EXPERTS"],
+        );
+        for (pos, x, needle) in [(5usize, f32::NAN, "NaN"), (40, f32::INFINITY, "+inf")] {
+            let mut w = v.clone();
+            w[pos] = x;
+            let b = dev.upload(&w, "logits").unwrap();
+            expect_invalid(
+                moe::route(&b, 3, &p(2, 1, 2, None)),
+                "moe::route",
+                &[needle],
+            );
+            match moe::route_deferred(&b, 3, &p(2, 1, 2, None)) {
+                Ok((_, check)) => expect_invalid(check.check(), "moe::route", &[needle]),
+                Err(e) => expect_invalid::<()>(Err(e), "moe::route", &[needle]),
+            }
+        }
+        let mut w = v.clone();
+        w[16..32].fill(f32::NEG_INFINITY);
+        let b = dev.upload(&w, "logits").unwrap();
+        expect_invalid(
+            moe::route(&b, 3, &p(2, 1, 2, None)),
+            "moe::route",
+            &["-inf", "token 1"],
+        );
+    }
+}
+
+/// `moe::permute`, `moe::combine` and `moe::load`: contents that are not an alignment, positions
+/// outside the rows, out-of-range ids and bad sizes are each an `InvalidArgument` naming the op.
+#[test]
+fn moe_permute_combine_load_reject_bad_inputs() {
+    use tessera::ops::moe;
+    for dev in executors() {
+        let ids: Vec<i32> = (0..20).map(|i| (i * 3) % 5).collect();
+        let idb = dev.upload(&ids, "ids").unwrap();
+        let x: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
+        let xb = dev.upload(&x, "x").unwrap();
+        let a = moe::align(&idb, 2, 5, 4).unwrap();
+        assert!(moe::permute(&xb, 4, &a, 2, 5, 4).is_ok());
+        let mut s = a.sorted_token_ids.download().unwrap();
+        let i = s.iter().position(|&v| v < 20).unwrap();
+        s[i] = 99;
+        let bad = moe::Aligned {
+            sorted_token_ids: dev.upload(&s, "s").unwrap(),
+            expert_ids: dev.upload(&a.expert_ids.download().unwrap(), "e").unwrap(),
+            num_tokens_post_padded: dev.upload(&[3], "t").unwrap(),
+        };
+        expect_invalid(moe::permute(&xb, 4, &bad, 2, 5, 4), "moe::permute", &[]);
+        expect_invalid(
+            moe::permute(&xb, 3, &a, 2, 5, 4),
+            "moe::permute",
+            &["multiple of d"],
+        );
+        expect_invalid(
+            moe::permute(&xb, 4, &a, 2, 6, 4),
+            "moe::permute",
+            &["entries"],
+        );
+        let pos = dev.upload(&[0, 1, 2, 40], "pos").unwrap();
+        let w = dev.upload(&[1f32; 4], "w").unwrap();
+        let eo = dev.upload(&vec![1f32; 8 * 4], "eo").unwrap();
+        expect_invalid(
+            moe::combine::<f32, f32>(&eo, &pos, &w, 4, 2),
+            "moe::combine",
+            &["positions"],
+        );
+        expect_invalid(
+            moe::combine::<f32, f32>(&eo, &pos, &w, 4, 3),
+            "moe::combine",
+            &["top_k"],
+        );
+        expect_invalid(moe::load(&idb, 2, 2), "moe::load", &["expert id"]);
+        expect_invalid(moe::load(&idb, 0, 5), "moe::load", &["num_experts"]);
+        expect_invalid(moe::load(&idb, 512, 3), "moe::load", &["MAX_EXPERTS"]);
+        assert_eq!(
+            moe::load(&idb, 5, 1).unwrap().per_layer.download().unwrap(),
+            [20]
+        );
+    }
+}

@@ -545,6 +545,182 @@ fn accumulate_case(seed: u64) -> Case {
     }
 }
 
+/// moe.route at inference or a PSR step (reference results on the CPU path).
+fn route_case(
+    t: usize,
+    n: usize,
+    r: usize,
+    k: usize,
+    psr: Option<(u64, u64, u64, u64)>,
+    seed: u64,
+) -> Case {
+    let mut g = Rng(seed);
+    let logits = g.values_in::<f32>(t * r * n, 6.0);
+    let p = moe::RouteParams {
+        r,
+        layer_in_group: r - 1,
+        layer: 7,
+        top_k: k,
+        renormalize: psr.is_some(),
+        psr: psr.map(|(step, t_s, t_e, seed)| moe::Psr {
+            step,
+            t_s,
+            t_e,
+            seed,
+        }),
+    };
+    let o = moe::route(&up(&logits), t, &p).unwrap();
+    let mut params = vec![
+        ("r", int(r)),
+        ("layer_in_group", int(r - 1)),
+        ("top_k", int(k)),
+        (
+            "renormalize",
+            word(if p.renormalize { "true" } else { "false" }),
+        ),
+        ("layer", int(7)),
+    ];
+    if let Some((step, t_s, t_e, seed)) = psr {
+        params.extend([
+            ("step", int(step as usize)),
+            ("t_s", int(t_s as usize)),
+            ("t_e", int(t_e as usize)),
+            ("seed", int(seed as usize)),
+        ]);
+    }
+    Case {
+        label: format!("moe.route T={t} N={n} r={r} k={k} psr={psr:?}"),
+        op: "moe.route",
+        inputs: vec![("logits", HostT::new(&logits, &[t, r * n]))],
+        params,
+        expect: vec![
+            ("topk_ids", HostT::of(&o.topk_ids, &[t, k]), Cmp::Exact),
+            (
+                "topk_weights",
+                HostT::of(&o.topk_weights, &[t, k]),
+                Cmp::Rel(tol::F32),
+            ),
+        ],
+    }
+}
+
+/// moe.permute of the alignment of random ids.
+fn permute_case<T: DType>(
+    x: Vec<T>,
+    d: usize,
+    k: usize,
+    e: usize,
+    block: usize,
+    seed: u64,
+) -> Case {
+    let t = x.len() / d;
+    let mut r = Rng(seed);
+    let ids: Vec<i32> = (0..t * k)
+        .map(|_| (r.next_u64() % e as u64) as i32)
+        .collect();
+    let a = moe::align(&up(&ids), k, e, block).unwrap();
+    let p = moe::permute(&up(&x), d, &a, k, e, block).unwrap();
+    let len = a.sorted_token_ids.len();
+    Case {
+        label: format!(
+            "moe.permute T={t} d={d} k={k} E={e} block={block} {}",
+            T::KIND
+        ),
+        op: "moe.permute",
+        inputs: vec![
+            ("x", HostT::new(&x, &[t, d])),
+            (
+                "aligned.sorted_token_ids",
+                HostT::of(&a.sorted_token_ids, &[len]),
+            ),
+            (
+                "aligned.expert_ids",
+                HostT::of(&a.expert_ids, &[a.expert_ids.len()]),
+            ),
+            (
+                "aligned.num_tokens_post_padded",
+                HostT::of(&a.num_tokens_post_padded, &[1]),
+            ),
+        ],
+        params: vec![
+            ("d", int(d)),
+            ("top_k", int(k)),
+            ("num_experts", int(e)),
+            ("block_size", int(block)),
+        ],
+        expect: vec![
+            ("rows", HostT::of(&p.rows, &[len, d]), Cmp::Exact),
+            ("offsets", HostT::of(&p.offsets, &[e + 1]), Cmp::Exact),
+            ("positions", HostT::of(&p.positions, &[t * k]), Cmp::Exact),
+        ],
+    }
+}
+
+/// moe.combine of random expert rows at a random permutation of positions. f32: random values
+/// (relative error); f16/bf16: small integers and weights 1/4, 1/2, 1, whose sums are exact in
+/// every type, so the half output is compared exactly.
+fn combine_case<T: Float>(t: usize, d: usize, k: usize, seed: u64) -> Case {
+    let mut r = Rng(seed);
+    let rows = t * k + 5;
+    let f32_out = T::KIND == DTypeKind::F32;
+    let vals: Vec<f32> = if f32_out {
+        r.values_in::<T>(rows * d, 2.0)
+    } else {
+        (0..rows * d)
+            .map(|_| (r.next_u64() % 9) as f32 - 4.0)
+            .collect()
+    };
+    let eo: Vec<T> = testing::to_dtype(&vals);
+    let mut pos: Vec<i32> = (0..rows as i32).collect();
+    r.shuffle(&mut pos);
+    pos.truncate(t * k);
+    let w: Vec<f32> = (0..t * k)
+        .map(|_| {
+            if f32_out {
+                r.unit() as f32
+            } else {
+                [0.25, 0.5, 1.0][(r.next_u64() % 3) as usize]
+            }
+        })
+        .collect();
+    let y = moe::combine::<T, T>(&up(&eo), &up(&pos), &up(&w), d, k).unwrap();
+    let tol = if f32_out {
+        Cmp::Rel(tol::F32)
+    } else {
+        Cmp::Exact
+    };
+    Case {
+        label: format!("moe.combine T={t} d={d} k={k} {}", T::KIND),
+        op: "moe.combine",
+        inputs: vec![
+            ("expert_out", HostT::new(&eo, &[rows, d])),
+            ("positions", HostT::new(&pos, &[t, k])),
+            ("topk_weights", HostT::new(&w, &[t, k])),
+        ],
+        params: vec![("d", int(d)), ("top_k", int(k))],
+        expect: vec![("y", HostT::of(&y, &[t, d]), tol)],
+    }
+}
+
+/// moe.load of random ids.
+fn load_case(t: usize, k: usize, n: usize, r: usize, seed: u64) -> Case {
+    let mut g = Rng(seed);
+    let ids: Vec<i32> = (0..t * k)
+        .map(|_| (g.next_u64() % (n * r) as u64) as i32)
+        .collect();
+    let l = moe::load(&up(&ids), n, r).unwrap();
+    Case {
+        label: format!("moe.load T={t} k={k} N={n} r={r}"),
+        op: "moe.load",
+        inputs: vec![("topk_ids", HostT::new(&ids, &[t, k]))],
+        params: vec![("num_experts", int(n)), ("r", int(r))],
+        expect: vec![
+            ("per_expert", HostT::of(&l.per_expert, &[n * r]), Cmp::Exact),
+            ("per_layer", HostT::of(&l.per_layer, &[r]), Cmp::Exact),
+        ],
+    }
+}
+
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
 fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
     let mut r = Rng(seed);
@@ -672,6 +848,27 @@ fn cases(name: &'static str) -> Vec<Case> {
         "tah.next_depth_input" => vec![next_depth_case::<f32>(29), next_depth_case::<bf16>(30)],
         "tah.accumulate_logits" => vec![accumulate_case(31)],
         "moe.align" => vec![align_case(300, 8, 64, 16, 32), align_case(17, 3, 5, 1, 33)],
+        "moe.route" => vec![
+            route_case(50, 16, 4, 8, Some((300, 100, 1100, 9)), 34),
+            route_case(19, 8, 1, 3, None, 35),
+        ],
+        "moe.permute" => vec![
+            permute_case(r.values_in::<f32>(40 * 12, 1.0), 12, 4, 16, 8, 36),
+            permute_case(
+                testing::to_dtype::<bf16>(&r.values_in::<bf16>(23 * 5, 1.0)),
+                5,
+                2,
+                3,
+                4,
+                37,
+            ),
+            permute_case((0..17 * 3).map(|i| i as u8).collect(), 3, 1, 4, 2, 38),
+        ],
+        "moe.combine" => vec![
+            combine_case::<f32>(30, 16, 4, 39),
+            combine_case::<bf16>(11, 8, 2, 40),
+        ],
+        "moe.load" => vec![load_case(100, 8, 16, 4, 41), load_case(7, 1, 3, 1, 42)],
         other => panic!(
             "op `{other}` of the table has no interop case: add one to cases() in tests/interop.rs"
         ),

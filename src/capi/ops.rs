@@ -877,6 +877,184 @@ pub unsafe extern "C" fn tessera_moe_align(
     })
 }
 
+/// `moe.route`: router top-k with PSR masking: at a training step, r*N - N_t of the experts outside the layer's own N are masked by a seeded generator; top_k of the softmax over the unmasked logits (ties to the lower id), optionally renormalised (Rust: `tessera::ops::moe::route`).
+///
+/// Inputs: `logits` (f32, `[T, r * N]`).
+///
+/// Parameters: `r` (uint64_t): layers per group (1: a conventional MoE); `layer_in_group` (uint64_t): this layer's index j in its group (own experts j*N .. j*N + N); `top_k` (uint64_t): experts per token (<= the pool); `renormalize` (const char*, one of "true", "false"): divide the top_k weights by their sum; `step` (uint64_t, usually 9223372036854775807): training step t; the default 9223372036854775807 means inference (no mask); `t_s` (uint64_t, usually 0): PSR: the step the pool starts to grow; `t_e` (uint64_t, usually 0): PSR: the step the pool is all r*N; `seed` (uint64_t, usually 0): PSR: the generator's seed; `layer` (uint64_t, usually 9223372036854775807): global layer index keying the generator; the default 9223372036854775807 means layer_in_group.
+///
+/// Outputs, allocated by the caller: `topk_ids` (i32, `[T, top_k]`), `topk_weights` (f32, `[T, top_k]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_route(
+    logits: *const DLTensor,
+    r: u64,
+    layer_in_group: u64,
+    top_k: u64,
+    renormalize: *const std::ffi::c_char,
+    step: u64,
+    t_s: u64,
+    t_e: u64,
+    seed: u64,
+    layer: u64,
+    topk_ids: *mut DLTensor,
+    topk_weights: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.route", || {
+        let mut c = Ctx::new("moe.route");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("logits", logits) }?;
+        c.param("r", ParamValue::Usize(crate::capi::usize_param("moe.route", "r", r)?));
+        c.param("layer_in_group", ParamValue::Usize(crate::capi::usize_param("moe.route", "layer_in_group", layer_in_group)?));
+        c.param("top_k", ParamValue::Usize(crate::capi::usize_param("moe.route", "top_k", top_k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("renormalize", renormalize) }?;
+        c.param("step", ParamValue::Usize(crate::capi::usize_param("moe.route", "step", step)?));
+        c.param("t_s", ParamValue::Usize(crate::capi::usize_param("moe.route", "t_s", t_s)?));
+        c.param("t_e", ParamValue::Usize(crate::capi::usize_param("moe.route", "t_e", t_e)?));
+        c.param("seed", ParamValue::Usize(crate::capi::usize_param("moe.route", "seed", seed)?));
+        c.param("layer", ParamValue::Usize(crate::capi::usize_param("moe.route", "layer", layer)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("topk_ids", topk_ids, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("topk_weights", topk_weights, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `moe.permute`: token rows gathered into the aligned expert order (a copy; padding rows zero), the padded group offsets and each flat entry's row (Rust: `tessera::ops::moe::permute`).
+///
+/// Inputs: `x` (f32|f16|bf16|i32|u32|u16|u8, `[T, d]`), `aligned_sorted_token_ids` (i32, `[T * top_k + num_experts * (block_size - 1)]`), `aligned_expert_ids` (i32, `[ceil((T * top_k + num_experts * (block_size - 1)) / block_size)]`), `aligned_num_tokens_post_padded` (i32, `[1]`).
+///
+/// Parameters: `d` (uint64_t): row width (>= 1); `top_k` (uint64_t): experts per token (>= 1); `num_experts` (uint64_t): E, 1..=1024; `block_size` (uint64_t): the alignment's block size.
+///
+/// Outputs, allocated by the caller: `rows` (f32|f16|bf16|i32|u32|u16|u8, `[T * top_k + num_experts * (block_size - 1), d]`), `offsets` (i32, `[num_experts + 1]`), `positions` (i32, `[T * top_k]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_permute(
+    x: *const DLTensor,
+    aligned_sorted_token_ids: *const DLTensor,
+    aligned_expert_ids: *const DLTensor,
+    aligned_num_tokens_post_padded: *const DLTensor,
+    d: u64,
+    top_k: u64,
+    num_experts: u64,
+    block_size: u64,
+    rows: *mut DLTensor,
+    offsets: *mut DLTensor,
+    positions: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.permute", || {
+        let mut c = Ctx::new("moe.permute");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x", x) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("aligned.sorted_token_ids", aligned_sorted_token_ids) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("aligned.expert_ids", aligned_expert_ids) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("aligned.num_tokens_post_padded", aligned_num_tokens_post_padded) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("moe.permute", "d", d)?));
+        c.param("top_k", ParamValue::Usize(crate::capi::usize_param("moe.permute", "top_k", top_k)?));
+        c.param("num_experts", ParamValue::Usize(crate::capi::usize_param("moe.permute", "num_experts", num_experts)?));
+        c.param("block_size", ParamValue::Usize(crate::capi::usize_param("moe.permute", "block_size", block_size)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("rows", rows, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("offsets", offsets, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("positions", positions, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `moe.combine`: y[t] = sum over the slots in order of w[t, slot] * expert_out[positions[t, slot]], in f32, no atomics (deterministic); y has expert_out's dtype (Rust: `tessera::ops::moe::combine`).
+///
+/// Inputs: `expert_out` (f32|f16|bf16, `[rows, d]`), `positions` (i32, `[T, top_k]`), `topk_weights` (f32, `[T, top_k]`).
+///
+/// Parameters: `d` (uint64_t): row width (>= 1); `top_k` (uint64_t): experts per token (>= 1).
+///
+/// Outputs, allocated by the caller: `y` (f32|f16|bf16, `[T, d]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_combine(
+    expert_out: *const DLTensor,
+    positions: *const DLTensor,
+    topk_weights: *const DLTensor,
+    d: u64,
+    top_k: u64,
+    y: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.combine", || {
+        let mut c = Ctx::new("moe.combine");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("expert_out", expert_out) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("positions", positions) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("topk_weights", topk_weights) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("moe.combine", "d", d)?));
+        c.param("top_k", ParamValue::Usize(crate::capi::usize_param("moe.combine", "top_k", top_k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("y", y, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `moe.load`: tokens routed to each virtual expert and to the experts of each physical layer of the group (Rust: `tessera::ops::moe::load`).
+///
+/// Inputs: `topk_ids` (i32, `[T, k]`).
+///
+/// Parameters: `num_experts` (uint64_t): N, experts per layer; `r` (uint64_t): layers per group.
+///
+/// Outputs, allocated by the caller: `per_expert` (i32, `[r * num_experts]`), `per_layer` (i32, `[r]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_load(
+    topk_ids: *const DLTensor,
+    num_experts: u64,
+    r: u64,
+    per_expert: *mut DLTensor,
+    per_layer: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.load", || {
+        let mut c = Ctx::new("moe.load");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("topk_ids", topk_ids) }?;
+        c.param("num_experts", ParamValue::Usize(crate::capi::usize_param("moe.load", "num_experts", num_experts)?));
+        c.param("r", ParamValue::Usize(crate::capi::usize_param("moe.load", "r", r)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("per_expert", per_expert, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("per_layer", per_layer, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// Call the generated function of op `name` with `args` in its C order (see
          /// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
          /// there is no such op or the arguments do not match its signature.
@@ -1029,6 +1207,34 @@ pub unsafe extern "C" fn tessera_moe_align(
             [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::U64(a3), CArg::Out(a4), CArg::Out(a5), CArg::Out(a6)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_moe_align(*a0, *a1, *a2, *a3, *a4, *a5, *a6, stream) })
+            }
+            _ => None,
+        },
+        "moe.route" => match args {
+            [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::U64(a3), CArg::Str(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::U64(a8), CArg::U64(a9), CArg::Out(a10), CArg::Out(a11)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_route(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, stream) })
+            }
+            _ => None,
+        },
+        "moe.permute" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::U64(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::Out(a8), CArg::Out(a9), CArg::Out(a10)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_permute(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, stream) })
+            }
+            _ => None,
+        },
+        "moe.combine" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U64(a3), CArg::U64(a4), CArg::Out(a5)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_combine(*a0, *a1, *a2, *a3, *a4, *a5, stream) })
+            }
+            _ => None,
+        },
+        "moe.load" => match args {
+            [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::Out(a3), CArg::Out(a4)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_load(*a0, *a1, *a2, *a3, *a4, stream) })
             }
             _ => None,
         },

@@ -411,3 +411,124 @@ pub(crate) fn moe_align(c: &mut Call) -> Result<()> {
     c.put("expert_ids", a.expert_ids)?;
     c.put("num_tokens_post_padded", a.num_tokens_post_padded)
 }
+
+pub(crate) fn moe_route(c: &mut Call) -> Result<()> {
+    let no = crate::ops::table::NO_STEP
+        .parse::<usize>()
+        .map_err(|e| c.err(format!("internal: {e}")))?;
+    let tokens = c.take_inp("logits")?;
+    let t = tokens.shape.first().copied().unwrap_or(0) as usize;
+    c.put_back("logits", tokens)?;
+    let layer_in_group = c.p_usize("layer_in_group")?;
+    let step = c.p_usize("step")?;
+    let layer = c.p_usize("layer")?;
+    let p = moe::RouteParams {
+        r: c.p_usize("r")?,
+        layer_in_group,
+        layer: if layer == no { layer_in_group } else { layer },
+        top_k: c.p_usize("top_k")?,
+        renormalize: c.p_enum("renormalize")? == "true",
+        psr: (step != no)
+            .then(|| -> Result<moe::Psr> {
+                Ok(moe::Psr {
+                    step: step as u64,
+                    t_s: c.p_usize("t_s")? as u64,
+                    t_e: c.p_usize("t_e")? as u64,
+                    seed: c.p_usize("seed")? as u64,
+                })
+            })
+            .transpose()?,
+    };
+    let o = moe::route(c.inp::<f32>("logits")?, t, &p)?;
+    c.put("topk_ids", o.topk_ids)?;
+    c.put("topk_weights", o.topk_weights)
+}
+
+pub(crate) fn moe_permute(c: &mut Call) -> Result<()> {
+    fn go<T: Elem>(c: &mut Call) -> Result<()> {
+        // The three alignment buffers are moved into an `Aligned` and back.
+        const S: &str = "aligned.sorted_token_ids";
+        const E: &str = "aligned.expert_ids";
+        const N: &str = "aligned.num_tokens_post_padded";
+        let (s, s0) = {
+            let a = c.take_inp(S)?;
+            into_typed::<i32>(c, S, a)?
+        };
+        let (e, s1) = {
+            let a = c.take_inp(E)?;
+            into_typed::<i32>(c, E, a)?
+        };
+        let (t, s2) = {
+            let a = c.take_inp(N)?;
+            into_typed::<i32>(c, N, a)?
+        };
+        let aligned = moe::Aligned {
+            sorted_token_ids: s,
+            expert_ids: e,
+            num_tokens_post_padded: t,
+        };
+        let r = moe::permute(
+            c.inp::<T>("x")?,
+            c.p_usize("d")?,
+            &aligned,
+            c.p_usize("top_k")?,
+            c.p_usize("num_experts")?,
+            c.p_usize("block_size")?,
+        );
+        let moe::Aligned {
+            sorted_token_ids,
+            expert_ids,
+            num_tokens_post_padded,
+        } = aligned;
+        for (n, b, shape) in [
+            (S, sorted_token_ids, s0),
+            (E, expert_ids, s1),
+            (N, num_tokens_post_padded, s2),
+        ] {
+            c.put_back(
+                n,
+                Arg {
+                    buf: i32::wrap(b),
+                    shape,
+                },
+            )?;
+        }
+        let p = r?;
+        c.put("rows", p.rows)?;
+        c.put("offsets", p.offsets)?;
+        c.put("positions", p.positions)
+    }
+    match c.dtype_of("x")? {
+        DTypeKind::F32 => go::<f32>(c),
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        DTypeKind::I32 => go::<i32>(c),
+        DTypeKind::U32 => go::<u32>(c),
+        DTypeKind::U16 => go::<u16>(c),
+        DTypeKind::U8 => go::<u8>(c),
+        other => Err(c.err(format!("x dtype {other} is not supported"))),
+    }
+}
+
+pub(crate) fn moe_combine(c: &mut Call) -> Result<()> {
+    with_float!(c.dtype_of("expert_out")?, "moe.combine", |T| {
+        let y = moe::combine::<T, T>(
+            c.inp::<T>("expert_out")?,
+            c.inp::<i32>("positions")?,
+            c.inp::<f32>("topk_weights")?,
+            c.p_usize("d")?,
+            c.p_usize("top_k")?,
+        )?;
+        c.put("y", y)
+    })
+}
+
+pub(crate) fn moe_load(c: &mut Call) -> Result<()> {
+    let l = moe::load(
+        c.inp::<i32>("topk_ids")?,
+        c.p_usize("num_experts")?,
+        c.p_usize("r")?,
+    )?;
+    c.put("per_expert", l.per_expert)?;
+    c.put("per_layer", l.per_layer)
+}

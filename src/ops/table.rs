@@ -561,7 +561,164 @@ pub static OPS: &[OpSpec] = &[
         ],
         run: runners::moe_align,
     },
+    OpSpec {
+        name: "moe.route",
+        rust: "ops::moe::route",
+        summary: "router top-k with PSR masking: at a training step, r*N - N_t of the experts \
+                  outside the layer's own N are masked by a seeded generator; top_k of the \
+                  softmax over the unmasked logits (ties to the lower id), optionally \
+                  renormalised",
+        inputs: &[t("logits", Dtypes::F32, "[T, r * N]")],
+        params: &[
+            p(
+                "r",
+                ParamType::Usize,
+                None,
+                "layers per group (1: a conventional MoE)",
+            ),
+            p(
+                "layer_in_group",
+                ParamType::Usize,
+                None,
+                "this layer's index j in its group (own experts j*N .. j*N + N)",
+            ),
+            p(
+                "top_k",
+                ParamType::Usize,
+                None,
+                "experts per token (<= the pool)",
+            ),
+            p(
+                "renormalize",
+                BOOL,
+                None,
+                "divide the top_k weights by their sum",
+            ),
+            p(
+                "step",
+                ParamType::Usize,
+                Some(NO_STEP),
+                "training step t; the default 9223372036854775807 means inference (no mask)",
+            ),
+            p(
+                "t_s",
+                ParamType::Usize,
+                Some("0"),
+                "PSR: the step the pool starts to grow",
+            ),
+            p(
+                "t_e",
+                ParamType::Usize,
+                Some("0"),
+                "PSR: the step the pool is all r*N",
+            ),
+            p(
+                "seed",
+                ParamType::Usize,
+                Some("0"),
+                "PSR: the generator's seed",
+            ),
+            p(
+                "layer",
+                ParamType::Usize,
+                Some(NO_STEP),
+                "global layer index keying the generator; the default 9223372036854775807 \
+                 means layer_in_group",
+            ),
+        ],
+        outputs: &[
+            t("topk_ids", Dtypes::I32, "[T, top_k]"),
+            t("topk_weights", Dtypes::F32, "[T, top_k]"),
+        ],
+        run: runners::moe_route,
+    },
+    OpSpec {
+        name: "moe.permute",
+        rust: "ops::moe::permute",
+        summary: "token rows gathered into the aligned expert order (a copy; padding rows \
+                  zero), the padded group offsets and each flat entry's row",
+        inputs: &[
+            t("x", Dtypes::Any, "[T, d]"),
+            t(
+                "aligned.sorted_token_ids",
+                Dtypes::I32,
+                "[T * top_k + num_experts * (block_size - 1)]",
+            ),
+            t(
+                "aligned.expert_ids",
+                Dtypes::I32,
+                "[ceil((T * top_k + num_experts * (block_size - 1)) / block_size)]",
+            ),
+            t("aligned.num_tokens_post_padded", Dtypes::I32, "[1]"),
+        ],
+        params: &[
+            p("d", ParamType::Usize, None, "row width (>= 1)"),
+            p("top_k", ParamType::Usize, None, "experts per token (>= 1)"),
+            p("num_experts", ParamType::Usize, None, "E, 1..=1024"),
+            p(
+                "block_size",
+                ParamType::Usize,
+                None,
+                "the alignment's block size",
+            ),
+        ],
+        outputs: &[
+            t(
+                "rows",
+                Dtypes::Any,
+                "[T * top_k + num_experts * (block_size - 1), d]",
+            ),
+            t("offsets", Dtypes::I32, "[num_experts + 1]"),
+            t("positions", Dtypes::I32, "[T * top_k]"),
+        ],
+        run: runners::moe_permute,
+    },
+    OpSpec {
+        name: "moe.combine",
+        rust: "ops::moe::combine",
+        summary: "y[t] = sum over the slots in order of w[t, slot] * expert_out[positions[t, \
+                  slot]], in f32, no atomics (deterministic); y has expert_out's dtype",
+        inputs: &[
+            t("expert_out", Dtypes::Float, "[rows, d]"),
+            t("positions", Dtypes::I32, "[T, top_k]"),
+            t("topk_weights", Dtypes::F32, "[T, top_k]"),
+        ],
+        params: &[
+            p("d", ParamType::Usize, None, "row width (>= 1)"),
+            p("top_k", ParamType::Usize, None, "experts per token (>= 1)"),
+        ],
+        outputs: &[t("y", Dtypes::Float, "[T, d]")],
+        run: runners::moe_combine,
+    },
+    OpSpec {
+        name: "moe.load",
+        rust: "ops::moe::load",
+        summary: "tokens routed to each virtual expert and to the experts of each physical \
+                  layer of the group",
+        inputs: &[t("topk_ids", Dtypes::I32, "[T, k]")],
+        params: &[
+            p(
+                "num_experts",
+                ParamType::Usize,
+                None,
+                "N, experts per layer",
+            ),
+            p("r", ParamType::Usize, None, "layers per group"),
+        ],
+        outputs: &[
+            t("per_expert", Dtypes::I32, "[r * num_experts]"),
+            t("per_layer", Dtypes::I32, "[r]"),
+        ],
+        run: runners::moe_load,
+    },
 ];
+
+/// A boolean parameter.
+const BOOL: ParamType = ParamType::Enum(&["true", "false"]);
+
+/// The "absent" value of `moe.route`'s `step` and `layer` (i64::MAX: the largest a table
+/// integer holds).
+pub const NO_STEP: &str = "9223372036854775807";
 
 const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
     ATTENTION_PARAMS[0],
@@ -691,12 +848,47 @@ fn field_checks() {
             weights: _,
         } = n;
     }
-    fn moe(a: &crate::ops::moe::Aligned) {
+    fn moe(
+        a: &crate::ops::moe::Aligned,
+        p: &crate::ops::moe::RouteParams,
+        r: &crate::ops::moe::Routed,
+        m: &crate::ops::moe::Permuted<f32>,
+        l: &crate::ops::moe::Load,
+    ) {
         let crate::ops::moe::Aligned {
             sorted_token_ids: _,
             expert_ids: _,
             num_tokens_post_padded: _,
         } = a;
+        // moe.route's parameters: p's fields and (psr) Psr's fields; `tokens` is T of logits.
+        let crate::ops::moe::RouteParams {
+            r: _,
+            layer_in_group: _,
+            layer: _,
+            top_k: _,
+            renormalize: _,
+            psr,
+        } = p;
+        if let Some(crate::ops::moe::Psr {
+            step: _,
+            t_s: _,
+            t_e: _,
+            seed: _,
+        }) = psr
+        {}
+        let crate::ops::moe::Routed {
+            topk_ids: _,
+            topk_weights: _,
+        } = r;
+        let crate::ops::moe::Permuted {
+            rows: _,
+            offsets: _,
+            positions: _,
+        } = m;
+        let crate::ops::moe::Load {
+            per_expert: _,
+            per_layer: _,
+        } = l;
     }
     fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
         let crate::ops::codec::Packed {
@@ -747,6 +939,14 @@ mod tests {
                 .find(|(p, _)| op.rust.starts_with(p))
                 .unwrap_or_else(|| panic!("{}: no source for {}", op.name, op.rust));
             let args = fn_args(src, &op.rust[prefix.len()..]);
+            if args == ["logits", "tokens", "p"] {
+                // moe.route: `p` is a RouteParams (its fields and Psr's are the parameters,
+                // checked by `field_checks`), `tokens` is T of the logits' shape.
+                assert_eq!(op.name, "moe.route");
+                assert_eq!(op.inputs.len(), 1);
+                assert_eq!(op.inputs[0].name, "logits");
+                continue;
+            }
             if args == ["a"] || args == ["a", "splits"] {
                 // Struct-based: checked by `field_checks`; only the extra arguments here.
                 assert!(op.params.iter().any(|p| p.name == "mode"), "{}", op.name);

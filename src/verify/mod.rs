@@ -146,7 +146,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "moe",
-        modules: &["moe/align"],
+        modules: &["moe/align", "moe/route", "moe/permute"],
         rows: moe::rows,
     },
     Family {
@@ -195,6 +195,10 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("tah_next_input_", "tah::next_depth_input"),
         ("tah_accumulate", "tah::accumulate_logits"),
         ("moe_align_", "moe::align"),
+        ("moe_route", "moe::route"),
+        ("moe_load", "moe::load"),
+        ("moe_permute_", "moe::permute"),
+        ("moe_combine_", "moe::combine"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
