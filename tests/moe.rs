@@ -764,3 +764,48 @@ fn permute_combine_bad_inputs() {
 }
 
 type DeviceBufferF32 = tessera::DeviceBuffer<f32>;
+
+/// `combine_residual`: the residual is added (first) to the weighted sum, f32 accumulation,
+/// against the f64 reference plus the residual; a residual of the wrong size is an error.
+#[test]
+fn combine_with_residual() {
+    let (tokens, k, d, rows) = (37usize, 3usize, 29usize, 150usize);
+    let mut g = tessera::testing::Rng(0x4e5);
+    let out = g.values_in::<f32>(rows * d, 1.0);
+    let res: Vec<f32> = g.values_in::<bf16>(tokens * d, 2.0);
+    let res_b: Vec<bf16> = tessera::testing::to_dtype(&res);
+    let pos: Vec<i32> = (0..tokens * k)
+        .map(|_| (g.next_u64() % rows as u64) as i32)
+        .collect();
+    let w = g.values_in::<f32>(tokens * k, 1.0);
+    let mut want = refm::combine(&out, &pos, &w, d, k);
+    for (y, r) in want.iter_mut().zip(&res) {
+        *y += *r as f64;
+    }
+    for dev in devices() {
+        let ob = dev.upload(&out, "out").unwrap();
+        let pb = dev.upload(&pos, "pos").unwrap();
+        let wb = dev.upload(&w, "w").unwrap();
+        let rb = dev.upload(&res, "res").unwrap();
+        let y: Vec<f32> = moe::combine_residual(&ob, &pb, &wb, d, k, Some(&rb))
+            .unwrap()
+            .download()
+            .unwrap();
+        let e = tessera::testing::rel_l2(&y, &want);
+        assert!(e <= tessera::testing::tol::F32, "{}: {e:.2e}", dev.backend());
+        let rbb = dev.upload(&res_b, "res").unwrap();
+        let yb: Vec<bf16> = moe::combine_residual(&ob, &pb, &wb, d, k, Some(&rbb))
+            .unwrap()
+            .download()
+            .unwrap();
+        let yb: Vec<f32> = yb.iter().map(|v| v.to_f32()).collect();
+        let e = tessera::testing::rel_l2(&yb, &want);
+        assert!(e <= tessera::testing::tol::HALF_AIM, "{}: {e:.2e}", dev.backend());
+        let short = dev.upload(&res[..d], "res").unwrap();
+        let r = moe::combine_residual(&ob, &pb, &wb, d, k, Some(&short));
+        assert!(
+            matches!(&r, Err(Error::InvalidArgument { op: "moe::combine", msg }) if msg.contains("residual")),
+            "{r:?}"
+        );
+    }
+}

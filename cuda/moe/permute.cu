@@ -26,7 +26,8 @@
 //
 // Combine (moe_combine_<in>_<out>): one block per token (grid-stride), threads over the d
 //   columns: y[t, c] = sum over slot = 0..k-1, in slot order, of w[t, slot] * expert_out[
-//   positions[t*k + slot], c] in f32, rounded to the output type (round to nearest even). No
+//   positions[t*k + slot], c] in f32, plus (first, when given) residual[t, c], rounded to the
+//   output type (round to nearest even). No
 //   atomics: every output element is written by one thread, so the result is the same on every
 //   run. A position outside [0, rows) contributes nothing and is counted: status[b] per block.
 #include "../common/tessera.cuh"
@@ -83,8 +84,9 @@ __device__ __forceinline__ void permute_rows(const W* __restrict__ x, const int3
 template <typename EI, typename EO>
 __device__ __forceinline__ void combine(const typename EI::Bits* __restrict__ expert_out, uint64_t rows,
                                         const int32_t* __restrict__ positions, const float* __restrict__ weights,
-                                        uint32_t tokens, uint32_t k, uint32_t d, typename EO::Bits* __restrict__ y,
-                                        int32_t* __restrict__ status) {
+                                        uint32_t tokens, uint32_t k, uint32_t d,
+                                        const typename EO::Bits* __restrict__ residual,
+                                        typename EO::Bits* __restrict__ y, int32_t* __restrict__ status) {
   uint32_t bad = 0;
   for (uint32_t t = blockIdx.x; t < tokens; t += gridDim.x) {
     const int32_t* pos = positions + static_cast<uint64_t>(t) * k;
@@ -95,14 +97,15 @@ __device__ __forceinline__ void combine(const typename EI::Bits* __restrict__ ex
       }
     }
     for (uint32_t c = threadIdx.x; c < d; c += blockDim.x) {
-      float acc = 0.0f;
+      const uint64_t at = static_cast<uint64_t>(t) * d + c;
+      float acc = residual != nullptr ? EO::to_f32(residual[at]) : 0.0f;
       for (uint32_t s = 0; s < k; ++s) {
         const int32_t p = pos[s];
         if (p >= 0 && static_cast<uint64_t>(p) < rows) {
           acc += w[s] * EI::to_f32(expert_out[static_cast<uint64_t>(p) * d + c]);
         }
       }
-      y[static_cast<uint64_t>(t) * d + c] = FromF32<EO>::rne(acc);
+      y[at] = FromF32<EO>::rne(acc);
     }
   }
   bad = block_count(bad);
@@ -183,8 +186,10 @@ TESSERA_MOE_PERMUTE_ROWS(uint64_t, b64)
 #define TESSERA_MOE_COMBINE(EI, EO, sfx)                                                            \
   TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(moeperm::kBlock) moe_combine_##sfx(                     \
       const EI::Bits* expert_out, uint64_t rows, const int32_t* positions, const float* weights,    \
-      uint32_t tokens, uint32_t k, uint32_t d, EO::Bits* y, int32_t* status) {                      \
-    moeperm::combine<EI, EO>(expert_out, rows, positions, weights, tokens, k, d, y, status);        \
+      uint32_t tokens, uint32_t k, uint32_t d, const EO::Bits* residual, EO::Bits* y,               \
+      int32_t* status) {                                                                            \
+    moeperm::combine<EI, EO>(expert_out, rows, positions, weights, tokens, k, d, residual, y,       \
+                             status);                                                               \
   }                                                                                                 \
   TESSERA_EXPORT_BLOCK(moe_combine_##sfx, moeperm::kBlock)
 

@@ -118,6 +118,7 @@ mod permute_kernels {
             tokens: u32,
             k: u32,
             d: u32,
+            residual: Option<&'a DeviceBuffer<O>>,
             y: &'a mut DeviceBuffer<O>,
             status: &'a mut DeviceBuffer<i32>,
         }
@@ -961,6 +962,35 @@ pub fn combine_deferred<I: Float, O: Float>(
     d: usize,
     top_k: usize,
 ) -> Result<(DeviceBuffer<O>, DeviceCheck)> {
+    combine_residual_deferred(expert_out, positions, topk_weights, d, top_k, None)
+}
+
+/// [`combine`] plus an optional `residual` `[T, d]` in the output type, added first:
+/// `y[t, :] = residual[t, :] + Σ_slot w[t, slot] · expert_out[positions[t·k + slot], :]` (f32,
+/// rounded once). The residual add of a transformer block, fused.
+pub fn combine_residual<I: Float, O: Float>(
+    expert_out: &DeviceBuffer<I>,
+    positions: &DeviceBuffer<i32>,
+    topk_weights: &DeviceBuffer<f32>,
+    d: usize,
+    top_k: usize,
+    residual: Option<&DeviceBuffer<O>>,
+) -> Result<DeviceBuffer<O>> {
+    let (y, check) =
+        combine_residual_deferred(expert_out, positions, topk_weights, d, top_k, residual)?;
+    check.check()?;
+    Ok(y)
+}
+
+/// [`combine_residual`] with the position check left in the returned [`DeviceCheck`].
+pub fn combine_residual_deferred<I: Float, O: Float>(
+    expert_out: &DeviceBuffer<I>,
+    positions: &DeviceBuffer<i32>,
+    topk_weights: &DeviceBuffer<f32>,
+    d: usize,
+    top_k: usize,
+    residual: Option<&DeviceBuffer<O>>,
+) -> Result<(DeviceBuffer<O>, DeviceCheck)> {
     const OP: &str = "moe::combine";
     let dev = expert_out.device().clone();
     if d == 0 || top_k == 0 {
@@ -1001,6 +1031,18 @@ pub fn combine_deferred<I: Float, O: Float>(
             format!("{tokens} tokens exceed u32::MAX"),
         ));
     }
+    if let Some(res) = residual {
+        on_device(OP, "residual", &dev, res)?;
+        if res.len() != tokens * d {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "residual has {} elements, not [T, d] = [{tokens}, {d}]",
+                    res.len()
+                ),
+            ));
+        }
+    }
     let rows = expert_out.len() / d;
     if let Some(h) = cpu_path(OP, &dev) {
         let pos = h.slice(positions)?;
@@ -1013,7 +1055,13 @@ pub fn combine_deferred<I: Float, O: Float>(
                 ),
             ));
         }
-        let y = reference::combine(h.slice(expert_out)?, pos, h.slice(topk_weights)?, d, top_k);
+        let mut y =
+            reference::combine(h.slice(expert_out)?, pos, h.slice(topk_weights)?, d, top_k);
+        if let Some(res) = residual {
+            for (y, r) in y.iter_mut().zip(h.slice(res)?) {
+                *y += r.to_f64();
+            }
+        }
         let y: Vec<O> = y.iter().map(|&v| O::from_f64(v)).collect();
         return Ok((dev.upload(&y, "moe.combined")?, DeviceCheck::none()));
     }
@@ -1028,6 +1076,7 @@ pub fn combine_deferred<I: Float, O: Float>(
         tokens: tokens as u32,
         k: top_k as u32,
         d: d as u32,
+        residual,
         y: &mut y,
         status: &mut status,
     }
