@@ -440,7 +440,7 @@ fn moe_permute_combine_load_reject_bad_inputs() {
         );
         let pos = dev.upload(&[0, 1, 2, 40], "pos").unwrap();
         let w = dev.upload(&[1f32; 4], "w").unwrap();
-        let eo = dev.upload(&vec![1f32; 8 * 4], "eo").unwrap();
+        let eo = dev.upload(&[1f32; 8 * 4], "eo").unwrap();
         expect_invalid(
             moe::combine::<f32, f32>(&eo, &pos, &w, 4, 2),
             "moe::combine",

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use half::{bf16, f16};
 
 use crate::device::kernel::{Grid, KernelArg, KernelSuffix, Width, B16, B32, B8};
-use crate::device::{DeviceBuffer, KernelArgs};
+use crate::device::{Backend, DeviceBuffer, KernelArgs};
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::ops::{cpu_path, on_device, DeviceCheck};
@@ -490,8 +490,14 @@ pub fn route_deferred(
     }
     let mut topk_ids = dev.alloc::<i32>(tokens * k, "moe.topk_ids")?;
     let mut topk_weights = dev.alloc::<f32>(tokens * k, "moe.topk_weights")?;
-    // Tokens per block: one per warp (256 / warp width; 4 is the fewest, on wave64).
-    let blocks = tokens.div_ceil(4).min(MAX_ROUTE_BLOCKS);
+    // Tokens per block: one per warp (256 / the warp width: 8 on CUDA and SIMT wave32, 4 on
+    // HIP and SIMT wave64).
+    let wave = match dev.backend() {
+        Backend::Hip(_) => 64,
+        Backend::Simt(c) => c.wave as usize,
+        _ => 32,
+    };
+    let blocks = tokens.div_ceil(BLOCK as usize / wave).min(MAX_ROUTE_BLOCKS);
     let mut status = dev.alloc::<i32>(3 * blocks, "moe.route_status")?;
     let (masked, seed, step) = match &p.psr {
         Some(s) => (e - pool, s.seed, s.step),
