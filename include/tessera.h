@@ -660,6 +660,108 @@ enum TesseraStatus tessera_moe_load(const DLTensor *topk_ids,
                                     DLTensor *per_layer,
                                     void *stream);
 
+/**
+ * `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
+ *
+ * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+ *
+ * Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K; `epi_activation` (const char*, one of "none", "gelu_tanh", "gelu_erf", "silu", NULL = "none"): activation after the bias.
+ *
+ * Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gemm_dense(const DLTensor *a,
+                                      const DLTensor *b,
+                                      const DLTensor *epi_bias,
+                                      const DLTensor *epi_row_scale,
+                                      const DLTensor *epi_residual,
+                                      uint64_t m,
+                                      uint64_t n,
+                                      uint64_t k,
+                                      const char *epi_activation,
+                                      DLTensor *d,
+                                      void *stream);
+
+/**
+ * `gemm.dense_swiglu`: d = silu(a · gateᵀ + bias[n]) · (a · upᵀ + bias[n + N]) with b = [gate; up] ([2n, k]), then × row_scale[m], + residual[m, n] (Rust: `tessera::ops::gemm::dense`).
+ *
+ * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[2 * n, k]`), `epi_bias` (f32, `[2 * n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+ *
+ * Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K.
+ *
+ * Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gemm_dense_swiglu(const DLTensor *a,
+                                             const DLTensor *b,
+                                             const DLTensor *epi_bias,
+                                             const DLTensor *epi_row_scale,
+                                             const DLTensor *epi_residual,
+                                             uint64_t m,
+                                             uint64_t n,
+                                             uint64_t k,
+                                             DLTensor *d,
+                                             void *stream);
+
+/**
+ * `gemm.grouped`: grouped GEMM over row segments: rows offsets[g]..offsets[g + 1] of d = epilogue(a · b[g]ᵀ); rows outside every group are 0; offsets checked on the device (Rust: `tessera::ops::gemm::grouped`).
+ *
+ * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[groups, n, k]`), `offsets` (i32, `[groups + 1]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+ *
+ * Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K; `epi_activation` (const char*, one of "none", "gelu_tanh", "gelu_erf", "silu", NULL = "none"): activation after the bias.
+ *
+ * Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gemm_grouped(const DLTensor *a,
+                                        const DLTensor *b,
+                                        const DLTensor *offsets,
+                                        const DLTensor *epi_bias,
+                                        const DLTensor *epi_row_scale,
+                                        const DLTensor *epi_residual,
+                                        uint64_t m,
+                                        uint64_t n,
+                                        uint64_t k,
+                                        const char *epi_activation,
+                                        DLTensor *d,
+                                        void *stream);
+
+/**
+ * `gemm.grouped_swiglu`: grouped SwiGLU: rows offsets[g]..offsets[g + 1] of d = silu(a · gate[g]ᵀ) · (a · up[g]ᵀ); rows outside every group are 0 (Rust: `tessera::ops::gemm::grouped_swiglu`).
+ *
+ * Inputs: `a` (f16|bf16, `[m, k]`), `gate` (f16|bf16, `[groups, f, k]`), `up` (f16|bf16, `[groups, f, k]`), `offsets` (i32, `[groups + 1]`).
+ *
+ * Parameters: `m` (uint64_t): rows M of a and d; `f` (uint64_t): output columns F (rows of each gate / up); `k` (uint64_t): reduction length K.
+ *
+ * Outputs, allocated by the caller: `d` (f32, `[m, f]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gemm_grouped_swiglu(const DLTensor *a,
+                                               const DLTensor *gate,
+                                               const DLTensor *up,
+                                               const DLTensor *offsets,
+                                               uint64_t m,
+                                               uint64_t f,
+                                               uint64_t k,
+                                               DLTensor *d,
+                                               void *stream);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

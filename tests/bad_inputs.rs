@@ -460,3 +460,107 @@ fn moe_permute_combine_load_reject_bad_inputs() {
         );
     }
 }
+
+/// `ops::gemm`: length and shape mismatches, sizes past i32, SwiGLU with an activation and a
+/// wrong B, and offsets that break the group contract (read from the device-side check when
+/// deferred) are each an `InvalidArgument` naming the op; a good call works afterwards.
+#[test]
+fn gemm_rejects_bad_shapes_and_offsets() {
+    use tessera::ops::gemm::{self, Activation, Epilogue};
+    for dev in executors() {
+        let (m, n, k) = (9, 7, 8);
+        let a = dev.upload(&vec![bf16::from_f32(1.0); m * k], "a").unwrap();
+        let b = dev
+            .upload(&vec![bf16::from_f32(0.5); 2 * n * k], "b")
+            .unwrap();
+        let bn = dev.upload(&vec![bf16::from_f32(0.5); n * k], "bn").unwrap();
+        let e = Epilogue::<f32>::new();
+        let dense = "gemm::dense";
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &b, m, n, k, &e),
+            dense,
+            &["b has"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m + 1, n, k, &e),
+            dense,
+            &["a has"],
+        );
+        let short = dev.upload(&[0f32; 3], "short").unwrap();
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m, n, k, &e.bias(&short)),
+            dense,
+            &["bias"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m, n, k, &e.row_scale(&short)),
+            dense,
+            &["row_scale"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m, n, k, &e.residual(&short)),
+            dense,
+            &["residual"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m, n, k, &e.swiglu()),
+            dense,
+            &["b has"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &b, m, n, k, &e.swiglu().activation(Activation::GeluErf)),
+            dense,
+            &["activation must be none"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, 1 << 31, n, k, &e),
+            dense,
+            &["i32::MAX"],
+        );
+        expect_invalid(
+            gemm::dense::<bf16, f32>(&a, &bn, m, n, usize::MAX / 4, &e),
+            dense,
+            &["K = ", "i32::MAX"],
+        );
+        let grouped = "gemm::grouped";
+        for (offs, needle) in [
+            (vec![-2, 3, 9], "offsets[0] = -2"),
+            (vec![0, 5, 4, 9], "offsets[2] = 4"),
+            (vec![0, 3, 10], "offsets[2] = 10"),
+        ] {
+            let o = dev.upload(&offs, "offsets").unwrap();
+            let g = offs.len() - 1;
+            let bg = dev
+                .upload(&vec![bf16::from_f32(0.5); g * n * k], "bg")
+                .unwrap();
+            expect_invalid(
+                gemm::grouped::<bf16, f32>(&a, &bg, &o, m, n, k, &e),
+                grouped,
+                &[needle],
+            );
+            match gemm::grouped_deferred::<bf16, bf16>(&a, &bg, &o, m, n, k, &Epilogue::new()) {
+                Ok((_, check)) => expect_invalid(check.check(), grouped, &[needle, "M = 9"]),
+                Err(err) => expect_invalid::<()>(Err(err), grouped, &[needle]),
+            }
+            expect_invalid(
+                gemm::grouped_swiglu::<bf16, f32>(&a, &bg, &bg, &o, m, n, k),
+                "gemm::grouped_swiglu",
+                &[needle],
+            );
+        }
+        let empty = dev.upload::<i32>(&[], "offsets").unwrap();
+        expect_invalid(
+            gemm::grouped::<bf16, f32>(&a, &bn, &empty, m, n, k, &e),
+            grouped,
+            &["offsets"],
+        );
+        let o = dev.upload(&[0, 4, 9], "offsets").unwrap();
+        expect_invalid(
+            gemm::grouped::<bf16, f32>(&a, &bn, &o, m, n, k, &e),
+            grouped,
+            &["[G, N, K]"],
+        );
+        let d = gemm::grouped::<bf16, f32>(&a, &b, &o, m, n, k, &e).unwrap();
+        assert!(d.download().unwrap().iter().all(|&x| x == 4.0));
+    }
+}

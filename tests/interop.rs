@@ -10,6 +10,7 @@ use half::{bf16, f16};
 use tessera::device::Schedule;
 use tessera::interop::{self, Call, DynBuffer, Outputs, ParamValue, Scalar};
 use tessera::ops::attention::{self as attn, MaskMode, Path};
+use tessera::ops::gemm::{self, Activation, Epilogue};
 use tessera::ops::table::OPS;
 use tessera::ops::{bitmask, codec, moe, tah};
 use tessera::testing::{self, lse_mismatch, pair, rel_l2, tol, PairKind, Rng};
@@ -721,6 +722,87 @@ fn load_case(t: usize, k: usize, n: usize, r: usize, seed: u64) -> Case {
     }
 }
 
+/// A `gemm.*` case: `op` is `gemm.dense`, `gemm.dense_swiglu`, `gemm.grouped` or
+/// `gemm.grouped_swiglu`; the expected output is the Rust op on the CPU path.
+fn gemm_case<T: tessera::ops::gemm::HalfFloat>(
+    op: &'static str,
+    (m, n, k): (usize, usize, usize),
+    full: bool,
+    seed: u64,
+) -> Case {
+    let mut r = Rng(seed);
+    let swiglu = op.ends_with("swiglu");
+    let grouped = op.starts_with("gemm.grouped");
+    let offsets: Vec<i32> = vec![0, (m / 3) as i32, (m / 3) as i32, m as i32];
+    let g = if grouped { 3 } else { 1 };
+    let b_rows = if swiglu && !grouped { 2 * n } else { n };
+    let a = testing::to_dtype::<T>(&r.values_in::<T>(m * k, 1.0));
+    let b = testing::to_dtype::<T>(&r.values_in::<T>(g * b_rows * k, 1.0));
+    let upm = testing::to_dtype::<T>(&r.values_in::<T>(g * n * k, 1.0));
+    let bias_len = if swiglu { 2 * n } else { n };
+    let bias = r.values_in::<f32>(bias_len, 1.0);
+    let scale = r.values_in::<f32>(m, 2.0);
+    let residual = r.values_in::<f32>(m * n, 1.0);
+    let (ba, bb, bo, bu) = (up(&a), up(&b), up(&offsets), up(&upm));
+    let (bbias, bscale, bres) = (up(&bias), up(&scale), up(&residual));
+    let mut epi = Epilogue::<f32>::new();
+    let act = if full { "gelu_erf" } else { "none" };
+    if full && op != "gemm.grouped_swiglu" {
+        epi = epi.bias(&bbias).row_scale(&bscale).residual(&bres);
+        if !swiglu {
+            epi = epi.activation(Activation::parse(act).unwrap());
+        }
+    }
+    if swiglu {
+        epi = epi.swiglu();
+    }
+    let d = match op {
+        "gemm.dense" | "gemm.dense_swiglu" => gemm::dense::<T, f32>(&ba, &bb, m, n, k, &epi),
+        "gemm.grouped" => gemm::grouped::<T, f32>(&ba, &bb, &bo, m, n, k, &epi),
+        _ => gemm::grouped_swiglu::<T, f32>(&ba, &bb, &bu, &bo, m, n, k),
+    }
+    .unwrap();
+    let mut inputs: Inputs = vec![("a", HostT::new(&a, &[m, k]))];
+    match op {
+        "gemm.grouped_swiglu" => {
+            inputs.push(("gate", HostT::new(&b, &[g, n, k])));
+            inputs.push(("up", HostT::new(&upm, &[g, n, k])));
+        }
+        "gemm.grouped" => inputs.push(("b", HostT::new(&b, &[g, n, k]))),
+        _ => inputs.push(("b", HostT::new(&b, &[b_rows, k]))),
+    }
+    if grouped {
+        inputs.push(("offsets", HostT::vec(&offsets)));
+    }
+    if full && op != "gemm.grouped_swiglu" {
+        inputs.push(("epi.bias", HostT::vec(&bias)));
+        inputs.push(("epi.row_scale", HostT::vec(&scale)));
+        inputs.push(("epi.residual", HostT::new(&residual, &[m, n])));
+    }
+    let mut params = vec![
+        ("m", int(m)),
+        (
+            if op == "gemm.grouped_swiglu" {
+                "f"
+            } else {
+                "n"
+            },
+            int(n),
+        ),
+        ("k", int(k)),
+    ];
+    if !swiglu && full {
+        params.push(("epi.activation", word(act)));
+    }
+    Case {
+        label: format!("{op} {m}x{n}x{k} {} full={full}", T::KIND),
+        op,
+        inputs,
+        params,
+        expect: vec![("d", HostT::of(&d, &[m, n]), Cmp::Rel(tol::HALF))],
+    }
+}
+
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
 fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
     let mut r = Rng(seed);
@@ -869,6 +951,10 @@ fn cases(name: &'static str) -> Vec<Case> {
             combine_case::<bf16>(11, 8, 2, 40),
         ],
         "moe.load" => vec![load_case(100, 8, 16, 4, 41), load_case(7, 1, 3, 1, 42)],
+        "gemm.dense" | "gemm.dense_swiglu" | "gemm.grouped" | "gemm.grouped_swiglu" => vec![
+            gemm_case::<bf16>(name, (37, 45, 24), true, 34),
+            gemm_case::<f16>(name, (20, 13, 9), false, 35),
+        ],
         other => panic!(
             "op `{other}` of the table has no interop case: add one to cases() in tests/interop.rs"
         ),

@@ -183,22 +183,22 @@ TESSERA_MOE_PERMUTE_ROWS(uint16_t, b16)
 TESSERA_MOE_PERMUTE_ROWS(uint32_t, b32)
 TESSERA_MOE_PERMUTE_ROWS(uint64_t, b64)
 
-#define TESSERA_MOE_COMBINE(EI, EO, sfx)                                                            \
-  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(moeperm::kBlock) moe_combine_##sfx(                     \
+#define TESSERA_MOE_COMBINE(EI, EO, ei, eo)                                                         \
+  TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(moeperm::kBlock) moe_combine_##ei##_##eo(               \
       const EI::Bits* expert_out, uint64_t rows, const int32_t* positions, const float* weights,    \
       uint32_t tokens, uint32_t k, uint32_t d, const EO::Bits* residual, EO::Bits* y,               \
       int32_t* status) {                                                                            \
     moeperm::combine<EI, EO>(expert_out, rows, positions, weights, tokens, k, d, residual, y,       \
                              status);                                                               \
   }                                                                                                 \
-  TESSERA_EXPORT_BLOCK(moe_combine_##sfx, moeperm::kBlock)
+  TESSERA_EXPORT_BLOCK(moe_combine_##ei##_##eo, moeperm::kBlock)
 
-TESSERA_MOE_COMBINE(F32, F32, f32_f32)
-TESSERA_MOE_COMBINE(F32, BF16, f32_bf16)
-TESSERA_MOE_COMBINE(F32, F16, f32_f16)
-TESSERA_MOE_COMBINE(BF16, F32, bf16_f32)
-TESSERA_MOE_COMBINE(BF16, BF16, bf16_bf16)
-TESSERA_MOE_COMBINE(BF16, F16, bf16_f16)
-TESSERA_MOE_COMBINE(F16, F32, f16_f32)
-TESSERA_MOE_COMBINE(F16, BF16, f16_bf16)
-TESSERA_MOE_COMBINE(F16, F16, f16_f16)
+TESSERA_MOE_COMBINE(F32, F32, f32, f32)
+TESSERA_MOE_COMBINE(F32, BF16, f32, bf16)
+TESSERA_MOE_COMBINE(F32, F16, f32, f16)
+TESSERA_MOE_COMBINE(BF16, F32, bf16, f32)
+TESSERA_MOE_COMBINE(BF16, BF16, bf16, bf16)
+TESSERA_MOE_COMBINE(BF16, F16, bf16, f16)
+TESSERA_MOE_COMBINE(F16, F32, f16, f32)
+TESSERA_MOE_COMBINE(F16, BF16, f16, bf16)
+TESSERA_MOE_COMBINE(F16, F16, f16, f16)

@@ -1055,6 +1055,200 @@ pub unsafe extern "C" fn tessera_moe_load(
     })
 }
 
+/// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
+///
+/// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+///
+/// Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K; `epi_activation` (const char*, one of "none", "gelu_tanh", "gelu_erf", "silu", NULL = "none"): activation after the bias.
+///
+/// Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gemm_dense(
+    a: *const DLTensor,
+    b: *const DLTensor,
+    epi_bias: *const DLTensor,
+    epi_row_scale: *const DLTensor,
+    epi_residual: *const DLTensor,
+    m: u64,
+    n: u64,
+    k: u64,
+    epi_activation: *const std::ffi::c_char,
+    d: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gemm.dense", || {
+        let mut c = Ctx::new("gemm.dense");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("a", a) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("b", b) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.bias", epi_bias) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.row_scale", epi_row_scale) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.residual", epi_residual) }?;
+        c.param("m", ParamValue::Usize(crate::capi::usize_param("gemm.dense", "m", m)?));
+        c.param("n", ParamValue::Usize(crate::capi::usize_param("gemm.dense", "n", n)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("gemm.dense", "k", k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("epi.activation", epi_activation) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("d", d, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gemm.dense_swiglu`: d = silu(a · gateᵀ + bias[n]) · (a · upᵀ + bias[n + N]) with b = [gate; up] ([2n, k]), then × row_scale[m], + residual[m, n] (Rust: `tessera::ops::gemm::dense`).
+///
+/// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[2 * n, k]`), `epi_bias` (f32, `[2 * n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+///
+/// Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K.
+///
+/// Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gemm_dense_swiglu(
+    a: *const DLTensor,
+    b: *const DLTensor,
+    epi_bias: *const DLTensor,
+    epi_row_scale: *const DLTensor,
+    epi_residual: *const DLTensor,
+    m: u64,
+    n: u64,
+    k: u64,
+    d: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gemm.dense_swiglu", || {
+        let mut c = Ctx::new("gemm.dense_swiglu");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("a", a) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("b", b) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.bias", epi_bias) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.row_scale", epi_row_scale) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.residual", epi_residual) }?;
+        c.param("m", ParamValue::Usize(crate::capi::usize_param("gemm.dense_swiglu", "m", m)?));
+        c.param("n", ParamValue::Usize(crate::capi::usize_param("gemm.dense_swiglu", "n", n)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("gemm.dense_swiglu", "k", k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("d", d, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gemm.grouped`: grouped GEMM over row segments: rows offsets[g]..offsets[g + 1] of d = epilogue(a · b[g]ᵀ); rows outside every group are 0; offsets checked on the device (Rust: `tessera::ops::gemm::grouped`).
+///
+/// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[groups, n, k]`), `offsets` (i32, `[groups + 1]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
+///
+/// Parameters: `m` (uint64_t): rows M of a and d; `n` (uint64_t): output columns N; `k` (uint64_t): reduction length K; `epi_activation` (const char*, one of "none", "gelu_tanh", "gelu_erf", "silu", NULL = "none"): activation after the bias.
+///
+/// Outputs, allocated by the caller: `d` (f32, `[m, n]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gemm_grouped(
+    a: *const DLTensor,
+    b: *const DLTensor,
+    offsets: *const DLTensor,
+    epi_bias: *const DLTensor,
+    epi_row_scale: *const DLTensor,
+    epi_residual: *const DLTensor,
+    m: u64,
+    n: u64,
+    k: u64,
+    epi_activation: *const std::ffi::c_char,
+    d: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gemm.grouped", || {
+        let mut c = Ctx::new("gemm.grouped");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("a", a) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("b", b) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("offsets", offsets) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.bias", epi_bias) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.row_scale", epi_row_scale) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("epi.residual", epi_residual) }?;
+        c.param("m", ParamValue::Usize(crate::capi::usize_param("gemm.grouped", "m", m)?));
+        c.param("n", ParamValue::Usize(crate::capi::usize_param("gemm.grouped", "n", n)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("gemm.grouped", "k", k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("epi.activation", epi_activation) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("d", d, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gemm.grouped_swiglu`: grouped SwiGLU: rows offsets[g]..offsets[g + 1] of d = silu(a · gate[g]ᵀ) · (a · up[g]ᵀ); rows outside every group are 0 (Rust: `tessera::ops::gemm::grouped_swiglu`).
+///
+/// Inputs: `a` (f16|bf16, `[m, k]`), `gate` (f16|bf16, `[groups, f, k]`), `up` (f16|bf16, `[groups, f, k]`), `offsets` (i32, `[groups + 1]`).
+///
+/// Parameters: `m` (uint64_t): rows M of a and d; `f` (uint64_t): output columns F (rows of each gate / up); `k` (uint64_t): reduction length K.
+///
+/// Outputs, allocated by the caller: `d` (f32, `[m, f]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
+    a: *const DLTensor,
+    gate: *const DLTensor,
+    up: *const DLTensor,
+    offsets: *const DLTensor,
+    m: u64,
+    f: u64,
+    k: u64,
+    d: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gemm.grouped_swiglu", || {
+        let mut c = Ctx::new("gemm.grouped_swiglu");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("a", a) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("gate", gate) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("up", up) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("offsets", offsets) }?;
+        c.param("m", ParamValue::Usize(crate::capi::usize_param("gemm.grouped_swiglu", "m", m)?));
+        c.param("f", ParamValue::Usize(crate::capi::usize_param("gemm.grouped_swiglu", "f", f)?));
+        c.param("k", ParamValue::Usize(crate::capi::usize_param("gemm.grouped_swiglu", "k", k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("d", d, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// Call the generated function of op `name` with `args` in its C order (see
          /// [`super::codegen::c_args`]): for tests and bindings that work by name. `None` when
          /// there is no such op or the arguments do not match its signature.
@@ -1235,6 +1429,34 @@ pub unsafe extern "C" fn tessera_moe_load(
             [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::Out(a3), CArg::Out(a4)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_moe_load(*a0, *a1, *a2, *a3, *a4, stream) })
+            }
+            _ => None,
+        },
+        "gemm.dense" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::Str(a8), CArg::Out(a9)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gemm_dense(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, stream) })
+            }
+            _ => None,
+        },
+        "gemm.dense_swiglu" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::Out(a8)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gemm_dense_swiglu(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, stream) })
+            }
+            _ => None,
+        },
+        "gemm.grouped" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::U64(a6), CArg::U64(a7), CArg::U64(a8), CArg::Str(a9), CArg::Out(a10)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gemm_grouped(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, stream) })
+            }
+            _ => None,
+        },
+        "gemm.grouped_swiglu" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::U64(a4), CArg::U64(a5), CArg::U64(a6), CArg::Out(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gemm_grouped_swiglu(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
             }
             _ => None,
         },

@@ -70,6 +70,15 @@ impl<T: DType> KernelArg for Option<&DeviceBuffer<T>> {
     }
 }
 
+/// An optional buffer the kernel writes: a null pointer when absent.
+impl<T: DType> KernelArg for Option<&mut DeviceBuffer<T>> {
+    const SIZE: usize = 8;
+    const POINTER: bool = true;
+    fn push_arg(&self, args: &mut KernelArgs) {
+        args.push(self.as_ref().map_or(0u64, |b| b.addr()));
+    }
+}
+
 /// A buffer's memory seen as elements of `E`, a type of the same size: for kernels that move bit
 /// patterns, whose one instance per element size serves every type of that size.
 pub struct BitsOf<'a, E> {

@@ -9,6 +9,7 @@ use crate::device::DeviceBuffer;
 use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
+use crate::ops::gemm::{self, Activation, Epilogue};
 use crate::ops::{bitmask, codec, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
@@ -531,4 +532,90 @@ pub(crate) fn moe_load(c: &mut Call) -> Result<()> {
     )?;
     c.put("per_expert", l.per_expert)?;
     c.put("per_layer", l.per_layer)
+}
+
+/// The f32 epilogue of a `gemm.*` call (`epi.*` inputs and the activation when the op has it).
+fn gemm_epilogue(c: &Call, swiglu: bool) -> Result<Epilogue<'_, f32>> {
+    let mut e = Epilogue::new();
+    e.bias = c.opt_inp::<f32>("epi.bias")?;
+    e.row_scale = c.opt_inp::<f32>("epi.row_scale")?;
+    e.residual = c.opt_inp::<f32>("epi.residual")?;
+    e.swiglu = swiglu;
+    if !swiglu {
+        let name = c.p_enum("epi.activation")?;
+        e.activation =
+            Activation::parse(name).ok_or_else(|| c.err(format!("unknown activation {name}")))?;
+    }
+    Ok(e)
+}
+
+macro_rules! by_a_dtype {
+    ($c:expr, $go:ident) => {
+        match $c.dtype_of("a")? {
+            DTypeKind::F16 => $go::<f16>($c),
+            DTypeKind::BF16 => $go::<bf16>($c),
+            other => Err($c.err(format!("a is {other}; gemm takes f16 or bf16"))),
+        }
+    };
+}
+
+fn gemm_dense_with(c: &mut Call, swiglu: bool) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call, swiglu: bool) -> Result<()> {
+        let d = gemm::dense::<T, f32>(
+            c.inp::<T>("a")?,
+            c.inp::<T>("b")?,
+            c.p_usize("m")?,
+            c.p_usize("n")?,
+            c.p_usize("k")?,
+            &gemm_epilogue(c, swiglu)?,
+        )?;
+        c.put("d", d)
+    }
+    match c.dtype_of("a")? {
+        DTypeKind::F16 => go::<f16>(c, swiglu),
+        DTypeKind::BF16 => go::<bf16>(c, swiglu),
+        other => Err(c.err(format!("a is {other}; gemm takes f16 or bf16"))),
+    }
+}
+
+pub(crate) fn gemm_dense(c: &mut Call) -> Result<()> {
+    gemm_dense_with(c, false)
+}
+
+pub(crate) fn gemm_dense_swiglu(c: &mut Call) -> Result<()> {
+    gemm_dense_with(c, true)
+}
+
+pub(crate) fn gemm_grouped(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let (d, check) = gemm::grouped_deferred::<T, f32>(
+            c.inp::<T>("a")?,
+            c.inp::<T>("b")?,
+            c.inp::<i32>("offsets")?,
+            c.p_usize("m")?,
+            c.p_usize("n")?,
+            c.p_usize("k")?,
+            &gemm_epilogue(c, false)?,
+        )?;
+        check_now(c, &check)?;
+        c.put("d", d)
+    }
+    by_a_dtype!(c, go)
+}
+
+pub(crate) fn gemm_grouped_swiglu(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let (d, check) = gemm::grouped_swiglu_deferred::<T, f32>(
+            c.inp::<T>("a")?,
+            c.inp::<T>("gate")?,
+            c.inp::<T>("up")?,
+            c.inp::<i32>("offsets")?,
+            c.p_usize("m")?,
+            c.p_usize("f")?,
+            c.p_usize("k")?,
+        )?;
+        check_now(c, &check)?;
+        c.put("d", d)
+    }
+    by_a_dtype!(c, go)
 }

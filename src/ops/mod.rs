@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod gemm;
 pub mod moe;
 pub mod table;
 pub mod tah;

@@ -711,6 +711,93 @@ pub static OPS: &[OpSpec] = &[
         ],
         run: runners::moe_load,
     },
+    OpSpec {
+        name: "gemm.dense",
+        rust: "ops::gemm::dense",
+        summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
+                  activation, × row_scale[m], + residual[m, n], in that order",
+        inputs: &[
+            t("a", Dtypes::Half, "[m, k]"),
+            t("b", Dtypes::Half, "[n, k]"),
+            opt("epi.bias", Dtypes::F32, "[n]"),
+            opt("epi.row_scale", Dtypes::F32, "[m]"),
+            opt("epi.residual", Dtypes::F32, "[m, n]"),
+        ],
+        params: GEMM_PARAMS,
+        outputs: &[t("d", Dtypes::F32, "[m, n]")],
+        run: runners::gemm_dense,
+    },
+    OpSpec {
+        name: "gemm.dense_swiglu",
+        rust: "ops::gemm::dense",
+        summary: "d = silu(a · gateᵀ + bias[n]) · (a · upᵀ + bias[n + N]) with b = [gate; up] \
+                  ([2n, k]), then × row_scale[m], + residual[m, n]",
+        inputs: &[
+            t("a", Dtypes::Half, "[m, k]"),
+            t("b", Dtypes::Half, "[2 * n, k]"),
+            opt("epi.bias", Dtypes::F32, "[2 * n]"),
+            opt("epi.row_scale", Dtypes::F32, "[m]"),
+            opt("epi.residual", Dtypes::F32, "[m, n]"),
+        ],
+        params: &[GEMM_PARAMS[0], GEMM_PARAMS[1], GEMM_PARAMS[2]],
+        outputs: &[t("d", Dtypes::F32, "[m, n]")],
+        run: runners::gemm_dense_swiglu,
+    },
+    OpSpec {
+        name: "gemm.grouped",
+        rust: "ops::gemm::grouped",
+        summary: "grouped GEMM over row segments: rows offsets[g]..offsets[g + 1] of d = \
+                  epilogue(a · b[g]ᵀ); rows outside every group are 0; offsets checked on the \
+                  device",
+        inputs: &[
+            t("a", Dtypes::Half, "[m, k]"),
+            t("b", Dtypes::Half, "[groups, n, k]"),
+            t("offsets", Dtypes::I32, "[groups + 1]"),
+            opt("epi.bias", Dtypes::F32, "[n]"),
+            opt("epi.row_scale", Dtypes::F32, "[m]"),
+            opt("epi.residual", Dtypes::F32, "[m, n]"),
+        ],
+        params: GEMM_PARAMS,
+        outputs: &[t("d", Dtypes::F32, "[m, n]")],
+        run: runners::gemm_grouped,
+    },
+    OpSpec {
+        name: "gemm.grouped_swiglu",
+        rust: "ops::gemm::grouped_swiglu",
+        summary: "grouped SwiGLU: rows offsets[g]..offsets[g + 1] of d = silu(a · gate[g]ᵀ) · \
+                  (a · up[g]ᵀ); rows outside every group are 0",
+        inputs: &[
+            t("a", Dtypes::Half, "[m, k]"),
+            t("gate", Dtypes::Half, "[groups, f, k]"),
+            t("up", Dtypes::Half, "[groups, f, k]"),
+            t("offsets", Dtypes::I32, "[groups + 1]"),
+        ],
+        params: &[
+            GEMM_PARAMS[0],
+            p(
+                "f",
+                ParamType::Usize,
+                None,
+                "output columns F (rows of each gate / up)",
+            ),
+            GEMM_PARAMS[2],
+        ],
+        outputs: &[t("d", Dtypes::F32, "[m, f]")],
+        run: runners::gemm_grouped_swiglu,
+    },
+];
+
+/// `gemm.dense` and `gemm.grouped`'s parameters.
+const GEMM_PARAMS: &[ParamSpec] = &[
+    p("m", ParamType::Usize, None, "rows M of a and d"),
+    p("n", ParamType::Usize, None, "output columns N"),
+    p("k", ParamType::Usize, None, "reduction length K"),
+    p(
+        "epi.activation",
+        ParamType::Enum(&["none", "gelu_tanh", "gelu_erf", "silu"]),
+        Some("none"),
+        "activation after the bias",
+    ),
 ];
 
 /// A boolean parameter.
@@ -932,6 +1019,7 @@ mod tests {
             ("ops::attention::", include_str!("attention.rs")),
             ("ops::tah::", include_str!("tah.rs")),
             ("ops::moe::", include_str!("moe.rs")),
+            ("ops::gemm::", include_str!("gemm.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources

@@ -5,5 +5,6 @@
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod gemm;
 pub mod moe;
 pub mod tah;

@@ -5,7 +5,7 @@
 //! runner ([`run`]) and the naming of a failed op ([`failed`]). Each family's checks live in its
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
-//! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`],
+//! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`], [`gemm`],
 //! [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
@@ -17,6 +17,7 @@ use crate::error::Result;
 pub mod attention;
 pub mod bitmask;
 pub mod codec;
+pub mod gemm;
 pub mod moe;
 pub mod sequence_parallel;
 pub mod tah;
@@ -150,6 +151,11 @@ pub const FAMILIES: &[Family] = &[
         rows: moe::rows,
     },
     Family {
+        name: "gemm",
+        modules: &["gemm/gemm"],
+        rows: gemm::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -199,6 +205,7 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_load", "moe::load"),
         ("moe_permute_", "moe::permute"),
         ("moe_combine_", "moe::combine"),
+        ("gemm_", "gemm"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
