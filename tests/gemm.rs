@@ -205,7 +205,12 @@ fn edge_sizes() {
         (17, 13, 97),
     ];
     for (j, &(m, n, k)) in shapes.iter().enumerate() {
-        for e in [Epi::all(Activation::GeluErf), Epi::SWIGLU_ALL] {
+        // GELU erf without a bias at K = 0: erf of exactly 0 (the reference once looped on it).
+        for e in [
+            Epi::all(Activation::GeluErf),
+            Epi::act(Activation::GeluErf),
+            Epi::SWIGLU_ALL,
+        ] {
             check(
                 &devs,
                 &GemmCase::generate(m, n, k, Groups::Dense, e, 500 + j as u64),
@@ -331,9 +336,9 @@ fn bad_offsets_are_errors() {
 #[test]
 fn bad_shapes_are_errors() {
     for dev in few_devices(10) {
-        let a = dev.upload(&vec![f16::from_f32(1.0); 6 * 4], "a").unwrap();
-        let b = dev.upload(&vec![f16::from_f32(1.0); 5 * 4], "b").unwrap();
-        let b2 = dev.upload(&vec![f16::from_f32(1.0); 10 * 4], "b2").unwrap();
+        let a = dev.upload(&[f16::from_f32(1.0); 6 * 4], "a").unwrap();
+        let b = dev.upload(&[f16::from_f32(1.0); 5 * 4], "b").unwrap();
+        let b2 = dev.upload(&[f16::from_f32(1.0); 10 * 4], "b2").unwrap();
         let f6 = dev.upload(&[1.0f32; 6], "f6").unwrap();
         let f5 = dev.upload(&[1.0f32; 5], "f5").unwrap();
         let e = Epilogue::<f32>::new();
@@ -408,7 +413,7 @@ fn bad_shapes_are_errors() {
             "up length",
         );
         let other = Device::cpu_separate();
-        let b_other = other.upload(&vec![f16::from_f32(1.0); 5 * 4], "b").unwrap();
+        let b_other = other.upload(&[f16::from_f32(1.0); 5 * 4], "b").unwrap();
         assert_invalid(
             gemm::dense::<f16, f32>(&a, &b_other, 6, 5, 4, &e),
             dense,

@@ -262,7 +262,7 @@ fn validate<'a, T: HalfFloat, O: GemmOutput>(
         None => 1,
         Some(o) => {
             on_device(op, "offsets", &dev, o)?;
-            if o.len() == 0 {
+            if o.is_empty() {
                 return Err(invalid(op, "offsets must have G + 1 >= 1 entries"));
             }
             if o.len() - 1 > i32::MAX as usize {

@@ -166,9 +166,7 @@ pub fn gemm(p: &Problem) -> Vec<f64> {
         None => group_of.iter_mut().for_each(|g| *g = Some(0)),
         Some(off) => {
             for g in 0..off.len() - 1 {
-                for r in off[g] as usize..off[g + 1] as usize {
-                    group_of[r] = Some(g);
-                }
+                group_of[off[g] as usize..off[g + 1] as usize].fill(Some(g));
             }
         }
     }
