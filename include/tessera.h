@@ -591,6 +591,37 @@ enum TesseraStatus tessera_moe_route(const DLTensor *logits,
                                      void *stream);
 
 /**
+ * `moe.layer`: one ReXMoE layer: router GEMM, route (PSR, top-k), align, permute, grouped SwiGLU expert GEMMs, combine in slot order (deterministic) (Rust: `tessera::ops::moe::layer`).
+ *
+ * Inputs: `x` (f16|bf16, `[T, d]`), `w_router` (f16|bf16, `[r * N, d]`), `w_gate` (f16|bf16, `[r * N, F, d]`), `w_up` (f16|bf16, `[r * N, F, d]`), `w_down` (f16|bf16, `[r * N, d, F]`).
+ *
+ * Parameters: `r` (uint64_t): layers per group (1: a conventional MoE); `layer_in_group` (uint64_t): this layer's index j in its group (own experts j*N .. j*N + N); `top_k` (uint64_t): experts per token (<= the pool); `renormalize` (const char*, one of "true", "false"): divide the top_k weights by their sum; `step` (uint64_t, usually 9223372036854775807): training step t; the default 9223372036854775807 means inference (no mask); `t_s` (uint64_t, usually 0): PSR: the step the pool starts to grow; `t_e` (uint64_t, usually 0): PSR: the step the pool is all r*N; `seed` (uint64_t, usually 0): PSR: the generator's seed; `layer` (uint64_t, usually 9223372036854775807): global layer index keying the generator; the default 9223372036854775807 means layer_in_group.
+ *
+ * Outputs, allocated by the caller: `y` (f16|bf16, `[T, d]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_moe_layer(const DLTensor *x,
+                                     const DLTensor *w_router,
+                                     const DLTensor *w_gate,
+                                     const DLTensor *w_up,
+                                     const DLTensor *w_down,
+                                     uint64_t r,
+                                     uint64_t layer_in_group,
+                                     uint64_t top_k,
+                                     const char *renormalize,
+                                     uint64_t step,
+                                     uint64_t t_s,
+                                     uint64_t t_e,
+                                     uint64_t seed,
+                                     uint64_t layer,
+                                     DLTensor *y,
+                                     void *stream);
+
+/**
  * `moe.permute`: token rows gathered into the aligned expert order (a copy; padding rows zero), the padded group offsets and each flat entry's row (Rust: `tessera::ops::moe::permute`).
  *
  * Inputs: `x` (f32|f16|bf16|i32|u32|u16|u8, `[T, d]`), `aligned_sorted_token_ids` (i32, `[T * top_k + num_experts * (block_size - 1)]`), `aligned_expert_ids` (i32, `[ceil((T * top_k + num_experts * (block_size - 1)) / block_size)]`), `aligned_num_tokens_post_padded` (i32, `[1]`).

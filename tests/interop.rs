@@ -50,9 +50,20 @@ impl HostT {
         DynBuffer::from_bytes(dev, self.dtype, &self.bytes, name).unwrap()
     }
 
+    /// The values as f32 (exact: f16 and bf16 widen without rounding).
     fn f32s(&self) -> Vec<f32> {
-        assert_eq!(self.dtype, DTypeKind::F32);
-        pod_vec(&self.bytes)
+        match self.dtype {
+            DTypeKind::F32 => pod_vec(&self.bytes),
+            DTypeKind::BF16 => pod_vec::<bf16>(&self.bytes)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            DTypeKind::F16 => pod_vec::<f16>(&self.bytes)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            other => panic!("a relative comparison of {other} values"),
+        }
     }
 }
 
@@ -605,6 +616,66 @@ fn route_case(
     }
 }
 
+/// moe.layer with r = 2 (the second layer of its group), at inference and at a PSR step.
+fn layer_case<T: moe::ExpertFloat>(psr: Option<(u64, u64, u64, u64)>, seed: u64) -> Case {
+    let (t, d, f, n, r, k) = (9, 16, 24, 4, 2, 3);
+    let e = r * n;
+    let mut g = Rng(seed);
+    let x: Vec<T> = testing::to_dtype(&g.values_in::<T>(t * d, 1.0));
+    let wr: Vec<T> = testing::to_dtype(&g.values_in::<T>(e * d, 0.5));
+    let wg: Vec<T> = testing::to_dtype(&g.values_in::<T>(e * f * d, 0.25));
+    let wu: Vec<T> = testing::to_dtype(&g.values_in::<T>(e * f * d, 0.25));
+    let wd: Vec<T> = testing::to_dtype(&g.values_in::<T>(e * d * f, 0.2));
+    let p = moe::RouteParams {
+        r,
+        layer_in_group: 1,
+        layer: 1,
+        top_k: k,
+        renormalize: true,
+        psr: psr.map(|(step, t_s, t_e, seed)| moe::Psr {
+            step,
+            t_s,
+            t_e,
+            seed,
+        }),
+    };
+    let (bx, br, bg, bu, bd) = (up(&x), up(&wr), up(&wg), up(&wu), up(&wd));
+    let w = moe::LayerWeights {
+        w_router: &br,
+        w_gate: &bg,
+        w_up: &bu,
+        w_down: &bd,
+    };
+    let y = moe::layer(&bx, d, &w, &p).unwrap();
+    let mut params = vec![
+        ("r", int(r)),
+        ("layer_in_group", int(1)),
+        ("top_k", int(k)),
+        ("renormalize", word("true")),
+    ];
+    if let Some((step, t_s, t_e, seed)) = psr {
+        params.extend([
+            ("step", int(step as usize)),
+            ("t_s", int(t_s as usize)),
+            ("t_e", int(t_e as usize)),
+            ("seed", int(seed as usize)),
+        ]);
+    }
+    Case {
+        label: format!("moe.layer {} psr={psr:?}", T::KIND),
+        op: "moe.layer",
+        inputs: vec![
+            ("x", HostT::new(&x, &[t, d])),
+            ("w_router", HostT::new(&wr, &[e, d])),
+            ("w_gate", HostT::new(&wg, &[e, f, d])),
+            ("w_up", HostT::new(&wu, &[e, f, d])),
+            ("w_down", HostT::new(&wd, &[e, d, f])),
+        ],
+        params,
+        expect: vec![("y", HostT::of(&y, &[t, d]), Cmp::Rel(tol::HALF))],
+    }
+}
+
 /// moe.permute of the alignment of random ids.
 fn permute_case<T: DType>(
     x: Vec<T>,
@@ -954,6 +1025,10 @@ fn cases(name: &'static str) -> Vec<Case> {
         "gemm.dense" | "gemm.dense_swiglu" | "gemm.grouped" | "gemm.grouped_swiglu" => vec![
             gemm_case::<bf16>(name, (37, 45, 24), true, 34),
             gemm_case::<f16>(name, (20, 13, 9), false, 35),
+        ],
+        "moe.layer" => vec![
+            layer_case::<bf16>(None, 43),
+            layer_case::<f16>(Some((5, 0, 10, 3)), 44),
         ],
         other => panic!(
             "op `{other}` of the table has no interop case: add one to cases() in tests/interop.rs"

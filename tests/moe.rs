@@ -792,7 +792,11 @@ fn combine_with_residual() {
             .download()
             .unwrap();
         let e = tessera::testing::rel_l2(&y, &want);
-        assert!(e <= tessera::testing::tol::F32, "{}: {e:.2e}", dev.backend());
+        assert!(
+            e <= tessera::testing::tol::F32,
+            "{}: {e:.2e}",
+            dev.backend()
+        );
         let rbb = dev.upload(&res_b, "res").unwrap();
         let yb: Vec<bf16> = moe::combine_residual(&ob, &pb, &wb, d, k, Some(&rbb))
             .unwrap()
@@ -800,7 +804,11 @@ fn combine_with_residual() {
             .unwrap();
         let yb: Vec<f32> = yb.iter().map(|v| v.to_f32()).collect();
         let e = tessera::testing::rel_l2(&yb, &want);
-        assert!(e <= tessera::testing::tol::HALF_AIM, "{}: {e:.2e}", dev.backend());
+        assert!(
+            e <= tessera::testing::tol::HALF_AIM,
+            "{}: {e:.2e}",
+            dev.backend()
+        );
         let short = dev.upload(&res[..d], "res").unwrap();
         let r = moe::combine_residual(&ob, &pb, &wb, d, k, Some(&short));
         assert!(

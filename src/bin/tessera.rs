@@ -1,4 +1,4 @@
-//! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`, `rexmoe`.
 
 use std::process::ExitCode;
 
@@ -134,6 +134,78 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TopoCmd,
     },
+    /// ReXMoE: stacks of MoE layers whose routers choose among the experts of r adjacent layers.
+    Rexmoe {
+        #[command(subcommand)]
+        cmd: RexmoeCmd,
+    },
+}
+
+/// The shape of a ReXMoE stack on the command line.
+#[derive(clap::Args, Clone, Copy)]
+struct RexmoeShape {
+    /// Layers L.
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    /// Experts per layer N.
+    #[arg(long, default_value_t = 16)]
+    experts: usize,
+    /// Experts per token k.
+    #[arg(long, default_value_t = 4)]
+    top_k: usize,
+    /// Model width d.
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    /// Expert hidden size F.
+    #[arg(long, default_value_t = 256)]
+    f: usize,
+    /// Do not renormalise the top-k weights.
+    #[arg(long)]
+    no_renormalize: bool,
+}
+
+#[derive(Subcommand)]
+enum RexmoeCmd {
+    /// Measure prefill and decode: expert bytes read per token (from the routing that ran) and
+    /// wall time, for each group size (`--r 1` is the conventional-MoE baseline), on random
+    /// weights, or on a model from --weights.
+    Report {
+        #[command(flatten)]
+        shape: RexmoeShape,
+        /// Group sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        r: Vec<usize>,
+        /// A model in safetensors (drivers::rexmoe names; bf16); replaces the random stacks.
+        #[arg(long)]
+        weights: Option<std::path::PathBuf>,
+        /// Prompt tokens of the prefill call.
+        #[arg(long, default_value_t = 1024)]
+        prompt: usize,
+        /// Tokens per decode call.
+        #[arg(long, default_value_t = 4)]
+        decode_batch: usize,
+        /// Decode calls measured.
+        #[arg(long, default_value_t = 16)]
+        decode_steps: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a random bf16 model to safetensors (drivers::rexmoe names).
+    Init {
+        #[command(flatten)]
+        shape: RexmoeShape,
+        /// Group size.
+        #[arg(long, default_value_t = 4)]
+        r: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +291,88 @@ fn main() -> ExitCode {
         Cmd::Ckpt { cmd } => run_ckpt(cmd),
         Cmd::Tasp { cmd } => run_tasp(cmd),
         Cmd::Topo { cmd } => run_topo(cmd),
+        Cmd::Rexmoe { cmd } => run_rexmoe(cmd),
+    }
+}
+
+fn rexmoe_config(s: RexmoeShape, r: usize) -> tessera::drivers::rexmoe::Config {
+    tessera::drivers::rexmoe::Config {
+        layers: s.layers,
+        r,
+        experts: s.experts,
+        top_k: s.top_k,
+        d: s.d,
+        f: s.f,
+        renormalize: !s.no_renormalize,
+    }
+}
+
+fn run_rexmoe(cmd: RexmoeCmd) -> ExitCode {
+    use tessera::drivers::rexmoe;
+    match cmd {
+        RexmoeCmd::Report {
+            shape,
+            r,
+            weights,
+            prompt,
+            decode_batch,
+            decode_steps,
+            seed,
+            backend,
+            json,
+        } => {
+            let dev = pick_device(backend);
+            let rep = match weights {
+                Some(path) => (|| {
+                    let bytes = std::fs::read(&path).map_err(|e| tessera::Error::Io {
+                        context: format!("reading {}", path.display()),
+                        source: e,
+                    })?;
+                    let model = rexmoe::Model::<bf16>::from_safetensors(&dev, &bytes)?;
+                    let rows = rexmoe::measure(&model, prompt, decode_batch, decode_steps, seed)?;
+                    Ok::<_, tessera::Error>(rexmoe::Report {
+                        device: dev.describe(),
+                        gpu: matches!(dev.backend(), Backend::Cuda(_) | Backend::Hip(_)),
+                        config: *model.config(),
+                        rows,
+                    })
+                })(),
+                None => rexmoe::report::<bf16>(
+                    &dev,
+                    rexmoe_config(shape, 1),
+                    &r,
+                    prompt,
+                    decode_batch,
+                    decode_steps,
+                    seed,
+                ),
+            }
+            .unwrap_or_else(|e| exit_err(e));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep).expect("json"));
+            } else {
+                print!("{}", rexmoe::markdown(&rep));
+            }
+            ExitCode::SUCCESS
+        }
+        RexmoeCmd::Init {
+            shape,
+            r,
+            seed,
+            output,
+        } => {
+            let dev = Device::cpu();
+            let bytes = rexmoe::Model::<bf16>::random(&dev, rexmoe_config(shape, r), seed)
+                .and_then(|m| m.to_safetensors())
+                .unwrap_or_else(|e| exit_err(e));
+            std::fs::write(&output, bytes).unwrap_or_else(|e| {
+                exit_err(tessera::Error::Io {
+                    context: format!("writing {}", output.display()),
+                    source: e,
+                })
+            });
+            ExitCode::SUCCESS
+        }
     }
 }
 

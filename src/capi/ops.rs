@@ -928,6 +928,66 @@ pub unsafe extern "C" fn tessera_moe_route(
     })
 }
 
+/// `moe.layer`: one ReXMoE layer: router GEMM, route (PSR, top-k), align, permute, grouped SwiGLU expert GEMMs, combine in slot order (deterministic) (Rust: `tessera::ops::moe::layer`).
+///
+/// Inputs: `x` (f16|bf16, `[T, d]`), `w_router` (f16|bf16, `[r * N, d]`), `w_gate` (f16|bf16, `[r * N, F, d]`), `w_up` (f16|bf16, `[r * N, F, d]`), `w_down` (f16|bf16, `[r * N, d, F]`).
+///
+/// Parameters: `r` (uint64_t): layers per group (1: a conventional MoE); `layer_in_group` (uint64_t): this layer's index j in its group (own experts j*N .. j*N + N); `top_k` (uint64_t): experts per token (<= the pool); `renormalize` (const char*, one of "true", "false"): divide the top_k weights by their sum; `step` (uint64_t, usually 9223372036854775807): training step t; the default 9223372036854775807 means inference (no mask); `t_s` (uint64_t, usually 0): PSR: the step the pool starts to grow; `t_e` (uint64_t, usually 0): PSR: the step the pool is all r*N; `seed` (uint64_t, usually 0): PSR: the generator's seed; `layer` (uint64_t, usually 9223372036854775807): global layer index keying the generator; the default 9223372036854775807 means layer_in_group.
+///
+/// Outputs, allocated by the caller: `y` (f16|bf16, `[T, d]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_moe_layer(
+    x: *const DLTensor,
+    w_router: *const DLTensor,
+    w_gate: *const DLTensor,
+    w_up: *const DLTensor,
+    w_down: *const DLTensor,
+    r: u64,
+    layer_in_group: u64,
+    top_k: u64,
+    renormalize: *const std::ffi::c_char,
+    step: u64,
+    t_s: u64,
+    t_e: u64,
+    seed: u64,
+    layer: u64,
+    y: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("moe.layer", || {
+        let mut c = Ctx::new("moe.layer");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x", x) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_router", w_router) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_gate", w_gate) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_up", w_up) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_down", w_down) }?;
+        c.param("r", ParamValue::Usize(crate::capi::usize_param("moe.layer", "r", r)?));
+        c.param("layer_in_group", ParamValue::Usize(crate::capi::usize_param("moe.layer", "layer_in_group", layer_in_group)?));
+        c.param("top_k", ParamValue::Usize(crate::capi::usize_param("moe.layer", "top_k", top_k)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("renormalize", renormalize) }?;
+        c.param("step", ParamValue::Usize(crate::capi::usize_param("moe.layer", "step", step)?));
+        c.param("t_s", ParamValue::Usize(crate::capi::usize_param("moe.layer", "t_s", t_s)?));
+        c.param("t_e", ParamValue::Usize(crate::capi::usize_param("moe.layer", "t_e", t_e)?));
+        c.param("seed", ParamValue::Usize(crate::capi::usize_param("moe.layer", "seed", seed)?));
+        c.param("layer", ParamValue::Usize(crate::capi::usize_param("moe.layer", "layer", layer)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("y", y, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `moe.permute`: token rows gathered into the aligned expert order (a copy; padding rows zero), the padded group offsets and each flat entry's row (Rust: `tessera::ops::moe::permute`).
 ///
 /// Inputs: `x` (f32|f16|bf16|i32|u32|u16|u8, `[T, d]`), `aligned_sorted_token_ids` (i32, `[T * top_k + num_experts * (block_size - 1)]`), `aligned_expert_ids` (i32, `[ceil((T * top_k + num_experts * (block_size - 1)) / block_size)]`), `aligned_num_tokens_post_padded` (i32, `[1]`).
@@ -1408,6 +1468,13 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::U64(a3), CArg::Str(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::U64(a8), CArg::U64(a9), CArg::Out(a10), CArg::Out(a11)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_moe_route(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, stream) })
+            }
+            _ => None,
+        },
+        "moe.layer" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::U64(a5), CArg::U64(a6), CArg::U64(a7), CArg::Str(a8), CArg::U64(a9), CArg::U64(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::Out(a14)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_moe_layer(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, stream) })
             }
             _ => None,
         },

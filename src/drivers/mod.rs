@@ -1,3 +1,4 @@
 //! Thin model drivers built on the ops.
 
+pub mod rexmoe;
 pub mod tah;

@@ -413,17 +413,16 @@ pub(crate) fn moe_align(c: &mut Call) -> Result<()> {
     c.put("num_tokens_post_padded", a.num_tokens_post_padded)
 }
 
-pub(crate) fn moe_route(c: &mut Call) -> Result<()> {
+/// The routing parameters of `moe.route` and `moe.layer` (`NO_STEP`: inference, and `layer`
+/// defaulting to `layer_in_group`).
+fn route_params(c: &Call) -> Result<moe::RouteParams> {
     let no = crate::ops::table::NO_STEP
         .parse::<usize>()
         .map_err(|e| c.err(format!("internal: {e}")))?;
-    let tokens = c.take_inp("logits")?;
-    let t = tokens.shape.first().copied().unwrap_or(0) as usize;
-    c.put_back("logits", tokens)?;
     let layer_in_group = c.p_usize("layer_in_group")?;
     let step = c.p_usize("step")?;
     let layer = c.p_usize("layer")?;
-    let p = moe::RouteParams {
+    Ok(moe::RouteParams {
         r: c.p_usize("r")?,
         layer_in_group,
         layer: if layer == no { layer_in_group } else { layer },
@@ -439,10 +438,39 @@ pub(crate) fn moe_route(c: &mut Call) -> Result<()> {
                 })
             })
             .transpose()?,
-    };
+    })
+}
+
+pub(crate) fn moe_route(c: &mut Call) -> Result<()> {
+    let tokens = c.take_inp("logits")?;
+    let t = tokens.shape.first().copied().unwrap_or(0) as usize;
+    c.put_back("logits", tokens)?;
+    let p = route_params(c)?;
     let o = moe::route(c.inp::<f32>("logits")?, t, &p)?;
     c.put("topk_ids", o.topk_ids)?;
     c.put("topk_weights", o.topk_weights)
+}
+
+pub(crate) fn moe_layer(c: &mut Call) -> Result<()> {
+    fn go<T: moe::ExpertFloat + Elem>(c: &mut Call) -> Result<()> {
+        let x = c.take_inp("x")?;
+        let d = x.shape.get(1).copied().unwrap_or(0) as usize;
+        c.put_back("x", x)?;
+        let p = route_params(c)?;
+        let w = moe::LayerWeights {
+            w_router: c.inp::<T>("w_router")?,
+            w_gate: c.inp::<T>("w_gate")?,
+            w_up: c.inp::<T>("w_up")?,
+            w_down: c.inp::<T>("w_down")?,
+        };
+        let y = moe::layer(c.inp::<T>("x")?, d, &w, &p)?;
+        c.put("y", y)
+    }
+    match c.dtype_of("x")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("x is {other}; moe.layer takes f16 or bf16"))),
+    }
 }
 
 pub(crate) fn moe_permute(c: &mut Call) -> Result<()> {

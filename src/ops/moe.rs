@@ -3,7 +3,8 @@
 //! grouped expert GEMM consumes: vLLM's `moe_align_block_size` contract, with a deterministic
 //! order), [`permute`] / [`combine`] (`moe.permute`, `moe.combine`: token rows into the aligned
 //! expert order and back) and [`load`] (`moe.load`, tokens per virtual expert and per physical
-//! layer). See docs/moe.md.
+//! layer), and [`layer`] (`moe.layer`, one ReXMoE layer on those and the grouped GEMM of
+//! [`crate::ops::gemm`]). See docs/moe.md.
 //!
 //! Kernels: `cuda/moe/align.cu`, `cuda/moe/route.cu`, `cuda/moe/permute.cu`. Reference and CPU
 //! path: [`crate::reference::moe`].
@@ -18,6 +19,12 @@ use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::reference::moe as reference;
+
+mod layer;
+pub use layer::{
+    layer, layer_deferred, layer_dims, layer_full, ExpertFloat, LayerDims, LayerOut, LayerWeights,
+    BLOCK_ROWS,
+};
 
 /// Threads per block of every kernel of the module (`kBlock`).
 const BLOCK: u32 = 256;
@@ -1061,8 +1068,7 @@ pub fn combine_residual_deferred<I: Float, O: Float>(
                 ),
             ));
         }
-        let mut y =
-            reference::combine(h.slice(expert_out)?, pos, h.slice(topk_weights)?, d, top_k);
+        let mut y = reference::combine(h.slice(expert_out)?, pos, h.slice(topk_weights)?, d, top_k);
         if let Some(res) = residual {
             for (y, r) in y.iter_mut().zip(h.slice(res)?) {
                 *y += r.to_f64();

@@ -569,68 +569,28 @@ pub static OPS: &[OpSpec] = &[
                   softmax over the unmasked logits (ties to the lower id), optionally \
                   renormalised",
         inputs: &[t("logits", Dtypes::F32, "[T, r * N]")],
-        params: &[
-            p(
-                "r",
-                ParamType::Usize,
-                None,
-                "layers per group (1: a conventional MoE)",
-            ),
-            p(
-                "layer_in_group",
-                ParamType::Usize,
-                None,
-                "this layer's index j in its group (own experts j*N .. j*N + N)",
-            ),
-            p(
-                "top_k",
-                ParamType::Usize,
-                None,
-                "experts per token (<= the pool)",
-            ),
-            p(
-                "renormalize",
-                BOOL,
-                None,
-                "divide the top_k weights by their sum",
-            ),
-            p(
-                "step",
-                ParamType::Usize,
-                Some(NO_STEP),
-                "training step t; the default 9223372036854775807 means inference (no mask)",
-            ),
-            p(
-                "t_s",
-                ParamType::Usize,
-                Some("0"),
-                "PSR: the step the pool starts to grow",
-            ),
-            p(
-                "t_e",
-                ParamType::Usize,
-                Some("0"),
-                "PSR: the step the pool is all r*N",
-            ),
-            p(
-                "seed",
-                ParamType::Usize,
-                Some("0"),
-                "PSR: the generator's seed",
-            ),
-            p(
-                "layer",
-                ParamType::Usize,
-                Some(NO_STEP),
-                "global layer index keying the generator; the default 9223372036854775807 \
-                 means layer_in_group",
-            ),
-        ],
+        params: MOE_ROUTE_PARAMS,
         outputs: &[
             t("topk_ids", Dtypes::I32, "[T, top_k]"),
             t("topk_weights", Dtypes::F32, "[T, top_k]"),
         ],
         run: runners::moe_route,
+    },
+    OpSpec {
+        name: "moe.layer",
+        rust: "ops::moe::layer",
+        summary: "one ReXMoE layer: router GEMM, route (PSR, top-k), align, permute, grouped \
+                  SwiGLU expert GEMMs, combine in slot order (deterministic)",
+        inputs: &[
+            t("x", Dtypes::Half, "[T, d]"),
+            t("w_router", Dtypes::Half, "[r * N, d]"),
+            t("w_gate", Dtypes::Half, "[r * N, F, d]"),
+            t("w_up", Dtypes::Half, "[r * N, F, d]"),
+            t("w_down", Dtypes::Half, "[r * N, d, F]"),
+        ],
+        params: MOE_ROUTE_PARAMS,
+        outputs: &[t("y", Dtypes::Half, "[T, d]")],
+        run: runners::moe_layer,
     },
     OpSpec {
         name: "moe.permute",
@@ -807,6 +767,65 @@ const BOOL: ParamType = ParamType::Enum(&["true", "false"]);
 /// integer holds).
 pub const NO_STEP: &str = "9223372036854775807";
 
+/// The routing parameters of `moe.route` and `moe.layer`.
+const MOE_ROUTE_PARAMS: &[ParamSpec] = &[
+    p(
+        "r",
+        ParamType::Usize,
+        None,
+        "layers per group (1: a conventional MoE)",
+    ),
+    p(
+        "layer_in_group",
+        ParamType::Usize,
+        None,
+        "this layer's index j in its group (own experts j*N .. j*N + N)",
+    ),
+    p(
+        "top_k",
+        ParamType::Usize,
+        None,
+        "experts per token (<= the pool)",
+    ),
+    p(
+        "renormalize",
+        BOOL,
+        None,
+        "divide the top_k weights by their sum",
+    ),
+    p(
+        "step",
+        ParamType::Usize,
+        Some(NO_STEP),
+        "training step t; the default 9223372036854775807 means inference (no mask)",
+    ),
+    p(
+        "t_s",
+        ParamType::Usize,
+        Some("0"),
+        "PSR: the step the pool starts to grow",
+    ),
+    p(
+        "t_e",
+        ParamType::Usize,
+        Some("0"),
+        "PSR: the step the pool is all r*N",
+    ),
+    p(
+        "seed",
+        ParamType::Usize,
+        Some("0"),
+        "PSR: the generator's seed",
+    ),
+    p(
+        "layer",
+        ParamType::Usize,
+        Some(NO_STEP),
+        "global layer index keying the generator; the default 9223372036854775807 \
+             means layer_in_group",
+    ),
+];
+
 const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
     ATTENTION_PARAMS[0],
     ATTENTION_PARAMS[1],
@@ -941,7 +960,15 @@ fn field_checks() {
         r: &crate::ops::moe::Routed,
         m: &crate::ops::moe::Permuted<f32>,
         l: &crate::ops::moe::Load,
+        w: &crate::ops::moe::LayerWeights<half::bf16>,
     ) {
+        // moe.layer's weight tensors.
+        let crate::ops::moe::LayerWeights {
+            w_router: _,
+            w_gate: _,
+            w_up: _,
+            w_down: _,
+        } = w;
         let crate::ops::moe::Aligned {
             sorted_token_ids: _,
             expert_ids: _,
@@ -1018,7 +1045,10 @@ mod tests {
             ("ops::codec::", include_str!("codec.rs")),
             ("ops::attention::", include_str!("attention.rs")),
             ("ops::tah::", include_str!("tah.rs")),
-            ("ops::moe::", include_str!("moe.rs")),
+            (
+                "ops::moe::",
+                concat!(include_str!("moe.rs"), include_str!("moe/layer.rs")),
+            ),
             ("ops::gemm::", include_str!("gemm.rs")),
         ];
         for op in OPS {
@@ -1033,6 +1063,20 @@ mod tests {
                 assert_eq!(op.name, "moe.route");
                 assert_eq!(op.inputs.len(), 1);
                 assert_eq!(op.inputs[0].name, "logits");
+                continue;
+            }
+            if args == ["x", "d", "w", "p"] {
+                // moe.layer: `w` is a LayerWeights (its fields are the weight tensors) and `p`
+                // a RouteParams (the parameters), both checked by `field_checks`; `d` is the
+                // width of x's shape.
+                assert_eq!(op.name, "moe.layer");
+                let names: Vec<&str> = op.inputs.iter().map(|t| t.name).collect();
+                assert_eq!(names, ["x", "w_router", "w_gate", "w_up", "w_down"]);
+                assert!(op
+                    .params
+                    .iter()
+                    .map(|p| p.name)
+                    .eq(MOE_ROUTE_PARAMS.iter().map(|p| p.name)));
                 continue;
             }
             if args == ["a"] || args == ["a", "splits"] {

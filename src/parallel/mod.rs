@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 pub mod attention;
 pub mod model;
+pub mod moe;
 pub mod plan;
 pub mod transport;
 

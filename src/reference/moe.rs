@@ -380,3 +380,5 @@ mod tests {
         assert_eq!(first_bad(&[0, 3], 3), Some((1, 3)));
     }
 }
+
+pub mod layer;

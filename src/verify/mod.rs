@@ -19,6 +19,7 @@ pub mod bitmask;
 pub mod codec;
 pub mod gemm;
 pub mod moe;
+pub mod rexmoe;
 pub mod sequence_parallel;
 pub mod tah;
 
@@ -149,6 +150,11 @@ pub const FAMILIES: &[Family] = &[
         name: "moe",
         modules: &["moe/align", "moe/route", "moe/permute"],
         rows: moe::rows,
+    },
+    Family {
+        name: "moe.layer",
+        modules: &["moe/align", "moe/route", "moe/permute", "gemm/gemm"],
+        rows: rexmoe::rows,
     },
     Family {
         name: "gemm",
