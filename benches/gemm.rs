@@ -3,7 +3,9 @@
 //!
 //! * `gpu/*` (CUDA or HIP device 0, timed with device events):
 //!   - `dense_bf16_4096^3`: bf16 in, bf16 out, no epilogue (target: >= 70% of cuBLASLt in the
-//!     same run; see the cuBLASLt hook below);
+//!     same run);
+//!   - `cublaslt_dense_bf16_4096^3`: `gemm::dense_cublaslt` on the same buffers, when libcublasLt
+//!     is present (CUDA only);
 //!   - `dense_bf16_<M>x<N>x<K>` and `grouped256_skewed_bf16_<M>x<N>x<K>`: the same FLOPs once as
 //!     one dense GEMM and once as 256 groups of skewed sizes over the same rows (each group its
 //!     own B), target: grouped >= 60% of the dense rate;
@@ -84,21 +86,18 @@ fn run(
                     .expect("gemm");
             })
         });
-        // ---- cuBLASLt comparison hook (issue 12: ours >= 70% of cuBLASLt in the same run) ----
-        // Another change adds `tessera::device::cublaslt` (optional at run time). Once merged,
-        // bench it here on the same buffers, e.g.:
-        //
-        //     if tessera::device::cublaslt::available(dev) {
-        //         g.bench_function(format!("cublaslt_dense_bf16_{cube}^3"), |bch| {
-        //             timed(dev, gpu, bch, || {
-        //                 tessera::device::cublaslt::matmul::<bf16, bf16>(
-        //                     &a, &b, &mut d, cube, cube, cube,
-        //                 )
-        //                 .expect("cublaslt");
-        //             })
-        //         });
-        //     }
-        // ---------------------------------------------------------------------------------------
+        // cuBLASLt on the same buffers in the same run (issue 12: ours >= 70% of it). Optional
+        // at run time: without the library (or off CUDA) the row is skipped, saying so.
+        if tessera::device::cublaslt::available(dev) {
+            g.bench_function(format!("cublaslt_dense_bf16_{cube}^3"), |bch| {
+                timed(dev, gpu, bch, || {
+                    gemm::dense_cublaslt::<bf16, bf16>(&a, &b, cube, cube, cube, &mut d)
+                        .expect("cublaslt");
+                })
+            });
+        } else if gpu {
+            eprintln!("gemm bench: cuBLASLt is not usable here; no cublaslt row");
+        }
     }
 
     // Equal FLOPs: dense (m, n, k) and `groups` skewed groups over the same m rows.

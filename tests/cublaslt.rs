@@ -33,6 +33,15 @@ fn matmul_off_cuda_is_unsupported() {
         );
         let msg = e.to_string();
         assert!(msg.contains("cuBLASLt") && msg.contains("CUDA"), "{msg}");
+        // The ops::gemm entry point says the same, and our kernel still runs.
+        let e = tessera::ops::gemm::dense_cublaslt(&a, &b, 4, 5, 3, &mut d).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        let e = tessera::ops::gemm::Epilogue::new();
+        let ours: Vec<f32> = tessera::ops::gemm::dense::<bf16, f32>(&a, &b, 4, 5, 3, &e)
+            .unwrap()
+            .download()
+            .unwrap();
+        assert_eq!(ours, vec![3.0; 20]);
     }
 }
 

@@ -551,6 +551,21 @@ pub fn dense_into<T: HalfFloat, O: GemmOutput>(
     run(&p, d).map(|_| ())
 }
 
+/// Dense `D = A·Bᵀ` (no epilogue) through cuBLASLt instead of tessera's kernel: the second
+/// dense path on CUDA, used by the bench for the comparison the issue asks for. Optional at run
+/// time: `Error::Unsupported` off CUDA and `Error::DeviceUnavailable` where libcublasLt cannot be
+/// loaded (see `device::cublaslt::available`); [`dense_into`] always works.
+pub fn dense_cublaslt<T: HalfFloat, O: GemmOutput>(
+    a: &DeviceBuffer<T>,
+    b: &DeviceBuffer<T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    d: &mut DeviceBuffer<O>,
+) -> Result<()> {
+    crate::device::cublaslt::matmul(a, b, d, m, n, k)
+}
+
 const GROUPED: &str = "gemm::grouped";
 const GROUPED_SWIGLU: &str = "gemm::grouped_swiglu";
 
