@@ -10,7 +10,7 @@
 //!   expert is copied per layer.
 //! * The stack is residual: `x ← x + moe_l(x)` for `l = 0 .. L` (the residual add is fused into
 //!   the combine).
-//! * [`Model::report`] measures what the paper discusses: expert bytes read per token in prefill
+//! * [`measure`] and [`report`] measure what the paper discusses: expert bytes read per token in prefill
 //!   and decode (the distinct experts each layer call touched, counted from the routing that ran,
 //!   times an expert's bytes) and the wall time of both on the device at hand.
 //!

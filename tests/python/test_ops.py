@@ -347,6 +347,55 @@ def test_next_depth_input(executor):
     np.testing.assert_allclose(np.asarray(out.out), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("executor", EXECUTORS + ["simt64"])
+def test_gemm_dense_epilogue(executor):
+    r = rng(21)
+    m, n, k = 37, 29, 40
+    a = r.standard_normal((m, k)).astype(np.float16)
+    b = r.standard_normal((n, k)).astype(np.float16)
+    bias = r.standard_normal(n).astype(np.float32)
+    d = T.gemm.dense(
+        a=a, b=b, epi_bias=bias, m=m, n=n, k=k, epi_activation="silu", executor=executor
+    ).d
+    x = a.astype(np.float64) @ b.astype(np.float64).T + bias
+    want = x / (1.0 + np.exp(-x))
+    got = np.asarray(d).astype(np.float64)
+    assert d.shape == (m, n)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+
+
+@pytest.mark.parametrize("executor", EXECUTORS + ["simt64"])
+def test_moe_layer(executor):
+    """moe.layer with r = 1 against numpy: routing by the f32 logits, SwiGLU experts, weighted
+    sum in slot order."""
+    r = rng(22)
+    t, d, f, n, k = 11, 16, 24, 6, 2
+    x = r.standard_normal((t, d)).astype(np.float16)
+    wr = (r.standard_normal((n, d)) * 0.5).astype(np.float16)
+    wg = (r.standard_normal((n, f, d)) * 0.25).astype(np.float16)
+    wu = (r.standard_normal((n, f, d)) * 0.25).astype(np.float16)
+    wd = (r.standard_normal((n, d, f)) * 0.2).astype(np.float16)
+    y = T.moe.layer(
+        x=x, w_router=wr, w_gate=wg, w_up=wu, w_down=wd, r=1, layer_in_group=0, top_k=k,
+        renormalize="true", executor=executor,
+    ).y
+    x64 = x.astype(np.float64)
+    logits = x64 @ wr.astype(np.float64).T
+    want = np.zeros((t, d))
+    for i in range(t):
+        ids = sorted(range(n), key=lambda v: (-logits[i, v], v))[:k]
+        p = np.exp(logits[i] - logits[i].max())
+        w = p[ids] / p[ids].sum()
+        for wk, v in zip(w, ids):
+            g = wg[v].astype(np.float64) @ x64[i]
+            u = wu[v].astype(np.float64) @ x64[i]
+            h = g / (1.0 + np.exp(-g)) * u
+            want[i] += wk * (wd[v].astype(np.float64) @ h)
+    got = np.asarray(y).astype(np.float64)
+    assert y.dtype == "f16" and y.shape == (t, d)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+
+
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_codec_gather(executor):
     r = rng(12)

@@ -191,8 +191,10 @@ pub fn layer_full<T: ExpertFloat>(
     Ok(out)
 }
 
-/// [`layer_full`] without reading back the device checks of its stages (the align status and
-/// the grouped GEMM's offsets check); the returned [`DeviceCheck`] does that when checked.
+/// [`layer_full`] without reading back the device checks of its stages (route's logits check,
+/// align's ids, permute's alignment, the grouped GEMMs' offsets, combine's positions): the call
+/// queues its launches and returns without waiting for the device; the returned [`DeviceCheck`]
+/// reads the status words when checked (`TESSERA_EAGER_CHECKS=1` checks at once).
 pub fn layer_deferred<T: ExpertFloat>(
     x: &DeviceBuffer<T>,
     d: usize,
@@ -227,9 +229,11 @@ pub fn layer_deferred<T: ExpertFloat>(
     }
     let logits: DeviceBuffer<f32> =
         gemm::dense(x, w.w_router, tokens, e, d, &gemm::Epilogue::default())?;
-    let routed = super::route(&logits, tokens, p)?;
-    let (aligned, mut check) = super::align_deferred(&routed.topk_ids, k, e, BLOCK_ROWS)?;
-    let perm = super::permute(x, d, &aligned, k, e, BLOCK_ROWS)?;
+    let (routed, mut check) = super::route_deferred(&logits, tokens, p)?;
+    let (aligned, c0) = super::align_deferred(&routed.topk_ids, k, e, BLOCK_ROWS)?;
+    check.absorb(c0);
+    let (perm, c0) = super::permute_deferred(x, d, &aligned, k, e, BLOCK_ROWS)?;
+    check.absorb(c0);
     let rows = aligned.sorted_token_ids.len();
     let (h, c1): (DeviceBuffer<T>, _) =
         gemm::grouped_swiglu_deferred(&perm.rows, w.w_gate, w.w_up, &perm.offsets, rows, f, d)?;
@@ -244,6 +248,14 @@ pub fn layer_deferred<T: ExpertFloat>(
         &gemm::Epilogue::default(),
     )?;
     check.absorb(c2);
-    let y = super::combine_residual(&out, &perm.positions, &routed.topk_weights, d, k, residual)?;
+    let (y, c3) = super::combine_residual_deferred(
+        &out,
+        &perm.positions,
+        &routed.topk_weights,
+        d,
+        k,
+        residual,
+    )?;
+    check.absorb(c3);
     Ok((LayerOut { y, routed }, check.eager_if_asked()?))
 }
