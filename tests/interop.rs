@@ -557,6 +557,19 @@ fn accumulate_case(seed: u64) -> Case {
     }
 }
 
+/// The PSR parameters of a moe.route / moe.layer call (none at inference).
+fn psr_params(psr: Option<(u64, u64, u64, u64)>) -> Vec<(&'static str, Scalar)> {
+    psr.map(|(step, t_s, t_e, seed)| {
+        vec![
+            ("step", int(step as usize)),
+            ("t_s", int(t_s as usize)),
+            ("t_e", int(t_e as usize)),
+            ("seed", int(seed as usize)),
+        ]
+    })
+    .unwrap_or_default()
+}
+
 /// moe.route at inference or a PSR step (reference results on the CPU path).
 fn route_case(
     t: usize,
@@ -592,14 +605,7 @@ fn route_case(
         ),
         ("layer", int(7)),
     ];
-    if let Some((step, t_s, t_e, seed)) = psr {
-        params.extend([
-            ("step", int(step as usize)),
-            ("t_s", int(t_s as usize)),
-            ("t_e", int(t_e as usize)),
-            ("seed", int(seed as usize)),
-        ]);
-    }
+    params.extend(psr_params(psr));
     Case {
         label: format!("moe.route T={t} N={n} r={r} k={k} psr={psr:?}"),
         op: "moe.route",
@@ -653,14 +659,7 @@ fn layer_case<T: moe::ExpertFloat>(psr: Option<(u64, u64, u64, u64)>, seed: u64)
         ("top_k", int(k)),
         ("renormalize", word("true")),
     ];
-    if let Some((step, t_s, t_e, seed)) = psr {
-        params.extend([
-            ("step", int(step as usize)),
-            ("t_s", int(t_s as usize)),
-            ("t_e", int(t_e as usize)),
-            ("seed", int(seed as usize)),
-        ]);
-    }
+    params.extend(psr_params(psr));
     Case {
         label: format!("moe.layer {} psr={psr:?}", T::KIND),
         op: "moe.layer",

@@ -294,16 +294,6 @@ where
             }
         }
     }
-    let remote = |src_rank, src_off, dst_rank, dst_off, n: usize| Copy {
-        src_rank,
-        src_buf: 0,
-        src_off: src_off * d,
-        dst_rank,
-        dst_buf: 1,
-        dst_off: dst_off * d,
-        len: n * d,
-        ring: 0,
-    };
 
     // 4. Dispatch.
     for &q in &local {
@@ -312,19 +302,7 @@ where
         gathered[q].push(recv);
     }
     let mut rb = RankBuffers { bufs: gathered };
-    for &(s, so, _, qo, n) in moves.iter().filter(|m| m.0 == m.2) {
-        if local.contains(&s) {
-            let (a, b) = rb.bufs[s].split_at_mut(1);
-            b[0].copy_range_from(qo * d, &a[0], so * d, n * d)?;
-        }
-    }
-    let dispatch: Vec<Copy> = moves
-        .iter()
-        .filter(|m| m.0 != m.2)
-        .map(|&(s, so, q, qo, n)| remote(s, so, q, qo, n))
-        .collect();
-    <X as Transport<T>>::exchange(xp, &mut rb, &dispatch)?;
-    <X as Transport<T>>::wait(xp)?;
+    all_to_all(xp, &mut rb, &local, &moves, d)?;
 
     // 5. The experts of each local rank.
     let mut outs: Vec<Vec<DeviceBuffer<f32>>> = (0..ranks).map(|_| Vec::new()).collect();
@@ -347,28 +325,11 @@ where
 
     // 6. Back to the sources, then combine in slot order.
     let mut ob = RankBuffers { bufs: outs };
-    for &(_, so, q, qo, n) in moves.iter().filter(|m| m.0 == m.2) {
-        if local.contains(&q) {
-            let (a, b) = ob.bufs[q].split_at_mut(1);
-            b[0].copy_range_from(so * d, &a[0], qo * d, n * d)?;
-        }
-    }
-    let back: Vec<Copy> = moves
+    let back: Vec<_> = moves
         .iter()
-        .filter(|m| m.0 != m.2)
-        .map(|&(s, so, q, qo, n)| Copy {
-            src_rank: q,
-            src_buf: 0,
-            src_off: qo * d,
-            dst_rank: s,
-            dst_buf: 1,
-            dst_off: so * d,
-            len: n * d,
-            ring: 0,
-        })
+        .map(|&(s, so, q, qo, n)| (q, qo, s, so, n))
         .collect();
-    <X as Transport<f32>>::exchange(xp, &mut ob, &back)?;
-    <X as Transport<f32>>::wait(xp)?;
+    all_to_all(xp, &mut ob, &local, &back, d)?;
 
     let mut ys: Vec<Option<DeviceBuffer<T>>> = (0..ranks).map(|_| None).collect();
     for &q in &local {
@@ -381,4 +342,38 @@ where
         });
     }
     Ok((ys, stats))
+}
+
+/// Move rows from buffer 0 to buffer 1 of the ranks: each `(source, source row, destination,
+/// destination row, rows)` of `moves` (rows of `d` elements). A move within one local rank is a
+/// device copy; the others go through the transport as one step, then wait.
+fn all_to_all<E: crate::dtype::DType, X: Transport<E> + ?Sized>(
+    xp: &mut X,
+    bufs: &mut RankBuffers<E>,
+    local: &[usize],
+    moves: &[(usize, usize, usize, usize, usize)],
+    d: usize,
+) -> Result<()> {
+    for &(s, so, _, qo, n) in moves.iter().filter(|m| m.0 == m.2) {
+        if local.contains(&s) {
+            let (a, b) = bufs.bufs[s].split_at_mut(1);
+            b[0].copy_range_from(qo * d, &a[0], so * d, n * d)?;
+        }
+    }
+    let copies: Vec<Copy> = moves
+        .iter()
+        .filter(|m| m.0 != m.2)
+        .map(|&(s, so, q, qo, n)| Copy {
+            src_rank: s,
+            src_buf: 0,
+            src_off: so * d,
+            dst_rank: q,
+            dst_buf: 1,
+            dst_off: qo * d,
+            len: n * d,
+            ring: 0,
+        })
+        .collect();
+    xp.exchange(bufs, &copies)?;
+    xp.wait()
 }
