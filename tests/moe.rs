@@ -11,6 +11,26 @@ fn devices() -> Vec<Device> {
     tessera::testing::test_devices([21, 22])
 }
 
+/// The executors for a case of `entries` flat ids: all of [`devices`], or for the bench-size
+/// cases (32768 entries) the CPU path, SIMT w32 and w64 in order and one shuffled schedule each
+/// (`tessera verify`, which CI also runs, takes those cases on every schedule).
+fn devices_for(entries: usize) -> Vec<Device> {
+    if entries < 16384 {
+        return devices();
+    }
+    let mut d = vec![Device::cpu()];
+    for (wave, seed) in [(32, 21), (64, 22)] {
+        for s in [
+            tessera::Schedule::InOrder,
+            tessera::Schedule::Shuffled(seed),
+        ] {
+            d.push(tessera::testing::simt(wave, s, 2));
+        }
+    }
+    d.extend(tessera::testing::gpu());
+    d
+}
+
 fn check(devs: &[Device], case: &AlignCase) {
     for dev in devs {
         let o = case.outcome(dev);
@@ -154,10 +174,9 @@ fn check_route(devs: &[Device], case: &RouteCase) {
 /// The route verify rows' cases on every executor (fresh inputs).
 #[test]
 fn route_verify_cases_on_every_executor() {
-    let devs = devices();
     for (i, &(t, n, r, j, k, renorm, psr, kind)) in ROUTE_CASES.iter().enumerate() {
         check_route(
-            &devs,
+            &devices_for(t * k),
             &RouteCase::generate(
                 t,
                 n,
@@ -461,10 +480,9 @@ fn check_permute(devs: &[Device], c: &PermuteCase) {
 /// The permute / combine verify cases on every executor.
 #[test]
 fn permute_combine_verify_cases() {
-    let devs = devices();
     for (i, &(t, d, k, e, b, ids)) in PERMUTE_CASES.iter().enumerate() {
         check_permute(
-            &devs,
+            &devices_for(t * k),
             &PermuteCase::generate(t, d, k, e, b, ids, 0x7e_9e + i as u64),
         );
     }
