@@ -98,14 +98,19 @@ proptest! {
     }
 }
 
-fn assert_invalid(r: tessera::Result<moe::Aligned>, what: &str) {
+/// `r` is an `InvalidArgument` naming `want_op`, with a message.
+fn assert_op_invalid<T: std::fmt::Debug>(r: tessera::Result<T>, want_op: &str, what: &str) {
     match r {
         Err(Error::InvalidArgument { op, msg }) => {
-            assert_eq!(op, "moe::align", "{what}: {msg}");
+            assert_eq!(op, want_op, "{what}: {msg}");
             assert!(!msg.is_empty());
         }
         other => panic!("{what}: expected InvalidArgument, got {other:?}"),
     }
+}
+
+fn assert_invalid(r: tessera::Result<moe::Aligned>, what: &str) {
+    assert_op_invalid(r, "moe::align", what)
 }
 
 /// Out-of-range ids (negative, == E, far above E, in the last entry of a partial tile and in a
@@ -331,13 +336,7 @@ fn route_ties_by_hand() {
 }
 
 fn assert_route_invalid(r: tessera::Result<moe::Routed>, what: &str) {
-    match r {
-        Err(Error::InvalidArgument { op, msg }) => {
-            assert_eq!(op, "moe::route", "{what}: {msg}");
-            assert!(!msg.is_empty());
-        }
-        other => panic!("{what}: expected InvalidArgument, got {other:?}"),
-    }
+    assert_op_invalid(r, "moe::route", what)
 }
 
 /// Bad parameters and bad logits (NaN, +inf, an all −inf row) are errors on every executor; a
