@@ -26,58 +26,16 @@
 // Rows outside every group ([0, off[0]) and [off[G], M)) are written 0 by all blocks
 // together (a grid-stride loop), without the epilogue.
 //
-// Tiling (blockDim.x == kThreads == 256): a block computes kBM x kBN = 128 x 128 accumulators
-// (with swiglu: 64 output columns, gate and up interleaved per warp slice, see b_row) over K in
-// steps of kBK = 32, with two shared-memory stages (rows padded to kLd = 40 halves, 80 bytes: 16-
-// byte aligned, ldmatrix conflict-free): the copy of step k + 1 (cp.async on sm_80+) is issued
-// before the math of step k.
-//   CUDA (wave32): 8 warps as 2 x 4, each 64 x 32: 4 x 4 mma.sync m16n8k16 tiles per 16-deep k
-//                  slice, A by ldmatrix.x4, B (B^T rows) by ldmatrix.x2.
-//   HIP (wave64):  4 waves as 2 x 2, each 64 x 64: 2 x 2 MFMA 32x32x8 blocks per 8-deep k slice.
+// Tiling: gemm/tile.cuh (128 x 128 x 32 block tiles, two shared stages, mma.sync on CUDA,
+// MFMA on HIP); with swiglu a tile has 64 output columns, gate and up interleaved per warp slice
+// (see b_row).
 // Loads: `vec` = 1 (K % 8 == 0 and A, B 16-byte aligned, checked by the op): 16-byte copies, a
 // chunk past K or a row past the tile's end zero-filled; else element loads with the same zero
 // fill (any K, any alignment).
-#include "../common/tessera.cuh"
-#include "../common/async_copy.cuh"
+#include "tile.cuh"
 
 namespace tessera {
 namespace gemm {
-
-constexpr int kThreads = 256;
-constexpr int kBM = 128;
-constexpr int kBN = 128;
-constexpr int kBK = 32;
-constexpr int kPad = 8;
-constexpr int kLd = kBK + kPad;
-constexpr int kChunks = kBK / 8;  // 16-byte chunks per tile row
-#if !TESSERA_TARGET_HIP
-constexpr int kWarpsM = 2, kWarpsN = 4;
-#else
-constexpr int kWarpsM = 2, kWarpsN = 2;
-#endif
-constexpr int kWarpM = kBM / kWarpsM;  // 64
-constexpr int kWarpN = kBN / kWarpsN;  // 32 (CUDA) or 64 (HIP)
-static_assert(kWarpsM * kWarpsN * kWarpSize == kThreads, "one warp per sub-tile");
-
-constexpr uint32_t kActNone = 0, kActGeluTanh = 1, kActGeluErf = 2, kActSilu = 3;
-
-// Output element types: E for halves, F32 for float.
-template <typename O> struct Out;
-template <> struct Out<F32> {
-  using T = float;
-  static __device__ __forceinline__ float load(const float* p, size_t i) { return p[i]; }
-  static __device__ __forceinline__ void store(float* p, size_t i, float x) { p[i] = x; }
-};
-template <> struct Out<BF16> {
-  using T = uint16_t;
-  static __device__ __forceinline__ float load(const uint16_t* p, size_t i) { return bf16_to_f32(p[i]); }
-  static __device__ __forceinline__ void store(uint16_t* p, size_t i, float x) { p[i] = f32_to_bf16_rne(x); }
-};
-template <> struct Out<F16> {
-  using T = uint16_t;
-  static __device__ __forceinline__ float load(const uint16_t* p, size_t i) { return f16_to_f32(p[i]); }
-  static __device__ __forceinline__ void store(uint16_t* p, size_t i, float x) { p[i] = f32_to_f16_rne(x); }
-};
 
 template <typename O>
 struct Params {
@@ -96,26 +54,6 @@ struct Params {
   typename Out<O>::T* out;
   int32_t* status;
 };
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
-// Not inlined: the epilogue is unrolled over every accumulator element, and inlining erff and
-// tanhf into each copy multiplies the code size (the call runs once per output element).
-__device__ __noinline__ float activate(uint32_t act, float x) {
-  switch (act) {
-    case kActGeluTanh: {
-      const float c = 0.7978845608028654f;  // sqrt(2 / pi)
-      return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-    }
-    case kActGeluErf:
-      return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case kActSilu:
-      return silu(x);
-    case kActNone:
-    default:
-      return x;
-  }
-}
 
 // Rows [s, e) of group g, clamped into [0, M) and non-decreasing within the group.
 __device__ __forceinline__ void group_rows(const int32_t* off, uint32_t g, int32_t m, int32_t& s, int32_t& e) {
@@ -267,9 +205,6 @@ __device__ __forceinline__ void emit(const Params<O>& p, const float* bias, int3
 
 template <typename E, typename O>
 __device__ __forceinline__ void run(const Params<O>& p) {
-  __shared__ __align__(16) uint16_t s_a[2][kBM * kLd];
-  __shared__ __align__(16) uint16_t s_b[2][kBN * kLd];
-
   const int tn = static_cast<int>(blockIdx.y);
   const bool grouped = p.offsets != nullptr;
   if (grouped) {
@@ -305,103 +240,20 @@ __device__ __forceinline__ void run(const Params<O>& p) {
   const uint16_t* up = p.up + static_cast<size_t>(group) * p.b_group_stride;
   const float* bias = p.bias != nullptr ? p.bias + static_cast<size_t>(group) * p.bias_group_stride : nullptr;
 
-  const int lane = lane_id();
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int wm = warp / kWarpsN, wn = warp % kWarpsN;
-  const int nk = (p.k + kBK - 1) / kBK;
+  Accum acc;
+  mainloop<E>(acc, (p.k + kBK - 1) / kBK,
+              [&](uint16_t* sa, uint16_t* sb, int kt) { load_stage(p, sa, sb, row0, rows, gate, up, tn, kt); });
 
-#if !TESSERA_TARGET_HIP
-  constexpr int kTm = kWarpM / 16, kTn = kWarpN / 8;  // 4 x 4 mma tiles per warp
-  mma::FragC acc[kTm][kTn];
-#pragma unroll
-  for (int i = 0; i < kTm; ++i)
-#pragma unroll
-    for (int j = 0; j < kTn; ++j) mma::zero(acc[i][j]);
-#else
-  constexpr int kTm = kWarpM / 32, kTn = kWarpN / 32;  // 2 x 2 MFMA blocks per wave
-  mma::MfmaFragC acc[kTm][kTn];
-#pragma unroll
-  for (int i = 0; i < kTm; ++i)
-#pragma unroll
-    for (int j = 0; j < kTn; ++j) mma::zero(acc[i][j]);
-#endif
-
-  if (nk > 0) load_stage(p, s_a[0], s_b[0], row0, rows, gate, up, tn, 0);
-  async::commit();
-  for (int kt = 0; kt < nk; ++kt) {
-    const int st = kt & 1;
-    if (kt + 1 < nk) load_stage(p, s_a[st ^ 1], s_b[st ^ 1], row0, rows, gate, up, tn, kt + 1);
-    async::commit();
-    async::wait<1>();
-    __syncthreads();
-    const uint16_t* as = s_a[st] + wm * kWarpM * kLd;
-    const uint16_t* bs = s_b[st] + wn * kWarpN * kLd;
-#if !TESSERA_TARGET_HIP
-#pragma unroll
-    for (int ks = 0; ks < kBK / 16; ++ks) {
-      mma::FragA af[kTm];
-#pragma unroll
-      for (int i = 0; i < kTm; ++i) mma::ldmatrix_a(af[i], as + 16 * i * kLd + 16 * ks, kLd);
-#pragma unroll
-      for (int j = 0; j < kTn; ++j) {
-        mma::FragB bf;
-        mma::ldmatrix_b_col_major(bf, bs + 8 * j * kLd + 16 * ks, kLd);
-#pragma unroll
-        for (int i = 0; i < kTm; ++i) mma::Mma16816<E>::run(acc[i][j], af[i], bf, acc[i][j]);
-      }
-    }
-#else
-#pragma unroll
-    for (int ks = 0; ks < kBK / 8; ++ks) {
-      mma::MfmaFragAB af[kTm], bf[kTn];
-#pragma unroll
-      for (int i = 0; i < kTm; ++i) mma::mfma_load_a_row_major(af[i], as + 32 * i * kLd + 8 * ks, kLd);
-#pragma unroll
-      for (int j = 0; j < kTn; ++j) mma::mfma_load_b_col_major(bf[j], bs + 32 * j * kLd + 8 * ks, kLd);
-#pragma unroll
-      for (int i = 0; i < kTm; ++i)
-#pragma unroll
-        for (int j = 0; j < kTn; ++j) mma::Mfma32x32x8<E>::run(acc[i][j], af[i], bf[j], acc[i][j]);
-    }
-#endif
-    __syncthreads();  // the next step overwrites stage st ^ 1's partner
-  }
-
-  // Epilogue straight from the accumulators.
-#if !TESSERA_TARGET_HIP
-  const int g = lane >> 2, t4 = lane & 3;
-#pragma unroll
-  for (int i = 0; i < kTm; ++i) {
-#pragma unroll
-    for (int j = 0; j < kTn; ++j) {
-      if (p.swiglu && j >= kTn / 2) continue;  // up halves: consumed with their gate
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = wm * kWarpM + 16 * i + g + 8 * (e >> 1);
-        const int q = 8 * j + 2 * t4 + (e & 1);
-        const int col = p.swiglu ? tn * (kBN / 2) + wn * (kWarpN / 2) + q : tn * kBN + wn * kWarpN + q;
-        if (r >= rows || col >= p.n) continue;
-        emit(p, bias, row0 + r, col, acc[i][j].x[e], p.swiglu ? acc[i][(j + kTn / 2) % kTn].x[e] : 0.0f);
-      }
-    }
-  }
-#else
-#pragma unroll
-  for (int i = 0; i < kTm; ++i) {
-#pragma unroll
-    for (int j = 0; j < kTn; ++j) {
-      if (p.swiglu && j >= kTn / 2) continue;
-#pragma unroll
-      for (int e = 0; e < 16; ++e) {
-        const int r = wm * kWarpM + 32 * i + mma::mfma_c_row(lane, e);
-        const int q = 32 * j + mma::mfma_c_col(lane);
-        const int col = p.swiglu ? tn * (kBN / 2) + wn * (kWarpN / 2) + q : tn * kBN + wn * kWarpN + q;
-        if (r >= rows || col >= p.n) continue;
-        emit(p, bias, row0 + r, col, acc[i][j].x[e], p.swiglu ? acc[i][(j + kTn / 2) % kTn].x[e] : 0.0f);
-      }
-    }
-  }
-#endif
+  // Epilogue straight from the accumulators; with swiglu the up halves (j >= kTn / 2) are
+  // consumed with their gate.
+  constexpr int kTn = Accum::kTn;
+  for_each(acc, [&](float& x, int i, int j, int e, int r, int c) {
+    if (p.swiglu && j >= kTn / 2) return;
+    const int wn = c / kWarpN, q = c % kWarpN;
+    const int col = p.swiglu ? tn * (kBN / 2) + wn * (kWarpN / 2) + q : tn * kBN + c;
+    if (r >= rows || col >= p.n) return;
+    emit(p, bias, row0 + r, col, x, p.swiglu ? acc.c[i][(j + kTn / 2) % kTn].x[e] : 0.0f);
+  });
 }
 
 }  // namespace gemm

@@ -1,4 +1,5 @@
 //! Thin model drivers built on the ops.
 
+pub mod c2c;
 pub mod rexmoe;
 pub mod tah;

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod bitmask;
+pub mod c2c;
 pub mod codec;
 pub mod gemm;
 pub mod moe;

@@ -6,7 +6,7 @@
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
 //! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`], [`gemm`],
-//! [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
+//! [`c2c`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::error::Result;
 
 pub mod attention;
 pub mod bitmask;
+pub mod c2c;
 pub mod codec;
 pub mod gemm;
 pub mod moe;
@@ -162,6 +163,11 @@ pub const FAMILIES: &[Family] = &[
         rows: gemm::rows,
     },
     Family {
+        name: "c2c",
+        modules: &["c2c/project"],
+        rows: c2c::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -212,6 +218,8 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_permute_", "moe::permute"),
         ("moe_combine_", "moe::combine"),
         ("gemm_", "gemm"),
+        ("c2c_stage_", "c2c.project"),
+        ("c2c_fold_", "c2c.project"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
