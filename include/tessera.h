@@ -692,6 +692,71 @@ enum TesseraStatus tessera_moe_load(const DLTensor *topk_ids,
                                     void *stream);
 
 /**
+ * `c2c.project`: one C2C projector (one layer, K or V): out = tgt + g · sigmoid(w_s · h) · (w_out · h), h = FFN blocks (h + w2 · gelu(w1 · rmsnorm(h))) of w_in · concat(src, tgt) + b_in; g from gate_logit (hard: 1[gate_logit > 0]); a closed gate copies tgt and launches nothing (Rust: `tessera::ops::c2c::project`).
+ *
+ * Inputs: `src` (f16|bf16, `[tokens, hs, ds]`), `tgt` (f16|bf16, `[tokens, ht, dt]`), `w_in` (f16|bf16, `[hd, hs * ds + ht * dt]`), `b_in` (f32, `[hd]`), `w1` (f16|bf16, `[blocks, f, hd]`), `w2` (f16|bf16, `[blocks, hd, f]`), `norm` (f32, `[blocks, hd]`), `w_out` (f16|bf16, `[ht * dt, hd]`), `w_s` (f16|bf16, `[ht, hd]`), `gate_logit` (f32, `[1]`).
+ *
+ * Parameters: `gate` (const char*, one of "hard", "soft", NULL = "hard"): hard: 1[gate_logit > 0] (inference); soft: sigmoid(gate_logit / tau); `tau` (float, usually 1): soft gate temperature (> 0); `gelu` (const char*, one of "gelu_erf", "gelu_tanh", NULL = "gelu_erf"): GELU form of the FFN blocks.
+ *
+ * Outputs, allocated by the caller: `out` (f16|bf16, `[tokens, ht, dt]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_c2c_project(const DLTensor *src,
+                                       const DLTensor *tgt,
+                                       const DLTensor *w_in,
+                                       const DLTensor *b_in,
+                                       const DLTensor *w1,
+                                       const DLTensor *w2,
+                                       const DLTensor *norm,
+                                       const DLTensor *w_out,
+                                       const DLTensor *w_s,
+                                       const DLTensor *gate_logit,
+                                       const char *gate,
+                                       float tau,
+                                       const char *gelu,
+                                       DLTensor *out,
+                                       void *stream);
+
+/**
+ * `c2c.fuse`: C2C fuse of every target layer t: the key and value projectors of layer t on the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - 1)), receiver token p with sharer token alignment[p] (default p); layers with a closed gate launch nothing (Rust: `tessera::drivers::c2c::Fuser::fuse_stacked`).
+ *
+ * Inputs: `src_k` (f16|bf16, `[S, src_tokens, hs, ds]`), `src_v` (f16|bf16, `[S, src_tokens, hs, ds]`), `tgt_k` (f16|bf16, `[T, tokens, ht, dt]`), `tgt_v` (f16|bf16, `[T, tokens, ht, dt]`), `w_in` (f16|bf16, `[T, 2, hd, hs * ds + ht * dt]`), `b_in` (f32, `[T, 2, hd]`), `w1` (f16|bf16, `[T, 2, blocks, f, hd]`), `w2` (f16|bf16, `[T, 2, blocks, hd, f]`), `norm` (f32, `[T, 2, blocks, hd]`), `w_out` (f16|bf16, `[T, 2, ht * dt, hd]`), `w_s` (f16|bf16, `[T, 2, ht, hd]`), `gate_logit` (f32, `[T]`), `alignment` (i32, `[tokens]`, optional: may be NULL), `layer_map` (i32, `[T]`, optional: may be NULL).
+ *
+ * Parameters: `gate` (const char*, one of "hard", "soft", NULL = "hard"): hard: 1[gate_logit > 0] (inference); soft: sigmoid(gate_logit / tau); `tau` (float, usually 1): soft gate temperature (> 0); `gelu` (const char*, one of "gelu_erf", "gelu_tanh", NULL = "gelu_erf"): GELU form of the FFN blocks.
+ *
+ * Outputs, allocated by the caller: `out_k` (f16|bf16, `[T, tokens, ht, dt]`), `out_v` (f16|bf16, `[T, tokens, ht, dt]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_c2c_fuse(const DLTensor *src_k,
+                                    const DLTensor *src_v,
+                                    const DLTensor *tgt_k,
+                                    const DLTensor *tgt_v,
+                                    const DLTensor *w_in,
+                                    const DLTensor *b_in,
+                                    const DLTensor *w1,
+                                    const DLTensor *w2,
+                                    const DLTensor *norm,
+                                    const DLTensor *w_out,
+                                    const DLTensor *w_s,
+                                    const DLTensor *gate_logit,
+                                    const DLTensor *alignment,
+                                    const DLTensor *layer_map,
+                                    const char *gate,
+                                    float tau,
+                                    const char *gelu,
+                                    DLTensor *out_k,
+                                    DLTensor *out_v,
+                                    void *stream);
+
+/**
  * `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
  *
  * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).

@@ -873,6 +873,172 @@ fn gemm_case<T: tessera::ops::gemm::HalfFloat>(
     }
 }
 
+/// `c2c.project`: one projector on token-major rows (hard gate with erf GELU, or soft with tanh).
+fn c2c_project_case<T: attn::HalfFloat>(soft: bool, seed: u64) -> Case {
+    use tessera::ops::c2c::{self, Gate, Options, Projector};
+    use tessera::verify::c2c::{dims, random_projector};
+    let d = dims(2, 8, 3, 8, 24, 16, 2);
+    let tokens = 11;
+    let mut r = Rng(seed);
+    let w = random_projector::<T>(d, &mut r);
+    let src: Vec<T> = testing::to_dtype(&r.values_in::<T>(tokens * d.hs * d.ds, 1.0));
+    let tgt: Vec<T> = testing::to_dtype(&r.values_in::<T>(tokens * d.k_out(), 1.0));
+    let gate = 0.5f32;
+    let opts = if soft {
+        Options {
+            gate: Gate::Soft { tau: 2.0 },
+            gelu: Activation::GeluTanh,
+        }
+    } else {
+        Options::default()
+    };
+    let p = Projector::<T>::upload(&cpu(), &w, gate).unwrap();
+    let out = c2c::project(&p, &up(&src), &up(&tgt), tokens, &opts).unwrap();
+    let h = |v: &[f32]| -> Vec<T> { testing::to_dtype(v) };
+    let (hd, f, b) = (d.hidden, d.ffn, d.blocks);
+    let mut params = vec![];
+    if soft {
+        params.push(("gate", word("soft")));
+        params.push(("tau", Scalar::Float(2.0)));
+        params.push(("gelu", word("gelu_tanh")));
+    }
+    Case {
+        label: format!("c2c.project {} soft={soft}", T::KIND),
+        op: "c2c.project",
+        inputs: vec![
+            ("src", HostT::new(&src, &[tokens, d.hs, d.ds])),
+            ("tgt", HostT::new(&tgt, &[tokens, d.ht, d.dt])),
+            ("w_in", HostT::new(&h(&w.w_in), &[hd, d.k_in()])),
+            ("b_in", HostT::vec(&w.b_in)),
+            ("w1", HostT::new(&h(&w.w1), &[b, f, hd])),
+            ("w2", HostT::new(&h(&w.w2), &[b, hd, f])),
+            ("norm", HostT::new(&w.norm, &[b, hd])),
+            ("w_out", HostT::new(&h(&w.w_out), &[d.k_out(), hd])),
+            ("w_s", HostT::new(&h(&w.w_s), &[d.ht, hd])),
+            ("gate_logit", HostT::vec(&[gate])),
+        ],
+        params,
+        expect: vec![(
+            "out",
+            HostT::of(&out, &[tokens, d.ht, d.dt]),
+            Cmp::Rel(tol::HALF),
+        )],
+    }
+}
+
+/// `c2c.fuse`: S = 2 sharer layers into T = 3 receiver layers (one gate closed), with an
+/// alignment and, optionally, a layer-map table.
+fn c2c_fuse_case<T: attn::HalfFloat>(table: bool, seed: u64) -> Case {
+    use tessera::drivers::c2c::{align::LayerMap, Config, Fuser, Stacked};
+    use tessera::ops::c2c::Options;
+    use tessera::verify::c2c::{dims, random_projector};
+    let d = dims(1, 8, 2, 8, 16, 8, 1);
+    let (sl, tl, src_tokens, tokens) = (2usize, 3usize, 7usize, 9usize);
+    let mut r = Rng(seed);
+    let ws: Vec<_> = (0..2 * tl)
+        .map(|_| random_projector::<T>(d, &mut r))
+        .collect();
+    let cat = |f: &dyn Fn(&tessera::ops::c2c::ProjectorHost) -> &Vec<f32>| -> Vec<f32> {
+        ws.iter().flat_map(|w| f(w).iter().copied()).collect()
+    };
+    let (w_in, b_in, w1, w2) = (
+        cat(&|w| &w.w_in),
+        cat(&|w| &w.b_in),
+        cat(&|w| &w.w1),
+        cat(&|w| &w.w2),
+    );
+    let (norm, w_out, w_s) = (cat(&|w| &w.norm), cat(&|w| &w.w_out), cat(&|w| &w.w_s));
+    let gates = vec![0.5f32, -1.0, 2.0];
+    let sk: Vec<T> = testing::to_dtype(&r.values_in::<T>(sl * src_tokens * 8, 1.0));
+    let sv: Vec<T> = testing::to_dtype(&r.values_in::<T>(sl * src_tokens * 8, 1.0));
+    let tk: Vec<T> = testing::to_dtype(&r.values_in::<T>(tl * tokens * 16, 1.0));
+    let tv: Vec<T> = testing::to_dtype(&r.values_in::<T>(tl * tokens * 16, 1.0));
+    let alignment: Vec<i32> = (0..tokens)
+        .map(|p| (p * src_tokens / tokens) as i32)
+        .collect();
+    let map_table = vec![1i32, 0, 1];
+    let h = |v: &[f32]| -> Vec<T> { testing::to_dtype(v) };
+    let (hw_in, hw1, hw2, hw_out, hw_s) = (h(&w_in), h(&w1), h(&w2), h(&w_out), h(&w_s));
+    let cfg = Config {
+        source_layers: sl,
+        target_layers: tl,
+        dims: d,
+        map: if table {
+            LayerMap::Table(map_table.iter().map(|&x| x as usize).collect())
+        } else {
+            LayerMap::LastAligned
+        },
+    };
+    let (bw_in, bb_in, bw1, bw2) = (up(&hw_in), up(&b_in), up(&hw1), up(&hw2));
+    let (bnorm, bw_out, bw_s) = (up(&norm), up(&hw_out), up(&hw_s));
+    let fuser = Fuser::<T>::from_stacked(
+        &cpu(),
+        cfg,
+        &Stacked {
+            w_in: &bw_in,
+            b_in: &bb_in,
+            w1: &bw1,
+            w2: &bw2,
+            norm: &bnorm,
+            w_out: &bw_out,
+            w_s: &bw_s,
+            gate_logit: &gates,
+        },
+    )
+    .unwrap();
+    let (mut ok, mut ov) = (up(&tk), up(&tv));
+    let al: Vec<usize> = alignment.iter().map(|&a| a as usize).collect();
+    fuser
+        .fuse_stacked(
+            &up(&sk),
+            &up(&sv),
+            src_tokens,
+            &mut ok,
+            &mut ov,
+            tokens,
+            &al,
+            &Options::default(),
+        )
+        .unwrap();
+    let (hd, f, b) = (d.hidden, d.ffn, d.blocks);
+    let mut inputs = vec![
+        ("src_k", HostT::new(&sk, &[sl, src_tokens, 1, 8])),
+        ("src_v", HostT::new(&sv, &[sl, src_tokens, 1, 8])),
+        ("tgt_k", HostT::new(&tk, &[tl, tokens, 2, 8])),
+        ("tgt_v", HostT::new(&tv, &[tl, tokens, 2, 8])),
+        ("w_in", HostT::new(&hw_in, &[tl, 2, hd, d.k_in()])),
+        ("b_in", HostT::new(&b_in, &[tl, 2, hd])),
+        ("w1", HostT::new(&hw1, &[tl, 2, b, f, hd])),
+        ("w2", HostT::new(&hw2, &[tl, 2, b, hd, f])),
+        ("norm", HostT::new(&norm, &[tl, 2, b, hd])),
+        ("w_out", HostT::new(&hw_out, &[tl, 2, d.k_out(), hd])),
+        ("w_s", HostT::new(&hw_s, &[tl, 2, d.ht, hd])),
+        ("gate_logit", HostT::vec(&gates)),
+        ("alignment", HostT::vec(&alignment)),
+    ];
+    if table {
+        inputs.push(("layer_map", HostT::vec(&map_table)));
+    }
+    Case {
+        label: format!("c2c.fuse {} table={table}", T::KIND),
+        op: "c2c.fuse",
+        inputs,
+        params: vec![],
+        expect: vec![
+            (
+                "out_k",
+                HostT::of(&ok, &[tl, tokens, 2, 8]),
+                Cmp::Rel(tol::HALF),
+            ),
+            (
+                "out_v",
+                HostT::of(&ov, &[tl, tokens, 2, 8]),
+                Cmp::Rel(tol::HALF),
+            ),
+        ],
+    }
+}
+
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
 fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
     let mut r = Rng(seed);
@@ -1024,6 +1190,14 @@ fn cases(name: &'static str) -> Vec<Case> {
         "gemm.dense" | "gemm.dense_swiglu" | "gemm.grouped" | "gemm.grouped_swiglu" => vec![
             gemm_case::<bf16>(name, (37, 45, 24), true, 34),
             gemm_case::<f16>(name, (20, 13, 9), false, 35),
+        ],
+        "c2c.project" => vec![
+            c2c_project_case::<bf16>(false, 45),
+            c2c_project_case::<f16>(true, 46),
+        ],
+        "c2c.fuse" => vec![
+            c2c_fuse_case::<bf16>(false, 47),
+            c2c_fuse_case::<f16>(true, 48),
         ],
         "moe.layer" => vec![
             layer_case::<bf16>(None, 43),

@@ -1115,6 +1115,149 @@ pub unsafe extern "C" fn tessera_moe_load(
     })
 }
 
+/// `c2c.project`: one C2C projector (one layer, K or V): out = tgt + g · sigmoid(w_s · h) · (w_out · h), h = FFN blocks (h + w2 · gelu(w1 · rmsnorm(h))) of w_in · concat(src, tgt) + b_in; g from gate_logit (hard: 1[gate_logit > 0]); a closed gate copies tgt and launches nothing (Rust: `tessera::ops::c2c::project`).
+///
+/// Inputs: `src` (f16|bf16, `[tokens, hs, ds]`), `tgt` (f16|bf16, `[tokens, ht, dt]`), `w_in` (f16|bf16, `[hd, hs * ds + ht * dt]`), `b_in` (f32, `[hd]`), `w1` (f16|bf16, `[blocks, f, hd]`), `w2` (f16|bf16, `[blocks, hd, f]`), `norm` (f32, `[blocks, hd]`), `w_out` (f16|bf16, `[ht * dt, hd]`), `w_s` (f16|bf16, `[ht, hd]`), `gate_logit` (f32, `[1]`).
+///
+/// Parameters: `gate` (const char*, one of "hard", "soft", NULL = "hard"): hard: 1[gate_logit > 0] (inference); soft: sigmoid(gate_logit / tau); `tau` (float, usually 1): soft gate temperature (> 0); `gelu` (const char*, one of "gelu_erf", "gelu_tanh", NULL = "gelu_erf"): GELU form of the FFN blocks.
+///
+/// Outputs, allocated by the caller: `out` (f16|bf16, `[tokens, ht, dt]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_c2c_project(
+    src: *const DLTensor,
+    tgt: *const DLTensor,
+    w_in: *const DLTensor,
+    b_in: *const DLTensor,
+    w1: *const DLTensor,
+    w2: *const DLTensor,
+    norm: *const DLTensor,
+    w_out: *const DLTensor,
+    w_s: *const DLTensor,
+    gate_logit: *const DLTensor,
+    gate: *const std::ffi::c_char,
+    tau: f32,
+    gelu: *const std::ffi::c_char,
+    out: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("c2c.project", || {
+        let mut c = Ctx::new("c2c.project");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src", src) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("tgt", tgt) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_in", w_in) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("b_in", b_in) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w1", w1) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w2", w2) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("norm", norm) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_out", w_out) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_s", w_s) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("gate_logit", gate_logit) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("gate", gate) }?;
+        c.param("tau", ParamValue::F32(tau));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("gelu", gelu) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out", out, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `c2c.fuse`: C2C fuse of every target layer t: the key and value projectors of layer t on the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - 1)), receiver token p with sharer token alignment[p] (default p); layers with a closed gate launch nothing (Rust: `tessera::drivers::c2c::Fuser::fuse_stacked`).
+///
+/// Inputs: `src_k` (f16|bf16, `[S, src_tokens, hs, ds]`), `src_v` (f16|bf16, `[S, src_tokens, hs, ds]`), `tgt_k` (f16|bf16, `[T, tokens, ht, dt]`), `tgt_v` (f16|bf16, `[T, tokens, ht, dt]`), `w_in` (f16|bf16, `[T, 2, hd, hs * ds + ht * dt]`), `b_in` (f32, `[T, 2, hd]`), `w1` (f16|bf16, `[T, 2, blocks, f, hd]`), `w2` (f16|bf16, `[T, 2, blocks, hd, f]`), `norm` (f32, `[T, 2, blocks, hd]`), `w_out` (f16|bf16, `[T, 2, ht * dt, hd]`), `w_s` (f16|bf16, `[T, 2, ht, hd]`), `gate_logit` (f32, `[T]`), `alignment` (i32, `[tokens]`, optional: may be NULL), `layer_map` (i32, `[T]`, optional: may be NULL).
+///
+/// Parameters: `gate` (const char*, one of "hard", "soft", NULL = "hard"): hard: 1[gate_logit > 0] (inference); soft: sigmoid(gate_logit / tau); `tau` (float, usually 1): soft gate temperature (> 0); `gelu` (const char*, one of "gelu_erf", "gelu_tanh", NULL = "gelu_erf"): GELU form of the FFN blocks.
+///
+/// Outputs, allocated by the caller: `out_k` (f16|bf16, `[T, tokens, ht, dt]`), `out_v` (f16|bf16, `[T, tokens, ht, dt]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_c2c_fuse(
+    src_k: *const DLTensor,
+    src_v: *const DLTensor,
+    tgt_k: *const DLTensor,
+    tgt_v: *const DLTensor,
+    w_in: *const DLTensor,
+    b_in: *const DLTensor,
+    w1: *const DLTensor,
+    w2: *const DLTensor,
+    norm: *const DLTensor,
+    w_out: *const DLTensor,
+    w_s: *const DLTensor,
+    gate_logit: *const DLTensor,
+    alignment: *const DLTensor,
+    layer_map: *const DLTensor,
+    gate: *const std::ffi::c_char,
+    tau: f32,
+    gelu: *const std::ffi::c_char,
+    out_k: *mut DLTensor,
+    out_v: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("c2c.fuse", || {
+        let mut c = Ctx::new("c2c.fuse");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src_k", src_k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("src_v", src_v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("tgt_k", tgt_k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("tgt_v", tgt_v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_in", w_in) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("b_in", b_in) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w1", w1) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w2", w2) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("norm", norm) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_out", w_out) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("w_s", w_s) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("gate_logit", gate_logit) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("alignment", alignment) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("layer_map", layer_map) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("gate", gate) }?;
+        c.param("tau", ParamValue::F32(tau));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("gelu", gelu) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out_k", out_k, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("out_v", out_v, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
 ///
 /// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
@@ -1496,6 +1639,20 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::U64(a1), CArg::U64(a2), CArg::Out(a3), CArg::Out(a4)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_moe_load(*a0, *a1, *a2, *a3, *a4, stream) })
+            }
+            _ => None,
+        },
+        "c2c.project" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Str(a10), CArg::F32(a11), CArg::Str(a12), CArg::Out(a13)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_c2c_project(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, stream) })
+            }
+            _ => None,
+        },
+        "c2c.fuse" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::Tensor(a11), CArg::Tensor(a12), CArg::Tensor(a13), CArg::Str(a14), CArg::F32(a15), CArg::Str(a16), CArg::Out(a17), CArg::Out(a18)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_c2c_fuse(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, stream) })
             }
             _ => None,
         },

@@ -10,7 +10,7 @@ use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
 use crate::ops::gemm::{self, Activation, Epilogue};
-use crate::ops::{bitmask, codec, moe, tah};
+use crate::ops::{bitmask, c2c, codec, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
 fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
@@ -646,4 +646,158 @@ pub(crate) fn gemm_grouped_swiglu(c: &mut Call) -> Result<()> {
         c.put("d", d)
     }
     by_a_dtype!(c, go)
+}
+
+/// A given tensor's shape.
+fn shape_of(c: &mut Call, name: &str) -> Result<Vec<usize>> {
+    let a = c.take_inp(name)?;
+    let s = a.shape.iter().map(|&d| d as usize).collect();
+    c.put_back(name, a)?;
+    Ok(s)
+}
+
+/// A device copy of an input (the projectors own their weights).
+fn owned<T: Elem>(c: &Call, name: &str) -> Result<DeviceBuffer<T>> {
+    let b = c.inp::<T>(name)?;
+    let mut o = b.device().alloc::<T>(b.len(), name)?;
+    o.copy_from(b)?;
+    Ok(o)
+}
+
+/// The gate and GELU parameters (`C2C_PARAMS`).
+fn c2c_options(c: &Call) -> Result<c2c::Options> {
+    let gate = match c.p_enum("gate")? {
+        "soft" => c2c::Gate::Soft {
+            tau: c.p_f32("tau")?,
+        },
+        _ => c2c::Gate::Hard,
+    };
+    let gelu = match c.p_enum("gelu")? {
+        "gelu_tanh" => Activation::GeluTanh,
+        _ => Activation::GeluErf,
+    };
+    Ok(c2c::Options { gate, gelu })
+}
+
+/// The host values of a small f32 input (the gate logits decide on the host what to launch).
+fn host_f32(c: &Call, name: &str) -> Result<Vec<f32>> {
+    c.inp::<f32>(name)?.download()
+}
+
+pub(crate) fn c2c_project(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let (src, tgt, w1) = (shape_of(c, "src")?, shape_of(c, "tgt")?, shape_of(c, "w1")?);
+        let dims = c2c::ProjectorDims {
+            hs: src[1],
+            ds: src[2],
+            ht: tgt[1],
+            dt: tgt[2],
+            hidden: w1[2],
+            ffn: w1[1],
+            blocks: w1[0],
+        };
+        let gate = host_f32(c, "gate_logit")?[0];
+        let p = c2c::Projector::<T>::from_buffers(
+            dims,
+            owned(c, "w_in")?,
+            owned(c, "b_in")?,
+            owned(c, "w1")?,
+            owned(c, "w2")?,
+            owned(c, "norm")?,
+            owned(c, "w_out")?,
+            owned(c, "w_s")?,
+            gate,
+        )?;
+        let out = c2c::project::<T, T, T>(
+            &p,
+            c.inp::<T>("src")?,
+            c.inp::<T>("tgt")?,
+            src[0],
+            &c2c_options(c)?,
+        )?;
+        c.put("out", out)
+    }
+    match c.dtype_of("src")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("src is {other}; c2c.project takes f16 or bf16"))),
+    }
+}
+
+pub(crate) fn c2c_fuse(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        use crate::drivers::c2c::{align::LayerMap, Config, Fuser, Stacked};
+        let (src, tgt, w1) = (
+            shape_of(c, "src_k")?,
+            shape_of(c, "tgt_k")?,
+            shape_of(c, "w1")?,
+        );
+        let dims = c2c::ProjectorDims {
+            hs: src[2],
+            ds: src[3],
+            ht: tgt[2],
+            dt: tgt[3],
+            hidden: w1[4],
+            ffn: w1[3],
+            blocks: w1[2],
+        };
+        let map = match c.opt_inp::<i32>("layer_map")? {
+            None => LayerMap::LastAligned,
+            Some(m) => LayerMap::Table(
+                m.download()?
+                    .iter()
+                    .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
+                    .collect(),
+            ),
+        };
+        let cfg = Config {
+            source_layers: src[0],
+            target_layers: tgt[0],
+            dims,
+            map,
+        };
+        let (src_tokens, tokens) = (src[1], tgt[1]);
+        let alignment: Vec<usize> = match c.opt_inp::<i32>("alignment")? {
+            None => (0..tokens).collect(),
+            Some(a) => a
+                .download()?
+                .iter()
+                .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
+                .collect(),
+        };
+        let gates = host_f32(c, "gate_logit")?;
+        let fuser = Fuser::<T>::from_stacked(
+            c.device(),
+            cfg,
+            &Stacked {
+                w_in: c.inp::<T>("w_in")?,
+                b_in: c.inp::<f32>("b_in")?,
+                w1: c.inp::<T>("w1")?,
+                w2: c.inp::<T>("w2")?,
+                norm: c.inp::<f32>("norm")?,
+                w_out: c.inp::<T>("w_out")?,
+                w_s: c.inp::<T>("w_s")?,
+                gate_logit: &gates,
+            },
+        )?;
+        let mut out_k = owned::<T>(c, "tgt_k")?;
+        let mut out_v = owned::<T>(c, "tgt_v")?;
+        fuser.fuse_stacked(
+            c.inp::<T>("src_k")?,
+            c.inp::<T>("src_v")?,
+            src_tokens,
+            &mut out_k,
+            &mut out_v,
+            tokens,
+            &alignment,
+            &c2c_options(c)?,
+        )?;
+        c.put("out_k", out_k)?;
+        c.put("out_v", out_v)
+    }
+    match c.dtype_of("src_k")? {
+        DTypeKind::F16 => go::<f16>(c),
+        DTypeKind::BF16 => go::<bf16>(c),
+        other => Err(c.err(format!("src_k is {other}; c2c.fuse takes f16 or bf16"))),
+    }
 }

@@ -672,6 +672,59 @@ pub static OPS: &[OpSpec] = &[
         run: runners::moe_load,
     },
     OpSpec {
+        name: "c2c.project",
+        rust: "ops::c2c::project",
+        summary: "one C2C projector (one layer, K or V): out = tgt + g · sigmoid(w_s · h) · \
+                  (w_out · h), h = FFN blocks (h + w2 · gelu(w1 · rmsnorm(h))) of w_in · \
+                  concat(src, tgt) + b_in; g from gate_logit (hard: 1[gate_logit > 0]); a closed \
+                  gate copies tgt and launches nothing",
+        inputs: &[
+            t("src", Dtypes::Half, "[tokens, hs, ds]"),
+            t("tgt", Dtypes::Half, "[tokens, ht, dt]"),
+            t("w_in", Dtypes::Half, "[hd, hs * ds + ht * dt]"),
+            t("b_in", Dtypes::F32, "[hd]"),
+            t("w1", Dtypes::Half, "[blocks, f, hd]"),
+            t("w2", Dtypes::Half, "[blocks, hd, f]"),
+            t("norm", Dtypes::F32, "[blocks, hd]"),
+            t("w_out", Dtypes::Half, "[ht * dt, hd]"),
+            t("w_s", Dtypes::Half, "[ht, hd]"),
+            t("gate_logit", Dtypes::F32, "[1]"),
+        ],
+        params: C2C_PARAMS,
+        outputs: &[t("out", Dtypes::Half, "[tokens, ht, dt]")],
+        run: runners::c2c_project,
+    },
+    OpSpec {
+        name: "c2c.fuse",
+        rust: "drivers::c2c::Fuser::fuse_stacked",
+        summary: "C2C fuse of every target layer t: the key and value projectors of layer t on \
+                  the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - \
+                  1)), receiver token p with sharer token alignment[p] (default p); layers with a \
+                  closed gate launch nothing",
+        inputs: &[
+            t("src_k", Dtypes::Half, "[S, src_tokens, hs, ds]"),
+            t("src_v", Dtypes::Half, "[S, src_tokens, hs, ds]"),
+            t("tgt_k", Dtypes::Half, "[T, tokens, ht, dt]"),
+            t("tgt_v", Dtypes::Half, "[T, tokens, ht, dt]"),
+            t("w_in", Dtypes::Half, "[T, 2, hd, hs * ds + ht * dt]"),
+            t("b_in", Dtypes::F32, "[T, 2, hd]"),
+            t("w1", Dtypes::Half, "[T, 2, blocks, f, hd]"),
+            t("w2", Dtypes::Half, "[T, 2, blocks, hd, f]"),
+            t("norm", Dtypes::F32, "[T, 2, blocks, hd]"),
+            t("w_out", Dtypes::Half, "[T, 2, ht * dt, hd]"),
+            t("w_s", Dtypes::Half, "[T, 2, ht, hd]"),
+            t("gate_logit", Dtypes::F32, "[T]"),
+            opt("alignment", Dtypes::I32, "[tokens]"),
+            opt("layer_map", Dtypes::I32, "[T]"),
+        ],
+        params: C2C_PARAMS,
+        outputs: &[
+            t("out_k", Dtypes::Half, "[T, tokens, ht, dt]"),
+            t("out_v", Dtypes::Half, "[T, tokens, ht, dt]"),
+        ],
+        run: runners::c2c_fuse,
+    },
+    OpSpec {
         name: "gemm.dense",
         rust: "ops::gemm::dense",
         summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
@@ -757,6 +810,28 @@ const GEMM_PARAMS: &[ParamSpec] = &[
         ParamType::Enum(&["none", "gelu_tanh", "gelu_erf", "silu"]),
         Some("none"),
         "activation after the bias",
+    ),
+];
+
+/// The gate and GELU parameters of `c2c.project` and `c2c.fuse`.
+const C2C_PARAMS: &[ParamSpec] = &[
+    p(
+        "gate",
+        ParamType::Enum(&["hard", "soft"]),
+        Some("hard"),
+        "hard: 1[gate_logit > 0] (inference); soft: sigmoid(gate_logit / tau)",
+    ),
+    p(
+        "tau",
+        ParamType::F32,
+        Some("1"),
+        "soft gate temperature (> 0)",
+    ),
+    p(
+        "gelu",
+        ParamType::Enum(&["gelu_erf", "gelu_tanh"]),
+        Some("gelu_erf"),
+        "GELU form of the FFN blocks",
     ),
 ];
 
