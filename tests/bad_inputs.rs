@@ -9,6 +9,8 @@
 //!   backend are refused with a message that says why.
 //! - Invalid `cu_seqlens` contents are an `InvalidArgument` naming the op (read from the call's
 //!   device-side check since issue 10), and no kernel follows them out of bounds.
+//! - C2C (issue 13): mismatched token counts, slot mappings out of range, wrong weight shapes,
+//!   missing weight names and the rest of `c2c_rejects_bad_inputs`.
 
 use half::bf16;
 use tessera::ops::attention::{self as attn, Attention, AttentionOut, MaskMode, Path, Positions};
@@ -563,4 +565,235 @@ fn gemm_rejects_bad_shapes_and_offsets() {
         let d = gemm::grouped::<bf16, f32>(&a, &b, &o, m, n, k, &e).unwrap();
         assert!(d.download().unwrap().iter().all(|&x| x == 4.0));
     }
+}
+
+/// C2C (issue 13): mismatched token counts, slot mappings out of range, wrong weight shapes,
+/// missing weight names, layouts that do not match the projector, bad gates and alignments:
+/// each an `InvalidArgument` naming the op and the problem, on every executor.
+#[test]
+fn c2c_rejects_bad_inputs() {
+    use tessera::drivers::c2c::{align, weights, Config, Fuser};
+    use tessera::ops::c2c::{
+        self, Activation, Cache, CacheLayout, CacheMut, Gate, Options, Projector, Rows, Workspace,
+    };
+    use tessera::testing::Rng;
+    use tessera::verify::c2c::{dims, random_projector};
+    let d = dims(1, 8, 2, 8, 16, 8, 1);
+    let w = random_projector::<bf16>(d, &mut Rng(9));
+    for dev in executors() {
+        let sl = CacheLayout::paged(2, 1, 8);
+        let tl = CacheLayout::contiguous(1, 2, 8, 8);
+        // Rows.
+        expect_invalid(
+            Rows::new(&dev, &[0, 1], &[0], &sl, &tl),
+            "c2c.project",
+            &["mismatched token counts", "2 sharer", "1 receiver"],
+        );
+        expect_invalid(
+            Rows::new(&dev, &[0, 32], &[0, 1], &sl, &tl),
+            "c2c.project",
+            &[
+                "sharer slot mapping out of range",
+                "slot[1] = 32",
+                "32 slots",
+            ],
+        );
+        expect_invalid(
+            Rows::new(&dev, &[0, 1], &[-1, 1], &sl, &tl),
+            "c2c.project",
+            &["receiver slot mapping out of range", "slot[0] = -1"],
+        );
+        expect_invalid(
+            Rows::new(&dev, &[0, 1], &[3, 3], &sl, &tl),
+            "c2c.project",
+            &["receiver slot 3 is given twice"],
+        );
+        expect_invalid(
+            c2c::paged_slots(&[4, 1], &[0, 40]),
+            "c2c.project",
+            &["position 40 needs block 2", "has 2"],
+        );
+        // Weights.
+        let mut bad = w.clone();
+        bad.w2.pop();
+        expect_invalid(
+            Projector::<bf16>::upload(&dev, &bad, 1.0),
+            "c2c.project",
+            &["wrong weight shape: w2", "want 128"],
+        );
+        expect_invalid(
+            Projector::<bf16>::upload(&dev, &w, f32::NAN),
+            "c2c.project",
+            &["gate_logit must be finite"],
+        );
+        let up = |v: &[f32]| {
+            dev.upload(&tessera::testing::to_dtype::<bf16>(v), "w")
+                .unwrap()
+        };
+        let upf = |v: &[f32]| dev.upload(v, "w").unwrap();
+        expect_invalid(
+            Projector::from_buffers(
+                d,
+                up(&w.w_in),
+                upf(&w.b_in),
+                up(&w.w1),
+                up(&w.w2),
+                upf(&w.norm),
+                up(&w.w_s),
+                up(&w.w_s),
+                1.0,
+            ),
+            "c2c.project",
+            &["wrong weight shape: w_out", "[Ht·Dt, Hd]"],
+        );
+        let p = Projector::<bf16>::upload(&dev, &w, 1.0).unwrap();
+        // The op and the fuse.
+        let src = dev.upload(&vec![bf16::ZERO; 3 * 8], "src").unwrap();
+        let tgt = dev.upload(&vec![bf16::ZERO; 4 * 16], "tgt").unwrap();
+        expect_invalid(
+            c2c::project::<bf16, bf16, bf16>(&p, &src, &tgt, 3, &Options::default()),
+            "c2c.project",
+            &["mismatched token counts", "tgt has 64 elements"],
+        );
+        let scache = dev.upload(&vec![bf16::ZERO; 32 * 8], "s").unwrap();
+        let mut tcache = dev.upload(&vec![bf16::ZERO; 8 * 16], "t").unwrap();
+        let rows = Rows::new(&dev, &[0, 1], &[0, 1], &sl, &tl).unwrap();
+        let mut ws = Workspace::new();
+        let wrong = CacheLayout::contiguous(1, 4, 4, 8);
+        expect_invalid(
+            c2c::fuse(
+                &p,
+                &Cache {
+                    data: &scache,
+                    layout: sl,
+                },
+                &mut CacheMut {
+                    data: &mut tcache,
+                    layout: wrong,
+                },
+                &rows,
+                &Options::default(),
+                &mut ws,
+            ),
+            "c2c.project",
+            &["receiver cache has 4 heads × 8", "takes 2 × 8"],
+        );
+        let mut short = dev.upload(&vec![bf16::ZERO; 8 * 16 - 1], "t").unwrap();
+        expect_invalid(
+            c2c::fuse(
+                &p,
+                &Cache {
+                    data: &scache,
+                    layout: sl,
+                },
+                &mut CacheMut {
+                    data: &mut short,
+                    layout: tl,
+                },
+                &rows,
+                &Options::default(),
+                &mut ws,
+            ),
+            "c2c.project",
+            &["receiver cache has 127 elements", "needs 128"],
+        );
+        for (opts, needle) in [
+            (
+                Options {
+                    gate: Gate::Soft { tau: 0.0 },
+                    gelu: Activation::GeluErf,
+                },
+                "temperature must be > 0",
+            ),
+            (
+                Options {
+                    gate: Gate::Hard,
+                    gelu: Activation::Silu,
+                },
+                "gelu must be gelu_erf or gelu_tanh",
+            ),
+        ] {
+            expect_invalid(
+                c2c::fuse(
+                    &p,
+                    &Cache {
+                        data: &scache,
+                        layout: sl,
+                    },
+                    &mut CacheMut {
+                        data: &mut tcache,
+                        layout: tl,
+                    },
+                    &rows,
+                    &opts,
+                    &mut ws,
+                ),
+                "c2c.project",
+                &[needle],
+            );
+        }
+        // The driver: stacked caches with a bad alignment, a layer map out of range.
+        let cfg = Config {
+            source_layers: 1,
+            target_layers: 1,
+            dims: d,
+            map: align::LayerMap::LastAligned,
+        };
+        let fuser = Fuser::<bf16>::random(&dev, cfg.clone(), 5).unwrap();
+        let sk = dev.upload(&vec![bf16::ZERO; 3 * 8], "sk").unwrap();
+        let mut tk = dev.upload(&vec![bf16::ZERO; 2 * 16], "tk").unwrap();
+        let mut tv = dev.upload(&vec![bf16::ZERO; 2 * 16], "tv").unwrap();
+        expect_invalid(
+            fuser.fuse_stacked(
+                &sk,
+                &sk,
+                3,
+                &mut tk,
+                &mut tv,
+                2,
+                &[0, 3],
+                &Options::default(),
+            ),
+            "c2c.fuse",
+            &["alignment[1] = 3 is past the sharer's 3 tokens"],
+        );
+        expect_invalid(
+            fuser.fuse_stacked(&sk, &sk, 3, &mut tk, &mut tv, 2, &[0], &Options::default()),
+            "c2c.fuse",
+            &["mismatched token counts", "alignment has 1"],
+        );
+        let bad_map = Config {
+            map: align::LayerMap::Table(vec![1]),
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            Fuser::<bf16>::random(&dev, bad_map, 5),
+            Err(Error::InvalidArgument {
+                op: "c2c.layer_map",
+                ..
+            })
+        ));
+        // Safetensors: a missing weight name.
+        let fw = fuser.to_weights().unwrap();
+        let bytes = weights::write(&fw).unwrap();
+        assert!(Fuser::<bf16>::from_safetensors(&dev, cfg.clone(), &bytes).is_ok());
+        let st = safetensors_without(&bytes, "layers.0.value.w2");
+        expect_invalid(
+            Fuser::<bf16>::from_safetensors(&dev, cfg.clone(), &st),
+            "c2c.weights",
+            &["missing tensor layers.0.value.w2"],
+        );
+    }
+}
+
+/// `bytes` (a safetensors file) without tensor `name`.
+fn safetensors_without(bytes: &[u8], name: &str) -> Vec<u8> {
+    use safetensors::tensor::TensorView;
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    safetensors::serialize(views, None).unwrap()
 }

@@ -274,6 +274,12 @@ pub struct Rows {
     tgt_slots: usize,
 }
 
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rows({} tokens)", self.len())
+    }
+}
+
 impl Rows {
     /// Errors: lengths differ ("mismatched token counts"), a slot outside its layout's
     /// `0..slots`, a receiver slot given twice.
@@ -395,6 +401,16 @@ pub struct Projector<T: HalfFloat> {
     w_out: DeviceBuffer<T>,
     w_s: DeviceBuffer<T>,
     gate_logit: f32,
+}
+
+impl<T: HalfFloat> std::fmt::Debug for Projector<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Projector({:?}, gate_logit {})",
+            self.dims, self.gate_logit
+        )
+    }
 }
 
 fn check_dims(d: &ProjectorDims) -> Result<()> {

@@ -84,6 +84,12 @@ pub struct Fuser<T: HalfFloat> {
     dev: Device,
 }
 
+impl<T: HalfFloat> std::fmt::Debug for Fuser<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fuser({:?}, map {:?})", self.cfg, self.map)
+    }
+}
+
 /// One side's KV cache of one layer.
 pub struct KvCache<'a, T: HalfFloat> {
     /// Keys.
