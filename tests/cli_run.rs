@@ -549,3 +549,73 @@ fn bad_input_is_a_clear_error() {
         has(&e, &["cuda"]);
     }
 }
+
+/// `tessera run c2c.project` (issue 13): the projector from a safetensors file on the CPU path
+/// and SIMT w32/w64 against the f64 reference; a wrong weight shape is an error naming the
+/// tensor.
+#[test]
+fn c2c_project_through_files() {
+    use tessera::reference::c2c::{project, Activation};
+    use tessera::verify::c2c::{dims, random_projector};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dims(2, 8, 3, 8, 24, 16, 2);
+    let tokens = 7;
+    let mut r = Rng(0xc2c);
+    let w = random_projector::<bf16>(d, &mut r);
+    let src = r.values_in::<bf16>(tokens * d.hs * d.ds, 1.0);
+    let tgt = r.values_in::<bf16>(tokens * d.k_out(), 1.0);
+    let h = |v: &[f32]| testing::to_dtype::<bf16>(v);
+    let (hd, f, b) = (d.hidden, d.ffn, d.blocks);
+    let tensors: Tensors = vec![
+        ("src", t(Dtype::BF16, &[tokens, d.hs, d.ds], &h(&src))),
+        ("tgt", t(Dtype::BF16, &[tokens, d.ht, d.dt], &h(&tgt))),
+        ("w_in", t(Dtype::BF16, &[hd, d.k_in()], &h(&w.w_in))),
+        ("b_in", t(Dtype::F32, &[hd], &w.b_in)),
+        ("w1", t(Dtype::BF16, &[b, f, hd], &h(&w.w1))),
+        ("w2", t(Dtype::BF16, &[b, hd, f], &h(&w.w2))),
+        ("norm", t(Dtype::F32, &[b, hd], &w.norm)),
+        ("w_out", t(Dtype::BF16, &[d.k_out(), hd], &h(&w.w_out))),
+        ("w_s", t(Dtype::BF16, &[d.ht, hd], &h(&w.w_s))),
+        ("gate_logit", t(Dtype::F32, &[1], &[0.25f32])),
+    ];
+    let x = dir.path().join("x.safetensors");
+    write(&x, &tensors);
+    let s64 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    let want = project(&w, 1.0, Activation::GeluErf, &s64(&src), &s64(&tgt), tokens);
+    for backend in ["cpu", "simt", "simt64"] {
+        let y = dir.path().join(format!("y-{backend}.safetensors"));
+        let j = run_ok(&[
+            "run",
+            "c2c.project",
+            "--in",
+            s(&x),
+            "-o",
+            s(&y),
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(
+            j["outputs"][0]["shape"],
+            serde_json::json!([tokens, d.ht, d.dt])
+        );
+        let out = read(&y);
+        let got: Vec<f32> = pod_vec::<bf16>(&out["out"].data)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let e = rel_l2(&got, &want);
+        assert!(e <= tol::HALF, "{backend}: relative L2 {e:.2e}");
+    }
+    // A wrong weight shape: the table names the tensor and the shape it wants.
+    let mut bad = tensors.clone();
+    bad[8].1 = t(
+        Dtype::BF16,
+        &[d.ht + 1, hd],
+        &vec![bf16::ZERO; (d.ht + 1) * hd],
+    );
+    write(&x, &bad);
+    let y = dir.path().join("y.safetensors");
+    let e = run_err(&["run", "c2c.project", "--in", s(&x), "-o", s(&y)], 2);
+    has(&e, &["w_s"]);
+    assert!(!y.exists(), "an output file was written");
+}

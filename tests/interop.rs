@@ -929,8 +929,9 @@ fn c2c_project_case<T: attn::HalfFloat>(soft: bool, seed: u64) -> Case {
 /// `c2c.fuse`: S = 2 sharer layers into T = 3 receiver layers (one gate closed), with an
 /// alignment and, optionally, a layer-map table.
 fn c2c_fuse_case<T: attn::HalfFloat>(table: bool, seed: u64) -> Case {
-    use tessera::drivers::c2c::{align::LayerMap, Config, Fuser, Stacked};
+    use tessera::drivers::c2c::{align::LayerMap, Config, Fuser};
     use tessera::ops::c2c::Options;
+    use tessera::ops::c2c::Stacked;
     use tessera::verify::c2c::{dims, random_projector};
     let d = dims(1, 8, 2, 8, 16, 8, 1);
     let (sl, tl, src_tokens, tokens) = (2usize, 3usize, 7usize, 9usize);
@@ -984,6 +985,7 @@ fn c2c_fuse_case<T: attn::HalfFloat>(table: bool, seed: u64) -> Case {
             w_s: &bw_s,
             gate_logit: &gates,
         },
+        tessera::ops::c2c::Gate::Hard,
     )
     .unwrap();
     let (mut ok, mut ov) = (up(&tk), up(&tv));

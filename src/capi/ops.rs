@@ -1179,7 +1179,7 @@ pub unsafe extern "C" fn tessera_c2c_project(
     })
 }
 
-/// `c2c.fuse`: C2C fuse of every target layer t: the key and value projectors of layer t on the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - 1)), receiver token p with sharer token alignment[p] (default p); layers with a closed gate launch nothing (Rust: `tessera::drivers::c2c::Fuser::fuse_stacked`).
+/// `c2c.fuse`: C2C fuse of every target layer t: the key and value projectors of layer t on the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - 1)), receiver token p with sharer token alignment[p] (default p); layers with a closed gate launch nothing (Rust: `tessera::ops::c2c::fuse_layers`).
 ///
 /// Inputs: `src_k` (f16|bf16, `[S, src_tokens, hs, ds]`), `src_v` (f16|bf16, `[S, src_tokens, hs, ds]`), `tgt_k` (f16|bf16, `[T, tokens, ht, dt]`), `tgt_v` (f16|bf16, `[T, tokens, ht, dt]`), `w_in` (f16|bf16, `[T, 2, hd, hs * ds + ht * dt]`), `b_in` (f32, `[T, 2, hd]`), `w1` (f16|bf16, `[T, 2, blocks, f, hd]`), `w2` (f16|bf16, `[T, 2, blocks, hd, f]`), `norm` (f32, `[T, 2, blocks, hd]`), `w_out` (f16|bf16, `[T, 2, ht * dt, hd]`), `w_s` (f16|bf16, `[T, 2, ht, hd]`), `gate_logit` (f32, `[T]`), `alignment` (i32, `[tokens]`, optional: may be NULL), `layer_map` (i32, `[T]`, optional: may be NULL).
 ///

@@ -697,6 +697,11 @@ pub(crate) fn c2c_project(c: &mut Call) -> Result<()> {
             blocks: w1[0],
         };
         let gate = host_f32(c, "gate_logit")?[0];
+        let opts = c2c_options(c)?;
+        if gate.is_finite() && opts.gate.value(gate) == 0.0 {
+            // A closed gate: the output is tgt, and nothing is launched (not even the fold).
+            return c.put("out", owned::<T>(c, "tgt")?);
+        }
         let p = c2c::Projector::<T>::from_buffers(
             dims,
             owned(c, "w_in")?,
@@ -708,13 +713,8 @@ pub(crate) fn c2c_project(c: &mut Call) -> Result<()> {
             owned(c, "w_s")?,
             gate,
         )?;
-        let out = c2c::project::<T, T, T>(
-            &p,
-            c.inp::<T>("src")?,
-            c.inp::<T>("tgt")?,
-            src[0],
-            &c2c_options(c)?,
-        )?;
+        let out =
+            c2c::project::<T, T, T>(&p, c.inp::<T>("src")?, c.inp::<T>("tgt")?, src[0], &opts)?;
         c.put("out", out)
     }
     match c.dtype_of("src")? {
@@ -726,50 +726,51 @@ pub(crate) fn c2c_project(c: &mut Call) -> Result<()> {
 
 pub(crate) fn c2c_fuse(c: &mut Call) -> Result<()> {
     fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
-        use crate::drivers::c2c::{align::LayerMap, Config, Fuser, Stacked};
+        use crate::drivers::c2c::align::LayerMap;
         let (src, tgt, w1) = (
             shape_of(c, "src_k")?,
             shape_of(c, "tgt_k")?,
             shape_of(c, "w1")?,
         );
-        let dims = c2c::ProjectorDims {
-            hs: src[2],
-            ds: src[3],
-            ht: tgt[2],
-            dt: tgt[3],
-            hidden: w1[4],
-            ffn: w1[3],
-            blocks: w1[2],
-        };
-        let map = match c.opt_inp::<i32>("layer_map")? {
-            None => LayerMap::LastAligned,
-            Some(m) => LayerMap::Table(
-                m.download()?
-                    .iter()
-                    .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
-                    .collect(),
-            ),
-        };
-        let cfg = Config {
+        let sizes = c2c::StackedSizes {
+            dims: c2c::ProjectorDims {
+                hs: src[2],
+                ds: src[3],
+                ht: tgt[2],
+                dt: tgt[3],
+                hidden: w1[4],
+                ffn: w1[3],
+                blocks: w1[2],
+            },
             source_layers: src[0],
-            target_layers: tgt[0],
-            dims,
-            map,
+            src_tokens: src[1],
+            tokens: tgt[1],
         };
-        let (src_tokens, tokens) = (src[1], tgt[1]);
-        let alignment: Vec<usize> = match c.opt_inp::<i32>("alignment")? {
-            None => (0..tokens).collect(),
-            Some(a) => a
-                .download()?
+        let ints = |b: &DeviceBuffer<i32>| -> Result<Vec<usize>> {
+            Ok(b.download()?
                 .iter()
                 .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
-                .collect(),
+                .collect())
+        };
+        let layer_map = match c.opt_inp::<i32>("layer_map")? {
+            None => LayerMap::LastAligned,
+            Some(m) => LayerMap::Table(ints(m)?),
+        }
+        .resolve(sizes.source_layers, tgt[0])?;
+        let alignment = match c.opt_inp::<i32>("alignment")? {
+            None => (0..sizes.tokens).collect(),
+            Some(a) => ints(a)?,
         };
         let gates = host_f32(c, "gate_logit")?;
-        let fuser = Fuser::<T>::from_stacked(
-            c.device(),
-            cfg,
-            &Stacked {
+        let opts = c2c_options(c)?;
+        let mut out_k = owned::<T>(c, "tgt_k")?;
+        let mut out_v = owned::<T>(c, "tgt_v")?;
+        c2c::fuse_layers(
+            c.inp::<T>("src_k")?,
+            c.inp::<T>("src_v")?,
+            &mut out_k,
+            &mut out_v,
+            &c2c::Stacked {
                 w_in: c.inp::<T>("w_in")?,
                 b_in: c.inp::<f32>("b_in")?,
                 w1: c.inp::<T>("w1")?,
@@ -779,18 +780,10 @@ pub(crate) fn c2c_fuse(c: &mut Call) -> Result<()> {
                 w_s: c.inp::<T>("w_s")?,
                 gate_logit: &gates,
             },
-        )?;
-        let mut out_k = owned::<T>(c, "tgt_k")?;
-        let mut out_v = owned::<T>(c, "tgt_v")?;
-        fuser.fuse_stacked(
-            c.inp::<T>("src_k")?,
-            c.inp::<T>("src_v")?,
-            src_tokens,
-            &mut out_k,
-            &mut out_v,
-            tokens,
             &alignment,
-            &c2c_options(c)?,
+            &layer_map,
+            sizes,
+            &opts,
         )?;
         c.put("out_k", out_k)?;
         c.put("out_v", out_v)

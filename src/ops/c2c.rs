@@ -48,6 +48,8 @@ pub const PAGE: usize = 16;
 const THREADS: u32 = 256;
 /// Rows and columns of a block tile (`kBM`, `kBN`).
 const TILE: usize = 128;
+/// Grid y limit (column tiles of a stage).
+const MAX_GRID_Y: usize = 65_535;
 
 /// Stage codes (`kIn` .. `kOut` in cuda/c2c/project.cu).
 const STAGE_IN: u32 = 0;
@@ -444,6 +446,13 @@ fn check_dims(d: &ProjectorDims) -> Result<()> {
         .any(|s| s.is_none_or(|s| s > i32::MAX as usize))
     {
         return Err(invalid(format!("projector sizes {d:?} exceed i32")));
+    }
+    // Column tiles of one stage: the grid's y dimension.
+    let widest = d.hidden.max(d.ffn).max(d.k_out()).max(d.ht);
+    if widest.div_ceil(TILE) > MAX_GRID_Y {
+        return Err(invalid(format!(
+            "a stage of {widest} output columns needs more than {MAX_GRID_Y} column tiles of {TILE}"
+        )));
     }
     Ok(())
 }
@@ -885,4 +894,273 @@ pub fn project<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
     };
     fuse(p, &src, &mut cache, &rows, opts, &mut Workspace::new())?;
     Ok(out)
+}
+
+/// Every target layer's weights stacked on the device, as `c2c.fuse` takes them (`T` target
+/// layers; index 0 of the second axis is the key projector, 1 the value projector).
+pub struct Stacked<'a, T: HalfFloat> {
+    /// `[T, 2, Hd, Hs·Ds + Ht·Dt]`.
+    pub w_in: &'a DeviceBuffer<T>,
+    /// `[T, 2, Hd]`.
+    pub b_in: &'a DeviceBuffer<f32>,
+    /// `[T, 2, blocks, F, Hd]`.
+    pub w1: &'a DeviceBuffer<T>,
+    /// `[T, 2, blocks, Hd, F]`.
+    pub w2: &'a DeviceBuffer<T>,
+    /// `[T, 2, blocks, Hd]`.
+    pub norm: &'a DeviceBuffer<f32>,
+    /// `[T, 2, Ht·Dt, Hd]`.
+    pub w_out: &'a DeviceBuffer<T>,
+    /// `[T, 2, Ht, Hd]`.
+    pub w_s: &'a DeviceBuffer<T>,
+    /// `[T]`, on the host (the gates decide on the host what to launch).
+    pub gate_logit: &'a [f32],
+}
+
+/// `len` elements of `b` from `start` into a new buffer (a device copy).
+fn slice<E: DType>(b: &DeviceBuffer<E>, start: usize, len: usize) -> Result<DeviceBuffer<E>> {
+    let mut out = b.device().alloc::<E>(len, "c2c.weight")?;
+    if len > 0 {
+        out.copy_range_from(0, b, start, len)?;
+    }
+    Ok(out)
+}
+
+/// The key and value projectors of each of `target_layers` layers from stacked weights (device
+/// copies; nothing goes through the host but the gate logits). A layer whose gate value under
+/// `gate` is 0 gets `None`: nothing is copied or launched for it. Errors: a tensor whose length
+/// does not match (`wrong weight shape`), a gate count other than `target_layers`, and every error
+/// of [`Projector::from_buffers`].
+pub fn stacked_projectors<T: HalfFloat>(
+    dims: ProjectorDims,
+    target_layers: usize,
+    w: &Stacked<T>,
+    gate: Gate,
+) -> Result<Vec<Option<[Projector<T>; 2]>>> {
+    let (d, tl) = (dims, target_layers);
+    check_dims(&d)?;
+    if w.gate_logit.len() != tl {
+        return Err(Error::invalid(
+            FUSE_OP,
+            format!(
+                "gate_logit has {} entries, want one per target layer ({tl})",
+                w.gate_logit.len()
+            ),
+        ));
+    }
+    let per = [
+        ("w_in", w.w_in.len(), d.hidden * d.k_in()),
+        ("b_in", w.b_in.len(), d.hidden),
+        ("w1", w.w1.len(), d.blocks * d.ffn * d.hidden),
+        ("w2", w.w2.len(), d.blocks * d.hidden * d.ffn),
+        ("norm", w.norm.len(), d.blocks * d.hidden),
+        ("w_out", w.w_out.len(), d.k_out() * d.hidden),
+        ("w_s", w.w_s.len(), d.ht * d.hidden),
+    ];
+    for (n, len, one) in per {
+        if Some(len) != tl.checked_mul(2).and_then(|x| x.checked_mul(one)) {
+            return Err(Error::invalid(
+                FUSE_OP,
+                format!(
+                    "wrong weight shape: {n} has {len} elements, want T·2·{one} = {tl}·2·{one}"
+                ),
+            ));
+        }
+    }
+    let mut layers = Vec::with_capacity(tl);
+    for (t, &g) in w.gate_logit.iter().enumerate() {
+        if g.is_finite() && gate.value(g) == 0.0 {
+            layers.push(None);
+            continue;
+        }
+        let one = |j: usize| -> Result<Projector<T>> {
+            let at = |k: usize| (2 * t + j) * per[k].2;
+            Projector::from_buffers(
+                d,
+                slice(w.w_in, at(0), per[0].2)?,
+                slice(w.b_in, at(1), per[1].2)?,
+                slice(w.w1, at(2), per[2].2)?,
+                slice(w.w2, at(3), per[3].2)?,
+                slice(w.norm, at(4), per[4].2)?,
+                slice(w.w_out, at(5), per[5].2)?,
+                slice(w.w_s, at(6), per[6].2)?,
+                g,
+            )
+        };
+        layers.push(Some([one(0)?, one(1)?]));
+    }
+    Ok(layers)
+}
+
+/// The op name of the all-layer fuse in errors.
+pub const FUSE_OP: &str = "c2c.fuse";
+
+/// Fuse token-major stacked caches in place, every target layer `t` with projectors: its key
+/// and value projectors on sharer layer `layer_map[t]`, receiver token `p` of `tgt`
+/// (`[T, tokens, Ht, Dt]`) with sharer token `alignment[p]` of `src` (`[S, src_tokens, Hs,
+/// Ds]`). Returns the number of layers that ran (a closed gate or `None` launches nothing).
+/// Errors: lengths that do not match, an alignment of another length or past `src_tokens`, a
+/// layer map entry past `S`, and every error of [`fuse`].
+#[allow(clippy::type_complexity)]
+pub fn fuse_token_major<T: HalfFloat>(
+    layers: &[Option<[&Projector<T>; 2]>],
+    layer_map: &[usize],
+    source_layers: usize,
+    src: (&DeviceBuffer<T>, &DeviceBuffer<T>, usize),
+    tgt: (&mut DeviceBuffer<T>, &mut DeviceBuffer<T>, usize),
+    alignment: &[usize],
+    opts: &Options,
+) -> Result<usize> {
+    let bad = |m: String| Error::invalid(FUSE_OP, m);
+    let (src_k, src_v, src_tokens) = src;
+    let (tgt_k, tgt_v, tokens) = tgt;
+    let tl = layers.len();
+    let Some(d) = layers.iter().flatten().map(|p| p[0].dims).next() else {
+        return Ok(0);
+    };
+    if layer_map.len() != tl {
+        return Err(bad(format!(
+            "layer_map has {} entries, want {tl}",
+            layer_map.len()
+        )));
+    }
+    if let Some((t, &s)) = layer_map
+        .iter()
+        .enumerate()
+        .find(|(_, &s)| s >= source_layers)
+    {
+        return Err(bad(format!(
+            "layer_map[{t}] = {s} is not a sharer layer (S = {source_layers})"
+        )));
+    }
+    for (what, len, want) in [
+        (
+            "src_k",
+            src_k.len(),
+            source_layers * src_tokens * d.hs * d.ds,
+        ),
+        (
+            "src_v",
+            src_v.len(),
+            source_layers * src_tokens * d.hs * d.ds,
+        ),
+        ("tgt_k", tgt_k.len(), tl * tokens * d.k_out()),
+        ("tgt_v", tgt_v.len(), tl * tokens * d.k_out()),
+    ] {
+        if len != want {
+            return Err(bad(format!(
+                "mismatched token counts: {what} has {len} elements, want {want}"
+            )));
+        }
+    }
+    if alignment.len() != tokens {
+        return Err(bad(format!(
+            "mismatched token counts: the alignment has {} entries, the receiver {tokens} tokens",
+            alignment.len()
+        )));
+    }
+    if let Some((i, &a)) = alignment.iter().enumerate().find(|(_, &a)| a >= src_tokens) {
+        return Err(bad(format!(
+            "alignment[{i}] = {a} is past the sharer's {src_tokens} tokens"
+        )));
+    }
+    let src_layout = CacheLayout::token_major(source_layers * src_tokens, d.hs, d.ds);
+    let tgt_layout = CacheLayout::token_major(tl * tokens, d.ht, d.dt);
+    let dev = src_k.device().clone();
+    let mut ws = Workspace::new();
+    let mut fused = 0;
+    let to_i32 = |x: usize| i32::try_from(x).map_err(|_| bad(format!("slot {x} exceeds i32")));
+    for (t, l) in layers.iter().enumerate() {
+        let Some([key, value]) = l else { continue };
+        let ss = alignment
+            .iter()
+            .map(|&a| to_i32(layer_map[t] * src_tokens + a))
+            .collect::<Result<Vec<_>>>()?;
+        let ts = (0..tokens)
+            .map(|q| to_i32(t * tokens + q))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = Rows::new(&dev, &ss, &ts, &src_layout, &tgt_layout)?;
+        let mut ran = false;
+        for (proj, s, c) in [(key, src_k, &mut *tgt_k), (value, src_v, &mut *tgt_v)] {
+            ran |= fuse(
+                proj,
+                &Cache {
+                    data: s,
+                    layout: src_layout,
+                },
+                &mut CacheMut {
+                    data: c,
+                    layout: tgt_layout,
+                },
+                &rows,
+                opts,
+                &mut ws,
+            )?;
+        }
+        fused += ran as usize;
+    }
+    Ok(fused)
+}
+
+/// The `c2c.fuse` op on stacked token-major caches (names as in the op table): the receiver's
+/// caches fused in place, every layer's projectors built from `w` ([`stacked_projectors`]),
+/// sharer layer `layer_map[t]` for target layer `t`. Returns the number of layers that ran.
+#[allow(clippy::too_many_arguments)]
+pub fn fuse_layers<T: HalfFloat>(
+    src_k: &DeviceBuffer<T>,
+    src_v: &DeviceBuffer<T>,
+    tgt_k: &mut DeviceBuffer<T>,
+    tgt_v: &mut DeviceBuffer<T>,
+    w: &Stacked<T>,
+    alignment: &[usize],
+    layer_map: &[usize],
+    sizes: StackedSizes,
+    opts: &Options,
+) -> Result<usize> {
+    opts.check()?;
+    let layers = stacked_projectors(sizes.dims, layer_map.len(), w, opts.gate)?;
+    let refs: Vec<Option<[&Projector<T>; 2]>> = layers
+        .iter()
+        .map(|l| l.as_ref().map(|[k, v]| [k, v]))
+        .collect();
+    fuse_token_major(
+        &refs,
+        layer_map,
+        sizes.source_layers,
+        (src_k, src_v, sizes.src_tokens),
+        (tgt_k, tgt_v, sizes.tokens),
+        alignment,
+        opts,
+    )
+}
+
+/// The sizes of a [`fuse_layers`] call (from the tensors' shapes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackedSizes {
+    /// Every projector's sizes.
+    pub dims: ProjectorDims,
+    /// Sharer layers `S`.
+    pub source_layers: usize,
+    /// Sharer tokens.
+    pub src_tokens: usize,
+    /// Receiver tokens.
+    pub tokens: usize,
+}
+
+/// The weight tensors of `c2c.project` in the op table are the Projector's fields (with `w1n`,
+/// the fold, derived): a compile-time check beside the table's `field_checks`.
+#[allow(dead_code)]
+fn table_fields<T: HalfFloat>(p: &Projector<T>) {
+    let Projector {
+        dims: _,
+        w_in: _,
+        b_in: _,
+        w1: _,
+        w1n: _,
+        w2: _,
+        norm: _,
+        w_out: _,
+        w_s: _,
+        gate_logit: _,
+    } = p;
 }

@@ -696,7 +696,7 @@ pub static OPS: &[OpSpec] = &[
     },
     OpSpec {
         name: "c2c.fuse",
-        rust: "drivers::c2c::Fuser::fuse_stacked",
+        rust: "ops::c2c::fuse_layers",
         summary: "C2C fuse of every target layer t: the key and value projectors of layer t on \
                   the sharer layer layer_map[t] (default last_aligned: clamp(t + S - T, 0, S - \
                   1)), receiver token p with sharer token alignment[p] (default p); layers with a \
@@ -1079,6 +1079,25 @@ fn field_checks() {
             per_layer: _,
         } = l;
     }
+    fn c2c<T: crate::ops::c2c::HalfFloat>(
+        o: &crate::ops::c2c::Options,
+        w: &crate::ops::c2c::Stacked<T>,
+    ) {
+        // c2c.project / c2c.fuse parameters: gate (Hard | Soft { tau }) and gelu. The
+        // Projector's fields (the c2c.project weights) are checked in ops::c2c (private).
+        let crate::ops::c2c::Options { gate, gelu: _ } = o;
+        let (crate::ops::c2c::Gate::Hard | crate::ops::c2c::Gate::Soft { tau: _ }) = gate;
+        let crate::ops::c2c::Stacked {
+            w_in: _,
+            b_in: _,
+            w1: _,
+            w2: _,
+            norm: _,
+            w_out: _,
+            w_s: _,
+            gate_logit: _,
+        } = w;
+    }
     fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
         let crate::ops::codec::Packed {
             words: _,
@@ -1125,6 +1144,7 @@ mod tests {
                 concat!(include_str!("moe.rs"), include_str!("moe/layer.rs")),
             ),
             ("ops::gemm::", include_str!("gemm.rs")),
+            ("ops::c2c::", include_str!("c2c.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources
@@ -1152,6 +1172,70 @@ mod tests {
                     .iter()
                     .map(|p| p.name)
                     .eq(MOE_ROUTE_PARAMS.iter().map(|p| p.name)));
+                continue;
+            }
+            if args == ["p", "src", "tgt", "tokens", "opts"] {
+                // c2c.project: `p` is a Projector (the weight tensors and gate_logit, checked by
+                // `field_checks`), `opts` the Options (gate, tau, gelu); `tokens` is the first
+                // dimension of src.
+                assert_eq!(op.name, "c2c.project");
+                let names: Vec<&str> = op.inputs.iter().map(|t| t.name).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "src",
+                        "tgt",
+                        "w_in",
+                        "b_in",
+                        "w1",
+                        "w2",
+                        "norm",
+                        "w_out",
+                        "w_s",
+                        "gate_logit"
+                    ]
+                );
+                assert!(op.params.iter().map(|p| p.name).eq(["gate", "tau", "gelu"]));
+                continue;
+            }
+            if args
+                == [
+                    "src_k",
+                    "src_v",
+                    "tgt_k",
+                    "tgt_v",
+                    "w",
+                    "alignment",
+                    "layer_map",
+                    "sizes",
+                    "opts",
+                ]
+            {
+                // c2c.fuse: `w` is a Stacked (the weight tensors and gate_logit), `sizes` comes
+                // from the shapes, `opts` the Options (gate, tau, gelu); checked by
+                // `field_checks`.
+                assert_eq!(op.name, "c2c.fuse");
+                let names: Vec<&str> = op.inputs.iter().map(|t| t.name).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "src_k",
+                        "src_v",
+                        "tgt_k",
+                        "tgt_v",
+                        "w_in",
+                        "b_in",
+                        "w1",
+                        "w2",
+                        "norm",
+                        "w_out",
+                        "w_s",
+                        "gate_logit",
+                        "alignment",
+                        "layer_map"
+                    ]
+                );
+                assert!(op.params.iter().map(|p| p.name).eq(["gate", "tau", "gelu"]));
                 continue;
             }
             if args == ["a"] || args == ["a", "splits"] {

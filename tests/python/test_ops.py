@@ -365,6 +365,42 @@ def test_gemm_dense_epilogue(executor):
 
 
 @pytest.mark.parametrize("executor", EXECUTORS + ["simt64"])
+def test_c2c_project(executor):
+    """c2c.project against numpy: concat, input projection, one RMSNorm/GELU(erf) FFN block,
+    sigmoid-weighted projection added to the receiver rows; a closed gate returns tgt."""
+    from math import erf
+
+    r = rng(23)
+    tokens, hs, ds, ht, dt, hd, f, blocks = 9, 2, 8, 3, 8, 24, 16, 1
+    src = r.uniform(-1, 1, (tokens, hs, ds)).astype(np.float16)
+    tgt = r.uniform(-1, 1, (tokens, ht, dt)).astype(np.float16)
+    kin = hs * ds + ht * dt
+    w_in = (r.uniform(-1, 1, (hd, kin)) / np.sqrt(kin)).astype(np.float16)
+    b_in = r.uniform(-0.5, 0.5, hd).astype(np.float32)
+    w1 = (r.uniform(-1, 1, (blocks, f, hd)) / np.sqrt(hd)).astype(np.float16)
+    w2 = (r.uniform(-1, 1, (blocks, hd, f)) / np.sqrt(f)).astype(np.float16)
+    norm = r.uniform(0.5, 1.5, (blocks, hd)).astype(np.float32)
+    w_out = (r.uniform(-3, 3, (ht * dt, hd)) / np.sqrt(hd)).astype(np.float16)
+    w_s = (r.uniform(-6, 6, (ht, hd)) / np.sqrt(hd)).astype(np.float16)
+    args = dict(src=src, tgt=tgt, w_in=w_in, b_in=b_in, w1=w1, w2=w2, norm=norm, w_out=w_out, w_s=w_s)
+    out = np.asarray(T.c2c.project(**args, gate_logit=np.array([0.3], np.float32), executor=executor).out)
+    x = np.concatenate([src.reshape(tokens, -1), tgt.reshape(tokens, -1)], axis=1).astype(np.float64)
+    h = x @ w_in.astype(np.float64).T + b_in
+    gelu = np.vectorize(lambda v: 0.5 * v * (1.0 + erf(v / np.sqrt(2.0))))
+    for b in range(blocks):
+        n = h / np.sqrt((h * h).mean(axis=1, keepdims=True) + 1e-6) * norm[b]
+        h = h + gelu(n @ w1[b].astype(np.float64).T) @ w2[b].astype(np.float64).T
+    proj = (h @ w_out.astype(np.float64).T).reshape(tokens, ht, dt)
+    s = 1.0 / (1.0 + np.exp(-(h @ w_s.astype(np.float64).T)))
+    want = tgt.astype(np.float64) + s[:, :, None] * proj
+    assert out.shape == (tokens, ht, dt)
+    got = out.astype(np.float64)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+    closed = T.c2c.project(**args, gate_logit=np.array([-0.3], np.float32), executor=executor).out
+    assert np.array_equal(np.asarray(closed).view(np.uint16), tgt.view(np.uint16))
+
+
+@pytest.mark.parametrize("executor", EXECUTORS + ["simt64"])
 def test_moe_layer(executor):
     """moe.layer with r = 1 against numpy: routing by the f32 logits, SwiGLU experts, weighted
     sum in slot order."""

@@ -20,7 +20,7 @@ use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
 use crate::ops::c2c::{
     self, Cache, CacheLayout, CacheMut, HalfFloat, Options, Projector, ProjectorDims, Rows,
-    Workspace,
+    Stacked, Workspace,
 };
 use crate::testing::Rng;
 
@@ -360,96 +360,20 @@ pub fn rows(
     Rows::new(dev, &src, &tgt, sharer.1, receiver.1)
 }
 
-/// Every target layer's weights stacked on the device, as the `c2c.fuse` op takes them (`T`
-/// target layers; index 0 of the second axis is the key projector, 1 the value projector).
-pub struct Stacked<'a, T: HalfFloat> {
-    /// `[T, 2, Hd, Hs·Ds + Ht·Dt]`.
-    pub w_in: &'a DeviceBuffer<T>,
-    /// `[T, 2, Hd]`.
-    pub b_in: &'a DeviceBuffer<f32>,
-    /// `[T, 2, blocks, F, Hd]`.
-    pub w1: &'a DeviceBuffer<T>,
-    /// `[T, 2, blocks, Hd, F]`.
-    pub w2: &'a DeviceBuffer<T>,
-    /// `[T, 2, blocks, Hd]`.
-    pub norm: &'a DeviceBuffer<f32>,
-    /// `[T, 2, Ht·Dt, Hd]`.
-    pub w_out: &'a DeviceBuffer<T>,
-    /// `[T, 2, Ht, Hd]`.
-    pub w_s: &'a DeviceBuffer<T>,
-    /// `[T]`, on the host (the gates decide on the host what to launch).
-    pub gate_logit: &'a [f32],
-}
-
-/// `len` elements of `b` from `start` into a new buffer (a device copy).
-fn slice<E: crate::dtype::DType>(
-    b: &DeviceBuffer<E>,
-    start: usize,
-    len: usize,
-) -> Result<DeviceBuffer<E>> {
-    let mut out = b.device().alloc::<E>(len, "c2c.weight")?;
-    if len > 0 {
-        out.copy_range_from(0, b, start, len)?;
-    }
-    Ok(out)
-}
-
 impl<T: HalfFloat> Fuser<T> {
-    /// From stacked device weights (device copies per projector; nothing goes through the
-    /// host but the gate logits). Errors: a tensor whose length does not match `cfg`, a gate
-    /// count other than `T`, and every error of [`Projector::from_buffers`].
-    pub fn from_stacked(dev: &Device, cfg: Config, s: &Stacked<T>) -> Result<Fuser<T>> {
+    /// From stacked device weights ([`c2c::stacked_projectors`]: device copies per projector;
+    /// a layer whose gate value under `gate` is 0 gets no projector and is skipped).
+    pub fn from_stacked(
+        dev: &Device,
+        cfg: Config,
+        s: &Stacked<T>,
+        gate: c2c::Gate,
+    ) -> Result<Fuser<T>> {
         let map = Self::check_cfg(&cfg)?;
-        let (d, tl) = (cfg.dims, cfg.target_layers);
-        if s.gate_logit.len() != tl {
-            return Err(invalid(format!(
-                "gate_logit has {} entries, want one per target layer ({tl})",
-                s.gate_logit.len()
-            )));
-        }
-        let per = [
-            ("w_in", s.w_in.len(), d.hidden * d.k_in()),
-            ("b_in", s.b_in.len(), d.hidden),
-            ("w1", s.w1.len(), d.blocks * d.ffn * d.hidden),
-            ("w2", s.w2.len(), d.blocks * d.hidden * d.ffn),
-            ("norm", s.norm.len(), d.blocks * d.hidden),
-            ("w_out", s.w_out.len(), d.k_out() * d.hidden),
-            ("w_s", s.w_s.len(), d.ht * d.hidden),
-        ];
-        for (n, len, one) in per {
-            if Some(len) != tl.checked_mul(2).and_then(|x| x.checked_mul(one)) {
-                return Err(invalid(format!(
-                    "wrong weight shape: {n} has {len} elements, want T·2·{one} = {}·2·{one}",
-                    tl
-                )));
-            }
-        }
-        let mut layers = Vec::with_capacity(tl);
-        for (t, &g) in s.gate_logit.iter().enumerate() {
-            let mut kv = Vec::with_capacity(2);
-            for j in 0..2 {
-                let i = 2 * t + j;
-                let at = |one: usize| i * one;
-                kv.push(Projector::from_buffers(
-                    d,
-                    slice(s.w_in, at(per[0].2), per[0].2)?,
-                    slice(s.b_in, at(per[1].2), per[1].2)?,
-                    slice(s.w1, at(per[2].2), per[2].2)?,
-                    slice(s.w2, at(per[3].2), per[3].2)?,
-                    slice(s.norm, at(per[4].2), per[4].2)?,
-                    slice(s.w_out, at(per[5].2), per[5].2)?,
-                    slice(s.w_s, at(per[6].2), per[6].2)?,
-                    g,
-                )?);
-            }
-            let value = kv
-                .pop()
-                .ok_or_else(|| invalid("internal: no value projector"))?;
-            let key = kv
-                .pop()
-                .ok_or_else(|| invalid("internal: no key projector"))?;
-            layers.push(Some(LayerProjectors { key, value }));
-        }
+        let layers = c2c::stacked_projectors(cfg.dims, cfg.target_layers, s, gate)?
+            .into_iter()
+            .map(|l| l.map(|[key, value]| LayerProjectors { key, value }))
+            .collect();
         Ok(Fuser {
             cfg,
             map,
@@ -458,11 +382,9 @@ impl<T: HalfFloat> Fuser<T> {
         })
     }
 
-    /// Fuse stacked token-major caches: the sharer's `src_k`/`src_v` `[S, src_tokens, Hs, Ds]`
-    /// into the receiver's `tgt_k`/`tgt_v` `[T, tokens, Ht, Dt]` in place, receiver token `p`
-    /// with sharer token `alignment[p]` (the `c2c.fuse` op). Errors: lengths that do not match,
-    /// an alignment of another length or pointing past `src_tokens`, and every error of
-    /// [`c2c::fuse`].
+    /// Fuse stacked token-major caches in place ([`c2c::fuse_token_major`]): the sharer's
+    /// `src_k`/`src_v` `[S, src_tokens, Hs, Ds]` into the receiver's `tgt_k`/`tgt_v` `[T,
+    /// tokens, Ht, Dt]`, receiver token `p` with sharer token `alignment[p]`.
     #[allow(clippy::too_many_arguments)]
     pub fn fuse_stacked(
         &self,
@@ -475,79 +397,24 @@ impl<T: HalfFloat> Fuser<T> {
         alignment: &[usize],
         opts: &Options,
     ) -> Result<FuseStats> {
-        let (d, sl, tl) = (
-            self.cfg.dims,
+        let layers: Vec<Option<[&Projector<T>; 2]>> = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|p| [&p.key, &p.value]))
+            .collect();
+        let fused = c2c::fuse_token_major(
+            &layers,
+            &self.map,
             self.cfg.source_layers,
-            self.cfg.target_layers,
-        );
-        for (what, len, want) in [
-            ("src_k", src_k.len(), sl * src_tokens * d.hs * d.ds),
-            ("src_v", src_v.len(), sl * src_tokens * d.hs * d.ds),
-            ("tgt_k", tgt_k.len(), tl * tokens * d.k_out()),
-            ("tgt_v", tgt_v.len(), tl * tokens * d.k_out()),
-        ] {
-            if len != want {
-                return Err(invalid(format!(
-                    "mismatched token counts: {what} has {len} elements, want {want}"
-                )));
-            }
-        }
-        if alignment.len() != tokens {
-            return Err(invalid(format!(
-                "mismatched token counts: the alignment has {} entries, the receiver {tokens} tokens",
-                alignment.len()
-            )));
-        }
-        if let Some((i, &a)) = alignment.iter().enumerate().find(|(_, &a)| a >= src_tokens) {
-            return Err(invalid(format!(
-                "alignment[{i}] = {a} is past the sharer's {src_tokens} tokens"
-            )));
-        }
-        let src_layout = CacheLayout::token_major(sl * src_tokens, d.hs, d.ds);
-        let tgt_layout = CacheLayout::token_major(tl * tokens, d.ht, d.dt);
-        let mut ws = Workspace::new();
-        let mut stats = FuseStats {
+            (src_k, src_v, src_tokens),
+            (tgt_k, tgt_v, tokens),
+            alignment,
+            opts,
+        )?;
+        Ok(FuseStats {
+            fused,
+            skipped: self.cfg.target_layers - fused,
             tokens,
-            ..FuseStats::default()
-        };
-        for t in 0..tl {
-            let Some(p) = &self.layers[t] else {
-                stats.skipped += 1;
-                continue;
-            };
-            let to_i32 =
-                |x: usize| i32::try_from(x).map_err(|_| invalid(format!("slot {x} exceeds i32")));
-            let ss = alignment
-                .iter()
-                .map(|&a| to_i32(self.map[t] * src_tokens + a))
-                .collect::<Result<Vec<_>>>()?;
-            let ts = (0..tokens)
-                .map(|q| to_i32(t * tokens + q))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = Rows::new(&self.dev, &ss, &ts, &src_layout, &tgt_layout)?;
-            let mut ran = false;
-            for (proj, s, c) in [(&p.key, src_k, &mut *tgt_k), (&p.value, src_v, &mut *tgt_v)] {
-                ran |= c2c::fuse(
-                    proj,
-                    &Cache {
-                        data: s,
-                        layout: src_layout,
-                    },
-                    &mut CacheMut {
-                        data: c,
-                        layout: tgt_layout,
-                    },
-                    &rows,
-                    opts,
-                    &mut ws,
-                )?;
-            }
-            if ran {
-                stats.fused += 1;
-            } else {
-                stats.skipped += 1;
-            }
-        }
-        Ok(stats)
+        })
     }
 }
