@@ -89,7 +89,7 @@ using namespace tessera;
     for (uint64_t i = c2c_unfused::first(); i < total; i += c2c_unfused::step()) {                             \
       if (mode == c2c_unfused::kAct) {                                                                         \
         o[i] = c2c_unfused::narrow(gemm::activate(act, y[i]), ekind_);                                         \
-      } else {                                                                                                 \
+      } else if (mode == c2c_unfused::kBias || mode == c2c_unfused::kResidual) {                                \
         const float h = y[i] + (mode == c2c_unfused::kBias ? bias[i % n] : h32[i]);                            \
         h32[i] = h;                                                                                            \
         o[i] = c2c_unfused::narrow(h, ekind_);                                                                 \
