@@ -15,7 +15,8 @@
 //!     with the ratio (fused time / copy time: 1.0 would be the copy ceiling).
 //!   - `prefill_28_layers_M1024`: `drivers::c2c::Fuser::fuse` of the whole receiver (28 layers,
 //!     key and value, every gate open) at M = 1024 tokens, `Throughput::Elements(tokens)`.
-//!   Skipped, with a message, when no GPU is present.
+//!   Skipped, with a message, when no GPU is present. The receiver rows are fused in place
+//!   again on every iteration (the kernels' work does not depend on the values).
 //! * `cpu-path/*` (`Device::cpu()`, the f64 reference) and `simt/*` (the host SIMT executor,
 //!   wave32, 2 workers): fused and unfused at a tiny size only (M = 64, hidden 128, FFN 128, one
 //!   block, 2×32 sharer and 4×32 receiver heads). CPU times, never GPU performance.
@@ -128,7 +129,9 @@ fn projector(c: &mut Criterion, group: &str, dev: &Device, d: ProjectorDims, m: 
     o.unfused(&mut uws);
     let mut g = c.benchmark_group(group);
     if gpu {
-        g.sample_size(20).measurement_time(Duration::from_secs(3));
+        g.sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
     } else {
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
@@ -243,7 +246,9 @@ fn prefill(c: &mut Criterion, dev: &Device, m: usize) {
     };
     run();
     let mut g = c.benchmark_group("gpu");
-    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(m as u64));
     g.bench_function(
         format!("prefill_{}_layers_M{m}_bf16", cfg.target_layers),
