@@ -166,7 +166,12 @@ impl<T: HalfFloat> UnfusedWorkspace<T> {
         let d = p.dims;
         let dev = p.device();
         exact(dev, &mut self.x, m * d.k_in(), "c2c.unfused.x")?;
-        exact(dev, &mut self.y_hidden, m * d.hidden, "c2c.unfused.y_hidden")?;
+        exact(
+            dev,
+            &mut self.y_hidden,
+            m * d.hidden,
+            "c2c.unfused.y_hidden",
+        )?;
         exact(dev, &mut self.h32, m * d.hidden, "c2c.unfused.h32")?;
         exact(dev, &mut self.h16, m * d.hidden, "c2c.unfused.h16")?;
         exact(dev, &mut self.normed, m * d.hidden, "c2c.unfused.normed")?;
