@@ -15,6 +15,7 @@
 //!     with the ratio (fused time / copy time: 1.0 would be the copy ceiling).
 //!   - `prefill_28_layers_M1024`: `drivers::c2c::Fuser::fuse` of the whole receiver (28 layers,
 //!     key and value, every gate open) at M = 1024 tokens, `Throughput::Elements(tokens)`.
+//!
 //!   Skipped, with a message, when no GPU is present. The receiver rows are fused in place
 //!   again on every iteration (the kernels' work does not depend on the values).
 //! * `cpu-path/*` (`Device::cpu()`, the f64 reference) and `simt/*` (the host SIMT executor,
@@ -57,7 +58,7 @@ struct One {
 }
 
 fn one(dev: &Device, d: ProjectorDims, m: usize) -> One {
-    let mut rng = Rng(0xc2c_13);
+    let mut rng = Rng(0xc2c13);
     let w = random_projector::<bf16>(d, &mut rng);
     let p = Projector::<bf16>::upload(dev, &w, 1.0).expect("projector");
     let sl = CacheLayout::contiguous(1, d.hs, m, d.ds);
@@ -200,7 +201,7 @@ fn projector(c: &mut Criterion, group: &str, dev: &Device, d: ProjectorDims, m: 
 fn prefill(c: &mut Criterion, dev: &Device, m: usize) {
     let cfg = Config::qwen3_0_6b_from_qwen2_5_0_5b();
     let d = cfg.dims;
-    let mut rng = Rng(0xc2c_28);
+    let mut rng = Rng(0xc2c28);
     let key = random_projector::<bf16>(d, &mut rng);
     let value = random_projector::<bf16>(d, &mut rng);
     let w = FuserWeights {
