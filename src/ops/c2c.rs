@@ -37,6 +37,9 @@ use crate::error::{Error, Result};
 use crate::ops::{cpu_path, on_device, Host};
 use crate::reference::c2c as reference;
 
+pub mod unfused;
+pub use unfused::{fuse_unfused, UnfusedWorkspace};
+
 pub use crate::ops::attention::HalfFloat;
 pub use crate::reference::c2c::{Activation, Gate, ProjectorDims, ProjectorHost, EPS};
 
@@ -403,6 +406,9 @@ pub struct Projector<T: HalfFloat> {
     w_out: DeviceBuffer<T>,
     w_s: DeviceBuffer<T>,
     gate_logit: f32,
+    /// Unique per projector built in this process (the unfused baseline caches per-block
+    /// weight copies by it).
+    id: u64,
 }
 
 impl<T: HalfFloat> std::fmt::Debug for Projector<T> {
@@ -414,6 +420,9 @@ impl<T: HalfFloat> std::fmt::Debug for Projector<T> {
         )
     }
 }
+
+/// The next projector id.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn check_dims(d: &ProjectorDims) -> Result<()> {
     let zero = [
@@ -574,6 +583,7 @@ impl<T: HalfFloat> Projector<T> {
             w_out,
             w_s,
             gate_logit,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -672,22 +682,15 @@ fn kind_code(k: DTypeKind) -> u32 {
     }
 }
 
-/// Fuse one projector into the receiver cache in place: for every token `i` of `rows`, the
-/// receiver row at `rows`' receiver slot `i` gets the gated correction computed from it and the
-/// sharer row at sharer slot `i`. Returns whether anything ran: a projector whose gate value
-/// is 0 (`opts.gate`) launches nothing and leaves the cache bit-identical.
-///
-/// Errors ([`Error::InvalidArgument`] naming `c2c.project`): head counts or dims of a layout
-/// that differ from the projector's, a cache shorter than its layout, rows built for other
-/// layouts, buffers on different devices, bad options.
-pub fn fuse<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+/// The checks of a fuse (fused or unfused): the gate value when anything is to run, `None` for a
+/// closed gate or no rows.
+fn check_call<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
     p: &Projector<W>,
     src: &Cache<S>,
-    cache: &mut CacheMut<C>,
+    cache: &CacheMut<C>,
     rows: &Rows,
     opts: &Options,
-    ws: &mut Workspace<W>,
-) -> Result<bool> {
+) -> Result<Option<f32>> {
     opts.check()?;
     let d = p.dims;
     let dev = p.device().clone();
@@ -713,10 +716,34 @@ pub fn fuse<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
     on_device(OP, "cache", &dev, cache.data)?;
     on_device(OP, "rows", &dev, &rows.src)?;
     let g = opts.gate.value(p.gate_logit);
-    let m = rows.len();
-    if g == 0.0 || m == 0 {
-        return Ok(false);
+    if g == 0.0 || rows.is_empty() {
+        return Ok(None);
     }
+    Ok(Some(g))
+}
+
+/// Fuse one projector into the receiver cache in place: for every token `i` of `rows`, the
+/// receiver row at `rows`' receiver slot `i` gets the gated correction computed from it and the
+/// sharer row at sharer slot `i`. Returns whether anything ran: a projector whose gate value
+/// is 0 (`opts.gate`) launches nothing and leaves the cache bit-identical.
+///
+/// Errors ([`Error::InvalidArgument`] naming `c2c.project`): head counts or dims of a layout
+/// that differ from the projector's, a cache shorter than its layout, rows built for other
+/// layouts, buffers on different devices, bad options.
+pub fn fuse<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+    p: &Projector<W>,
+    src: &Cache<S>,
+    cache: &mut CacheMut<C>,
+    rows: &Rows,
+    opts: &Options,
+    ws: &mut Workspace<W>,
+) -> Result<bool> {
+    let Some(g) = check_call(p, src, cache, rows, opts)? else {
+        return Ok(false);
+    };
+    let d = p.dims;
+    let dev = p.device().clone();
+    let m = rows.len();
     if let Some(h) = cpu_path(OP, &dev) {
         fuse_host(h, p, src, cache, rows, opts, g)?;
         return Ok(true);
@@ -1162,5 +1189,6 @@ fn table_fields<T: HalfFloat>(p: &Projector<T>) {
         w_out: _,
         w_s: _,
         gate_logit: _,
+        id: _,
     } = p;
 }

@@ -10,7 +10,7 @@ use crate::device::Device;
 use crate::dtype::Float;
 use crate::ops::c2c::{
     self, Activation, Cache, CacheLayout, CacheMut, Gate, HalfFloat, Options, ProjectorDims,
-    ProjectorHost, Rows, Workspace, PAGE,
+    ProjectorHost, Rows, UnfusedWorkspace, Workspace, PAGE,
 };
 use crate::reference::c2c as reference;
 use crate::testing::{rel_l2, tol, Rng};
@@ -201,6 +201,15 @@ impl Case {
         &self,
         dev: &Device,
     ) -> std::result::Result<(Vec<C>, u64), String> {
+        self.run_with::<W, S, C>(dev, false)
+    }
+
+    /// [`Case::run`] through `c2c::fuse_unfused` (the unfused baseline) when `unfused`.
+    fn run_with<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+        &self,
+        dev: &Device,
+        unfused: bool,
+    ) -> std::result::Result<(Vec<C>, u64), String> {
         let src: Vec<S> = self.src.iter().map(|&x| S::from_f32(x)).collect();
         let tgt: Vec<C> = self.tgt.iter().map(|&x| C::from_f32(x)).collect();
         let src = up(dev, &src, "c2c.src")?;
@@ -216,20 +225,20 @@ impl Case {
             )?;
             dev.synchronize()?;
             let before = dev.launches();
-            c2c::fuse(
-                &p,
-                &Cache {
-                    data: &src,
-                    layout: self.src_layout,
-                },
-                &mut CacheMut {
-                    data: &mut cache,
-                    layout: self.tgt_layout,
-                },
-                &rows,
-                &self.opts,
-                &mut Workspace::new(),
-            )?;
+            let s = Cache {
+                data: &src,
+                layout: self.src_layout,
+            };
+            let mut c = CacheMut {
+                data: &mut cache,
+                layout: self.tgt_layout,
+            };
+            if unfused {
+                let mut ws = UnfusedWorkspace::new();
+                c2c::fuse_unfused(&p, &s, &mut c, &rows, &self.opts, &mut ws)?;
+            } else {
+                c2c::fuse(&p, &s, &mut c, &rows, &self.opts, &mut Workspace::new())?;
+            }
             let launches = dev.launches() - before;
             Ok((cache.download()?, launches))
         })
@@ -239,7 +248,24 @@ impl Case {
     /// rest of the cache bit-identical; a closed gate: the whole cache bit-identical and no
     /// launch.
     pub fn outcome<W: HalfFloat, S: HalfFloat, C: HalfFloat>(&self, dev: &Device) -> Outcome {
-        let (out, launches) = match self.run::<W, S, C>(dev) {
+        self.outcome_with::<W, S, C>(dev, false)
+    }
+
+    /// [`Case::outcome`] of the unfused baseline (`c2c::fuse_unfused`): the same reference,
+    /// tolerance and bit-identity checks.
+    pub fn outcome_unfused<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+        &self,
+        dev: &Device,
+    ) -> Outcome {
+        self.outcome_with::<W, S, C>(dev, true)
+    }
+
+    fn outcome_with<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+        &self,
+        dev: &Device,
+        unfused: bool,
+    ) -> Outcome {
+        let (out, launches) = match self.run_with::<W, S, C>(dev, unfused) {
             Ok(v) => v,
             Err(e) => return Outcome::not_run(e),
         };
@@ -363,6 +389,21 @@ pub fn rows(dev: &Device) -> Vec<Row> {
     out.push(c.outcome::<bf16, bf16, bf16>(dev).row(
         "c2c.project (gate off)",
         "bf16",
+        dev,
+        c.label,
+    ));
+    let c = Case::generate::<bf16, f16, bf16>(
+        d1,
+        37,
+        Side::Paged,
+        Side::Contiguous { batch: 2 },
+        hard,
+        0.7,
+        0xc2c5,
+    );
+    out.push(c.outcome_unfused::<bf16, f16, bf16>(dev).row(
+        "c2c.project (unfused baseline)",
+        "w bf16, src f16, tgt bf16",
         dev,
         c.label,
     ));

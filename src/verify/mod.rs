@@ -164,7 +164,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "c2c",
-        modules: &["c2c/project"],
+        modules: &["c2c/project", "c2c/unfused", "gemm/gemm"],
         rows: c2c::rows,
     },
     Family {
@@ -220,6 +220,10 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("gemm_", "gemm"),
         ("c2c_stage_", "c2c.project"),
         ("c2c_fold_", "c2c.project"),
+        ("c2c_gather_", "c2c.project"),
+        ("c2c_pointwise_", "c2c.project"),
+        ("c2c_rmsnorm_", "c2c.project"),
+        ("c2c_scatter", "c2c.project"),
     ];
     OPS.iter()
         .find(|(prefix, _)| kernel.starts_with(prefix))
