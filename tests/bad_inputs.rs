@@ -648,8 +648,8 @@ fn c2c_rejects_bad_inputs() {
         );
         let p = Projector::<bf16>::upload(&dev, &w, 1.0).unwrap();
         // The op and the fuse.
-        let src = dev.upload(&vec![bf16::ZERO; 3 * 8], "src").unwrap();
-        let tgt = dev.upload(&vec![bf16::ZERO; 4 * 16], "tgt").unwrap();
+        let src = dev.upload(&[bf16::ZERO; 3 * 8], "src").unwrap();
+        let tgt = dev.upload(&[bf16::ZERO; 4 * 16], "tgt").unwrap();
         expect_invalid(
             c2c::project::<bf16, bf16, bf16>(&p, &src, &tgt, 3, &Options::default()),
             "c2c.project",
@@ -740,9 +740,9 @@ fn c2c_rejects_bad_inputs() {
             map: align::LayerMap::LastAligned,
         };
         let fuser = Fuser::<bf16>::random(&dev, cfg.clone(), 5).unwrap();
-        let sk = dev.upload(&vec![bf16::ZERO; 3 * 8], "sk").unwrap();
-        let mut tk = dev.upload(&vec![bf16::ZERO; 2 * 16], "tk").unwrap();
-        let mut tv = dev.upload(&vec![bf16::ZERO; 2 * 16], "tv").unwrap();
+        let sk = dev.upload(&[bf16::ZERO; 3 * 8], "sk").unwrap();
+        let mut tk = dev.upload(&[bf16::ZERO; 2 * 16], "tk").unwrap();
+        let mut tv = dev.upload(&[bf16::ZERO; 2 * 16], "tv").unwrap();
         expect_invalid(
             fuser.fuse_stacked(
                 &sk,

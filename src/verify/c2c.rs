@@ -4,8 +4,6 @@
 //! element of the receiver cache must be bit-identical to before (no stray write), and a closed
 //! gate must leave the whole cache bit-identical and launch nothing.
 
-use std::ops::Range;
-
 use crate::device::Device;
 use crate::dtype::Float;
 use crate::ops::c2c::{
@@ -416,6 +414,9 @@ pub fn rows(dev: &Device) -> Vec<Row> {
     out
 }
 
+/// Per layer, the K and V caches.
+type LayerCaches<T> = Vec<(Vec<T>, Vec<T>)>;
+
 /// The driver on one device: a small fuser (S = 3 sharer layers, T = 4 receiver layers,
 /// `last_aligned`, random gates so some layers are closed) over a paged sharer and a contiguous
 /// receiver with a token alignment; prefill of all tokens against the reference layer by layer
@@ -475,7 +476,9 @@ pub fn driver_outcome<T: HalfFloat>(dev: &Device, seed: u64) -> Outcome {
             .iter()
             .map(|(k, v)| Ok((up(dev, k, "c2c.sk")?, up(dev, v, "c2c.sv")?)))
             .collect::<std::result::Result<Vec<_>, String>>()?;
-        let run = |ranges: &[Range<usize>]| -> std::result::Result<(Vec<(Vec<T>, Vec<T>)>, u64, usize), String> {
+        // The fuse over positions bounds[0]..bounds[1], bounds[1]..bounds[2], ...: the
+        // receiver caches after it, the launches and the layers fused.
+        let run = |bounds: &[usize]| -> std::result::Result<(LayerCaches<T>, u64, usize), String> {
             let mut tb: Vec<_> = tgt
                 .iter()
                 .map(|(k, v)| Ok((up(dev, k, "c2c.tk")?, up(dev, v, "c2c.tv")?)))
@@ -485,11 +488,27 @@ pub fn driver_outcome<T: HalfFloat>(dev: &Device, seed: u64) -> Outcome {
             dev.synchronize().map_err(e)?;
             let before = dev.launches();
             let mut fused = 0;
-            for r in ranges {
-                let rows = drv::rows(dev, (&sp, &src_layout), (&tp, &tgt_layout), &alignment, r.clone()).map_err(e)?;
-                let mut receiver: Vec<KvCacheMut<T>> = tb.iter_mut().map(|(k, v)| KvCacheMut { k, v }).collect();
+            for w in bounds.windows(2) {
+                let rows = drv::rows(
+                    dev,
+                    (&sp, &src_layout),
+                    (&tp, &tgt_layout),
+                    &alignment,
+                    w[0]..w[1],
+                )
+                .map_err(e)?;
+                let mut receiver: Vec<KvCacheMut<T>> =
+                    tb.iter_mut().map(|(k, v)| KvCacheMut { k, v }).collect();
                 let st = fuser
-                    .fuse(&sharer, src_layout, &mut receiver, tgt_layout, &rows, &Options::default(), &mut ws)
+                    .fuse(
+                        &sharer,
+                        src_layout,
+                        &mut receiver,
+                        tgt_layout,
+                        &rows,
+                        &Options::default(),
+                        &mut ws,
+                    )
                     .map_err(e)?;
                 fused = st.fused;
             }
@@ -500,8 +519,8 @@ pub fn driver_outcome<T: HalfFloat>(dev: &Device, seed: u64) -> Outcome {
                 .collect::<std::result::Result<Vec<_>, String>>()?;
             Ok((out, launches, fused))
         };
-        let (once, launches, fused) = run(&[0..n_tgt])?;
-        let (twice, _, _) = run(&[0..n0, n0..n_tgt])?;
+        let (once, launches, fused) = run(&[0, n_tgt])?;
+        let (twice, _, _) = run(&[0, n0, n_tgt])?;
         // The reference, layer by layer.
         let map = fuser.layer_map().to_vec();
         let positions: Vec<usize> = (0..n_tgt).collect();
