@@ -149,35 +149,53 @@ __device__ __forceinline__ void run(const Params& p) {
   });
 
   const size_t N = static_cast<size_t>(p.n);
-  for_each(acc, [&](float& x, int, int, int, int r, int c) {
-    if (r >= rows || c >= cols) return;
-    const int32_t row = row0 + r, col = col0 + c;
-    const size_t at = static_cast<size_t>(row) * N + static_cast<size_t>(col);
-    switch (p.mode) {
-      case kIn:
-      case kDown: {
-        const float h = x + (p.mode == kIn ? p.bias[col] : p.h32[at]);
-        p.h32[at] = h;
-        p.o16[at] = narrow(h, p.ekind);
-        break;
-      }
-      case kUp:
-        p.o16[at] = narrow(activate(p.act, x * s_rstd[r]), p.ekind);
-        break;
-      case kGate:
-        p.gs[at] = p.gate / (1.0f + expf(-x));
-        break;
-      case kOut: {
+  // One accumulator walk per mode, each with a small body, so that the walk unrolls (the
+  // accumulators stay in registers; a mode switch inside the walk kept clang's HIP build from
+  // unrolling it and moved them to scratch).
+  const auto at = [&](int r, int c) {
+    return static_cast<size_t>(row0 + r) * N + static_cast<size_t>(col0 + c);
+  };
+  switch (p.mode) {
+    case kIn:
+    case kDown: {
+      const float* add = p.mode == kIn ? p.bias : p.h32;
+      const bool per_col = p.mode == kIn;
+      for_each(acc, [&](float& x, int, int, int, int r, int c) {
+        if (r >= rows || c >= cols) return;
+        const size_t i = at(r, c);
+        const float h = x + add[per_col ? static_cast<size_t>(col0 + c) : i];
+        p.h32[i] = h;
+        p.o16[i] = narrow(h, p.ekind);
+      });
+      break;
+    }
+    case kUp:
+      for_each(acc, [&](float& x, int, int, int, int r, int c) {
+        if (r >= rows || c >= cols) return;
+        p.o16[at(r, c)] = narrow(activate(p.act, x * s_rstd[r]), p.ekind);
+      });
+      break;
+    case kGate:
+      for_each(acc, [&](float& x, int, int, int, int r, int c) {
+        if (r >= rows || c >= cols) return;
+        p.gs[at(r, c)] = p.gate / (1.0f + expf(-x));
+      });
+      break;
+    case kOut: {
+      const size_t heads = N / static_cast<size_t>(p.cv.dim);
+      for_each(acc, [&](float& x, int, int, int, int r, int c) {
+        if (r >= rows || c >= cols) return;
+        const int32_t row = row0 + r, col = col0 + c;
         const int head = col / p.cv.dim, d = col % p.cv.dim;
         const size_t i = p.cv.at(row, head, d);
-        const float y = widen(p.cache[i], p.cv.kind) + p.gs[static_cast<size_t>(row) * (N / p.cv.dim) + head] * x;
+        const float y = widen(p.cache[i], p.cv.kind) + p.gs[static_cast<size_t>(row) * heads + head] * x;
         p.cache[i] = narrow(y, p.cv.kind);
-        break;
-      }
-      default:
-        break;
+      });
+      break;
     }
-  });
+    default:
+      break;
+  }
 
   if (p.mode == kIn || p.mode == kDown) {
     // The tile's partial sums of squares of h, per row, in column order (h is visible to the
