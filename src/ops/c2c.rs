@@ -320,13 +320,15 @@ impl Rows {
                 )));
             }
         }
-        let mut seen = vec![false; tgt_layout.slots];
-        for (i, &s) in tgt_slots.iter().enumerate() {
-            if std::mem::replace(&mut seen[s as usize], true) {
-                return Err(invalid(format!(
-                    "receiver slot {s} is given twice (token {i}); each receiver token is written once"
-                )));
-            }
+        // Distinct receiver slots (sorted copy: the cost follows the tokens, not the cache).
+        let mut sorted: Vec<(i32, usize)> = tgt_slots.iter().copied().zip(0..).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(invalid(format!(
+                "receiver slot {} is given twice (token {}); each receiver token is written once",
+                w[1].0,
+                w[0].1.max(w[1].1)
+            )));
         }
         Ok(Rows {
             src_host: src_slots.to_vec(),
