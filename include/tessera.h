@@ -757,6 +757,30 @@ enum TesseraStatus tessera_c2c_fuse(const DLTensor *src_k,
                                     void *stream);
 
 /**
+ * `featcache.select`: SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by (score descending, index ascending); class 1 (recompute) for the first n - floor(cr · n), class 2 (reuse the last feature) for the longest run at the end whose score sum is <= low_mass · total, class 3 for the rest; c1 lists the class-1 tokens in order; bit-exact (Rust: `tessera::ops::featcache::select`).
+ *
+ * Inputs: `his` (f32, `[n]`), `fut` (f32, `[n]`), `cf` (u32, `[n]`).
+ *
+ * Parameters: `cr` (double): cache ratio, in [0, 1]; `low_mass` (double, usually 0.1): class 2's share of the total score, in [0, 1].
+ *
+ * Outputs, allocated by the caller: `class_` (u8, `[n]`), `c1` (u32, `[n - floor(cr * n)]`: its size depends on the data; pass a 1-D tensor with room for the largest possible result; `c1_len`, when not NULL, receives the number of elements written).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_featcache_select(const DLTensor *his,
+                                            const DLTensor *fut,
+                                            const DLTensor *cf,
+                                            double cr,
+                                            double low_mass,
+                                            DLTensor *class_,
+                                            DLTensor *c1,
+                                            int64_t *c1_len,
+                                            void *stream);
+
+/**
  * `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
  *
  * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).

@@ -1041,6 +1041,28 @@ fn c2c_fuse_case<T: attn::HalfFloat>(table: bool, seed: u64) -> Case {
     }
 }
 
+/// `featcache.select`: ties and a mid ratio, against the Rust op on the CPU path.
+fn featcache_select_case(n: usize, cr: f64, seed: u64) -> Case {
+    use tessera::ops::featcache;
+    let c = tessera::verify::featcache::Case::generate(n, 4, cr, 0.2, seed);
+    let s = featcache::select(&up(&c.his), &up(&c.fut), &up(&c.cf), cr, 0.2).unwrap();
+    let n1 = s.c1.len();
+    Case {
+        label: format!("featcache.select n={n} cr={cr}"),
+        op: "featcache.select",
+        inputs: vec![
+            ("his", HostT::vec(&c.his)),
+            ("fut", HostT::vec(&c.fut)),
+            ("cf", HostT::vec(&c.cf)),
+        ],
+        params: vec![("cr", Scalar::Float(cr)), ("low_mass", Scalar::Float(0.2))],
+        expect: vec![
+            ("class", HostT::of(&s.class, &[n]), Cmp::Exact),
+            ("c1", HostT::of(&s.c1, &[n1]), Cmp::Exact),
+        ],
+    }
+}
+
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
 fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
     let mut r = Rng(seed);
@@ -1196,6 +1218,10 @@ fn cases(name: &'static str) -> Vec<Case> {
         "c2c.project" => vec![
             c2c_project_case::<bf16>(false, 45),
             c2c_project_case::<f16>(true, 46),
+        ],
+        "featcache.select" => vec![
+            featcache_select_case(300, 0.7, 49),
+            featcache_select_case(5, 0.0, 50),
         ],
         "c2c.fuse" => vec![
             c2c_fuse_case::<bf16>(false, 47),

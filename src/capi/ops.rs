@@ -1258,6 +1258,49 @@ pub unsafe extern "C" fn tessera_c2c_fuse(
     })
 }
 
+/// `featcache.select`: SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by (score descending, index ascending); class 1 (recompute) for the first n - floor(cr · n), class 2 (reuse the last feature) for the longest run at the end whose score sum is <= low_mass · total, class 3 for the rest; c1 lists the class-1 tokens in order; bit-exact (Rust: `tessera::ops::featcache::select`).
+///
+/// Inputs: `his` (f32, `[n]`), `fut` (f32, `[n]`), `cf` (u32, `[n]`).
+///
+/// Parameters: `cr` (double): cache ratio, in [0, 1]; `low_mass` (double, usually 0.1): class 2's share of the total score, in [0, 1].
+///
+/// Outputs, allocated by the caller: `class_` (u8, `[n]`), `c1` (u32, `[n - floor(cr * n)]`: its size depends on the data; pass a 1-D tensor with room for the largest possible result; `c1_len`, when not NULL, receives the number of elements written).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_select(
+    his: *const DLTensor,
+    fut: *const DLTensor,
+    cf: *const DLTensor,
+    cr: f64,
+    low_mass: f64,
+    class_: *mut DLTensor,
+    c1: *mut DLTensor,
+    c1_len: *mut i64,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.select", || {
+        let mut c = Ctx::new("featcache.select");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("his", his) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("fut", fut) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cf", cf) }?;
+        c.param("cr", ParamValue::F64(cr));
+        c.param("low_mass", ParamValue::F64(low_mass));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("class", class_, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("c1", c1, c1_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
 ///
 /// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
@@ -1653,6 +1696,13 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::Tensor(a11), CArg::Tensor(a12), CArg::Tensor(a13), CArg::Str(a14), CArg::F32(a15), CArg::Str(a16), CArg::Out(a17), CArg::Out(a18)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_c2c_fuse(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, stream) })
+            }
+            _ => None,
+        },
+        "featcache.select" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::F64(a3), CArg::F64(a4), CArg::Out(a5), CArg::Out(a6), CArg::Len(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_select(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
             }
             _ => None,
         },

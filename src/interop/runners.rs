@@ -10,7 +10,7 @@ use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
 use crate::ops::gemm::{self, Activation, Epilogue};
-use crate::ops::{bitmask, c2c, codec, moe, tah};
+use crate::ops::{bitmask, c2c, codec, featcache, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
 fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
@@ -793,4 +793,16 @@ pub(crate) fn c2c_fuse(c: &mut Call) -> Result<()> {
         DTypeKind::BF16 => go::<bf16>(c),
         other => Err(c.err(format!("src_k is {other}; c2c.fuse takes f16 or bf16"))),
     }
+}
+
+pub(crate) fn featcache_select(c: &mut Call) -> Result<()> {
+    let s = featcache::select(
+        c.inp::<f32>("his")?,
+        c.inp::<f32>("fut")?,
+        c.inp::<u32>("cf")?,
+        c.p_f64("cr")?,
+        c.p_f64("low_mass")?,
+    )?;
+    c.put("class", s.class)?;
+    c.put("c1", s.c1)
 }

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bitmask;
 pub mod c2c;
 pub mod codec;
+pub mod featcache;
 pub mod gemm;
 pub mod moe;
 pub mod table;

@@ -725,6 +725,34 @@ pub static OPS: &[OpSpec] = &[
         run: runners::c2c_fuse,
     },
     OpSpec {
+        name: "featcache.select",
+        rust: "ops::featcache::select",
+        summary: "SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by \
+                  (score descending, index ascending); class 1 (recompute) for the first n - \
+                  floor(cr · n), class 2 (reuse the last feature) for the longest run at the end \
+                  whose score sum is <= low_mass · total, class 3 for the rest; c1 lists the \
+                  class-1 tokens in order; bit-exact",
+        inputs: &[
+            t("his", Dtypes::F32, "[n]"),
+            t("fut", Dtypes::F32, "[n]"),
+            t("cf", Dtypes::U32, "[n]"),
+        ],
+        params: &[
+            p("cr", ParamType::F64, None, "cache ratio, in [0, 1]"),
+            p(
+                "low_mass",
+                ParamType::F64,
+                Some("0.1"),
+                "class 2's share of the total score, in [0, 1]",
+            ),
+        ],
+        outputs: &[
+            t("class", Dtypes::U8, "[n]"),
+            t("c1", Dtypes::U32, "[n - floor(cr * n)]"),
+        ],
+        run: runners::featcache_select,
+    },
+    OpSpec {
         name: "gemm.dense",
         rust: "ops::gemm::dense",
         summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
@@ -1145,6 +1173,7 @@ mod tests {
             ),
             ("ops::gemm::", include_str!("gemm.rs")),
             ("ops::c2c::", include_str!("c2c.rs")),
+            ("ops::featcache::", include_str!("featcache.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources

@@ -6,7 +6,7 @@
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
 //! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`], [`gemm`],
-//! [`c2c`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
+//! [`c2c`], [`featcache`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
 use serde::Serialize;
@@ -18,6 +18,7 @@ pub mod attention;
 pub mod bitmask;
 pub mod c2c;
 pub mod codec;
+pub mod featcache;
 pub mod gemm;
 pub mod moe;
 pub mod rexmoe;
@@ -168,6 +169,11 @@ pub const FAMILIES: &[Family] = &[
         rows: c2c::rows,
     },
     Family {
+        name: "featcache",
+        modules: &["featcache/select"],
+        rows: featcache::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -219,6 +225,7 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_combine_", "moe::combine"),
         ("gemm_", "gemm"),
         ("c2c_stage_", "c2c.project"),
+        ("featcache_", "featcache.select"),
         ("c2c_fold_", "c2c.project"),
         ("c2c_gather_", "c2c.project"),
         ("c2c_pointwise_", "c2c.project"),
