@@ -23,35 +23,12 @@
 // stages: K % 8 == 0 and A aligned; kIn: also both caches in E, head dims and strides multiples
 // of 8 and both bases aligned, so a chunk never straddles a head); vec_b likewise for B.
 #include "../gemm/tile.cuh"
+#include "view.cuh"
 
 namespace tessera {
 namespace c2c {
 
 constexpr uint32_t kIn = 0, kUp = 1, kDown = 2, kGate = 3, kOut = 4;
-constexpr uint32_t kKindBf16 = 0, kKindF16 = 1;
-
-// A cache seen as rows of (head, d).
-struct View {
-  const int32_t* slots;
-  int32_t per_block;
-  uint64_t block_stride, pos_stride, head_stride;
-  int32_t dim;
-  uint32_t kind;
-  __device__ __forceinline__ size_t at(int32_t row, int head, int d) const {
-    const uint64_t s = static_cast<uint64_t>(slots[row]);
-    const uint64_t pb = static_cast<uint64_t>(per_block);
-    return static_cast<size_t>((s / pb) * block_stride + (s % pb) * pos_stride +
-                               static_cast<uint64_t>(head) * head_stride + static_cast<uint64_t>(d));
-  }
-};
-
-__device__ __forceinline__ float widen(uint16_t h, uint32_t kind) {
-  return kind == kKindBf16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-__device__ __forceinline__ uint16_t narrow(float x, uint32_t kind) {
-  return kind == kKindBf16 ? f32_to_bf16_rne(x) : f32_to_f16_rne(x);
-}
-
 struct Params {
   uint32_t mode;
   int32_t m, n, k;

@@ -11,38 +11,20 @@
 //                    one block of 256 threads per row (grid-stride over rows), a shared tree sum.
 //   c2c_scatter      cache[m, head, d] = round_C(cache + g * sigmoid(ys[m, head]) * proj[m, head * Dt + d]).
 //
-// Caches: element (row m, head, d) is at
-//   (s / per_block) * block_stride + (s % per_block) * pos_stride + head * head_stride + d, s = slots[m];
-// each cache holds bf16 or f16 (`kind`, converted with round to nearest even). Elementwise
+// Caches: c2c/view.cuh (the same views as the fused kernel). Elementwise
 // kernels take any block and grid (grid-stride loops).
 #include "../gemm/tile.cuh"
+#include "view.cuh"
 
 namespace tessera {
 namespace c2c_unfused {
 
-constexpr uint32_t kKindBf16 = 0;
 constexpr uint32_t kBias = 0, kResidual = 1, kAct = 2;
 constexpr int kNormThreads = 256;
 
-struct View {
-  const int32_t* slots;
-  int32_t per_block;
-  uint64_t block_stride, pos_stride, head_stride;
-  int32_t dim;
-  uint32_t kind;
-  __device__ __forceinline__ size_t at(uint64_t row, uint64_t head, uint64_t d) const {
-    const uint64_t s = static_cast<uint64_t>(slots[row]);
-    const uint64_t pb = static_cast<uint64_t>(per_block);
-    return static_cast<size_t>((s / pb) * block_stride + (s % pb) * pos_stride + head * head_stride + d);
-  }
-};
-
-__device__ __forceinline__ float widen(uint16_t h, uint32_t kind) {
-  return kind == kKindBf16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-__device__ __forceinline__ uint16_t narrow(float x, uint32_t kind) {
-  return kind == kKindBf16 ? f32_to_bf16_rne(x) : f32_to_f16_rne(x);
-}
+using c2c::narrow;
+using c2c::View;
+using c2c::widen;
 
 __device__ __forceinline__ uint64_t first() {
   return static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -123,8 +105,8 @@ using namespace tessera;
   }                                                                                                            \
   TESSERA_EXPORT_BLOCK(c2c_rmsnorm_##sfx, c2c_unfused::kNormThreads)
 
-TESSERA_C2C_UNFUSED(bf16, c2c_unfused::kKindBf16)
-TESSERA_C2C_UNFUSED(f16, 1u)
+TESSERA_C2C_UNFUSED(bf16, c2c::kKindBf16)
+TESSERA_C2C_UNFUSED(f16, c2c::kKindF16)
 
 // cache[m, head, d] = round_C(cache[m, head, d] + g * sigmoid(ys[m, head]) * proj[m, head * Dt + d]) in
 // place (any block, grid-stride over M * Ht * Dt).

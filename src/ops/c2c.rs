@@ -1021,6 +1021,37 @@ pub fn stacked_projectors<T: HalfFloat>(
     Ok(layers)
 }
 
+/// One layer's key and value projectors ([`fuse`] each) on its (sharer, receiver) key and value
+/// caches, both sides with the given layouts. Returns whether either ran.
+#[allow(clippy::type_complexity)]
+pub fn fuse_layer<W: HalfFloat, S: HalfFloat, C: HalfFloat>(
+    projectors: [&Projector<W>; 2],
+    caches: [(&DeviceBuffer<S>, &mut DeviceBuffer<C>); 2],
+    (src_layout, tgt_layout): (CacheLayout, CacheLayout),
+    rows: &Rows,
+    opts: &Options,
+    ws: &mut Workspace<W>,
+) -> Result<bool> {
+    let mut ran = false;
+    for (proj, (s, c)) in projectors.into_iter().zip(caches) {
+        ran |= fuse(
+            proj,
+            &Cache {
+                data: s,
+                layout: src_layout,
+            },
+            &mut CacheMut {
+                data: c,
+                layout: tgt_layout,
+            },
+            rows,
+            opts,
+            ws,
+        )?;
+    }
+    Ok(ran)
+}
+
 /// The op name of the all-layer fuse in errors.
 pub const FUSE_OP: &str = "c2c.fuse";
 
@@ -1109,23 +1140,14 @@ pub fn fuse_token_major<T: HalfFloat>(
             .map(|q| to_i32(t * tokens + q))
             .collect::<Result<Vec<_>>>()?;
         let rows = Rows::new(&dev, &ss, &ts, &src_layout, &tgt_layout)?;
-        let mut ran = false;
-        for (proj, s, c) in [(key, src_k, &mut *tgt_k), (value, src_v, &mut *tgt_v)] {
-            ran |= fuse(
-                proj,
-                &Cache {
-                    data: s,
-                    layout: src_layout,
-                },
-                &mut CacheMut {
-                    data: c,
-                    layout: tgt_layout,
-                },
-                &rows,
-                opts,
-                &mut ws,
-            )?;
-        }
+        let ran = fuse_layer(
+            [key, value],
+            [(src_k, &mut *tgt_k), (src_v, &mut *tgt_v)],
+            (src_layout, tgt_layout),
+            &rows,
+            opts,
+            &mut ws,
+        )?;
         fused += ran as usize;
     }
     Ok(fused)

@@ -447,30 +447,19 @@ pub fn driver_outcome<T: HalfFloat>(dev: &Device, seed: u64) -> Outcome {
             Placement::Paged(table),
             Placement::Contiguous { b: 1, len: 32 },
         );
-        let src: Vec<(Vec<T>, Vec<T>)> = (0..3)
-            .map(|_| {
-                let n = src_layout.min_len().unwrap_or(0);
-                let f = |r: &mut Rng| {
-                    r.values_in::<T>(n, 1.0)
-                        .iter()
-                        .map(|&x| T::from_f32(x))
-                        .collect()
-                };
-                (f(&mut rng), f(&mut rng))
-            })
-            .collect();
-        let tgt: Vec<(Vec<T>, Vec<T>)> = (0..4)
-            .map(|_| {
-                let n = tgt_layout.min_len().unwrap_or(0);
-                let f = |r: &mut Rng| {
-                    r.values_in::<T>(n, 1.0)
-                        .iter()
-                        .map(|&x| T::from_f32(x))
-                        .collect()
-                };
-                (f(&mut rng), f(&mut rng))
-            })
-            .collect();
+        // Random K and V caches of `layers` layers in `layout`.
+        let mut caches = |layers: usize, layout: &CacheLayout| -> LayerCaches<T> {
+            let n = layout.min_len().unwrap_or(0);
+            let mut f = || -> Vec<T> {
+                rng.values_in::<T>(n, 1.0)
+                    .iter()
+                    .map(|&x| T::from_f32(x))
+                    .collect()
+            };
+            (0..layers).map(|_| (f(), f())).collect()
+        };
+        let src = caches(3, &src_layout);
+        let tgt = caches(4, &tgt_layout);
         let e = |e: crate::error::Error| super::failed("c2c.fuse", &e);
         let sbufs: Vec<_> = src
             .iter()

@@ -19,8 +19,7 @@ use std::ops::Range;
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
 use crate::ops::c2c::{
-    self, Cache, CacheLayout, CacheMut, HalfFloat, Options, Projector, ProjectorDims, Rows,
-    Stacked, Workspace,
+    self, CacheLayout, HalfFloat, Options, Projector, ProjectorDims, Rows, Stacked, Workspace,
 };
 use crate::testing::Rng;
 
@@ -262,26 +261,14 @@ impl<T: HalfFloat> Fuser<T> {
                 continue;
             };
             let src = &sharer[self.map[t]];
-            let mut ran = false;
-            for (proj, s, c) in [
-                (&p.key, src.k, &mut *cache.k),
-                (&p.value, src.v, &mut *cache.v),
-            ] {
-                ran |= c2c::fuse(
-                    proj,
-                    &Cache {
-                        data: s,
-                        layout: src_layout,
-                    },
-                    &mut CacheMut {
-                        data: c,
-                        layout: tgt_layout,
-                    },
-                    rows,
-                    opts,
-                    ws,
-                )?;
-            }
+            let ran = c2c::fuse_layer(
+                [&p.key, &p.value],
+                [(src.k, &mut *cache.k), (src.v, &mut *cache.v)],
+                (src_layout, tgt_layout),
+                rows,
+                opts,
+                ws,
+            )?;
             if ran {
                 stats.fused += 1;
             } else {
