@@ -205,13 +205,76 @@ impl Ring {
         }
     }
 
+    /// A read view (what [`reuse`] takes).
+    pub fn view(&self) -> RingRef<'_> {
+        RingRef {
+            n: self.n,
+            w: self.w,
+            feat: &self.feat,
+            stamp: &self.stamp,
+            head: &self.head,
+            len: &self.len,
+        }
+    }
+
+    /// A write view (what [`scatter`] takes).
+    pub fn view_mut(&mut self) -> RingMut<'_> {
+        RingMut {
+            n: self.n,
+            w: self.w,
+            feat: &mut self.feat,
+            stamp: &mut self.stamp,
+            head: &mut self.head,
+            len: &mut self.len,
+        }
+    }
+
+    /// Token `i`'s k-th newest feature (k = 0: the newest).
+    pub fn feature(&self, i: usize, k: usize) -> &[f32] {
+        self.view().feature(i, k)
+    }
+
+    /// The stamps of token `i`'s cached features, newest first.
+    pub fn stamps(&self, i: usize) -> Vec<f32> {
+        self.view().stamps(i)
+    }
+
+    /// The slot of token `i`'s k-th newest feature.
+    pub fn slot(&self, i: usize, k: usize) -> usize {
+        self.view().slot(i, k)
+    }
+}
+
+/// A [`Ring`] borrowed from slices (the CPU path's view of the device ring).
+#[derive(Clone, Copy, Debug)]
+pub struct RingRef<'a> {
+    pub n: usize,
+    pub w: usize,
+    pub feat: &'a [f32],
+    pub stamp: &'a [f32],
+    pub head: &'a [u8],
+    pub len: &'a [u8],
+}
+
+/// A [`Ring`] borrowed mutably from slices.
+#[derive(Debug)]
+pub struct RingMut<'a> {
+    pub n: usize,
+    pub w: usize,
+    pub feat: &'a mut [f32],
+    pub stamp: &'a mut [f32],
+    pub head: &'a mut [u8],
+    pub len: &'a mut [u8],
+}
+
+impl<'a> RingRef<'a> {
     /// The slot of token `i`'s k-th newest feature (k = 0: the newest).
     pub fn slot(&self, i: usize, k: usize) -> usize {
         (self.head[i] as usize + RING - k % RING) % RING
     }
 
     /// Token `i`'s k-th newest feature.
-    pub fn feature(&self, i: usize, k: usize) -> &[f32] {
+    pub fn feature(&self, i: usize, k: usize) -> &'a [f32] {
         let s = self.slot(i, k);
         &self.feat[(s * self.n + i) * self.w..][..self.w]
     }
@@ -221,6 +284,14 @@ impl Ring {
         (0..self.len[i] as usize)
             .map(|k| self.stamp[self.slot(i, k) * self.n + i])
             .collect()
+    }
+
+    /// Whether the slices hold `n` tokens of width `w`.
+    fn sized(&self) -> bool {
+        self.feat.len() == RING * self.n * self.w
+            && self.stamp.len() == RING * self.n
+            && self.head.len() == self.n
+            && self.len.len() == self.n
     }
 }
 
@@ -250,14 +321,15 @@ pub fn gather(x: &[f32], width: usize, c1: &[u32]) -> Result<Vec<f32>, String> {
     let mut rows = Vec::with_capacity(c1.len() * width);
     for (j, &c) in c1.iter().enumerate() {
         if c as usize >= n {
-            return Err(index_msg(j, c, n));
+            return Err(index_fault(j, c, n));
         }
         rows.extend_from_slice(&x[c as usize * width..][..width]);
     }
     Ok(rows)
 }
 
-fn index_msg(j: usize, c: u32, n: usize) -> String {
+/// The error of an index `c1[j] = c` that is not one of `n` tokens.
+pub fn index_fault(j: usize, c: u32, n: usize) -> String {
     format!("c1[{j}] = {c} is not a token (n = {n})")
 }
 
@@ -267,7 +339,7 @@ fn index_msg(j: usize, c: u32, n: usize) -> String {
 pub fn scatter_fault(c1: &[u32], j: usize, n: usize, state: Option<(u8, u8)>) -> Option<String> {
     let c = c1[j];
     if c as usize >= n {
-        return Some(index_msg(j, c, n));
+        return Some(index_fault(j, c, n));
     }
     if let Some(k) = c1[..j].iter().position(|&e| e == c) {
         return Some(format!(
@@ -286,9 +358,20 @@ pub fn scatter(
     c1: &[u32],
     t_now: f32,
     x: &mut [f32],
-    ring: &mut Ring,
+    ring: RingMut<'_>,
 ) -> Result<(), String> {
     let (n, w) = (ring.n, ring.w);
+    let view = RingRef {
+        n,
+        w,
+        feat: &*ring.feat,
+        stamp: &*ring.stamp,
+        head: &*ring.head,
+        len: &*ring.len,
+    };
+    if !view.sized() {
+        return Err(format!("the ring's buffers do not hold {n} tokens of width {w}"));
+    }
     if x.len() != n * w || rows.len() != c1.len() * w {
         return Err(format!(
             "mismatched lengths: rows {} (c1 {} × width {w}), x {} (n {n} × width {w})",
@@ -361,8 +444,11 @@ pub fn reuse_fault(i: usize, class: u8, head: u8, len: u8, stamps: &[f32], t_now
 /// first, `w` = [`reuse_weights`] of their stamps at `t_now`, accumulated in f64 from `0.0` in
 /// that order and rounded once to f32. Errors (nothing is written): lengths that differ, a
 /// non-finite `t_now`, the first token with a [`reuse_fault`].
-pub fn reuse(class: &[u8], ring: &Ring, t_now: f32, x: &mut [f32]) -> Result<(), String> {
+pub fn reuse(class: &[u8], ring: RingRef<'_>, t_now: f32, x: &mut [f32]) -> Result<(), String> {
     let (n, w) = (ring.n, ring.w);
+    if !ring.sized() {
+        return Err(format!("the ring's buffers do not hold {n} tokens of width {w}"));
+    }
     if class.len() != n || x.len() != n * w {
         return Err(format!(
             "mismatched lengths: class {}, x {} (ring: n {n}, width {w})",
@@ -609,15 +695,15 @@ mod tests {
         let mut ring = Ring::new(2, 2);
         let mut x = vec![0.0; 4];
         // Four pushes into token 1 at t = 4, 3, 2, 1 (token 0 once, at t = 3).
-        scatter(&[1.0, 1.5], &[1], 4.0, &mut x, &mut ring).unwrap();
+        scatter(&[1.0, 1.5], &[1], 4.0, &mut x, ring.view_mut()).unwrap();
         assert_eq!((ring.head[1], ring.len[1]), (1, 1));
         assert_eq!(x, vec![0.0, 0.0, 1.0, 1.5]);
-        scatter(&[2.0, 2.5, 7.0, 7.5], &[1, 0], 3.0, &mut x, &mut ring).unwrap();
+        scatter(&[2.0, 2.5, 7.0, 7.5], &[1, 0], 3.0, &mut x, ring.view_mut()).unwrap();
         assert_eq!(x, vec![7.0, 7.5, 2.0, 2.5]);
         assert_eq!((ring.head.clone(), ring.len.clone()), (vec![1, 2], vec![1, 2]));
-        scatter(&[3.0, 3.5], &[1], 2.0, &mut x, &mut ring).unwrap();
+        scatter(&[3.0, 3.5], &[1], 2.0, &mut x, ring.view_mut()).unwrap();
         assert_eq!((ring.head[1], ring.len[1]), (0, 3));
-        scatter(&[4.0, 4.5], &[1], 1.0, &mut x, &mut ring).unwrap();
+        scatter(&[4.0, 4.5], &[1], 1.0, &mut x, ring.view_mut()).unwrap();
         // Slot 1 (the oldest, t = 4) was overwritten: newest first 4, 3, 2.
         assert_eq!((ring.head[1], ring.len[1]), (1, 3));
         assert_eq!(ring.stamps(1), vec![1.0, 2.0, 3.0]);
@@ -634,7 +720,7 @@ mod tests {
         let mut x = vec![9.0; 3];
         let before = (ring.clone(), x.clone());
         let mut bad = |rows: &[f32], c1: &[u32], t: f32, ring: &mut Ring| {
-            scatter(rows, c1, t, &mut x, ring).unwrap_err()
+            scatter(rows, c1, t, &mut x, ring.view_mut()).unwrap_err()
         };
         assert_eq!(
             bad(&[1.0, 2.0], &[0, 3], 1.0, &mut ring),
@@ -658,13 +744,13 @@ mod tests {
         // (t = 12), token 2 two with zero gaps, token 3 none.
         let mut ring = Ring::new(4, 1);
         let mut x = vec![0.0; 4];
-        scatter(&[100.0], &[0], 13.0, &mut x, &mut ring).unwrap();
-        scatter(&[10.0, 5.0], &[0, 2], 12.0, &mut x, &mut ring).unwrap();
-        scatter(&[1.0, 7.0], &[0, 1], 11.0, &mut x, &mut ring).unwrap();
-        scatter(&[6.0], &[2], 10.0, &mut x, &mut ring).unwrap();
+        scatter(&[100.0], &[0], 13.0, &mut x, ring.view_mut()).unwrap();
+        scatter(&[10.0, 5.0], &[0, 2], 12.0, &mut x, ring.view_mut()).unwrap();
+        scatter(&[1.0, 7.0], &[0, 1], 11.0, &mut x, ring.view_mut()).unwrap();
+        scatter(&[6.0], &[2], 10.0, &mut x, ring.view_mut()).unwrap();
         // At t = 10 (token 2's stamps are 10 and 12: gaps 0, 2).
         let mut out = vec![-1.0; 4];
-        reuse(&[3, 3, 2, 1], &ring, 10.0, &mut out).unwrap();
+        reuse(&[3, 3, 2, 1], ring.view(), 10.0, &mut out).unwrap();
         // Token 0: gaps 1, 2, 3: raw e^-1, 2e^-2, 3e^-3 on features 1, 10, 100.
         let raw = [(-1f64).exp(), 2.0 * (-2f64).exp(), 3.0 * (-3f64).exp()];
         let sum: f64 = raw.iter().sum();
@@ -674,15 +760,15 @@ mod tests {
         assert_eq!(&out[1..], &[7.0, 6.0, -1.0]);
         // Token 2 as class 3 at t = 10: gaps 0 and 2 -> weights 0 and 1: the older one (5).
         let mut out2 = vec![-1.0; 4];
-        reuse(&[1, 1, 3, 1], &ring, 10.0, &mut out2).unwrap();
+        reuse(&[1, 1, 3, 1], ring.view(), 10.0, &mut out2).unwrap();
         assert_eq!(out2, vec![-1.0, -1.0, 5.0, -1.0]);
         // All gaps 0 -> the newest.
         let mut r1 = Ring::new(1, 1);
         let mut x1 = vec![0.0];
-        scatter(&[2.0], &[0], 5.0, &mut x1, &mut r1).unwrap();
-        scatter(&[3.0], &[0], 5.0, &mut x1, &mut r1).unwrap();
+        scatter(&[2.0], &[0], 5.0, &mut x1, r1.view_mut()).unwrap();
+        scatter(&[3.0], &[0], 5.0, &mut x1, r1.view_mut()).unwrap();
         let mut o1 = vec![0.0];
-        reuse(&[3], &r1, 5.0, &mut o1).unwrap();
+        reuse(&[3], r1.view(), 5.0, &mut o1).unwrap();
         assert_eq!(o1, vec![3.0]);
     }
 
@@ -690,10 +776,10 @@ mod tests {
     fn reuse_errors_write_nothing() {
         let mut ring = Ring::new(3, 1);
         let mut x = vec![0.0; 3];
-        scatter(&[1.0, 2.0], &[0, 1], 5.0, &mut x, &mut ring).unwrap();
+        scatter(&[1.0, 2.0], &[0, 1], 5.0, &mut x, ring.view_mut()).unwrap();
         let mut out = vec![9.0; 3];
         let mut bad = |class: &[u8], t: f32, ring: &Ring| {
-            reuse(class, ring, t, &mut out).unwrap_err()
+            reuse(class, ring.view(), t, &mut out).unwrap_err()
         };
         assert_eq!(bad(&[1, 4, 1], 5.0, &ring), "class[1] = 4 is not 1, 2 or 3");
         assert_eq!(bad(&[0, 1, 1], 5.0, &ring), "class[0] = 0 is not 1, 2 or 3");
@@ -707,7 +793,7 @@ mod tests {
         assert!(bad(&[2, 1, 1], 5.0, &corrupt).contains("ring of token 0 is corrupt"));
         // A corrupt ring of a class-1 token is not read.
         let mut ok = vec![0.0; 3];
-        reuse(&[1, 2, 1], &corrupt, 5.0, &mut ok).unwrap();
+        reuse(&[1, 2, 1], corrupt.view(), 5.0, &mut ok).unwrap();
         assert_eq!(ok, vec![0.0, 2.0, 0.0]);
         let mut nan = ring.clone();
         let s = nan.slot(1, 0);
