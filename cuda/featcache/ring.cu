@@ -213,25 +213,32 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(featring::kThreads)
       continue;
     }
     const uint32_t l = len[i];
+    // Fixed trip counts (unrolled, guarded by k < l): the arrays stay in registers.
     double w[3] = {0.0, 0.0, 0.0};
     const float* f[3] = {f0, f0, f0};
     double sum = 0.0;
-    for (uint32_t k = 0; k < l; ++k) {
-      const uint32_t s = featring::slot(h, k);
-      f[k] = feat + (static_cast<size_t>(s) * n + i) * width;
-      const double gap = static_cast<double>(stamp[static_cast<size_t>(s) * n + i]) - static_cast<double>(t_now);
-      w[k] = featring::dmul(decay[k], gap);
-      sum = featring::dadd(sum, w[k]);
+#pragma unroll
+    for (uint32_t k = 0; k < 3; ++k) {
+      if (k < l) {
+        const uint32_t s = featring::slot(h, k);
+        f[k] = feat + (static_cast<size_t>(s) * n + i) * width;
+        const double gap = static_cast<double>(stamp[static_cast<size_t>(s) * n + i]) - static_cast<double>(t_now);
+        w[k] = featring::dmul(decay[k], gap);
+        sum = featring::dadd(sum, w[k]);
+      }
     }
     if (sum == 0.0) {
       w[0] = 1.0;
       w[1] = w[2] = 0.0;
     } else {
-      for (uint32_t k = 0; k < l; ++k) w[k] = w[k] / sum;
+#pragma unroll
+      for (uint32_t k = 0; k < 3; ++k) w[k] = w[k] / sum;
     }
     for (uint32_t col = threadIdx.x; col < width; col += blockDim.x) {
       double acc = 0.0;
-      for (uint32_t k = 0; k < l; ++k) acc = featring::dadd(acc, featring::dmul(w[k], static_cast<double>(f[k][col])));
+#pragma unroll
+      for (uint32_t k = 0; k < 3; ++k)
+        if (k < l) acc = featring::dadd(acc, featring::dmul(w[k], static_cast<double>(f[k][col])));
       xo[col] = static_cast<float>(acc);
     }
   }
