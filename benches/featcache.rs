@@ -56,7 +56,9 @@ fn run_ring(c: &mut Criterion, group: &str, dev: &Device, n: usize) {
     let vals: Vec<f32> = (0..n * W).map(|i| (i % 97) as f32 * 0.01).collect();
     let mut x = dev.upload(&vals, "x").expect("upload");
     let mut ring = Ring::new(dev, n, W).expect("ring");
-    let all = dev.upload(&(0..n as u32).collect::<Vec<_>>(), "all").expect("upload");
+    let all = dev
+        .upload(&(0..n as u32).collect::<Vec<_>>(), "all")
+        .expect("upload");
     let x0 = dev.upload(&vals, "x0").expect("upload");
     for t in [3.0f32, 2.0, 1.0] {
         featcache::scatter(&x0, &all, t, &mut x, &mut ring).expect("prefill");

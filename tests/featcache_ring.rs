@@ -126,7 +126,9 @@ fn expect_invalid<T>(r: tessera::Result<T>, op: &str, needles: &[&str]) {
 fn filled(dev: &Device) -> (Ring, tessera::DeviceBuffer<f32>) {
     let mut ring = Ring::new(dev, 4, 2).unwrap();
     let mut x = dev.upload(&[0f32; 8], "x").unwrap();
-    let rows = dev.upload(&[1f32, 2.0, 3.0, 4.0, 5.0, 6.0], "rows").unwrap();
+    let rows = dev
+        .upload(&[1f32, 2.0, 3.0, 4.0, 5.0, 6.0], "rows")
+        .unwrap();
     let c1 = dev.upload(&[0u32, 1, 2], "c1").unwrap();
     featcache::scatter(&rows, &c1, 5.0, &mut x, &mut ring).unwrap();
     let c1 = dev.upload(&[2u32], "c1").unwrap();
@@ -155,14 +157,21 @@ fn bad_inputs_are_named_and_write_nothing() {
 
         // gather: width 0, x not a multiple, an index past n (the first named); repeats allowed.
         expect_invalid(featcache::gather(&x, 0, &up32(&[0])), g, &["width is 0"]);
-        expect_invalid(featcache::gather(&x, 3, &up32(&[0])), g, &["multiple of width 3"]);
+        expect_invalid(
+            featcache::gather(&x, 3, &up32(&[0])),
+            g,
+            &["multiple of width 3"],
+        );
         expect_invalid(
             featcache::gather(&x, 2, &up32(&[1, 9, 4])),
             g,
             &["c1[1] = 9 is not a token (n = 4)"],
         );
         assert_eq!(
-            featcache::gather(&x, 2, &up32(&[2, 2])).unwrap().download().unwrap(),
+            featcache::gather(&x, 2, &up32(&[2, 2]))
+                .unwrap()
+                .download()
+                .unwrap(),
             vec![1.5, 2.5, 1.5, 2.5]
         );
 
@@ -192,25 +201,13 @@ fn bad_inputs_are_named_and_write_nothing() {
             &["c1[1] = 4 is not a token (n = 4)"],
         );
         expect_invalid(
-            featcache::scatter(
-                &upf(&[1.0; 6]),
-                &up32(&[3, 1, 3]),
-                3.0,
-                &mut x,
-                &mut ring,
-            ),
+            featcache::scatter(&upf(&[1.0; 6]), &up32(&[3, 1, 3]), 3.0, &mut x, &mut ring),
             s,
             &["c1[2] = 3 repeats c1[0]"],
         );
         // The first bad entry wins: the repeat at 1 before the range error at 2.
         expect_invalid(
-            featcache::scatter(
-                &upf(&[1.0; 6]),
-                &up32(&[0, 0, 9]),
-                3.0,
-                &mut x,
-                &mut ring,
-            ),
+            featcache::scatter(&upf(&[1.0; 6]), &up32(&[0, 0, 9]), 3.0, &mut x, &mut ring),
             s,
             &["c1[1] = 0 repeats c1[0]"],
         );

@@ -1122,8 +1122,7 @@ fn featcache_ring_case(op: &'static str, n: usize, w: usize, seed: u64) -> Case 
         "featcache.scatter" => {
             let mut ring = featcache::Ring::from_host(&cpu(), &r).unwrap();
             let mut out = up(&x);
-            featcache::scatter(&up(&st.rows), &up(&st.c1), st.t_now, &mut out, &mut ring)
-                .unwrap();
+            featcache::scatter(&up(&st.rows), &up(&st.c1), st.t_now, &mut out, &mut ring).unwrap();
             let mut inputs = vec![
                 ("rows", HostT::new(&st.rows, &[m, w])),
                 ("c1", HostT::vec(&st.c1)),

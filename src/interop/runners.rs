@@ -808,11 +808,7 @@ pub(crate) fn featcache_select(c: &mut Call) -> Result<()> {
 }
 
 pub(crate) fn featcache_gather(c: &mut Call) -> Result<()> {
-    let rows = featcache::gather(
-        c.inp::<f32>("x")?,
-        c.p_usize("width")?,
-        c.inp::<u32>("c1")?,
-    )?;
+    let rows = featcache::gather(c.inp::<f32>("x")?, c.p_usize("width")?, c.inp::<u32>("c1")?)?;
     c.put("rows", rows)
 }
 

@@ -757,7 +757,10 @@ pub static OPS: &[OpSpec] = &[
         rust: "ops::featcache::gather",
         summary: "rows[j, :] = x[c1[j], :]: the recomputed tokens' features, packed (repeated \
                   indices allowed); bit-exact",
-        inputs: &[t("x", Dtypes::F32, "[n, width]"), t("c1", Dtypes::U32, "[m]")],
+        inputs: &[
+            t("x", Dtypes::F32, "[n, width]"),
+            t("c1", Dtypes::U32, "[m]"),
+        ],
         params: &[p("width", ParamType::Usize, None, "row width (>= 1)")],
         outputs: &[t("rows", Dtypes::F32, "[m, width]")],
         run: runners::featcache_gather,
@@ -1252,7 +1255,10 @@ mod tests {
             ("ops::c2c::", include_str!("c2c.rs")),
             (
                 "ops::featcache::",
-                concat!(include_str!("featcache.rs"), include_str!("featcache/ring.rs")),
+                concat!(
+                    include_str!("featcache.rs"),
+                    include_str!("featcache/ring.rs")
+                ),
             ),
         ];
         for op in OPS {

@@ -370,7 +370,9 @@ pub fn scatter(
         len: &*ring.len,
     };
     if !view.sized() {
-        return Err(format!("the ring's buffers do not hold {n} tokens of width {w}"));
+        return Err(format!(
+            "the ring's buffers do not hold {n} tokens of width {w}"
+        ));
     }
     if x.len() != n * w || rows.len() != c1.len() * w {
         return Err(format!(
@@ -409,7 +411,14 @@ pub fn scatter(
 /// `len` of them), or `None`: a class outside 1..=3; for class 2 and 3, a corrupt ring state,
 /// an empty ring, or a stamp gap (stamp − `t_now`, in f64) that is negative or not finite among
 /// the features it uses (class 2: the newest; class 3: all cached).
-pub fn reuse_fault(i: usize, class: u8, head: u8, len: u8, stamps: &[f32], t_now: f32) -> Option<String> {
+pub fn reuse_fault(
+    i: usize,
+    class: u8,
+    head: u8,
+    len: u8,
+    stamps: &[f32],
+    t_now: f32,
+) -> Option<String> {
     if !(RECOMPUTE..=REUSE_WEIGHTED).contains(&class) {
         return Some(format!("class[{i}] = {class} is not 1, 2 or 3"));
     }
@@ -447,7 +456,9 @@ pub fn reuse_fault(i: usize, class: u8, head: u8, len: u8, stamps: &[f32], t_now
 pub fn reuse(class: &[u8], ring: RingRef<'_>, t_now: f32, x: &mut [f32]) -> Result<(), String> {
     let (n, w) = (ring.n, ring.w);
     if !ring.sized() {
-        return Err(format!("the ring's buffers do not hold {n} tokens of width {w}"));
+        return Err(format!(
+            "the ring's buffers do not hold {n} tokens of width {w}"
+        ));
     }
     if class.len() != n || x.len() != n * w {
         return Err(format!(
@@ -473,10 +484,11 @@ pub fn reuse(class: &[u8], ring: RingRef<'_>, t_now: f32, x: &mut [f32]) -> Resu
             REUSE_WEIGHTED => {
                 let stamps: Vec<f64> = ring.stamps(i).iter().map(|&s| s as f64).collect();
                 let wts = reuse_weights(&stamps, t_now as f64)?;
+                let feats: Vec<&[f32]> = (0..wts.len()).map(|k| ring.feature(i, k)).collect();
                 for (col, o) in out.iter_mut().enumerate() {
                     let mut acc = 0.0f64;
-                    for (k, wk) in wts.iter().enumerate() {
-                        acc += wk * ring.feature(i, k)[col] as f64;
+                    for (wk, f) in wts.iter().zip(&feats) {
+                        acc += wk * f[col] as f64;
                     }
                     *o = acc as f32;
                 }
@@ -700,7 +712,10 @@ mod tests {
         assert_eq!(x, vec![0.0, 0.0, 1.0, 1.5]);
         scatter(&[2.0, 2.5, 7.0, 7.5], &[1, 0], 3.0, &mut x, ring.view_mut()).unwrap();
         assert_eq!(x, vec![7.0, 7.5, 2.0, 2.5]);
-        assert_eq!((ring.head.clone(), ring.len.clone()), (vec![1, 2], vec![1, 2]));
+        assert_eq!(
+            (ring.head.clone(), ring.len.clone()),
+            (vec![1, 2], vec![1, 2])
+        );
         scatter(&[3.0, 3.5], &[1], 2.0, &mut x, ring.view_mut()).unwrap();
         assert_eq!((ring.head[1], ring.len[1]), (0, 3));
         scatter(&[4.0, 4.5], &[1], 1.0, &mut x, ring.view_mut()).unwrap();
@@ -778,9 +793,8 @@ mod tests {
         let mut x = vec![0.0; 3];
         scatter(&[1.0, 2.0], &[0, 1], 5.0, &mut x, ring.view_mut()).unwrap();
         let mut out = vec![9.0; 3];
-        let mut bad = |class: &[u8], t: f32, ring: &Ring| {
-            reuse(class, ring.view(), t, &mut out).unwrap_err()
-        };
+        let mut bad =
+            |class: &[u8], t: f32, ring: &Ring| reuse(class, ring.view(), t, &mut out).unwrap_err();
         assert_eq!(bad(&[1, 4, 1], 5.0, &ring), "class[1] = 4 is not 1, 2 or 3");
         assert_eq!(bad(&[0, 1, 1], 5.0, &ring), "class[0] = 0 is not 1, 2 or 3");
         assert!(bad(&[2, 2, 2], 5.0, &ring).contains("token 2 has no cached feature"));

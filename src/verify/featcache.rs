@@ -262,12 +262,20 @@ impl RingCase {
             let class = up(dev, &st.class, "class").map_err(setup)?;
             // gather
             let want = reference::gather(&want_x, w.max(1), &st.c1).map_err(|e| (0, e))?;
-            let got = stage(dev, RING_OPS[0], || featcache::gather(&x, w, &c1)?.download())
-                .map_err(|e| (0, e))?;
+            let got = stage(dev, RING_OPS[0], || {
+                featcache::gather(&x, w, &c1)?.download()
+            })
+            .map_err(|e| (0, e))?;
             note(&mut res[0], diff(s, "rows", &got, &want));
             // scatter
-            reference::scatter(&st.rows, &st.c1, st.t_now, &mut want_x, want_ring.view_mut())
-                .map_err(|e| (1, format!("reference: {e}")))?;
+            reference::scatter(
+                &st.rows,
+                &st.c1,
+                st.t_now,
+                &mut want_x,
+                want_ring.view_mut(),
+            )
+            .map_err(|e| (1, format!("reference: {e}")))?;
             let got = stage(dev, RING_OPS[1], || {
                 featcache::scatter(&rows, &c1, st.t_now, &mut x, &mut ring)?;
                 Ok((x.download()?, ring.to_host()?))
