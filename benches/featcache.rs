@@ -7,6 +7,14 @@
 //!   read-back (a host wait).
 //! * `cpu-path/*` (the reference) and `simt/*` (host SIMT, wave32): N = 1024. CPU times, never
 //!   GPU performance.
+//!
+//! The feature-ring ops (`ring_*`): n tokens of width w = 1152 (a DiT-XL hidden size), 30% of
+//! them recomputed (m = 0.3·n, shuffled), rings full (three features per token), classes 1 for
+//! the recomputed and 2/3 alternating for the others. `gpu/*`: n = 4096; `cpu-path/*` and
+//! `simt/*`: n = 1024. Every call includes its status read-back (a host wait). Throughput: the
+//! bytes each op must move (gather: m rows read and written; scatter: m rows read, written to x
+//! and to the ring; reuse: per class-2/3 token the features it reads (1 or 3) and the row it
+//! writes).
 
 mod common;
 
@@ -14,8 +22,8 @@ use std::time::Duration;
 
 use common::timed;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tessera::ops::featcache;
-use tessera::testing::simt;
+use tessera::ops::featcache::{self, Ring};
+use tessera::testing::{simt, Rng};
 use tessera::verify::featcache::Case;
 use tessera::{Device, Schedule};
 
@@ -36,13 +44,78 @@ fn run(c: &mut Criterion, group: &str, dev: &Device, n: usize) {
     g.finish();
 }
 
+fn run_ring(c: &mut Criterion, group: &str, dev: &Device, n: usize) {
+    const W: usize = 1152;
+    let mut r = Rng(0xbeef);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        perm.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let m = n * 3 / 10;
+    let c1 = dev.upload(&perm[..m], "c1").expect("upload");
+    let vals: Vec<f32> = (0..n * W).map(|i| (i % 97) as f32 * 0.01).collect();
+    let mut x = dev.upload(&vals, "x").expect("upload");
+    let mut ring = Ring::new(dev, n, W).expect("ring");
+    let all = dev
+        .upload(&(0..n as u32).collect::<Vec<_>>(), "all")
+        .expect("upload");
+    let x0 = dev.upload(&vals, "x0").expect("upload");
+    for t in [3.0f32, 2.0, 1.0] {
+        featcache::scatter(&x0, &all, t, &mut x, &mut ring).expect("prefill");
+    }
+    let rows = dev.upload(&vals[..m * W], "rows").expect("upload");
+    let mut class: Vec<u8> = (0..n).map(|i| 2 + (i % 2) as u8).collect();
+    for &i in &perm[..m] {
+        class[i as usize] = 1;
+    }
+    let reused = class.iter().filter(|&&c| c != 1).count();
+    let class = dev.upload(&class, "class").expect("upload");
+    let mut cf = dev.upload(&vec![3u32; n], "cf").expect("upload");
+    let gpu = dev.backend().runs_kernels() && !group.starts_with("simt");
+    let row = (W * 4) as u64;
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Bytes(2 * m as u64 * row));
+    g.bench_function(format!("ring_gather_n{n}_w{W}"), |b| {
+        timed(dev, gpu, b, || {
+            featcache::gather(&x, W, &c1).expect("gather");
+        })
+    });
+    g.throughput(Throughput::Bytes(3 * m as u64 * row));
+    g.bench_function(format!("ring_scatter_n{n}_w{W}"), |b| {
+        timed(dev, gpu, b, || {
+            featcache::scatter(&rows, &c1, 1.0, &mut x, &mut ring).expect("scatter");
+        })
+    });
+    // Class 2 reads one feature, class 3 three (half each).
+    g.throughput(Throughput::Bytes(3 * reused as u64 * row));
+    g.bench_function(format!("ring_reuse_n{n}_w{W}"), |b| {
+        timed(dev, gpu, b, || {
+            featcache::reuse(&class, &ring, 1.0, &mut x).expect("reuse");
+        })
+    });
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(format!("ring_age_n{n}"), |b| {
+        timed(dev, gpu, b, || {
+            featcache::age(&class, &mut cf).expect("age");
+        })
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     match Device::cuda(0).or_else(|_| Device::hip(0)) {
-        Ok(gpu) => run(c, "gpu", &gpu, 4096),
+        Ok(gpu) => {
+            run(c, "gpu", &gpu, 4096);
+            run_ring(c, "gpu", &gpu, 4096);
+        }
         Err(e) => eprintln!("featcache bench: no GPU ({e}); skipping the gpu group"),
     }
     run(c, "cpu-path", &Device::cpu(), 1024);
-    run(c, "simt", &simt(32, Schedule::InOrder, 2), 1024);
+    run_ring(c, "cpu-path", &Device::cpu(), 1024);
+    let sim = simt(32, Schedule::InOrder, 2);
+    run(c, "simt", &sim, 1024);
+    run_ring(c, "simt", &sim, 1024);
 }
 
 criterion_group!(featcache_benches, benches);

@@ -1063,6 +1063,124 @@ fn featcache_select_case(n: usize, cr: f64, seed: u64) -> Case {
     }
 }
 
+/// The feature-ring state after two steps of a [`RingCase`] (so rings hold 0..=2 features),
+/// and the third step, for the `featcache` ring ops' cases.
+fn ring_state(
+    n: usize,
+    w: usize,
+    seed: u64,
+) -> (
+    tessera::verify::featcache::Step,
+    Vec<f32>,
+    tessera::reference::featcache::Ring,
+    Vec<u32>,
+) {
+    use tessera::ops::featcache;
+    let c = tessera::verify::featcache::RingCase::generate(n, w, 3, 0.4, seed);
+    let mut x = up(&c.x);
+    let mut ring = featcache::Ring::new(&cpu(), n, w).unwrap();
+    for st in &c.steps[..2] {
+        featcache::scatter(&up(&st.rows), &up(&st.c1), st.t_now, &mut x, &mut ring).unwrap();
+        featcache::reuse(&up(&st.class), &ring, st.t_now, &mut x).unwrap();
+    }
+    (
+        c.steps[2].clone(),
+        x.download().unwrap(),
+        ring.to_host().unwrap(),
+        c.cf.clone(),
+    )
+}
+
+fn ring_inputs(r: &tessera::reference::featcache::Ring) -> Vec<(&'static str, HostT)> {
+    vec![
+        ("ring.feat", HostT::new(&r.feat, &[3, r.n, r.w])),
+        ("ring.stamp", HostT::new(&r.stamp, &[3, r.n])),
+        ("ring.head", HostT::vec(&r.head)),
+        ("ring.len", HostT::vec(&r.len)),
+    ]
+}
+
+/// `featcache.gather`, `.scatter`, `.reuse`, `.age` on a ring two steps in, against the Rust ops
+/// on the CPU path.
+fn featcache_ring_case(op: &'static str, n: usize, w: usize, seed: u64) -> Case {
+    use tessera::ops::featcache;
+    let (st, x, r, cf) = ring_state(n, w, seed);
+    let m = st.c1.len();
+    let label = format!("{op} n={n} w={w}");
+    let t_now = ("t_now", Scalar::Float(st.t_now as f64));
+    match op {
+        "featcache.gather" => {
+            let rows = featcache::gather(&up(&x), w, &up(&st.c1)).unwrap();
+            Case {
+                label,
+                op,
+                inputs: vec![("x", HostT::new(&x, &[n, w])), ("c1", HostT::vec(&st.c1))],
+                params: vec![("width", int(w))],
+                expect: vec![("rows", HostT::of(&rows, &[m, w]), Cmp::Exact)],
+            }
+        }
+        "featcache.scatter" => {
+            let mut ring = featcache::Ring::from_host(&cpu(), &r).unwrap();
+            let mut out = up(&x);
+            featcache::scatter(&up(&st.rows), &up(&st.c1), st.t_now, &mut out, &mut ring).unwrap();
+            let mut inputs = vec![
+                ("rows", HostT::new(&st.rows, &[m, w])),
+                ("c1", HostT::vec(&st.c1)),
+                ("x", HostT::new(&x, &[n, w])),
+            ];
+            inputs.extend(ring_inputs(&r));
+            Case {
+                label,
+                op,
+                inputs,
+                params: vec![t_now],
+                expect: vec![
+                    ("x", HostT::of(&out, &[n, w]), Cmp::Exact),
+                    ("ring.feat", HostT::of(&ring.feat, &[3, n, w]), Cmp::Exact),
+                    ("ring.stamp", HostT::of(&ring.stamp, &[3, n]), Cmp::Exact),
+                    ("ring.head", HostT::of(&ring.head, &[n]), Cmp::Exact),
+                    ("ring.len", HostT::of(&ring.len, &[n]), Cmp::Exact),
+                ],
+            }
+        }
+        "featcache.reuse" => {
+            // The classes of step 2, on the ring as it was before step 2's scatter: step 2's
+            // recomputed tokens are class 1, the others reuse what exists (or are class 1).
+            let class: Vec<u8> = st
+                .class
+                .iter()
+                .zip(&r.len)
+                .map(|(&c, &l)| if l == 0 { 1 } else { c })
+                .collect();
+            let ring = featcache::Ring::from_host(&cpu(), &r).unwrap();
+            let mut out = up(&x);
+            featcache::reuse(&up(&class), &ring, st.t_now, &mut out).unwrap();
+            let mut inputs = vec![("class", HostT::vec(&class))];
+            inputs.extend(ring_inputs(&r));
+            inputs.push(("x", HostT::new(&x, &[n, w])));
+            Case {
+                label,
+                op,
+                inputs,
+                params: vec![t_now],
+                expect: vec![("x", HostT::of(&out, &[n, w]), Cmp::Exact)],
+            }
+        }
+        "featcache.age" => {
+            let mut out = up(&cf);
+            featcache::age(&up(&st.class), &mut out).unwrap();
+            Case {
+                label,
+                op,
+                inputs: vec![("class", HostT::vec(&st.class)), ("cf", HostT::vec(&cf))],
+                params: vec![],
+                expect: vec![("cf", HostT::of(&out, &[n]), Cmp::Exact)],
+            }
+        }
+        other => panic!("no ring case for {other}"),
+    }
+}
+
 /// The cases of op `name`. A name without cases panics: every op of the table must have some.
 fn align_case(t: usize, k: usize, e: usize, block: usize, seed: u64) -> Case {
     let mut r = Rng(seed);
@@ -1223,6 +1341,12 @@ fn cases(name: &'static str) -> Vec<Case> {
             featcache_select_case(300, 0.7, 49),
             featcache_select_case(5, 0.0, 50),
         ],
+        op @ ("featcache.gather" | "featcache.scatter" | "featcache.reuse" | "featcache.age") => {
+            vec![
+                featcache_ring_case(op, 200, 19, 51),
+                featcache_ring_case(op, 3, 1, 52),
+            ]
+        }
         "c2c.fuse" => vec![
             c2c_fuse_case::<bf16>(false, 47),
             c2c_fuse_case::<f16>(true, 48),
@@ -1272,6 +1396,13 @@ const IN_PLACE: &[(&str, &str)] = &[
     ("tah.scatter_rows", "dst"),
     ("tah.copy_range", "dst"),
     ("tah.accumulate_logits", "cum"),
+    ("featcache.scatter", "x"),
+    ("featcache.scatter", "ring.feat"),
+    ("featcache.scatter", "ring.stamp"),
+    ("featcache.scatter", "ring.head"),
+    ("featcache.scatter", "ring.len"),
+    ("featcache.reuse", "x"),
+    ("featcache.age", "cf"),
 ];
 
 /// Compare `outs` with the case's direct CPU results: every output present, in the table's

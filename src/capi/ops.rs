@@ -1301,6 +1301,156 @@ pub unsafe extern "C" fn tessera_featcache_select(
     })
 }
 
+/// `featcache.gather`: rows[j, :] = x[c1[j], :]: the recomputed tokens' features, packed (repeated indices allowed); bit-exact (Rust: `tessera::ops::featcache::gather`).
+///
+/// Inputs: `x` (f32, `[n, width]`), `c1` (u32, `[m]`).
+///
+/// Parameters: `width` (uint64_t): row width (>= 1).
+///
+/// Outputs, allocated by the caller: `rows` (f32, `[m, width]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_gather(
+    x: *const DLTensor,
+    c1: *const DLTensor,
+    width: u64,
+    rows: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.gather", || {
+        let mut c = Ctx::new("featcache.gather");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x", x) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("c1", c1) }?;
+        c.param("width", ParamValue::Usize(crate::capi::usize_param("featcache.gather", "width", width)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("rows", rows, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `featcache.scatter`: x[c1[j], :] = rows[j, :], and rows[j] pushed into token c1[j]'s feature ring as its newest feature with stamp t_now (head advances, len saturates at 3, the oldest is overwritten); distinct indices; bit-exact (Rust: `tessera::ops::featcache::scatter`).
+///
+/// Inputs: `rows` (f32, `[m, width]`), `c1` (u32, `[m]`), `x` (f32, `[n, width] (written in place)`), `ring_feat` (f32, `[3, n, width] (written in place)`), `ring_stamp` (f32, `[3, n] (written in place)`), `ring_head` (u8, `[n] (written in place)`), `ring_len` (u8, `[n] (written in place)`).
+///
+/// Parameters: `t_now` (float): the timestep of the rows (finite).
+///
+/// Updated in place: `x`, `ring_feat`, `ring_stamp`, `ring_head`, `ring_len`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_scatter(
+    rows: *const DLTensor,
+    c1: *const DLTensor,
+    x: *const DLTensor,
+    ring_feat: *const DLTensor,
+    ring_stamp: *const DLTensor,
+    ring_head: *const DLTensor,
+    ring_len: *const DLTensor,
+    t_now: f32,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.scatter", || {
+        let mut c = Ctx::new("featcache.scatter");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("rows", rows) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("c1", c1) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x", x) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.feat", ring_feat) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.stamp", ring_stamp) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.head", ring_head) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.len", ring_len) }?;
+        c.param("t_now", ParamValue::F32(t_now));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `featcache.reuse`: per token: class 1 untouched; class 2: x[i] = the newest cached feature; class 3: x[i] = sum of w_k · feature_k over the (up to 3) cached ones, w_k ∝ e^(-k)·(stamp_k - t_now) (all gaps 0: the newest), f64, rounded once; bit-exact (Rust: `tessera::ops::featcache::reuse`).
+///
+/// Inputs: `class_` (u8, `[n]`), `ring_feat` (f32, `[3, n, width]`), `ring_stamp` (f32, `[3, n]`), `ring_head` (u8, `[n]`), `ring_len` (u8, `[n]`), `x` (f32, `[n, width] (written in place)`).
+///
+/// Parameters: `t_now` (float): the current timestep (<= every stamp used).
+///
+/// Updated in place: `x`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_reuse(
+    class_: *const DLTensor,
+    ring_feat: *const DLTensor,
+    ring_stamp: *const DLTensor,
+    ring_head: *const DLTensor,
+    ring_len: *const DLTensor,
+    x: *const DLTensor,
+    t_now: f32,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.reuse", || {
+        let mut c = Ctx::new("featcache.reuse");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("class", class_) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.feat", ring_feat) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.stamp", ring_stamp) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.head", ring_head) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("ring.len", ring_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x", x) }?;
+        c.param("t_now", ParamValue::F32(t_now));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `featcache.age`: cf[i] = 0 where class[i] == 1, else cf[i] + 1 saturating at 255 (the select op's exp table bound) (Rust: `tessera::ops::featcache::age`).
+///
+/// Inputs: `class_` (u8, `[n]`), `cf` (u32, `[n] (written in place)`).
+///
+/// Updated in place: `cf`.
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_age(
+    class_: *const DLTensor,
+    cf: *const DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.age", || {
+        let mut c = Ctx::new("featcache.age");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("class", class_) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cf", cf) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
 ///
 /// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
@@ -1703,6 +1853,34 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::F64(a3), CArg::F64(a4), CArg::Out(a5), CArg::Out(a6), CArg::Len(a7)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_featcache_select(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
+            }
+            _ => None,
+        },
+        "featcache.gather" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::U64(a2), CArg::Out(a3)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_gather(*a0, *a1, *a2, *a3, stream) })
+            }
+            _ => None,
+        },
+        "featcache.scatter" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::F32(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_scatter(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
+            }
+            _ => None,
+        },
+        "featcache.reuse" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::F32(a6)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_reuse(*a0, *a1, *a2, *a3, *a4, *a5, *a6, stream) })
+            }
+            _ => None,
+        },
+        "featcache.age" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_age(*a0, *a1, stream) })
             }
             _ => None,
         },

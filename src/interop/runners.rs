@@ -806,3 +806,92 @@ pub(crate) fn featcache_select(c: &mut Call) -> Result<()> {
     c.put("class", s.class)?;
     c.put("c1", s.c1)
 }
+
+pub(crate) fn featcache_gather(c: &mut Call) -> Result<()> {
+    let rows = featcache::gather(c.inp::<f32>("x")?, c.p_usize("width")?, c.inp::<u32>("c1")?)?;
+    c.put("rows", rows)
+}
+
+/// The inputs that make a [`featcache::Ring`], in [`featcache::Ring::from_parts`] order.
+const RING_PARTS: [&str; 4] = ["ring.feat", "ring.stamp", "ring.head", "ring.len"];
+
+/// Run `f` on a [`featcache::Ring`] made of the moved-out inputs `ring.feat`, `ring.stamp`,
+/// `ring.head` and `ring.len` (n: the length of `ring.head`; width: the last dimension of
+/// `ring.feat`), then put them back.
+fn with_ring(
+    c: &mut Call,
+    f: impl FnOnce(&mut Call, &mut featcache::Ring) -> Result<()>,
+) -> Result<()> {
+    let mut args = Vec::with_capacity(4);
+    for name in RING_PARTS {
+        match c.take_inp(name) {
+            Ok(a) => args.push(a),
+            Err(e) => {
+                for (name, a) in RING_PARTS.iter().zip(args) {
+                    c.put_back(name, a)?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let width = args[0].shape.get(2).copied().unwrap_or(0) as usize;
+    if width == 0 {
+        for (name, a) in RING_PARTS.iter().zip(args) {
+            c.put_back(name, a)?;
+        }
+        return Err(Error::invalid(featcache::ring::RING_OP, "width is 0"));
+    }
+    let Ok([feat, stamp, head, len]) = <[Arg; 4]>::try_from(args) else {
+        return Err(c.err("internal: the ring's four inputs"));
+    };
+    let shapes = [
+        feat.shape.clone(),
+        stamp.shape.clone(),
+        head.shape.clone(),
+        len.shape.clone(),
+    ];
+    let (feat, _) = into_typed::<f32>(c, RING_PARTS[0], feat)?;
+    let (stamp, _) = into_typed::<f32>(c, RING_PARTS[1], stamp)?;
+    let (head, _) = into_typed::<u8>(c, RING_PARTS[2], head)?;
+    let (len, _) = into_typed::<u8>(c, RING_PARTS[3], len)?;
+    let n = head.len();
+    let mut ring = featcache::Ring::from_parts(feat, stamp, head, len, n, width)?;
+    let r = f(c, &mut ring);
+    let (feat, stamp, head, len) = ring.into_parts();
+    let bufs = [
+        DynBuffer::F32(feat),
+        DynBuffer::F32(stamp),
+        DynBuffer::U8(head),
+        DynBuffer::U8(len),
+    ];
+    for ((name, buf), shape) in RING_PARTS.iter().zip(bufs).zip(shapes) {
+        c.put_back(name, Arg { buf, shape })?;
+    }
+    r
+}
+
+pub(crate) fn featcache_scatter(c: &mut Call) -> Result<()> {
+    with_ring(c, |c, ring| {
+        in_place::<f32>(c, "x", |c, x| {
+            featcache::scatter(
+                c.inp::<f32>("rows")?,
+                c.inp::<u32>("c1")?,
+                c.p_f32("t_now")?,
+                x,
+                ring,
+            )
+        })
+    })
+}
+
+pub(crate) fn featcache_reuse(c: &mut Call) -> Result<()> {
+    with_ring(c, |c, ring| {
+        in_place::<f32>(c, "x", |c, x| {
+            featcache::reuse(c.inp::<u8>("class")?, ring, c.p_f32("t_now")?, x)
+        })
+    })
+}
+
+pub(crate) fn featcache_age(c: &mut Call) -> Result<()> {
+    in_place::<u32>(c, "cf", |c, cf| featcache::age(c.inp::<u8>("class")?, cf))
+}

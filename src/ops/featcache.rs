@@ -1,6 +1,7 @@
 //! SpecDiff feature cache (issue 14; in progress): the three-class token selection
-//! ([`select`]). Semantics and the reference: [`crate::reference::featcache`]; kernels:
-//! `cuda/featcache/select.cu`.
+//! ([`select`]), and the per-token feature ring with its ops ([`Ring`], [`gather`], [`scatter`],
+//! [`reuse`], [`age`]; module [`ring`]). Semantics and the reference:
+//! [`crate::reference::featcache`]; kernels: `cuda/featcache/select.cu`, `cuda/featcache/ring.cu`.
 //!
 //! `score = his · fut · exp(cf)` in f64 (`exp(cf)` from a table of [`EXP_TABLE_LEN`] values that
 //! the host computes with [`crate::reference::featcache::exp_cf`], so that device and reference
@@ -14,6 +15,9 @@ use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
 use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::reference::featcache as reference;
+
+pub mod ring;
+pub use ring::{age, gather, reuse, scatter, Ring, RING};
 
 /// The op name in errors.
 pub const OP: &str = "featcache.select";

@@ -753,6 +753,86 @@ pub static OPS: &[OpSpec] = &[
         run: runners::featcache_select,
     },
     OpSpec {
+        name: "featcache.gather",
+        rust: "ops::featcache::gather",
+        summary: "rows[j, :] = x[c1[j], :]: the recomputed tokens' features, packed (repeated \
+                  indices allowed); bit-exact",
+        inputs: &[
+            t("x", Dtypes::F32, "[n, width]"),
+            t("c1", Dtypes::U32, "[m]"),
+        ],
+        params: &[p("width", ParamType::Usize, None, "row width (>= 1)")],
+        outputs: &[t("rows", Dtypes::F32, "[m, width]")],
+        run: runners::featcache_gather,
+    },
+    OpSpec {
+        name: "featcache.scatter",
+        rust: "ops::featcache::scatter",
+        summary: "x[c1[j], :] = rows[j, :], and rows[j] pushed into token c1[j]'s feature ring \
+                  as its newest feature with stamp t_now (head advances, len saturates at 3, the \
+                  oldest is overwritten); distinct indices; bit-exact",
+        inputs: &[
+            t("rows", Dtypes::F32, "[m, width]"),
+            t("c1", Dtypes::U32, "[m]"),
+            t("x", Dtypes::F32, "[n, width] (written in place)"),
+            t("ring.feat", Dtypes::F32, "[3, n, width] (written in place)"),
+            t("ring.stamp", Dtypes::F32, "[3, n] (written in place)"),
+            t("ring.head", Dtypes::U8, "[n] (written in place)"),
+            t("ring.len", Dtypes::U8, "[n] (written in place)"),
+        ],
+        params: &[p(
+            "t_now",
+            ParamType::F32,
+            None,
+            "the timestep of the rows (finite)",
+        )],
+        outputs: &[
+            t("x", Dtypes::F32, "[n, width]"),
+            t("ring.feat", Dtypes::F32, "[3, n, width]"),
+            t("ring.stamp", Dtypes::F32, "[3, n]"),
+            t("ring.head", Dtypes::U8, "[n]"),
+            t("ring.len", Dtypes::U8, "[n]"),
+        ],
+        run: runners::featcache_scatter,
+    },
+    OpSpec {
+        name: "featcache.reuse",
+        rust: "ops::featcache::reuse",
+        summary: "per token: class 1 untouched; class 2: x[i] = the newest cached feature; class \
+                  3: x[i] = sum of w_k · feature_k over the (up to 3) cached ones, w_k ∝ \
+                  e^(-k)·(stamp_k - t_now) (all gaps 0: the newest), f64, rounded once; \
+                  bit-exact",
+        inputs: &[
+            t("class", Dtypes::U8, "[n]"),
+            t("ring.feat", Dtypes::F32, "[3, n, width]"),
+            t("ring.stamp", Dtypes::F32, "[3, n]"),
+            t("ring.head", Dtypes::U8, "[n]"),
+            t("ring.len", Dtypes::U8, "[n]"),
+            t("x", Dtypes::F32, "[n, width] (written in place)"),
+        ],
+        params: &[p(
+            "t_now",
+            ParamType::F32,
+            None,
+            "the current timestep (<= every stamp used)",
+        )],
+        outputs: &[t("x", Dtypes::F32, "[n, width]")],
+        run: runners::featcache_reuse,
+    },
+    OpSpec {
+        name: "featcache.age",
+        rust: "ops::featcache::age",
+        summary: "cf[i] = 0 where class[i] == 1, else cf[i] + 1 saturating at 255 (the select \
+                  op's exp table bound)",
+        inputs: &[
+            t("class", Dtypes::U8, "[n]"),
+            t("cf", Dtypes::U32, "[n] (written in place)"),
+        ],
+        params: &[],
+        outputs: &[t("cf", Dtypes::U32, "[n]")],
+        run: runners::featcache_age,
+    },
+    OpSpec {
         name: "gemm.dense",
         rust: "ops::gemm::dense",
         summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
@@ -1173,7 +1253,13 @@ mod tests {
             ),
             ("ops::gemm::", include_str!("gemm.rs")),
             ("ops::c2c::", include_str!("c2c.rs")),
-            ("ops::featcache::", include_str!("featcache.rs")),
+            (
+                "ops::featcache::",
+                concat!(
+                    include_str!("featcache.rs"),
+                    include_str!("featcache/ring.rs")
+                ),
+            ),
         ];
         for op in OPS {
             let (prefix, src) = sources

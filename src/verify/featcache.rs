@@ -1,13 +1,19 @@
 //! `featcache.select` checks: the three classes and the C1 list bit-exact against the f64
 //! reference ([`crate::reference::featcache`]) on random scores with many ties (values drawn
 //! from a few levels), all-equal scores, zeros, and cache counts up to the table's end.
+//!
+//! The feature-ring ops (`featcache.gather`, `.scatter`, `.reuse`, `.age`): [`RingCase`] runs a
+//! multi-step sampling sequence (per step: gather the recomputed tokens, scatter new rows at a
+//! decreasing timestep, so the rings fill and wrap; reuse the others; age the counters) on a
+//! device and on the host model in lockstep, and compares every output bit for bit (the ops are
+//! exact by construction, see `ops::featcache::ring`).
 
 use crate::device::Device;
-use crate::ops::featcache::{self, EXP_TABLE_LEN};
+use crate::ops::featcache::{self, Ring, EXP_TABLE_LEN};
 use crate::reference::featcache as reference;
 use crate::testing::{first_diff, Rng};
 
-use super::{stage, Outcome, Row};
+use super::{stage, up, Outcome, Row};
 
 /// One selection problem.
 #[derive(Clone, Debug)]
@@ -99,8 +105,266 @@ pub fn cases() -> Vec<Case> {
 
 /// The rows of one device.
 pub fn rows(dev: &Device) -> Vec<Row> {
-    cases()
+    let mut rows: Vec<Row> = cases()
         .into_iter()
         .map(|c| c.outcome(dev).row("featcache.select", "f32", dev, c.label))
-        .collect()
+        .collect();
+    for c in ring_cases() {
+        for (op, o) in RING_OPS.iter().zip(c.outcomes(dev)) {
+            rows.push(o.row(op, "f32", dev, c.label.clone()));
+        }
+    }
+    rows
+}
+
+/// The ring ops, in the order of [`RingCase::outcomes`].
+pub const RING_OPS: [&str; 4] = [
+    "featcache.gather",
+    "featcache.scatter",
+    "featcache.reuse",
+    "featcache.age",
+];
+
+/// One step of a sampling sequence.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The timestep (decreasing over the steps; equal steps give zero gaps).
+    pub t_now: f32,
+    /// The recomputed tokens (distinct, in random order).
+    pub c1: Vec<u32>,
+    /// Their new rows `[c1.len(), w]`.
+    pub rows: Vec<f32>,
+    /// The classes after the scatter: 1 for `c1`; 2 or 3 for cached tokens; 1 for tokens never
+    /// cached.
+    pub class: Vec<u8>,
+}
+
+/// A multi-step sequence of the ring ops on `n` tokens of width `w`.
+#[derive(Clone, Debug)]
+pub struct RingCase {
+    pub label: String,
+    pub n: usize,
+    pub w: usize,
+    /// The starting features `[n, w]`.
+    pub x: Vec<f32>,
+    /// The starting counters (some near and past the table's end).
+    pub cf: Vec<u32>,
+    pub steps: Vec<Step>,
+}
+
+impl RingCase {
+    /// `steps` steps, each recomputing about `frac` of the tokens (at least one when n > 0);
+    /// every fourth step repeats the previous timestep (zero gaps).
+    pub fn generate(n: usize, w: usize, steps: usize, frac: f64, seed: u64) -> RingCase {
+        let mut r = Rng(seed);
+        let val = |r: &mut Rng| ((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0;
+        let x = (0..n * w).map(|_| val(&mut r)).collect();
+        let cf = (0..n)
+            .map(|_| match r.next_u64() % 4 {
+                0 => EXP_TABLE_LEN as u32 - 2,
+                1 => EXP_TABLE_LEN as u32 + 7,
+                _ => (r.next_u64() % 6) as u32,
+            })
+            .collect();
+        let mut cached = vec![false; n];
+        let mut t = 1.0f32;
+        let mut out = Vec::new();
+        for s in 0..steps {
+            if s % 4 != 3 {
+                t -= 1.0 / (steps as f32 + 1.0) * (1 + r.next_u64() % 2) as f32;
+            }
+            // A random subset of about frac·n tokens, shuffled.
+            let mut perm: Vec<u32> = (0..n as u32).collect();
+            for i in (1..n).rev() {
+                perm.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
+            }
+            let m = if n == 0 {
+                0
+            } else {
+                ((frac * n as f64).round() as usize).clamp(1, n)
+            };
+            let c1 = perm[..m].to_vec();
+            for &c in &c1 {
+                cached[c as usize] = true;
+            }
+            let rows = (0..m * w).map(|_| val(&mut r)).collect();
+            let mut class: Vec<u8> = cached
+                .iter()
+                .map(|&c| if c { 2 + (r.next_u64() % 2) as u8 } else { 1 })
+                .collect();
+            for &c in &c1 {
+                class[c as usize] = 1;
+            }
+            out.push(Step {
+                t_now: t,
+                c1,
+                rows,
+                class,
+            });
+        }
+        RingCase {
+            label: format!("n={n} w={w} steps={steps} frac={frac}"),
+            n,
+            w,
+            x,
+            cf,
+            steps: out,
+        }
+    }
+
+    /// The four ops' outcomes on `dev` ([`RING_OPS`] order), each bit-exact against the host
+    /// model over the whole sequence (gather's rows; scatter's x and ring; reuse's x; age's cf).
+    pub fn outcomes(&self, dev: &Device) -> [Outcome; 4] {
+        let mut res: [std::result::Result<(), String>; 4] = [Ok(()), Ok(()), Ok(()), Ok(())];
+        let mut ran = [true; 4];
+        let r = self.run(dev, &mut res);
+        if let Err((k, e)) = r {
+            res[k] = Err(e);
+            ran[k] = false;
+            for (rk, rn) in res.iter_mut().zip(ran.iter_mut()).skip(k + 1) {
+                if rk.is_ok() {
+                    *rk = Err("not run: an earlier op of the sequence failed".into());
+                    *rn = false;
+                }
+            }
+        }
+        let mut out = res.map(Outcome::exact);
+        for (o, r) in out.iter_mut().zip(ran) {
+            if !r {
+                o.error = "-".into();
+            }
+        }
+        out
+    }
+
+    /// The sequence; a mismatch goes into `res` (the first per op), an op's failure ends it.
+    fn run(
+        &self,
+        dev: &Device,
+        res: &mut [std::result::Result<(), String>; 4],
+    ) -> std::result::Result<(), (usize, String)> {
+        let (n, w) = (self.n, self.w);
+        let mut want_x = self.x.clone();
+        let mut want_cf = self.cf.clone();
+        let mut want_ring = reference::Ring::new(n, w);
+        let setup = |e: String| (0, e);
+        let mut x = up(dev, &self.x, "x").map_err(setup)?;
+        let mut cf = up(dev, &self.cf, "cf").map_err(setup)?;
+        let mut ring = stage(dev, "featcache.ring", || Ring::new(dev, n, w)).map_err(setup)?;
+        let note = |slot: &mut std::result::Result<(), String>, e: Option<String>| {
+            if let (Ok(()), Some(e)) = (&*slot, e) {
+                *slot = Err(e);
+            }
+        };
+        for (s, st) in self.steps.iter().enumerate() {
+            let c1 = up(dev, &st.c1, "c1").map_err(setup)?;
+            let rows = up(dev, &st.rows, "rows").map_err(setup)?;
+            let class = up(dev, &st.class, "class").map_err(setup)?;
+            // gather
+            let want = reference::gather(&want_x, w.max(1), &st.c1).map_err(|e| (0, e))?;
+            let got = stage(dev, RING_OPS[0], || {
+                featcache::gather(&x, w, &c1)?.download()
+            })
+            .map_err(|e| (0, e))?;
+            note(&mut res[0], diff(s, "rows", &got, &want));
+            // scatter
+            reference::scatter(
+                &st.rows,
+                &st.c1,
+                st.t_now,
+                &mut want_x,
+                want_ring.view_mut(),
+            )
+            .map_err(|e| (1, format!("reference: {e}")))?;
+            let got = stage(dev, RING_OPS[1], || {
+                featcache::scatter(&rows, &c1, st.t_now, &mut x, &mut ring)?;
+                Ok((x.download()?, ring.to_host()?))
+            })
+            .map_err(|e| (1, e))?;
+            note(&mut res[1], diff(s, "x", &got.0, &want_x));
+            note(&mut res[1], ring_diff(s, &got.1, &want_ring));
+            // reuse
+            reference::reuse(&st.class, want_ring.view(), st.t_now, &mut want_x)
+                .map_err(|e| (2, format!("reference: {e}")))?;
+            let got = stage(dev, RING_OPS[2], || {
+                featcache::reuse(&class, &ring, st.t_now, &mut x)?;
+                x.download()
+            })
+            .map_err(|e| (2, e))?;
+            note(&mut res[2], diff(s, "x", &got, &want_x));
+            // age
+            reference::age(&st.class, &mut want_cf, EXP_TABLE_LEN as u32 - 1)
+                .map_err(|e| (3, format!("reference: {e}")))?;
+            let got = stage(dev, RING_OPS[3], || {
+                featcache::age(&class, &mut cf)?;
+                cf.download()
+            })
+            .map_err(|e| (3, e))?;
+            note(&mut res[3], diff(s, "cf", &got, &want_cf));
+            // Keep the device state equal to the host model's, so one mismatch is reported once.
+            if res.iter().any(|r| r.is_err()) {
+                x = up(dev, &want_x, "x").map_err(setup)?;
+                cf = up(dev, &want_cf, "cf").map_err(setup)?;
+                ring = Ring::from_host(dev, &want_ring).map_err(|e| (1, e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first difference of `got` and `want`, bit for bit (f32 by bits).
+fn diff<T: std::fmt::Debug + Copy + Bits>(
+    step: usize,
+    what: &str,
+    got: &[T],
+    want: &[T],
+) -> Option<String> {
+    let g: Vec<u64> = got.iter().map(|v| v.bits()).collect();
+    let w: Vec<u64> = want.iter().map(|v| v.bits()).collect();
+    first_diff(&g, &w).map(|i| {
+        format!(
+            "step {step}: {what}[{i}] = {:?}, reference {:?}",
+            got.get(i),
+            want.get(i)
+        )
+    })
+}
+
+fn ring_diff(step: usize, got: &reference::Ring, want: &reference::Ring) -> Option<String> {
+    diff(step, "ring.feat", &got.feat, &want.feat)
+        .or_else(|| diff(step, "ring.stamp", &got.stamp, &want.stamp))
+        .or_else(|| diff(step, "ring.head", &got.head, &want.head))
+        .or_else(|| diff(step, "ring.len", &got.len, &want.len))
+}
+
+/// Bits of a compared value (f32 compared by bits: NaN equals itself, -0.0 differs from 0.0).
+trait Bits {
+    fn bits(self) -> u64;
+}
+impl Bits for f32 {
+    fn bits(self) -> u64 {
+        self.to_bits() as u64
+    }
+}
+impl Bits for u32 {
+    fn bits(self) -> u64 {
+        self as u64
+    }
+}
+impl Bits for u8 {
+    fn bits(self) -> u64 {
+        self as u64
+    }
+}
+
+/// The ring verify cases: sizes past one block of tokens, a DiT-like width, one token, width 1,
+/// no tokens; enough steps that the rings wrap.
+pub fn ring_cases() -> Vec<RingCase> {
+    vec![
+        RingCase::generate(300, 33, 6, 0.3, 0xf0),
+        RingCase::generate(40, 1152, 5, 0.5, 0xf1),
+        RingCase::generate(1, 1, 5, 1.0, 0xf2),
+        RingCase::generate(1000, 1, 7, 0.2, 0xf3),
+        RingCase::generate(0, 8, 2, 0.5, 0xf4),
+    ]
 }
