@@ -170,7 +170,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "featcache",
-        modules: &["featcache/select"],
+        modules: &["featcache/select", "featcache/received", "attention/duo_causal"],
         rows: featcache::rows,
     },
     Family {
@@ -225,6 +225,7 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_combine_", "moe::combine"),
         ("gemm_", "gemm"),
         ("c2c_stage_", "c2c.project"),
+        ("featcache_received", "featcache.received"),
         ("featcache_", "featcache.select"),
         ("c2c_fold_", "c2c.project"),
         ("c2c_gather_", "c2c.project"),
