@@ -262,10 +262,7 @@ fn bad_inputs_are_named() {
             .seqlens(&cu, &cu, 6, 6)
             .build()
             .unwrap();
-        expect_invalid(
-            featcache::received(&a, &short, false),
-            &["lse", "39", "40"],
-        );
+        expect_invalid(featcache::received(&a, &short, false), &["lse", "39", "40"]);
         let a96 = Attention::causal(&q96, &k96, &k96)
             .heads(h, hk)
             .head_dim(96)

@@ -1057,7 +1057,10 @@ fn featcache_received_case<T: attn::HalfFloat>(mode: MaskMode, per_head: bool, s
     let r = featcache::received(&u.attention(Path::Auto), &up(&lse), per_head).unwrap();
     let n = if per_head { h * tk } else { tk };
     Case {
-        label: format!("featcache.received {} {mode:?} per_head={per_head}", T::KIND),
+        label: format!(
+            "featcache.received {} {mode:?} per_head={per_head}",
+            T::KIND
+        ),
         op: "featcache.received",
         inputs,
         params,

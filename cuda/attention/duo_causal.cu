@@ -54,6 +54,9 @@
 // they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths, the tile's
 // non-finite V masks (2 D + 2 words), per-thread O infinity flags (16 bytes). D = 128: 37.9 KiB.
 //
+// The tile geometry, Side, classify and visible are in attention/mask.cuh (featcache/received.cu
+// evaluates the same mask with them).
+//
 // Layouts: Q [total_q, H, D], K/V [total_kv, H_kv, D] (query head h reads kv head h / (H / H_kv)),
 // O [total_q, H, D] f32, or the input type (o_half = 1: rounded to nearest even), LSE
 // [H, total_q] f32. Meta: [batch * tiles, 5] = (min pos, max pos, min depth, max depth, flags),

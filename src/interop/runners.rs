@@ -810,7 +810,12 @@ pub(crate) fn featcache_received(c: &mut Call) -> Result<()> {
         let per_head = match c.p_u32("per_head")? {
             0 => false,
             1 => true,
-            x => return Err(Error::invalid(featcache::RECEIVED_OP, format!("per_head = {x}: 0 or 1"))),
+            x => {
+                return Err(Error::invalid(
+                    featcache::RECEIVED_OP,
+                    format!("per_head = {x}: 0 or 1"),
+                ))
+            }
         };
         let r = featcache::received(&attention_problem::<T>(c)?, c.inp::<f32>("lse")?, per_head)?;
         c.put("received", r)

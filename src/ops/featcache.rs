@@ -23,8 +23,8 @@
 use crate::device::kernel::Grid;
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
-use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::ops::attention::{Attention, HalfFloat};
+use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::reference::featcache as reference;
 
 pub(crate) mod received;

@@ -141,7 +141,10 @@ impl ReceivedCase {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no attention spec {name}"));
         ReceivedCase {
-            label: format!("{name} seqs {:?} H={}/{} D={}", s.seqs, s.heads, s.kv_heads, s.d),
+            label: format!(
+                "{name} seqs {:?} H={}/{} D={}",
+                s.seqs, s.heads, s.kv_heads, s.d
+            ),
             problem: s.problem::<T>(seed),
             per_head,
         }

@@ -170,7 +170,11 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "featcache",
-        modules: &["featcache/select", "featcache/received", "attention/duo_causal"],
+        modules: &[
+            "featcache/select",
+            "featcache/received",
+            "attention/duo_causal",
+        ],
         rows: featcache::rows,
     },
     Family {
