@@ -306,3 +306,16 @@ fn bad_inputs_are_named() {
         expect_invalid(featcache::received(&duo, &lse, false), &["q_depth"]);
     }
 }
+
+#[test]
+fn verify_rows_pass() {
+    for dev in [
+        Device::cpu(),
+        simt(32, Schedule::Shuffled(0x7e), 2),
+        simt(64, Schedule::Shuffled(0x7f), 2),
+    ] {
+        let rows = tessera::verify::featcache::rows(&dev);
+        assert!(rows.iter().any(|r| r.op.starts_with("featcache.received")));
+        tessera::verify::assert_rows_pass(&rows);
+    }
+}
