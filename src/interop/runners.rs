@@ -181,7 +181,10 @@ macro_rules! by_q_dtype {
 
 fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'a, T>> {
     const OP: &str = "attention";
-    let (q, k, v) = (c.inp::<T>("q")?, c.inp::<T>("k")?, c.inp::<T>("v")?);
+    let (q, k) = (c.inp::<T>("q")?, c.inp::<T>("k")?);
+    // `v` is required by the attention ops' tables; featcache.received does not read it (K
+    // stands in when it is absent).
+    let v = c.opt_inp::<T>("v")?.unwrap_or(k);
     let mode = c.p_enum("mode")?;
     let (qd, kd) = (c.opt_inp::<i32>("q_depth")?, c.opt_inp::<i32>("kv_depth")?);
     let b: AttentionBuilder<'a, T> = match (mode, qd, kd) {

@@ -959,11 +959,15 @@ const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
 ];
 
 /// `featcache.received`: the attention problem's tensors (V is part of the problem but not
-/// read) and the row LSE.
+/// read: optional here, K stands in when it is absent) and the row LSE.
 const RECEIVED_INPUTS: &[TensorSpec] = &[
     ATTENTION_INPUTS[0],
     ATTENTION_INPUTS[1],
-    ATTENTION_INPUTS[2],
+    opt(
+        "v",
+        Dtypes::Half,
+        "[total_kv, kv_heads, head_dim] (not read)",
+    ),
     ATTENTION_INPUTS[3],
     ATTENTION_INPUTS[4],
     ATTENTION_INPUTS[5],
