@@ -757,6 +757,42 @@ enum TesseraStatus tessera_c2c_fuse(const DLTensor *src_k,
                                     void *stream);
 
 /**
+ * `featcache.received`: attention received per key: Σ_q exp(scale · q·k − lse[h, q]) over the queries that see key k under attention.forward's mask (same problem, V not read), from the row LSE attention.forward returns; summed over heads in head order, or per head; f32, deterministic (Rust: `tessera::ops::featcache::received`).
+ *
+ * Inputs: `q` (f16|bf16, `[total_q, heads, head_dim]`), `k` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `v` (f16|bf16, `[total_kv, kv_heads, head_dim] (not read)`, optional: may be NULL), `cu_seqlens_q` (i32, `[batch + 1]`), `cu_seqlens_kv` (i32, `[batch + 1]`), `q_pos` (i32, `[total_q]`, optional: may be NULL), `kv_pos` (i32, `[total_kv]`, optional: may be NULL), `q_depth` (i32, `[total_q]`, optional: may be NULL), `kv_depth` (i32, `[total_kv]`, optional: may be NULL), `kv_valid` (u8, `[total_kv]`, optional: may be NULL), `lse` (f32, `[heads, total_q]`).
+ *
+ * Parameters: `heads` (uint64_t): query heads H; `kv_heads` (uint64_t): key/value heads (H is a multiple); `head_dim` (uint64_t): D: 64 or 128; `max_seqlen_q` (uint64_t): bound on every query sequence's length (sizes the grid); `max_seqlen_kv` (uint64_t): bound on every key sequence's length; `scale` (float): softmax scale, usually 1/sqrt(D); `mode` (const char*, one of "full", "causal", "duo_causal"): mask: full, causal (by position) or duo_causal (position and depth); `per_head` (uint32_t, usually 0): 1: keep the per-head sums [heads, total_kv]; 0: sum over the heads [total_kv].
+ *
+ * Outputs, allocated by the caller: `received` (f32, `[(per_head * (heads - 1) + 1) * total_kv] ([heads, total_kv] head-major when per_head = 1)`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_featcache_received(const DLTensor *q,
+                                              const DLTensor *k,
+                                              const DLTensor *v,
+                                              const DLTensor *cu_seqlens_q,
+                                              const DLTensor *cu_seqlens_kv,
+                                              const DLTensor *q_pos,
+                                              const DLTensor *kv_pos,
+                                              const DLTensor *q_depth,
+                                              const DLTensor *kv_depth,
+                                              const DLTensor *kv_valid,
+                                              const DLTensor *lse,
+                                              uint64_t heads,
+                                              uint64_t kv_heads,
+                                              uint64_t head_dim,
+                                              uint64_t max_seqlen_q,
+                                              uint64_t max_seqlen_kv,
+                                              float scale,
+                                              const char *mode,
+                                              uint32_t per_head,
+                                              DLTensor *received,
+                                              void *stream);
+
+/**
  * `featcache.select`: SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by (score descending, index ascending); class 1 (recompute) for the first n - floor(cr · n), class 2 (reuse the last feature) for the longest run at the end whose score sum is <= low_mass · total, class 3 for the rest; c1 lists the class-1 tokens in order; bit-exact (Rust: `tessera::ops::featcache::select`).
  *
  * Inputs: `his` (f32, `[n]`), `fut` (f32, `[n]`), `cf` (u32, `[n]`).

@@ -1041,6 +1041,36 @@ fn c2c_fuse_case<T: attn::HalfFloat>(table: bool, seed: u64) -> Case {
     }
 }
 
+/// `featcache.received`: an attention problem and the reference LSE (f32), against the Rust op
+/// on the CPU path.
+fn featcache_received_case<T: attn::HalfFloat>(mode: MaskMode, per_head: bool, seed: u64) -> Case {
+    use tessera::ops::featcache;
+    let p = attention_problem::<T>(mode, seed);
+    let (mut inputs, mut params) = attention_args::<T>(&p, "auto");
+    params.retain(|(n, _)| *n != "path");
+    if !per_head {
+        inputs.retain(|(n, _)| *n != "v"); // optional: not read
+    }
+    params.push(("per_head", int(per_head as usize)));
+    let (tq, tk, h) = (p.total_q(), p.total_kv(), p.heads);
+    let lse: Vec<f32> = p.reference().1.iter().map(|&x| x as f32).collect();
+    inputs.push(("lse", HostT::new(&lse, &[h, tq])));
+    inputs.sort_by_key(|(n, _)| *n);
+    let u = p.upload::<T>(&cpu()).unwrap();
+    let r = featcache::received(&u.attention(Path::Auto), &up(&lse), per_head).unwrap();
+    let n = if per_head { h * tk } else { tk };
+    Case {
+        label: format!(
+            "featcache.received {} {mode:?} per_head={per_head}",
+            T::KIND
+        ),
+        op: "featcache.received",
+        inputs,
+        params,
+        expect: vec![("received", HostT::of(&r, &[n]), Cmp::Rel(tol::F32))],
+    }
+}
+
 /// `featcache.select`: ties and a mid ratio, against the Rust op on the CPU path.
 fn featcache_select_case(n: usize, cr: f64, seed: u64) -> Case {
     use tessera::ops::featcache;
@@ -1336,6 +1366,10 @@ fn cases(name: &'static str) -> Vec<Case> {
         "c2c.project" => vec![
             c2c_project_case::<bf16>(false, 45),
             c2c_project_case::<f16>(true, 46),
+        ],
+        "featcache.received" => vec![
+            featcache_received_case::<bf16>(MaskMode::Causal, false, 51),
+            featcache_received_case::<f16>(MaskMode::DuoCausal, true, 52),
         ],
         "featcache.select" => vec![
             featcache_select_case(300, 0.7, 49),

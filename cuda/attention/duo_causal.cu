@@ -54,6 +54,9 @@
 // they are 16-byte aligned and not a multiple of 128 bytes), per-row positions/depths, the tile's
 // non-finite V masks (2 D + 2 words), per-thread O infinity flags (16 bytes). D = 128: 37.9 KiB.
 //
+// The tile geometry, Side, classify and visible are in attention/mask.cuh (featcache/received.cu
+// evaluates the same mask with them).
+//
 // Layouts: Q [total_q, H, D], K/V [total_kv, H_kv, D] (query head h reads kv head h / (H / H_kv)),
 // O [total_q, H, D] f32, or the input type (o_half = 1: rounded to nearest even), LSE
 // [H, total_q] f32. Meta: [batch * tiles, 5] = (min pos, max pos, min depth, max depth, flags),
@@ -61,47 +64,15 @@
 // all invalid. Positions: pointer + flag; without an array, position = row - sequence start +
 // offset.
 #include "../common/tessera.cuh"
-#include "seqlens.cuh"
+#include "mask.cuh"
 
 namespace tessera {
 namespace attn {
 
 constexpr int kThreads = 128;
-constexpr int kBlockM = 64;  // query rows per block
-constexpr int kBlockN = 32;  // keys per K/V tile
-constexpr int kPad = 8;
-constexpr int kMeta = 5;
-constexpr int kFlagAnyInvalid = 1;
-constexpr int kFlagAllInvalid = 2;
-constexpr int kModeFull = 0, kModeDuo = 2;  // mode 1: causal
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 static_assert(kBlockN <= 32, "a K/V tile's keys are the bits of one uint32 (v_inf, v_bad, key masks)");
 
-struct Side {
-  const int32_t* pos;     // explicit positions, or unused when has_pos == 0
-  const int32_t* depth;   // unused when has_depth == 0 (depth 0)
-  const int32_t* cu;      // cu_seqlens
-  int32_t offset;         // implicit positions: row - (sequence start) + offset
-  uint32_t has_pos;
-  uint32_t has_depth;
-  int32_t total;          // rows of the tensor
-  int32_t max_len;        // max_seqlen: no sequence is read past it
-  uint32_t tiles;         // tile slots per sequence
-};
-
-// Sequence seq's rows of side s, clamped (attention/seqlens.cuh).
-__device__ __forceinline__ void seq_rows(const Side& s, int seq, int32_t& s0, int32_t& len) {
-  seqlens::bounds(s.cu, seq, s.total, s.max_len, s0, len);
-}
-
-// Position of row `row` of a sequence starting at row s0.
-__device__ __forceinline__ int32_t pos_of(const Side& s, int32_t s0, int row) {
-  return s.has_pos ? s.pos[row] : row - s0 + s.offset;
-}
-__device__ __forceinline__ int32_t depth_of(const Side& s, int row) { return s.has_depth ? s.depth[row] : 0; }
-
-__device__ __forceinline__ float neg_inf() { return -INFINITY; }
 __device__ __forceinline__ float pos_inf() { return INFINITY; }
 __device__ __forceinline__ float qnan() { return __int_as_float(0x7fc00000); }
 
@@ -168,24 +139,6 @@ __device__ __forceinline__ void tile_meta(uint32_t batch, Side qs, Side ks, cons
   m[2] = dmin;
   m[3] = dmax;
   m[4] = flags;
-}
-
-// 0 skip, 1 fully visible, 2 boundary.
-__device__ __forceinline__ int classify(const int32_t* qm, const int32_t* km, int mode) {
-  if (km[4] & kFlagAllInvalid) return 0;
-  if (mode != kModeFull && km[0] > qm[1]) return 0;
-  if (mode == kModeDuo && km[2] > qm[3]) return 0;
-  bool full = (km[4] & kFlagAnyInvalid) == 0;
-  if (mode != kModeFull && km[1] > qm[0]) full = false;
-  if (mode == kModeDuo && km[3] > qm[2]) full = false;
-  return full ? 1 : 2;
-}
-
-__device__ __forceinline__ bool visible(int mode, int32_t qp, int32_t qd, int32_t kp, int32_t kd, int32_t kvalid) {
-  if (!kvalid) return false;
-  if (mode == kModeFull) return true;
-  if (kp > qp) return false;
-  return mode != kModeDuo || kd <= qd;
 }
 
 // Copy `rows` rows of D halves (row r at src + r * stride) into shared (ld = D + kPad), zeros for

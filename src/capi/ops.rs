@@ -1258,6 +1258,82 @@ pub unsafe extern "C" fn tessera_c2c_fuse(
     })
 }
 
+/// `featcache.received`: attention received per key: Σ_q exp(scale · q·k − lse[h, q]) over the queries that see key k under attention.forward's mask (same problem, V not read), from the row LSE attention.forward returns; summed over heads in head order, or per head; f32, deterministic (Rust: `tessera::ops::featcache::received`).
+///
+/// Inputs: `q` (f16|bf16, `[total_q, heads, head_dim]`), `k` (f16|bf16, `[total_kv, kv_heads, head_dim]`), `v` (f16|bf16, `[total_kv, kv_heads, head_dim] (not read)`, optional: may be NULL), `cu_seqlens_q` (i32, `[batch + 1]`), `cu_seqlens_kv` (i32, `[batch + 1]`), `q_pos` (i32, `[total_q]`, optional: may be NULL), `kv_pos` (i32, `[total_kv]`, optional: may be NULL), `q_depth` (i32, `[total_q]`, optional: may be NULL), `kv_depth` (i32, `[total_kv]`, optional: may be NULL), `kv_valid` (u8, `[total_kv]`, optional: may be NULL), `lse` (f32, `[heads, total_q]`).
+///
+/// Parameters: `heads` (uint64_t): query heads H; `kv_heads` (uint64_t): key/value heads (H is a multiple); `head_dim` (uint64_t): D: 64 or 128; `max_seqlen_q` (uint64_t): bound on every query sequence's length (sizes the grid); `max_seqlen_kv` (uint64_t): bound on every key sequence's length; `scale` (float): softmax scale, usually 1/sqrt(D); `mode` (const char*, one of "full", "causal", "duo_causal"): mask: full, causal (by position) or duo_causal (position and depth); `per_head` (uint32_t, usually 0): 1: keep the per-head sums [heads, total_kv]; 0: sum over the heads [total_kv].
+///
+/// Outputs, allocated by the caller: `received` (f32, `[(per_head * (heads - 1) + 1) * total_kv] ([heads, total_kv] head-major when per_head = 1)`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_featcache_received(
+    q: *const DLTensor,
+    k: *const DLTensor,
+    v: *const DLTensor,
+    cu_seqlens_q: *const DLTensor,
+    cu_seqlens_kv: *const DLTensor,
+    q_pos: *const DLTensor,
+    kv_pos: *const DLTensor,
+    q_depth: *const DLTensor,
+    kv_depth: *const DLTensor,
+    kv_valid: *const DLTensor,
+    lse: *const DLTensor,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    max_seqlen_q: u64,
+    max_seqlen_kv: u64,
+    scale: f32,
+    mode: *const std::ffi::c_char,
+    per_head: u32,
+    received: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("featcache.received", || {
+        let mut c = Ctx::new("featcache.received");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q", q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("k", k) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v", v) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_q", cu_seqlens_q) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("cu_seqlens_kv", cu_seqlens_kv) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_pos", q_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_pos", kv_pos) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("q_depth", q_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_depth", kv_depth) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("kv_valid", kv_valid) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("lse", lse) }?;
+        c.param("heads", ParamValue::Usize(crate::capi::usize_param("featcache.received", "heads", heads)?));
+        c.param("kv_heads", ParamValue::Usize(crate::capi::usize_param("featcache.received", "kv_heads", kv_heads)?));
+        c.param("head_dim", ParamValue::Usize(crate::capi::usize_param("featcache.received", "head_dim", head_dim)?));
+        c.param("max_seqlen_q", ParamValue::Usize(crate::capi::usize_param("featcache.received", "max_seqlen_q", max_seqlen_q)?));
+        c.param("max_seqlen_kv", ParamValue::Usize(crate::capi::usize_param("featcache.received", "max_seqlen_kv", max_seqlen_kv)?));
+        c.param("scale", ParamValue::F32(scale));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("mode", mode) }?;
+        c.param("per_head", ParamValue::U32(per_head));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("received", received, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `featcache.select`: SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by (score descending, index ascending); class 1 (recompute) for the first n - floor(cr · n), class 2 (reuse the last feature) for the longest run at the end whose score sum is <= low_mass · total, class 3 for the rest; c1 lists the class-1 tokens in order; bit-exact (Rust: `tessera::ops::featcache::select`).
 ///
 /// Inputs: `his` (f32, `[n]`), `fut` (f32, `[n]`), `cf` (u32, `[n]`).
@@ -1846,6 +1922,13 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::Tensor(a11), CArg::Tensor(a12), CArg::Tensor(a13), CArg::Str(a14), CArg::F32(a15), CArg::Str(a16), CArg::Out(a17), CArg::Out(a18)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_c2c_fuse(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, stream) })
+            }
+            _ => None,
+        },
+        "featcache.received" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::U64(a11), CArg::U64(a12), CArg::U64(a13), CArg::U64(a14), CArg::U64(a15), CArg::F32(a16), CArg::Str(a17), CArg::U32(a18), CArg::Out(a19)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_featcache_received(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, stream) })
             }
             _ => None,
         },

@@ -181,7 +181,10 @@ macro_rules! by_q_dtype {
 
 fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'a, T>> {
     const OP: &str = "attention";
-    let (q, k, v) = (c.inp::<T>("q")?, c.inp::<T>("k")?, c.inp::<T>("v")?);
+    let (q, k) = (c.inp::<T>("q")?, c.inp::<T>("k")?);
+    // `v` is required by the attention ops' tables; featcache.received does not read it (K
+    // stands in when it is absent).
+    let v = c.opt_inp::<T>("v")?.unwrap_or(k);
     let mode = c.p_enum("mode")?;
     let (qd, kd) = (c.opt_inp::<i32>("q_depth")?, c.opt_inp::<i32>("kv_depth")?);
     let b: AttentionBuilder<'a, T> = match (mode, qd, kd) {
@@ -220,7 +223,7 @@ fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'
         )
         .positions(pos("q_pos")?, pos("kv_pos")?)
         .scale(c.p_f32("scale")?)
-        .path(match c.p_enum("path")? {
+        .path(match path_param(c)? {
             "tensor_core" => Path::TensorCore,
             "scalar" => Path::Scalar,
             _ => Path::Auto,
@@ -229,6 +232,16 @@ fn attention_problem<'a, T: HalfFloat + Elem>(c: &'a Call) -> Result<Attention<'
         b = b.kv_valid(valid);
     }
     b.build()
+}
+
+/// The `path` parameter, `auto` for ops that take the attention problem without it
+/// (`featcache.received`: one kernel path).
+fn path_param(c: &Call) -> Result<&'static str> {
+    if c.op.params.iter().any(|p| p.name == "path") {
+        c.p_enum("path")
+    } else {
+        Ok("auto")
+    }
 }
 
 /// Report the kernels' findings about `cu_seqlens` where that costs no wait (SIMT and the CPU
@@ -793,6 +806,24 @@ pub(crate) fn c2c_fuse(c: &mut Call) -> Result<()> {
         DTypeKind::BF16 => go::<bf16>(c),
         other => Err(c.err(format!("src_k is {other}; c2c.fuse takes f16 or bf16"))),
     }
+}
+
+pub(crate) fn featcache_received(c: &mut Call) -> Result<()> {
+    fn go<T: HalfFloat + Elem>(c: &mut Call) -> Result<()> {
+        let per_head = match c.p_u32("per_head")? {
+            0 => false,
+            1 => true,
+            x => {
+                return Err(Error::invalid(
+                    featcache::RECEIVED_OP,
+                    format!("per_head = {x}: 0 or 1"),
+                ))
+            }
+        };
+        let r = featcache::received(&attention_problem::<T>(c)?, c.inp::<f32>("lse")?, per_head)?;
+        c.put("received", r)
+    }
+    by_q_dtype!(c, go)
 }
 
 pub(crate) fn featcache_select(c: &mut Call) -> Result<()> {

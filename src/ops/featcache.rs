@@ -1,7 +1,18 @@
-//! SpecDiff feature cache (issue 14; in progress): the three-class token selection
-//! ([`select`]), and the per-token feature ring with its ops ([`Ring`], [`gather`], [`scatter`],
-//! [`reuse`], [`age`]; module [`ring`]). Semantics and the reference:
-//! [`crate::reference::featcache`]; kernels: `cuda/featcache/select.cu`, `cuda/featcache/ring.cu`.
+//! SpecDiff feature cache (issue 14): the attention each key received ([`received`]), the
+//! three-class token selection ([`select`]), and the per-token feature ring with its ops
+//! ([`Ring`], [`gather`], [`scatter`], [`reuse`], [`age`]; module [`ring`]). Semantics and the
+//! reference: [`crate::reference::featcache`]; kernels: `cuda/featcache/received.cu`,
+//! `cuda/featcache/select.cu`, `cuda/featcache/ring.cu`.
+//!
+//! ## `received`
+//!
+//! `received[h, k] = Σ_q exp(scale·q·k − lse[h, q])` over the queries `q` that see key `k` under
+//! `attention.forward`'s mask (the same problem descriptor, [`Attention`]), from Q, K and the row
+//! LSE that `attention.forward` returns; P is never materialised and V is not read. Summed over
+//! heads in head order, or kept per head. f32 accumulation, deterministic (fixed summation
+//! order, no atomics).
+//!
+//! ## `select`
 //!
 //! `score = his · fut · exp(cf)` in f64 (`exp(cf)` from a table of [`EXP_TABLE_LEN`] values that
 //! the host computes with [`crate::reference::featcache::exp_cf`], so that device and reference
@@ -13,14 +24,38 @@
 use crate::device::kernel::Grid;
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
+use crate::ops::attention::{Attention, HalfFloat};
 use crate::ops::{cpu_path, on_device, DeviceCheck};
 use crate::reference::featcache as reference;
 
 pub mod ring;
 pub use ring::{age, gather, reuse, scatter, Ring, RING};
+pub(crate) mod received;
 
 /// The op name in errors.
 pub const OP: &str = "featcache.select";
+/// `featcache.received`'s name in errors.
+pub const RECEIVED_OP: &str = received::OP;
+
+/// `featcache.received`: the attention each key received, `Σ_q P[q, k]` with `P[q, k] =
+/// exp(scale·q·k − lse[h, q])` over the queries that see key `k` under `a`'s mask (exactly
+/// `attention.forward`'s: modes, varlen `cu_seqlens`, positions, depths, `kv_valid`, GQA), from
+/// `a.q`, `a.k` and `lse` (`[H, total_q]` f32, natural log: `AttentionOut::lse`; a row with
+/// `lse = −inf` saw no key and adds nothing; a NaN `lse` gives NaN to the keys its row sees).
+/// `a.v` is not read. Returns `[total_kv]` (summed over the heads in head order) or, with
+/// `per_head`, `[H, total_kv]`, f32.
+///
+/// Errors ([`Error::InvalidArgument`] naming `featcache.received`): every check of
+/// `attention.forward` (head_dim not 64 or 128, heads not a multiple of kv_heads, lengths,
+/// positions, depths, `kv_valid`, the `cu_seqlens` contents: read back from the device before
+/// returning), and `lse` not of `H · total_q` elements.
+pub fn received<T: HalfFloat>(
+    a: &Attention<T>,
+    lse: &DeviceBuffer<f32>,
+    per_head: bool,
+) -> Result<DeviceBuffer<f32>> {
+    received::received(a, lse, per_head)
+}
 /// Entries of the `exp(cf)` table: `cf` must be below it.
 pub const EXP_TABLE_LEN: usize = 256;
 /// Threads per block (`kThreads`).

@@ -725,6 +725,23 @@ pub static OPS: &[OpSpec] = &[
         run: runners::c2c_fuse,
     },
     OpSpec {
+        name: "featcache.received",
+        rust: "ops::featcache::received",
+        summary: "attention received per key: Σ_q exp(scale · q·k − lse[h, q]) over the queries \
+                  that see key k under attention.forward's mask (same problem, V not read), from \
+                  the row LSE attention.forward returns; summed over heads in head order, or per \
+                  head; f32, deterministic",
+        inputs: RECEIVED_INPUTS,
+        params: RECEIVED_PARAMS,
+        outputs: &[t(
+            "received",
+            Dtypes::F32,
+            "[(per_head * (heads - 1) + 1) * total_kv] ([heads, total_kv] head-major when per_head \
+             = 1)",
+        )],
+        run: runners::featcache_received,
+    },
+    OpSpec {
         name: "featcache.select",
         rust: "ops::featcache::select",
         summary: "SpecDiff's three token classes: score = his · fut · exp(cf) in f64, ordered by \
@@ -1019,6 +1036,44 @@ const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
     ATTENTION_PARAMS[6],
     ATTENTION_PARAMS[7],
     p("splits", ParamType::Usize, None, "key splits per sequence"),
+];
+
+/// `featcache.received`: the attention problem's tensors (V is part of the problem but not
+/// read: optional here, K stands in when it is absent) and the row LSE.
+const RECEIVED_INPUTS: &[TensorSpec] = &[
+    ATTENTION_INPUTS[0],
+    ATTENTION_INPUTS[1],
+    opt(
+        "v",
+        Dtypes::Half,
+        "[total_kv, kv_heads, head_dim] (not read)",
+    ),
+    ATTENTION_INPUTS[3],
+    ATTENTION_INPUTS[4],
+    ATTENTION_INPUTS[5],
+    ATTENTION_INPUTS[6],
+    ATTENTION_INPUTS[7],
+    ATTENTION_INPUTS[8],
+    ATTENTION_INPUTS[9],
+    t("lse", Dtypes::F32, "[heads, total_q]"),
+];
+
+/// `featcache.received`: the attention problem's parameters (one kernel path: no `path`) and
+/// `per_head`.
+const RECEIVED_PARAMS: &[ParamSpec] = &[
+    ATTENTION_PARAMS[0],
+    ATTENTION_PARAMS[1],
+    ATTENTION_PARAMS[2],
+    ATTENTION_PARAMS[3],
+    ATTENTION_PARAMS[4],
+    ATTENTION_PARAMS[5],
+    ATTENTION_PARAMS[6],
+    p(
+        "per_head",
+        ParamType::U32,
+        Some("0"),
+        "1: keep the per-head sums [heads, total_kv]; 0: sum over the heads [total_kv]",
+    ),
 ];
 
 /// The op named `name`.
@@ -1351,6 +1406,15 @@ mod tests {
                     ]
                 );
                 assert!(op.params.iter().map(|p| p.name).eq(["gate", "tau", "gelu"]));
+                continue;
+            }
+            if args == ["a", "lse", "per_head"] {
+                // featcache.received: `a` is an Attention (checked by `field_checks`), then the
+                // LSE input and the per_head parameter.
+                assert_eq!(op.name, "featcache.received");
+                assert!(op.inputs.iter().any(|t| t.name == "lse"));
+                assert!(op.params.iter().any(|p| p.name == "per_head"));
+                assert!(op.params.iter().any(|p| p.name == "mode"));
                 continue;
             }
             if args == ["a"] || args == ["a", "splits"] {

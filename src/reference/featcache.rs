@@ -20,6 +20,8 @@
 //!   untouched; [`scatter_fault`], [`reuse_fault`] and [`age_fault`] are the per-entry checks the
 //!   kernels' status words are explained with.
 
+use crate::reference::attention;
+
 /// `e^c` for a cache count `c`: the values [`score`] uses (and a kernel's table holds).
 pub fn exp_cf(c: u32) -> f64 {
     (c as f64).exp()
@@ -570,6 +572,41 @@ pub fn received(
             .map(|ki| (0..heads).map(|h| out[h * nk + ki]).sum())
             .collect()
     }
+}
+
+/// The mask of an attention problem, as [`received`] takes it: query `i` sees key `j` when both
+/// lie in the same sequence (`cu_q`, `cu_kv`) and [`attention::visible`] says so (the rules of
+/// `attention.forward`).
+pub fn attention_mask<'a>(p: &'a attention::Problem) -> impl Fn(usize, usize) -> bool + 'a {
+    let seq = |cu: &[i32], n: usize| {
+        let mut v = vec![usize::MAX; n];
+        for (b, w) in cu.windows(2).enumerate() {
+            for i in w[0].max(0)..w[1].max(0) {
+                if let Some(x) = v.get_mut(i as usize) {
+                    *x = b;
+                }
+            }
+        }
+        v
+    };
+    let (sq, sk) = (seq(p.cu_q, p.q_pos.len()), seq(p.cu_kv, p.kv_pos.len()));
+    move |i, j| sq[i] != usize::MAX && sq[i] == sk[j] && attention::visible(p, i, j)
+}
+
+/// [`received`] of an attention problem (its Q, K, heads, scale and [`attention_mask`]; V is not
+/// read) with the row LSE `lse` (`[heads, total_q]`).
+pub fn received_attention(p: &attention::Problem, lse: &[f64], per_head: bool) -> Vec<f64> {
+    let wide = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let (nq, nk) = (p.q_pos.len(), p.kv_pos.len());
+    received(
+        &wide(p.q),
+        &wide(p.k),
+        lse,
+        (nq, nk, p.heads, p.kv_heads, p.head_dim),
+        p.scale as f64,
+        attention_mask(p),
+        per_head,
+    )
 }
 
 #[cfg(test)]

@@ -170,7 +170,12 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "featcache",
-        modules: &["featcache/select", "featcache/ring"],
+        modules: &[
+            "featcache/select",
+            "featcache/received",
+            "featcache/ring",
+            "attention/duo_causal",
+        ],
         rows: featcache::rows,
     },
     Family {
@@ -230,6 +235,7 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("featcache_ring_reuse", "featcache.reuse"),
         ("featcache_ring_class_check", "featcache.age"),
         ("featcache_ring_age", "featcache.age"),
+        ("featcache_received", "featcache.received"),
         ("featcache_", "featcache.select"),
         ("c2c_fold_", "c2c.project"),
         ("c2c_gather_", "c2c.project"),

@@ -35,13 +35,13 @@ pub(crate) const BLOCK_N: usize = 32;
 /// Grid y (heads) limit.
 const MAX_HEADS: usize = 65_535;
 /// Status words of one call (4 per cu_seqlens array, cuda/attention/seqlens.cuh).
-const STATUS_WORDS: usize = 8;
+pub(crate) const STATUS_WORDS: usize = 8;
 /// Ints per tile of the metadata (kMeta).
-const META: usize = 5;
+pub(crate) const META: usize = 5;
 
 /// Resolved positions of one side (host), for the CPU path (implicit positions were checked to
 /// fit in i32 by [`check_positions`]).
-fn resolve(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
+pub(crate) fn resolve(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
     match p {
         Positions::Explicit(b) => b.download(),
         Positions::Implicit { offset } => {
@@ -57,48 +57,48 @@ fn resolve(p: &Positions, cu: &[i32], total: usize) -> Result<Vec<i32>> {
 }
 
 /// What validation establishes (all from host-known numbers).
-struct Geom {
-    batch: usize,
-    total_q: usize,
-    total_kv: usize,
+pub(crate) struct Geom {
+    pub(crate) batch: usize,
+    pub(crate) total_q: usize,
+    pub(crate) total_kv: usize,
     /// Tile slots per sequence.
-    q_tiles: usize,
-    kv_tiles: usize,
+    pub(crate) q_tiles: usize,
+    pub(crate) kv_tiles: usize,
 }
 
 /// Everything but the contents of `cu_seqlens` (checked on the device, or eagerly on the CPU
-/// path).
-fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
+/// path); errors name `op` (`attention`, or an op that takes the same problem).
+pub(crate) fn validate<T: HalfFloat>(op: &'static str, a: &Attention<T>) -> Result<Geom> {
     let dev = a.q.device();
     let (h_n, hk, d) = (a.heads, a.kv_heads, a.head_dim);
     if d != 64 && d != 128 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("head_dim {d}, supported: 64, 128"),
         ));
     }
     if h_n == 0 || hk == 0 || h_n % hk != 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("heads {h_n} must be a positive multiple of kv_heads {hk}"),
         ));
     }
     if h_n > MAX_HEADS {
-        return Err(Error::invalid(OP, format!("heads {h_n} > {MAX_HEADS}")));
+        return Err(Error::invalid(op, format!("heads {h_n} > {MAX_HEADS}")));
     }
     if !a.scale.is_finite() {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("scale must be finite, got {}", a.scale),
         ));
     }
-    on_device(OP, "k", dev, a.k)?;
-    on_device(OP, "v", dev, a.v)?;
-    on_device(OP, "cu_seqlens_q", dev, a.cu_seqlens_q)?;
-    on_device(OP, "cu_seqlens_kv", dev, a.cu_seqlens_kv)?;
+    on_device(op, "k", dev, a.k)?;
+    on_device(op, "v", dev, a.v)?;
+    on_device(op, "cu_seqlens_q", dev, a.cu_seqlens_q)?;
+    on_device(op, "cu_seqlens_kv", dev, a.cu_seqlens_kv)?;
     if a.q.len() % (h_n * d) != 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "q has {} elements, not a multiple of heads * head_dim = {}",
                 a.q.len(),
@@ -109,7 +109,7 @@ fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
     let total_q = a.q.len() / (h_n * d);
     if a.k.len() % (hk * d) != 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "k has {} elements, not a multiple of kv_heads * head_dim = {}",
                 a.k.len(),
@@ -120,21 +120,21 @@ fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
     let total_kv = a.k.len() / (hk * d);
     if a.v.len() != a.k.len() {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("v has {} elements, k has {}", a.v.len(), a.k.len()),
         ));
     }
     if total_q > i32::MAX as usize || total_kv > i32::MAX as usize {
-        return Err(Error::invalid(OP, "more than 2^31 - 1 tokens"));
+        return Err(Error::invalid(op, "more than 2^31 - 1 tokens"));
     }
-    let (max_q, max_kv) = check_metadata(OP, a, total_q, total_kv)?;
+    let (max_q, max_kv) = check_metadata(op, a, total_q, total_kv)?;
     let batch = a.cu_seqlens_q.len() - 1;
     let (q_tiles, kv_tiles) = (max_q.div_ceil(BLOCK_M), max_kv.div_ceil(BLOCK_N));
     let slots = |t: usize| batch.checked_mul(t).filter(|&n| n <= i32::MAX as usize);
     if slots(q_tiles).is_none() || slots(kv_tiles).is_none() || slots(q_tiles + kv_tiles).is_none()
     {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "batch {batch} x ({q_tiles} Q + {kv_tiles} K/V tiles of the longest sequences) \
                  exceeds the grid"
@@ -151,7 +151,7 @@ fn validate<T: HalfFloat>(a: &Attention<T>) -> Result<Geom> {
 }
 
 pub(super) fn forward<T: HalfFloat>(a: &Attention<T>) -> Result<AttentionOut> {
-    let g = validate(a)?;
+    let g = validate(OP, a)?;
     let dev = a.q.device();
     let mut o = dev.alloc::<f32>(g.total_q * a.heads * a.head_dim, "attention.o")?;
     let mut lse = dev.alloc::<f32>(a.heads * g.total_q, "attention.lse")?;
@@ -164,7 +164,7 @@ pub(super) fn forward_into<T: HalfFloat, O: OutputType<T>>(
     o: &mut DeviceBuffer<O>,
     lse: &mut DeviceBuffer<f32>,
 ) -> Result<DeviceCheck> {
-    let g = validate(a)?;
+    let g = validate(OP, a)?;
     let dev = a.q.device();
     check_len(OP, dev, "o", o, g.total_q * a.heads * a.head_dim)?;
     check_len(OP, dev, "lse", lse, a.heads * g.total_q)?;
@@ -276,23 +276,23 @@ crate::kernels! {
 
 /// What both kernels take after `cu_seqlens`: totals, bounds, tile slots, positions (array +
 /// flag, offset) and depths.
-struct Sides<'a> {
-    total_q: i32,
-    total_kv: i32,
-    max_q: i32,
-    max_kv: i32,
-    q_tiles: u32,
-    kv_tiles: u32,
-    q_pos: Option<&'a DeviceBuffer<i32>>,
-    kv_pos: Option<&'a DeviceBuffer<i32>>,
-    q_offset: i32,
-    kv_offset: i32,
-    q_depth: Option<&'a DeviceBuffer<i32>>,
-    kv_depth: Option<&'a DeviceBuffer<i32>>,
-    has_depth: u32,
+pub(crate) struct Sides<'a> {
+    pub(crate) total_q: i32,
+    pub(crate) total_kv: i32,
+    pub(crate) max_q: i32,
+    pub(crate) max_kv: i32,
+    pub(crate) q_tiles: u32,
+    pub(crate) kv_tiles: u32,
+    pub(crate) q_pos: Option<&'a DeviceBuffer<i32>>,
+    pub(crate) kv_pos: Option<&'a DeviceBuffer<i32>>,
+    pub(crate) q_offset: i32,
+    pub(crate) kv_offset: i32,
+    pub(crate) q_depth: Option<&'a DeviceBuffer<i32>>,
+    pub(crate) kv_depth: Option<&'a DeviceBuffer<i32>>,
+    pub(crate) has_depth: u32,
 }
 
-fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
+pub(crate) fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
     let (q_pos, q_offset) = a.q_pos.kernel_args();
     let (kv_pos, kv_offset) = a.kv_pos.kernel_args();
     let (q_depth, kv_depth) = a.kernel_depths();
@@ -314,7 +314,7 @@ fn sides<'a, T: HalfFloat>(a: &Attention<'a, T>, g: &Geom) -> Sides<'a> {
 }
 
 /// `attn_tile_meta`: one thread per tile slot, and two that validate `cu_seqlens`.
-fn launch_tile_meta<T: HalfFloat>(
+pub(crate) fn launch_tile_meta<T: HalfFloat>(
     a: &Attention<T>,
     g: &Geom,
     q_meta: &mut DeviceBuffer<i32>,
