@@ -24,6 +24,10 @@ for t in "$stage"/tests/*; do
     echo "test $name gpu-only (--ignored gpu_) rc=$?" >> "$OUT/summary.txt"
   fi
 done
+# SpecDiff's quality/speed curve on the GPU (the driver's glue is host code: see docs/specdiff.md).
+timeout 120 "$stage/tessera" specdiff curve --backend cuda --json --png "$OUT/specdiff-curve.png" \
+  > "$OUT/specdiff-curve.json" 2> "$OUT/specdiff-curve.err"
+echo "specdiff curve rc=$?" >> "$OUT/summary.txt"
 timeout 120 "$stage/tessera" bench --backend cuda --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
 echo "bench rc=$?" >> "$OUT/summary.txt"
 # Only the GPU groups (the cpu-path groups and the CPU-only ckpt bench are CPU figures, measured

@@ -2,7 +2,7 @@
 # Installs the pinned toolchains tessera builds its GPU code with:
 #   * nvcc 13.0.88 from PyPI (with nvvm/crt/runtime/cccl pinned to match), into a cache folder;
 #   * Debian's clang-19, lld-19, llvm-19, libamdhip64-dev and rocm-device-libs (HIP headers and
-#     AMDGPU device libraries), through apt.
+#     AMDGPU device libraries) and fonts-dejavu-core (the specdiff plot's font), through apt.
 # Prints the environment to export at the end. Idempotent: a second run only checks.
 #
 # Every nvidia-* wheel is pinned: an unpinned nvidia-nvvm pulls a newer cicc that emits PTX ISA
@@ -18,7 +18,8 @@ PIP_PINS=(
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-cccl==13.0.85
 )
-APT_PKGS=(clang-19 lld-19 llvm-19 libamdhip64-dev rocm-device-libs)
+# fonts-dejavu-core: the TrueType font of `tessera specdiff curve`'s PNG (drivers::specdiff::plot).
+APT_PKGS=(clang-19 lld-19 llvm-19 libamdhip64-dev rocm-device-libs fonts-dejavu-core)
 
 mkdir -p "$CACHE"
 

@@ -1,4 +1,5 @@
-//! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`, `rexmoe`.
+//! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`, `rexmoe`,
+//! `specdiff`.
 
 use std::process::ExitCode;
 
@@ -138,6 +139,71 @@ enum Cmd {
     Rexmoe {
         #[command(subcommand)]
         cmd: RexmoeCmd,
+    },
+    /// SpecDiff: a DiT sampled with no cache, SpecDiff's feature cache, ToCa-style token caching
+    /// and step skipping.
+    Specdiff {
+        #[command(subcommand)]
+        cmd: SpecdiffCmd,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SpecdiffShape {
+    /// 256 tokens, d 128, 4 blocks, 12 steps.
+    Small,
+    /// 64 tokens, d 128, 1 block, 5 steps.
+    Tiny,
+}
+
+#[derive(Subcommand)]
+enum SpecdiffCmd {
+    /// The quality/speed curve of every mode over several cache ratios (SpecDiff, ToCa-style)
+    /// and thresholds (step-skip), each against no cache from the same noise; writes a PNG plot.
+    Curve {
+        /// The random model's shape (ignored with --weights).
+        #[arg(long, value_enum, default_value = "small")]
+        shape: SpecdiffShape,
+        /// A model in safetensors (drivers::specdiff names); replaces the random one.
+        #[arg(long)]
+        weights: Option<std::path::PathBuf>,
+        /// Cache ratios of SpecDiff and ToCa-style, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.8,0.9")]
+        cr: Vec<f64>,
+        /// Step-skip thresholds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2,0.4")]
+        threshold: Vec<f64>,
+        /// SpecDiff's C2 share of the total score.
+        #[arg(long, default_value_t = 0.1)]
+        low_mass: f64,
+        /// Full steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seed of the starting noise.
+        #[arg(long, default_value_t = 2)]
+        noise_seed: u64,
+        /// Where to write the plot.
+        #[arg(long, default_value = "specdiff-curve.png")]
+        png: std::path::PathBuf,
+        /// Do not write the plot.
+        #[arg(long)]
+        no_png: bool,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a random model to safetensors (drivers::specdiff names, f32).
+    Init {
+        #[arg(long, value_enum, default_value = "small")]
+        shape: SpecdiffShape,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
     },
 }
 
@@ -292,6 +358,84 @@ fn main() -> ExitCode {
         Cmd::Tasp { cmd } => run_tasp(cmd),
         Cmd::Topo { cmd } => run_topo(cmd),
         Cmd::Rexmoe { cmd } => run_rexmoe(cmd),
+        Cmd::Specdiff { cmd } => run_specdiff(cmd),
+    }
+}
+
+fn specdiff_config(s: SpecdiffShape) -> tessera::drivers::specdiff::Config {
+    match s {
+        SpecdiffShape::Small => tessera::drivers::specdiff::Config::small(),
+        SpecdiffShape::Tiny => tessera::drivers::specdiff::Config::tiny(),
+    }
+}
+
+fn run_specdiff(cmd: SpecdiffCmd) -> ExitCode {
+    use tessera::drivers::specdiff::{self, Mode, Model};
+    match cmd {
+        SpecdiffCmd::Curve {
+            shape,
+            weights,
+            cr,
+            threshold,
+            low_mass,
+            warmup,
+            seed,
+            noise_seed,
+            png,
+            no_png,
+            backend,
+            json,
+        } => {
+            let dev = pick_device(backend);
+            let model = match weights {
+                Some(path) => std::fs::read(&path)
+                    .map_err(|e| tessera::Error::Io {
+                        context: format!("reading {}", path.display()),
+                        source: e,
+                    })
+                    .and_then(|b| Model::from_safetensors(&dev, &b)),
+                None => Model::random(&dev, specdiff_config(shape), seed),
+            }
+            .unwrap_or_else(|e| exit_err(e));
+            let mut modes: Vec<Mode> = cr
+                .iter()
+                .map(|&cr| Mode::SpecDiff { cr, low_mass })
+                .collect();
+            modes.extend(cr.iter().map(|&cr| Mode::Toca { cr }));
+            modes.extend(
+                threshold
+                    .iter()
+                    .map(|&threshold| Mode::StepSkip { threshold }),
+            );
+            let curve =
+                specdiff::curve(&model, noise_seed, &modes, warmup).unwrap_or_else(|e| exit_err(e));
+            if !no_png {
+                specdiff::plot::png(&curve, &png).unwrap_or_else(|e| exit_err(e));
+                eprintln!("wrote {}", png.display());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&curve).expect("json"));
+            } else {
+                print!("{}", specdiff::markdown(&curve));
+            }
+            ExitCode::SUCCESS
+        }
+        SpecdiffCmd::Init {
+            shape,
+            seed,
+            output,
+        } => {
+            let bytes = Model::random(&Device::cpu(), specdiff_config(shape), seed)
+                .and_then(|m| m.to_safetensors())
+                .unwrap_or_else(|e| exit_err(e));
+            std::fs::write(&output, bytes).unwrap_or_else(|e| {
+                exit_err(tessera::Error::Io {
+                    context: format!("writing {}", output.display()),
+                    source: e,
+                })
+            });
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub mod c2c;
 pub mod rexmoe;
+pub mod specdiff;
 pub mod tah;

@@ -130,6 +130,12 @@ pub fn rows(dev: &Device) -> Vec<Row> {
     }
     rows.extend(received_rows::<f16>(dev));
     rows.extend(received_rows::<bf16>(dev));
+    rows.push(driver_outcome(dev, 0x5d1f).row(
+        "drivers::specdiff (cr 0 = no cache; cr 0.5 shares)",
+        "bf16 GEMM/attention, f32 cache",
+        dev,
+        "DiT 64 tokens, d 128, 1 block, 4 steps".into(),
+    ));
     rows
 }
 
@@ -577,4 +583,63 @@ fn received_rows<T: HalfFloat>(dev: &Device) -> Vec<Row> {
         c.sizes(),
     ));
     rows
+}
+
+/// The DiT driver on one device (`drivers::specdiff`, the tiny model, 4 steps): SpecDiff with
+/// `cr = 0` reproduces no cache bit for bit, and SpecDiff at `cr = 0.5` recomputes
+/// `N − floor(0.5·N)` tokens per step after the warm-up, with the final latent within 5e-2 of no
+/// cache.
+pub fn driver_outcome(dev: &Device, seed: u64) -> Outcome {
+    use crate::drivers::specdiff::{noise, rel_l2, sample, Config, Mode, Model, WARMUP};
+    let cfg = Config {
+        steps: 4,
+        ..Config::tiny()
+    };
+    let r = (|| -> std::result::Result<(), String> {
+        let e = |e: crate::error::Error| super::failed("drivers::specdiff", &e);
+        let m = Model::random(dev, cfg, seed).map_err(e)?;
+        let z = noise(&cfg, seed ^ 0x5eed);
+        let base = sample(&m, &z, Mode::NoCache, WARMUP).map_err(e)?;
+        let same = sample(
+            &m,
+            &z,
+            Mode::SpecDiff {
+                cr: 0.0,
+                low_mass: 0.1,
+            },
+            WARMUP,
+        )
+        .map_err(e)?;
+        if let Some(i) = first_diff(&same.latent, &base.latent) {
+            return Err(format!(
+                "cr = 0: latent[{i}] = {}, no cache {}",
+                same.latent[i], base.latent[i]
+            ));
+        }
+        let half = sample(
+            &m,
+            &z,
+            Mode::SpecDiff {
+                cr: 0.5,
+                low_mass: 0.1,
+            },
+            WARMUP,
+        )
+        .map_err(e)?;
+        let want = [1.0, 1.0, 0.5, 0.5];
+        if half.recomputed != want {
+            return Err(format!(
+                "cr = 0.5: recomputed {:?}, expected {want:?}",
+                half.recomputed
+            ));
+        }
+        let err = rel_l2(&half.latent, &base.latent);
+        if err.is_nan() || err >= 5e-2 {
+            return Err(format!(
+                "cr = 0.5: rel L2 {err:.3e} vs no cache (limit 5e-2)"
+            ));
+        }
+        Ok(())
+    })();
+    Outcome::exact(r)
 }
