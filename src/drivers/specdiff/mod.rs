@@ -89,7 +89,7 @@ use half::bf16;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Serialize;
 
-use crate::device::{Device, DeviceBuffer};
+use crate::device::{Backend, Device, DeviceBuffer};
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention};
 use crate::ops::featcache::{self, Ring};
@@ -1022,6 +1022,9 @@ pub struct Curve {
     pub config: Config,
     /// The device it ran on (`Device::describe`).
     pub device: String,
+    /// Whether the wall times are GPU times (false: a CPU executor; its times are not GPU
+    /// performance).
+    pub gpu: bool,
     /// Full steps first.
     pub warmup: usize,
     /// The no-cache run.
@@ -1055,6 +1058,7 @@ pub fn curve(model: &Model, noise_seed: u64, modes: &[Mode], warmup: usize) -> R
     Ok(Curve {
         config: model.cfg,
         device: model.dev.describe(),
+        gpu: matches!(model.dev.backend(), Backend::Cuda(_) | Backend::Hip(_)),
         warmup,
         baseline: row(Mode::NoCache, &base),
         points,
@@ -1094,6 +1098,9 @@ pub fn markdown(c: &Curve) -> String {
         c.warmup,
         c.device
     );
+    if !c.gpu {
+        s += "Wall times are from a CPU executor: they are not GPU performance.\n\n";
+    }
     s += "| mode | cr / threshold | tokens recomputed (mean) | GFLOP | FLOPs speedup | wall (s) | wall speedup | rel L2 vs no cache |\n";
     s += "|---|---|---|---|---|---|---|---|\n";
     for r in std::iter::once(&c.baseline).chain(&c.points) {

@@ -264,6 +264,7 @@ fn curve_table_and_plot() {
         md.contains("| specdiff | 0.5 |") && md.contains("| step-skip | 0.3 |"),
         "{md}"
     );
+    assert!(!c.gpu && md.contains("not GPU performance"), "{md}");
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(json["points"][0]["mode"]["mode"], "spec_diff");
     let dir = std::env::temp_dir().join(format!("tessera-specdiff-{}", std::process::id()));
