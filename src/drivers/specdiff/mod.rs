@@ -430,7 +430,7 @@ impl Model {
             hidden: es[0],
             heads: num("heads")?,
             blocks,
-            mlp_ratio: fc1.shape()[0] / es[0].max(1),
+            mlp_ratio: fc1.shape().first().copied().unwrap_or(0) / es[0].max(1),
             steps: num("steps")?,
         };
         cfg.validate()?;

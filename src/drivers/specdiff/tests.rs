@@ -87,6 +87,18 @@ fn safetensors_round_trip_and_errors() {
         .unwrap()
         .to_string();
     assert!(e.contains("no tensor `blocks.0.mlp.fc2.bias`"), "{e}");
+    // A scalar where fc1's weight belongs (the MLP width comes from its shape): an error.
+    let mut t = m2.tensors.clone();
+    t.push(("blocks.0.mlp.fc2.bias".into(), vec![128], vec![0.0; 128]));
+    for x in t.iter_mut().filter(|x| x.0 == "blocks.0.mlp.fc1.weight") {
+        *x = (x.0.clone(), vec![], vec![1.0]);
+    }
+    let m3 = Model { tensors: t, ..m2 };
+    let e = Model::from_safetensors(&dev, &m3.to_safetensors().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("a size is 0"), "{e}");
 }
 
 /// Every token recomputed (cr = 0) or a step-skip threshold of 0 reproduce no cache bit for bit:
