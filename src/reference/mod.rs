@@ -8,5 +8,6 @@ pub mod c2c;
 pub mod codec;
 pub mod featcache;
 pub mod gemm;
+pub mod gs;
 pub mod moe;
 pub mod tah;
