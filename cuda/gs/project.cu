@@ -89,7 +89,8 @@ struct Fwd {
   float qnorm;
   float r[3][3];
   float t[3];
-  float sc[3][3];  // W Σ Wᵀ
+  float wm[3][3];  // W M (kGrad only)
+  float p[2][3];   // J W M (kGrad only)
   float j[2][3];
   bool clamped_x, clamped_y;
   float tx, ty;
@@ -111,8 +112,9 @@ __device__ __forceinline__ void quat_to_rotmat(const float* q, float r[3][3]) {
   r[2][2] = 1.0f - 2.0f * (x * x + y * y);
 }
 
-// Projects one Gaussian with valid inputs. Returns kOk with f.radius > 0 (kept) or 0 (culled),
+// Projects one Gaussian with valid inputs (kGrad: also f.sc, for the backward). Returns kOk with f.radius > 0 (kept) or 0 (culled),
 // or kOverflow.
+template <bool kGrad>
 __device__ __forceinline__ int32_t forward_one(const float* mu, const float* q, const float* s, const Cam& c,
                                                Fwd& f) {
   f.radius = 0;
@@ -127,14 +129,13 @@ __device__ __forceinline__ int32_t forward_one(const float* mu, const float* q, 
   float m[3][3];
   for (int r = 0; r < 3; ++r)
     for (int k = 0; k < 3; ++k) m[r][k] = f.r[r][k] * s[k];
-  float sigma[3][3];
+  // W M (M = R S): Σc = (W M)(W M)ᵀ.
+  float wm[3][3];
   for (int r = 0; r < 3; ++r)
-    for (int k = 0; k < 3; ++k) sigma[r][k] = m[r][0] * m[k][0] + m[r][1] * m[k][1] + m[r][2] * m[k][2];
-  float ws[3][3];
-  for (int r = 0; r < 3; ++r)
-    for (int k = 0; k < 3; ++k) ws[r][k] = c.w[r][0] * sigma[0][k] + c.w[r][1] * sigma[1][k] + c.w[r][2] * sigma[2][k];
-  for (int r = 0; r < 3; ++r)
-    for (int k = 0; k < 3; ++k) f.sc[r][k] = ws[r][0] * c.w[k][0] + ws[r][1] * c.w[k][1] + ws[r][2] * c.w[k][2];
+    for (int k = 0; k < 3; ++k) wm[r][k] = c.w[r][0] * m[0][k] + c.w[r][1] * m[1][k] + c.w[r][2] * m[2][k];
+  if (kGrad)
+    for (int r = 0; r < 3; ++r)
+      for (int k = 0; k < 3; ++k) f.wm[r][k] = wm[r][k];
 
   const float rx = x / z, ry = y / z;
   f.clamped_x = !(rx <= c.lxp && rx >= -c.lxn);
@@ -149,26 +150,38 @@ __device__ __forceinline__ int32_t forward_one(const float* mu, const float* q, 
   f.j[1][1] = c.fy / z;
   f.j[1][2] = -c.fy * f.ty / z2;
 
-  float cov[2][2];
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      float acc = 0.0f;
-      for (int k = 0; k < 3; ++k)
-        for (int l = 0; l < 3; ++l) acc += f.j[a][k] * f.sc[k][l] * f.j[b][l];
-      cov[a][b] = acc;
+  // cov2d = J Σc Jᵀ + blur = P Pᵀ + blur with P = J W M (2×3), so a, c are sums of squares and
+  // det = a·c − b² is, by Cauchy–Binet, Σ (2×2 minors of P)² + blur·(a0 + c0) + blur²: no
+  // cancellation (gsplat's f32 a·c − b² loses up to 1e-3 of the conic of needle-like splats).
+  float p[2][3];
+  for (int k = 0; k < 3; ++k) {
+    p[0][k] = f.j[0][0] * wm[0][k] + f.j[0][2] * wm[2][k];
+    p[1][k] = f.j[1][1] * wm[1][k] + f.j[1][2] * wm[2][k];
+  }
+  if (kGrad)
+    for (int k = 0; k < 3; ++k) {
+      f.p[0][k] = p[0][k];
+      f.p[1][k] = p[1][k];
     }
-  const float a = cov[0][0] + kBlur;
-  const float b = 0.5f * (cov[0][1] + cov[1][0]);
-  const float cc = cov[1][1] + kBlur;
-  const float det = a * cc - b * b;
+  const float a0 = p[0][0] * p[0][0] + p[0][1] * p[0][1] + p[0][2] * p[0][2];
+  const float c0 = p[1][0] * p[1][0] + p[1][1] * p[1][1] + p[1][2] * p[1][2];
+  const float b = p[0][0] * p[1][0] + p[0][1] * p[1][1] + p[0][2] * p[1][2];
+  const float m01 = p[0][0] * p[1][1] - p[0][1] * p[1][0];
+  const float m02 = p[0][0] * p[1][2] - p[0][2] * p[1][0];
+  const float m12 = p[0][1] * p[1][2] - p[0][2] * p[1][1];
+  const float a = a0 + kBlur;
+  const float cc = c0 + kBlur;
+  const float det = (m01 * m01 + m02 * m02 + m12 * m12) + kBlur * (a0 + c0) + kBlur * kBlur;
   if (!(finite(a) && finite(b) && finite(cc) && finite(det))) return kOverflow;
   if (det <= 0.0f) return kOk;
   f.conic[0] = cc / det;
   f.conic[1] = -b / det;
   f.conic[2] = a / det;
 
+  // m² − det = ((a − c)/2)² + b² (the same number, without the cancellation).
   const float mid = 0.5f * (a + cc);
-  const float lambda_max = mid + sqrtf(fmaxf(mid * mid - det, kDiscMin));
+  const float half_diff = 0.5f * (a0 - c0);
+  const float lambda_max = mid + sqrtf(fmaxf(half_diff * half_diff + b * b, kDiscMin));
   const float radius = ceilf(kSigmas * sqrtf(lambda_max));
   if (radius <= 0.0f) return kOk;
   f.mean2d[0] = c.fx * x / z + c.cx;
@@ -199,7 +212,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
     gs::Fwd f;
     f.radius = 0;
     int32_t code = gs::check_inputs(mu, q, s);
-    if (code == gs::kOk) code = gs::forward_one(mu, q, s, c, f);
+    if (code == gs::kOk) code = gs::forward_one<false>(mu, q, s, c, f);
     if (code != gs::kOk) {
       gs::report(status, i, code);
       f.radius = 0;
@@ -240,7 +253,7 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
       else if (!gs::finite(v_depths[i]))
         code = gs::kVDepths;
     }
-    if (code == gs::kOk) code = gs::forward_one(mu, q, s, c, f);
+    if (code == gs::kOk) code = gs::forward_one<true>(mu, q, s, c, f);
     if (code != gs::kOk) {
       gs::report(status, i, code);
       f.radius = 0;
@@ -256,22 +269,19 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
         for (int k = 0; k < 2; ++k) pg[r][k] = p[r][0] * g[0][k] + p[r][1] * g[1][k];
       for (int r = 0; r < 2; ++r)
         for (int k = 0; k < 2; ++k) v_cov[r][k] = -(pg[r][0] * p[0][k] + pg[r][1] * p[1][k]);
-      // cov2d = J Σc Jᵀ: v_Σc = Jᵀ v_cov J; v_J = (v_cov + v_covᵀ) J Σc.
-      float v_sc[3][3];
-      for (int k = 0; k < 3; ++k)
-        for (int l = 0; l < 3; ++l) {
-          float acc = 0.0f;
-          for (int a = 0; a < 2; ++a)
-            for (int b = 0; b < 2; ++b) acc += f.j[a][k] * v_cov[a][b] * f.j[b][l];
-          v_sc[k][l] = acc;
-        }
-      float jsc[2][3];
-      for (int a = 0; a < 2; ++a)
-        for (int l = 0; l < 3; ++l) jsc[a][l] = f.j[a][0] * f.sc[0][l] + f.j[a][1] * f.sc[1][l] + f.j[a][2] * f.sc[2][l];
-      float v_j[2][3];
+      // cov2d = P Pᵀ + blur, P = J (W M): v_P = (v_cov + v_covᵀ) P; v_J = v_P (W M)ᵀ (the
+      // reference's (v_cov + v_covᵀ) J Σc); v_(W M) = Jᵀ v_P.
+      float v_p[2][3];
       for (int a = 0; a < 2; ++a)
         for (int l = 0; l < 3; ++l)
-          v_j[a][l] = (v_cov[a][0] + v_cov[0][a]) * jsc[0][l] + (v_cov[a][1] + v_cov[1][a]) * jsc[1][l];
+          v_p[a][l] = (v_cov[a][0] + v_cov[0][a]) * f.p[0][l] + (v_cov[a][1] + v_cov[1][a]) * f.p[1][l];
+      float v_j[2][3];
+      for (int a = 0; a < 2; ++a)
+        for (int r = 0; r < 3; ++r)
+          v_j[a][r] = v_p[a][0] * f.wm[r][0] + v_p[a][1] * f.wm[r][1] + v_p[a][2] * f.wm[r][2];
+      float v_wm[3][3];
+      for (int r = 0; r < 3; ++r)
+        for (int k = 0; k < 3; ++k) v_wm[r][k] = f.j[0][r] * v_p[0][k] + f.j[1][r] * v_p[1][k];
 
       // The camera-space mean: from mean2d, depth and the entries of J.
       const float gx = v_means2d[i2], gy = v_means2d[i2 + 1];
@@ -291,24 +301,11 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
         v_t[2] += 2.0f * c.fy * f.ty / z3 * v_j[1][2];
       }
 
-      // t = W μ + tvec: v_μ = Wᵀ v_t. Σc = W Σ Wᵀ: v_Σ = Wᵀ v_Σc W.
+      // t = W μ + tvec: v_μ = Wᵀ v_t. v_M = Wᵀ v_(W M); M = R S: v_R = v_M S, v_s = diag(Rᵀ v_M).
       for (int k = 0; k < 3; ++k) gm[k] = c.w[0][k] * v_t[0] + c.w[1][k] * v_t[1] + c.w[2][k] * v_t[2];
-      float wtv[3][3];
-      for (int r = 0; r < 3; ++r)
-        for (int k = 0; k < 3; ++k) wtv[r][k] = c.w[0][r] * v_sc[0][k] + c.w[1][r] * v_sc[1][k] + c.w[2][r] * v_sc[2][k];
-      float v_sigma[3][3];
-      for (int r = 0; r < 3; ++r)
-        for (int k = 0; k < 3; ++k) v_sigma[r][k] = wtv[r][0] * c.w[0][k] + wtv[r][1] * c.w[1][k] + wtv[r][2] * c.w[2][k];
-
-      // Σ = M Mᵀ, M = R S: v_M = (v_Σ + v_Σᵀ) M; v_R = v_M S; v_s = diag(Rᵀ v_M).
-      float m[3][3];
-      for (int r = 0; r < 3; ++r)
-        for (int k = 0; k < 3; ++k) m[r][k] = f.r[r][k] * s[k];
       float v_m[3][3];
       for (int r = 0; r < 3; ++r)
-        for (int k = 0; k < 3; ++k)
-          v_m[r][k] = (v_sigma[r][0] + v_sigma[0][r]) * m[0][k] + (v_sigma[r][1] + v_sigma[1][r]) * m[1][k] +
-                      (v_sigma[r][2] + v_sigma[2][r]) * m[2][k];
+        for (int k = 0; k < 3; ++k) v_m[r][k] = c.w[0][r] * v_wm[0][k] + c.w[1][r] * v_wm[1][k] + c.w[2][r] * v_wm[2][k];
       float v_r[3][3];
       for (int r = 0; r < 3; ++r)
         for (int k = 0; k < 3; ++k) v_r[r][k] = v_m[r][k] * s[k];

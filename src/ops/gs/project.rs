@@ -198,10 +198,19 @@ fn explain(op: &'static str, w: &[i32]) -> Result<()> {
 }
 
 /// The host version of the kernels' input check (the CPU path): the first bad Gaussian's code.
-fn host_check(m: &[f32], q: &[f32], s: &[f32], v: Option<(&[f32], &[f32], &[f32])>) -> Option<(usize, i32)> {
+fn host_check(
+    m: &[f32],
+    q: &[f32],
+    s: &[f32],
+    v: Option<(&[f32], &[f32], &[f32])>,
+) -> Option<(usize, i32)> {
     let fin = |x: &[f32]| x.iter().all(|v| v.is_finite());
     (0..m.len() / 3).find_map(|i| {
-        let (mu, qi, si) = (&m[3 * i..3 * i + 3], &q[4 * i..4 * i + 4], &s[3 * i..3 * i + 3]);
+        let (mu, qi, si) = (
+            &m[3 * i..3 * i + 3],
+            &q[4 * i..4 * i + 4],
+            &s[3 * i..3 * i + 3],
+        );
         let code = if !fin(mu) {
             MEANS
         } else if !fin(qi) {
@@ -250,7 +259,10 @@ fn common_checks(
     if means.len() % 3 != 0 {
         return Err(Error::invalid(
             op,
-            format!("means has {} elements, not a multiple of 3 ([N,3])", means.len()),
+            format!(
+                "means has {} elements, not a multiple of 3 ([N,3])",
+                means.len()
+            ),
         ));
     }
     let n = means.len() / 3;
