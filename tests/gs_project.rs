@@ -666,3 +666,139 @@ fn bad_inputs_are_named() {
         );
     }
 }
+
+/// SH colours (degree 0–3, K larger than needed) and their backward against the reference
+/// (`view_dirs`, `sh_colors`, `sh_to_rgb` and their VJPs) on the random scenes' Gaussians:
+/// f32 class (relative L2 ≤ 1e-5).
+#[test]
+fn sh_colors_match_the_reference() {
+    let devs = devices();
+    for degree in 0..=3u32 {
+        for (t, n) in [0usize, 1, 300].into_iter().enumerate() {
+            let seed = 0x5a_0000 + u64::from(degree) * 16 + t as u64;
+            let s = random_scene(n, seed);
+            let k = reference::sh_num_coeffs(degree) + 1;
+            let mut rng = Rng(seed ^ 0xc0ef);
+            let coeffs: Vec<f32> = (0..n * k * 3)
+                .map(|_| range(&mut rng, -1.0, 1.0) as f32)
+                .collect();
+            let vc: Vec<f32> = (0..3 * n)
+                .map(|_| range(&mut rng, -1.0, 1.0) as f32)
+                .collect();
+            let rcam = s.cam.to_reference();
+            let dirs = reference::view_dirs(&rows::<3>(&s.means), &rcam).unwrap();
+            let co64: Vec<f64> = coeffs.iter().map(|&v| f64::from(v)).collect();
+            let raw = reference::sh_colors(degree, &dirs, &co64, k).unwrap();
+            let want = flat(&reference::sh_to_rgb(&raw));
+            let v_raw = reference::sh_to_rgb_backward(&raw, &rows(&vc)).unwrap();
+            let (gc, gd) = reference::sh_colors_backward(degree, &dirs, &co64, k, &v_raw).unwrap();
+            // Clamp decisions at raw = −0.5 that f32 could take the other way: none expected.
+            assert!(raw.iter().flatten().all(|r| (r + 0.5).abs() > 1e-5));
+            for dev in &devs {
+                let ctx = format!("degree {degree} n {n} on {}", dev.backend());
+                let (m, c) = (up(dev, &s.means, "means"), up(dev, &coeffs, "coeffs"));
+                let got = project::sh_colors(degree, &m, &s.cam, &c, k)
+                    .unwrap()
+                    .download()
+                    .unwrap();
+                let e = rel_l2(&got, &want);
+                assert!(e <= F32_TOL, "{ctx}: colors {e:e}");
+                let (dc, dm) =
+                    project::sh_colors_backward(degree, &m, &s.cam, &c, k, &up(dev, &vc, "v"))
+                        .unwrap();
+                let (dc, dm) = (dc.download().unwrap(), dm.download().unwrap());
+                let e1 = rel_l2(&dc, &gc);
+                let e2 = rel_l2(&dm, &flat(&gd));
+                assert!(
+                    e1 <= F32_TOL && e2 <= F32_TOL,
+                    "{ctx}: v_coeffs {e1:e} v_means {e2:e}"
+                );
+                // The spare coefficient gets no gradient.
+                assert!((0..n).all(|i| dc[(i * k + k - 1) * 3..(i * k + k) * 3]
+                    .iter()
+                    .all(|&v| v == 0.0)));
+                if n == 300 {
+                    eprintln!("{ctx}: colors {e:.1e} v_coeffs {e1:.1e} v_means {e2:.1e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sh_bad_inputs_are_named() {
+    let s = random_scene(50, 0x5a_0bad);
+    let n = s.n();
+    let k = 9;
+    let co = vec![0.25f32; n * k * 3];
+    for dev in devices() {
+        let m = up(&dev, &s.means, "means");
+        let run = |deg: u32, m: &[f32], co: &[f32], k: usize| {
+            project::sh_colors(
+                deg,
+                &up(&dev, m, "means"),
+                &s.cam,
+                &up(&dev, co, "coeffs"),
+                k,
+            )
+        };
+        expect_invalid(run(4, &s.means, &co, k), project::SH_OP, &["degree 4"]);
+        expect_invalid(run(3, &s.means, &co, k), project::SH_OP, &["k = 9", "16"]);
+        expect_invalid(
+            run(2, &s.means, &co[1..], k),
+            project::SH_OP,
+            &["coeffs", "N·K·3"],
+        );
+        let mut b = co.clone();
+        b[(7 * k + 4) * 3 + 2] = f32::NAN;
+        expect_invalid(
+            run(2, &s.means, &b, k),
+            project::SH_OP,
+            &["Gaussian 7", "coeffs[7]"],
+        );
+        let mut bm = s.means.clone();
+        bm[3 * 9] = f32::INFINITY;
+        expect_invalid(
+            run(1, &bm, &co, k),
+            project::SH_OP,
+            &["Gaussian 9", "means[9]"],
+        );
+        // A mean at the camera centre: an error for degree ≥ 1, fine for degree 0 (a camera
+        // with W = I and tvec = (1, 2, 3): the centre is (−1, −2, −3), exactly).
+        let mut cam = s.cam.clone();
+        cam.viewmat = [
+            1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 1.0, 3.0, 0.0, 0.0, 0.0, 1.0,
+        ];
+        let mut bm = s.means.clone();
+        bm[3 * 12..3 * 12 + 3].copy_from_slice(&[-1.0, -2.0, -3.0]);
+        let at_centre = |deg: u32| {
+            project::sh_colors(
+                deg,
+                &up(&dev, &bm, "means"),
+                &cam,
+                &up(&dev, &co, "coeffs"),
+                k,
+            )
+        };
+        expect_invalid(
+            at_centre(1),
+            project::SH_OP,
+            &["Gaussian 12", "camera centre"],
+        );
+        at_centre(0).unwrap();
+        let vc = vec![0.5f32; 3 * n];
+        let c = up(&dev, &co, "coeffs");
+        expect_invalid(
+            project::sh_colors_backward(2, &m, &s.cam, &c, k, &up(&dev, &vc[3..], "v")),
+            project::SH_BACKWARD_OP,
+            &["v_colors", "expected"],
+        );
+        let mut b = vc.clone();
+        b[3 * 20 + 1] = f32::NAN;
+        expect_invalid(
+            project::sh_colors_backward(2, &m, &s.cam, &c, k, &up(&dev, &b, "v")),
+            project::SH_BACKWARD_OP,
+            &["Gaussian 20", "v_colors[20]"],
+        );
+    }
+}

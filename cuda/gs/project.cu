@@ -331,3 +331,180 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
   }
 }
 TESSERA_EXPORT_BLOCK(gs_project_backward, gs::kThreads)
+
+// ---- SH colours (gs.sh_colors): gsplat's spherical_harmonics, degree 0-3, then max(sh + 0.5, 0).
+// coeffs [N,K,3] row-major (K >= (degree+1)^2, checked by the op); the view direction is
+// mean - campos with campos = -W^T tvec, normalised for degree >= 1. Status codes as above plus
+// 10 coeffs not finite, 11 zero view direction (degree >= 1), 12 v_colors not finite.
+namespace tessera {
+namespace gs {
+
+enum ShCode : int32_t { kCoeffs = 10, kZeroDir = 11, kVColors = 12 };
+
+// The basis (first (degree+1)^2 entries) at the unit direction (x, y, z), and, with kGrad, its
+// gradient with respect to (x, y, z) taken as independent.
+template <bool kGrad>
+__device__ __forceinline__ void sh_basis(uint32_t degree, float x, float y, float z, float b[16], float g[16][3]) {
+  const float C0 = 0.28209479177387814f, C1 = 0.4886025119029199f;
+  const float C2_XY = 1.0925484305920792f, C2_YZ = -1.0925484305920792f, C2_ZZ = 0.9461746957575601f,
+              C2_ZZ0 = -0.31539156525252005f, C2_XXYY = 0.5462742152960396f;
+  const float C3_A = -0.5900435899266435f, C3_B = 1.445305721320277f, C3_C2 = -2.285228997322329f,
+              C3_C0 = 0.4570457994644658f, C3_D3 = 1.865881662950577f, C3_D1 = -1.119528997770346f;
+  for (int k = 0; k < 16; ++k) {
+    b[k] = 0.0f;
+    if (kGrad) g[k][0] = g[k][1] = g[k][2] = 0.0f;
+  }
+  b[0] = C0;
+  if (degree >= 1) {
+    b[1] = -C1 * y;
+    b[2] = C1 * z;
+    b[3] = -C1 * x;
+    if (kGrad) {
+      g[1][1] = -C1;
+      g[2][2] = C1;
+      g[3][0] = -C1;
+    }
+  }
+  if (degree >= 2) {
+    b[4] = C2_XY * x * y;
+    b[5] = C2_YZ * y * z;
+    b[6] = C2_ZZ * z * z + C2_ZZ0;
+    b[7] = C2_YZ * x * z;
+    b[8] = C2_XXYY * (x * x - y * y);
+    if (kGrad) {
+      g[4][0] = C2_XY * y;
+      g[4][1] = C2_XY * x;
+      g[5][1] = C2_YZ * z;
+      g[5][2] = C2_YZ * y;
+      g[6][2] = 2.0f * C2_ZZ * z;
+      g[7][0] = C2_YZ * z;
+      g[7][2] = C2_YZ * x;
+      g[8][0] = 2.0f * C2_XXYY * x;
+      g[8][1] = -2.0f * C2_XXYY * y;
+    }
+  }
+  if (degree >= 3) {
+    const float f = C3_C2 * z * z + C3_C0;
+    const float fz = 2.0f * C3_C2 * z;
+    b[9] = C3_A * (3.0f * x * x * y - y * y * y);
+    b[10] = C3_B * 2.0f * x * y * z;
+    b[11] = f * y;
+    b[12] = z * (C3_D3 * z * z + C3_D1);
+    b[13] = f * x;
+    b[14] = C3_B * z * (x * x - y * y);
+    b[15] = C3_A * (x * x * x - 3.0f * x * y * y);
+    if (kGrad) {
+      g[9][0] = C3_A * 6.0f * x * y;
+      g[9][1] = C3_A * (3.0f * x * x - 3.0f * y * y);
+      g[10][0] = C3_B * 2.0f * y * z;
+      g[10][1] = C3_B * 2.0f * x * z;
+      g[10][2] = C3_B * 2.0f * x * y;
+      g[11][1] = f;
+      g[11][2] = fz * y;
+      g[12][2] = 3.0f * C3_D3 * z * z + C3_D1;
+      g[13][0] = f;
+      g[13][2] = fz * x;
+      g[14][0] = C3_B * 2.0f * x * z;
+      g[14][1] = -C3_B * 2.0f * y * z;
+      g[14][2] = C3_B * (x * x - y * y);
+      g[15][0] = C3_A * (3.0f * x * x - 3.0f * y * y);
+      g[15][1] = -C3_A * 6.0f * x * y;
+    }
+  }
+}
+
+// Gaussian i's unit view direction and its norm; a status code (0 ok). Degree 0: the raw
+// direction, norm 1 (not read).
+__device__ __forceinline__ int32_t view_dir(uint32_t degree, const float* mu, const float* cam, float u[3],
+                                            float& norm) {
+  if (!(finite(mu[0]) && finite(mu[1]) && finite(mu[2]))) return kMeans;
+  // campos = -W^T tvec; dir = mu - campos = mu + W^T tvec.
+  for (int a = 0; a < 3; ++a) u[a] = mu[a] + (cam[a] * cam[3] + cam[4 + a] * cam[7] + cam[8 + a] * cam[11]);
+  norm = 1.0f;
+  if (degree == 0) return kOk;
+  norm = sqrtf(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
+  if (!(norm > 0.0f) || !finite(norm)) return kZeroDir;
+  for (int a = 0; a < 3; ++a) u[a] /= norm;
+  return kOk;
+}
+
+}  // namespace gs
+}  // namespace tessera
+
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
+    gs_sh_colors(uint32_t degree, const float* means, const float* cam, uint32_t n, uint32_t k, const float* coeffs,
+                 float* colors, int32_t* status) {
+  const uint32_t used = (degree + 1) * (degree + 1);
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float u[3], norm, b[16];
+    int32_t code = gs::view_dir(degree, means + 3 * static_cast<size_t>(i), cam, u, norm);
+    const float* co = coeffs + static_cast<size_t>(i) * k * 3;
+    if (code == gs::kOk)
+      for (uint32_t j = 0; j < 3 * k; ++j)
+        if (!gs::finite(co[j])) {
+          code = gs::kCoeffs;
+          break;
+        }
+    float col[3] = {0.0f, 0.0f, 0.0f};
+    if (code == gs::kOk) {
+      gs::sh_basis<false>(degree, u[0], u[1], u[2], b, nullptr);
+      for (uint32_t kk = 0; kk < used; ++kk)
+        for (int c = 0; c < 3; ++c) col[c] += b[kk] * co[kk * 3 + c];
+    } else {
+      gs::report(status, i, code);
+    }
+    for (int c = 0; c < 3; ++c) colors[3 * static_cast<size_t>(i) + c] = code == gs::kOk ? fmaxf(col[c] + 0.5f, 0.0f) : 0.0f;
+  }
+}
+TESSERA_EXPORT_BLOCK(gs_sh_colors, gs::kThreads)
+
+TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
+    gs_sh_colors_backward(uint32_t degree, const float* means, const float* cam, uint32_t n, uint32_t k,
+                          const float* coeffs, const float* v_colors, float* v_coeffs, float* v_means,
+                          int32_t* status) {
+  const uint32_t used = (degree + 1) * (degree + 1);
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float u[3], norm, b[16], g[16][3];
+    int32_t code = gs::view_dir(degree, means + 3 * static_cast<size_t>(i), cam, u, norm);
+    const float* co = coeffs + static_cast<size_t>(i) * k * 3;
+    float* vco = v_coeffs + static_cast<size_t>(i) * k * 3;
+    const float* vc = v_colors + 3 * static_cast<size_t>(i);
+    if (code == gs::kOk)
+      for (uint32_t j = 0; j < 3 * k; ++j)
+        if (!gs::finite(co[j])) {
+          code = gs::kCoeffs;
+          break;
+        }
+    if (code == gs::kOk && !(gs::finite(vc[0]) && gs::finite(vc[1]) && gs::finite(vc[2]))) code = gs::kVColors;
+    float vm[3] = {0.0f, 0.0f, 0.0f};
+    for (uint32_t j = 0; j < 3 * k; ++j) vco[j] = 0.0f;
+    if (code == gs::kOk) {
+      gs::sh_basis<true>(degree, u[0], u[1], u[2], b, g);
+      // rgb = max(raw + 0.5, 0): the gradient passes where raw + 0.5 >= 0.
+      float raw[3] = {0.0f, 0.0f, 0.0f};
+      for (uint32_t kk = 0; kk < used; ++kk)
+        for (int c = 0; c < 3; ++c) raw[c] += b[kk] * co[kk * 3 + c];
+      float vr[3];
+      for (int c = 0; c < 3; ++c) vr[c] = raw[c] + 0.5f >= 0.0f ? vc[c] : 0.0f;
+      float vu[3] = {0.0f, 0.0f, 0.0f};
+      for (uint32_t kk = 0; kk < used; ++kk) {
+        float w = 0.0f;
+        for (int c = 0; c < 3; ++c) {
+          vco[kk * 3 + c] = b[kk] * vr[c];
+          w += co[kk * 3 + c] * vr[c];
+        }
+        for (int a = 0; a < 3; ++a) vu[a] += g[kk][a] * w;
+      }
+      if (degree >= 1) {
+        const float dot = vu[0] * u[0] + vu[1] * u[1] + vu[2] * u[2];
+        for (int a = 0; a < 3; ++a) vm[a] = (vu[a] - dot * u[a]) / norm;
+      }
+    } else {
+      gs::report(status, i, code);
+    }
+    for (int a = 0; a < 3; ++a) v_means[3 * static_cast<size_t>(i) + a] = vm[a];
+  }
+}
+TESSERA_EXPORT_BLOCK(gs_sh_colors_backward, gs::kThreads)

@@ -69,6 +69,30 @@ crate::kernels! {
         v_scales: &'a mut DeviceBuffer<f32>,
         status: &'a mut DeviceBuffer<i32>,
     }
+    /// SH colours (grid-stride over Gaussians).
+    pub(crate) struct ShColorsKernel<'a> = "gs_sh_colors" block = THREADS {
+        degree: u32,
+        means: &'a DeviceBuffer<f32>,
+        cam: &'a DeviceBuffer<f32>,
+        n: u32,
+        k: u32,
+        coeffs: &'a DeviceBuffer<f32>,
+        colors: &'a mut DeviceBuffer<f32>,
+        status: &'a mut DeviceBuffer<i32>,
+    }
+    /// Their vector-Jacobian product (grid-stride over Gaussians).
+    pub(crate) struct ShColorsBackwardKernel<'a> = "gs_sh_colors_backward" block = THREADS {
+        degree: u32,
+        means: &'a DeviceBuffer<f32>,
+        cam: &'a DeviceBuffer<f32>,
+        n: u32,
+        k: u32,
+        coeffs: &'a DeviceBuffer<f32>,
+        v_colors: &'a DeviceBuffer<f32>,
+        v_coeffs: &'a mut DeviceBuffer<f32>,
+        v_means: &'a mut DeviceBuffer<f32>,
+        status: &'a mut DeviceBuffer<i32>,
+    }
 }
 
 /// A pinhole camera in f32, gsplat's conventions: `viewmat` world→camera, row-major 4×4 (the
@@ -451,4 +475,243 @@ pub fn project_backward(
     .launch(&dev, Grid::linear(blocks(n)))?;
     DeviceCheck::on_device(op, status, explain).check()?;
     Ok((vm, vq, vs))
+}
+
+/// The op name in `sh_colors`'s errors.
+pub const SH_OP: &str = "gs.sh_colors";
+/// The op name in `sh_colors_backward`'s errors.
+pub const SH_BACKWARD_OP: &str = "gs.sh_colors_backward";
+
+const COEFFS: i32 = 10;
+const ZERO_DIR: i32 = 11;
+const V_COLORS: i32 = 12;
+
+fn describe_sh(i: usize, code: i32) -> String {
+    let what = match code {
+        MEANS => format!("means[{i}] is not finite"),
+        COEFFS => format!("coeffs[{i}] has a non-finite value"),
+        ZERO_DIR => format!(
+            "means[{i}] is at the camera centre (zero or overflowing view direction; degree ≥ 1 needs one)"
+        ),
+        V_COLORS => format!("v_colors[{i}] is not finite"),
+        c => format!("unknown device status {c}"),
+    };
+    format!("Gaussian {i} (the first bad one): {what}")
+}
+
+fn explain_sh(op: &'static str, w: &[i32]) -> Result<()> {
+    match w {
+        [i32::MAX] => Ok(()),
+        &[v] if v >= 0 => Err(Error::invalid(op, describe_sh((v / 16) as usize, v % 16))),
+        _ => Err(Error::invalid(op, format!("unknown device status {w:?}"))),
+    }
+}
+
+fn sh_checks(
+    op: &'static str,
+    degree: u32,
+    means: &DeviceBuffer<f32>,
+    cam: &Camera,
+    coeffs: &DeviceBuffer<f32>,
+    k: usize,
+) -> Result<usize> {
+    let dev = means.device();
+    if degree > reference::project::SH_MAX_DEGREE {
+        return Err(Error::invalid(
+            op,
+            format!("degree {degree} is not supported (0..=3)"),
+        ));
+    }
+    let need = reference::project::sh_num_coeffs(degree);
+    if k < need {
+        return Err(Error::invalid(
+            op,
+            format!("k = {k} coefficients per Gaussian is fewer than the {need} that degree {degree} needs"),
+        ));
+    }
+    if means.len() % 3 != 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "means has {} elements, not a multiple of 3 ([N,3])",
+                means.len()
+            ),
+        ));
+    }
+    let n = means.len() / 3;
+    if n.checked_mul(3 * k) != Some(coeffs.len()) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "coeffs has {} elements, expected N·K·3 = {n}·{k}·3",
+                coeffs.len()
+            ),
+        ));
+    }
+    if n > MAX_GAUSSIANS || k > u32::MAX as usize / 3 {
+        return Err(Error::invalid(
+            op,
+            format!("{n} Gaussians of {k} coefficients exceed the limits"),
+        ));
+    }
+    on_device(op, "coeffs", dev, coeffs)?;
+    cam.validate(op)?;
+    Ok(n)
+}
+
+/// The host version of the SH input check (the CPU path), in f32 as the kernel.
+fn host_check_sh(
+    degree: u32,
+    m: &[f32],
+    cam: &Camera,
+    co: &[f32],
+    k: usize,
+    vc: Option<&[f32]>,
+) -> Option<(usize, i32)> {
+    let v = cam.viewmat;
+    (0..m.len() / 3).find_map(|i| {
+        let mu = &m[3 * i..3 * i + 3];
+        let code = if !mu.iter().all(|x| x.is_finite()) {
+            MEANS
+        } else if degree >= 1 && {
+            let d: [f32; 3] =
+                std::array::from_fn(|a| mu[a] + (v[a] * v[3] + v[4 + a] * v[7] + v[8 + a] * v[11]));
+            let norm = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+            !(norm > 0.0 && norm.is_finite())
+        } {
+            ZERO_DIR
+        } else if !co[3 * k * i..3 * k * (i + 1)].iter().all(|x| x.is_finite()) {
+            COEFFS
+        } else if vc.is_some_and(|vc| !vc[3 * i..3 * i + 3].iter().all(|x| x.is_finite())) {
+            V_COLORS
+        } else {
+            0
+        };
+        (code != 0).then_some((i, code))
+    })
+}
+
+/// `gs.sh_colors`: gsplat's SH colours of degree 0–3 (basis, constants and signs of
+/// [`crate::reference::gs::project`]) at the view direction `mean − campos` (`campos = −Wᵀ·tvec`,
+/// normalised for degree ≥ 1), then `rgb = max(sh + 0.5, 0)`. `coeffs` is `[N,K,3]` f32 with
+/// `K ≥ (degree+1)²` (extra coefficients ignored); returns `colors [N,3]`. gsplat evaluates SH
+/// only for visible Gaussians; this op evaluates all (the caller masks by radius).
+///
+/// Errors ([`Error::InvalidArgument`] naming `gs.sh_colors`): a degree above 3, `k` too small,
+/// lengths, the camera, and (found on the device) a non-finite mean or coefficient or a mean at
+/// the camera centre for degree ≥ 1, naming the first bad Gaussian.
+pub fn sh_colors(
+    degree: u32,
+    means: &DeviceBuffer<f32>,
+    cam: &Camera,
+    coeffs: &DeviceBuffer<f32>,
+    k: usize,
+) -> Result<DeviceBuffer<f32>> {
+    let n = sh_checks(SH_OP, degree, means, cam, coeffs, k)?;
+    let dev = means.device().clone();
+    let mut colors = dev.alloc::<f32>(3 * n, "gs.colors")?;
+    if let Some(h) = cpu_path(SH_OP, &dev) {
+        let (m, co) = (h.slice(means)?, h.slice(coeffs)?);
+        if let Some((i, code)) = host_check_sh(degree, m, cam, co, k, None) {
+            return Err(Error::invalid(SH_OP, describe_sh(i, code)));
+        }
+        let bad = |e| Error::invalid(SH_OP, e);
+        let dirs = reference::project::view_dirs(&rows(m), &cam.to_reference()).map_err(bad)?;
+        let co64: Vec<f64> = co.iter().map(|&v| f64::from(v)).collect();
+        let raw = reference::project::sh_colors(degree, &dirs, &co64, k).map_err(bad)?;
+        put(
+            h.slice_mut(&mut colors)?,
+            &reference::project::sh_to_rgb(&raw),
+        );
+        return Ok(colors);
+    }
+    if n == 0 {
+        return Ok(colors);
+    }
+    let camb = dev.upload(&cam.packed(), "gs.cam")?;
+    let mut status = dev.upload(&[i32::MAX], "gs.status")?;
+    ShColorsKernel {
+        degree,
+        means,
+        cam: &camb,
+        n: n as u32,
+        k: k as u32,
+        coeffs,
+        colors: &mut colors,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(blocks(n)))?;
+    DeviceCheck::on_device(SH_OP, status, explain_sh).check()?;
+    Ok(colors)
+}
+
+/// `gs.sh_colors_backward`: the vector-Jacobian product of [`sh_colors`] (the `max(· + 0.5, 0)`
+/// passes the gradient where `sh + 0.5 ≥ 0`): given `v_colors [N,3]`, returns `(v_coeffs
+/// [N,K,3], v_means [N,3])` (`v_means` through the normalised view direction; 0 for degree 0;
+/// coefficients past `(degree+1)²` get 0).
+///
+/// Errors ([`Error::InvalidArgument`] naming `gs.sh_colors_backward`): those of [`sh_colors`],
+/// `v_colors` not of `3N` elements, and (on the device) a non-finite `v_colors` entry.
+pub fn sh_colors_backward(
+    degree: u32,
+    means: &DeviceBuffer<f32>,
+    cam: &Camera,
+    coeffs: &DeviceBuffer<f32>,
+    k: usize,
+    v_colors: &DeviceBuffer<f32>,
+) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>)> {
+    let op = SH_BACKWARD_OP;
+    let n = sh_checks(op, degree, means, cam, coeffs, k)?;
+    let dev = means.device().clone();
+    if v_colors.len() != 3 * n {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "v_colors has {} elements, expected {} ([{n},3])",
+                v_colors.len(),
+                3 * n
+            ),
+        ));
+    }
+    on_device(op, "v_colors", &dev, v_colors)?;
+    let mut v_coeffs = dev.alloc::<f32>(coeffs.len(), "gs.v_coeffs")?;
+    let mut v_means = dev.alloc::<f32>(3 * n, "gs.v_means")?;
+    if let Some(h) = cpu_path(op, &dev) {
+        let (m, co, vc) = (h.slice(means)?, h.slice(coeffs)?, h.slice(v_colors)?);
+        if let Some((i, code)) = host_check_sh(degree, m, cam, co, k, Some(vc)) {
+            return Err(Error::invalid(op, describe_sh(i, code)));
+        }
+        let bad = |e| Error::invalid(op, e);
+        let dirs = reference::project::view_dirs(&rows(m), &cam.to_reference()).map_err(bad)?;
+        let co64: Vec<f64> = co.iter().map(|&v| f64::from(v)).collect();
+        let raw = reference::project::sh_colors(degree, &dirs, &co64, k).map_err(bad)?;
+        let v_raw = reference::project::sh_to_rgb_backward(&raw, &rows(vc)).map_err(bad)?;
+        let (gc, gd) =
+            reference::project::sh_colors_backward(degree, &dirs, &co64, k, &v_raw).map_err(bad)?;
+        for (d, &s) in h.slice_mut(&mut v_coeffs)?.iter_mut().zip(&gc) {
+            *d = s as f32;
+        }
+        put(h.slice_mut(&mut v_means)?, &gd);
+        return Ok((v_coeffs, v_means));
+    }
+    if n == 0 {
+        return Ok((v_coeffs, v_means));
+    }
+    let camb = dev.upload(&cam.packed(), "gs.cam")?;
+    let mut status = dev.upload(&[i32::MAX], "gs.status")?;
+    ShColorsBackwardKernel {
+        degree,
+        means,
+        cam: &camb,
+        n: n as u32,
+        k: k as u32,
+        coeffs,
+        v_colors,
+        v_coeffs: &mut v_coeffs,
+        v_means: &mut v_means,
+        status: &mut status,
+    }
+    .launch(&dev, Grid::linear(blocks(n)))?;
+    DeviceCheck::on_device(op, status, explain_sh).check()?;
+    Ok((v_coeffs, v_means))
 }
