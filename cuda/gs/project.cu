@@ -449,8 +449,10 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
     float col[3] = {0.0f, 0.0f, 0.0f};
     if (code == gs::kOk) {
       gs::sh_basis<false>(degree, u[0], u[1], u[2], b, nullptr);
-      for (uint32_t kk = 0; kk < used; ++kk)
-        for (int c = 0; c < 3; ++c) col[c] += b[kk] * co[kk * 3 + c];
+#pragma unroll
+      for (uint32_t kk = 0; kk < 16; ++kk)
+        if (kk < used)
+          for (int c = 0; c < 3; ++c) col[c] += b[kk] * co[kk * 3 + c];
     } else {
       gs::report(status, i, code);
     }
@@ -484,12 +486,16 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
       gs::sh_basis<true>(degree, u[0], u[1], u[2], b, g);
       // rgb = max(raw + 0.5, 0): the gradient passes where raw + 0.5 >= 0.
       float raw[3] = {0.0f, 0.0f, 0.0f};
-      for (uint32_t kk = 0; kk < used; ++kk)
-        for (int c = 0; c < 3; ++c) raw[c] += b[kk] * co[kk * 3 + c];
+#pragma unroll
+      for (uint32_t kk = 0; kk < 16; ++kk)  // unrolled: b and g stay in registers
+        if (kk < used)
+          for (int c = 0; c < 3; ++c) raw[c] += b[kk] * co[kk * 3 + c];
       float vr[3];
       for (int c = 0; c < 3; ++c) vr[c] = raw[c] + 0.5f >= 0.0f ? vc[c] : 0.0f;
       float vu[3] = {0.0f, 0.0f, 0.0f};
-      for (uint32_t kk = 0; kk < used; ++kk) {
+#pragma unroll
+      for (uint32_t kk = 0; kk < 16; ++kk) {
+        if (kk >= used) continue;
         float w = 0.0f;
         for (int c = 0; c < 3; ++c) {
           vco[kk * 3 + c] = b[kk] * vr[c];
