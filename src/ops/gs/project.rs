@@ -156,7 +156,7 @@ impl Camera {
                 self.near
             ));
         }
-        if !(self.far > self.near) {
+        if self.far.is_nan() || self.far <= self.near {
             return bad(format!(
                 "cam.far must be > cam.near (got near = {}, far = {})",
                 self.near, self.far
