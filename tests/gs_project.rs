@@ -11,7 +11,9 @@
 //! per array, over the Gaussians whose radii agree); the three gradients within the f32 class
 //! over the Gaussians whose 2-D covariance has a condition number ≤ 1e3 (all but ~0.7% of the
 //! visible ones here), and within 1e-3 over all Gaussians (needle-like splats hundreds of pixels
-//! long and under a pixel wide lose ~1e-7·κ of their gradient in f32). Every bad input is named.
+//! long and under a pixel wide lose ~1e-7·κ of their gradient in f32). The SH colours
+//! (`gs.sh_colors`, degrees 0–3) and their backward within the f32 class. Every bad input is
+//! named.
 
 use tessera::ops::gs::project::{self, Camera, BACKWARD_OP, OP};
 use tessera::reference::gs::project as reference;

@@ -13,6 +13,8 @@
 //! that overflows f32) are checked on the device: the kernel records the first bad Gaussian in a
 //! status word that the op reads back before returning (one small device-to-host copy, which
 //! waits for the kernel), and the op fails naming that Gaussian and its problem.
+//!
+//! The same module holds the SH colours ([`sh_colors`], [`sh_colors_backward`]).
 
 use crate::device::kernel::Grid;
 use crate::device::DeviceBuffer;
