@@ -92,8 +92,11 @@ fn random_scene(seed: u64, n: usize, w: u32, h: u32, sc: [f64; 2], o: [f64; 2]) 
         p.means2d.push(mean);
         p.depths.push(rng.f(1.0, 10.0));
         p.conics.push(conic);
-        p.radii
-            .push(if culled { 0 } else { (3.0 * s1.max(s2)).ceil() as i32 });
+        p.radii.push(if culled {
+            0
+        } else {
+            (3.0 * s1.max(s2)).ceil() as i32
+        });
         colors.push([rng.f(0.0, 1.0), rng.f(0.0, 1.0), rng.f(0.0, 1.0)]);
         opac.push(rng.f(o[0], o[1]));
     }
@@ -404,7 +407,12 @@ fn backward_matches_reference() {
     let mut worst = 0.0f64;
     for seed in 0..3u64 {
         let s = random_scene(200 + seed, 40, 48, 40, [1.0, 7.0], [0.05, 0.95]);
-        worst = worst.max(backward_case(&devs, &s, seed, &format!("translucent {seed}")));
+        worst = worst.max(backward_case(
+            &devs,
+            &s,
+            seed,
+            &format!("translucent {seed}"),
+        ));
         let s = random_scene(300 + seed, 60, 48, 40, [3.0, 12.0], [0.985, 1.0]);
         let nc = capped(&s);
         assert!(nc > 20, "opaque seed {seed}: {nc} capped pairs");
@@ -480,10 +488,7 @@ fn bad_inputs_are_named() {
         col[3 * 5 + 1] = f32::INFINITY;
         let colb = dev.upload(&col, "colors").unwrap();
         expect_invalid(
-            fwd(&RenderInputs {
-                colors: &colb,
-                ..x
-            }),
+            fwd(&RenderInputs { colors: &colb, ..x }),
             op,
             &["colors[5]", "not finite"],
         );
@@ -502,10 +507,7 @@ fn bad_inputs_are_named() {
         m[2 * referenced] = f32::NAN;
         let mb = dev.upload(&m, "means2d").unwrap();
         expect_invalid(
-            fwd(&RenderInputs {
-                means2d: &mb,
-                ..x
-            }),
+            fwd(&RenderInputs { means2d: &mb, ..x }),
             op,
             &[&format!("means2d[{referenced}]")],
         );

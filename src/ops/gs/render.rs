@@ -261,12 +261,7 @@ fn check_inputs(op: &'static str, x: &RenderInputs<'_>) -> Result<Sizes> {
     if m > u32::MAX as usize - THREADS as usize {
         return Err(bad(format!("{m} ids exceed u32 indexing")));
     }
-    Ok(Sizes {
-        n,
-        m,
-        tiles,
-        n_pix,
-    })
+    Ok(Sizes { n, m, tiles, n_pix })
 }
 
 /// The reference's inputs from host memory (CPU path): f64 copies; Gaussians referenced by the
@@ -343,7 +338,11 @@ fn explain(op: &'static str, status: &DeviceBuffer<u32>, s: &Sizes) -> Result<()
     let w = status.download()?;
     let bad = |msg: String| Err(Error::invalid(op, msg));
     // The smallest Gaussian with a bad value, and which value (colour, opacity, mean, conic).
-    if let Some((k, g)) = (0..4).filter(|&k| w[k] != NONE).map(|k| (k, w[k])).min_by_key(|&(k, g)| (g, k)) {
+    if let Some((k, g)) = (0..4)
+        .filter(|&k| w[k] != NONE)
+        .map(|k| (k, w[k]))
+        .min_by_key(|&(k, g)| (g, k))
+    {
         let what = ["colors", "opacities", "means2d", "conics"][k];
         return bad(format!("{what}[{g}] is not finite"));
     }
@@ -354,10 +353,7 @@ fn explain(op: &'static str, status: &DeviceBuffer<u32>, s: &Sizes) -> Result<()
         ));
     }
     if w[4] != NONE {
-        return bad(format!(
-            "ids[{}] is not below {} Gaussians",
-            w[4], s.n
-        ));
+        return bad(format!("ids[{}] is not below {} Gaussians", w[4], s.n));
     }
     for (k, what) in [
         (6, "fwd.final_t"),
@@ -521,12 +517,25 @@ pub fn render_backward(
             image: Vec::new(),
             alpha: Vec::new(),
             n_contrib: h.slice(&fwd.n_contrib)?.to_vec(),
-            final_t: h.slice(&fwd.final_t)?.iter().map(|&v| f64::from(v)).collect(),
+            final_t: h
+                .slice(&fwd.final_t)?
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
         };
         let vi: Vec<[f64; 3]> = h.slice(v_image)?.chunks_exact(3).map(f64x3).collect();
         let va: Vec<f64> = h.slice(v_alpha)?.iter().map(|&v| f64::from(v)).collect();
         let r = reference::render_backward(
-            &p, &colors, &opac, &bins, x.width, x.height, bg64(x), &fwd64, &vi, &va,
+            &p,
+            &colors,
+            &opac,
+            &bins,
+            x.width,
+            x.height,
+            bg64(x),
+            &fwd64,
+            &vi,
+            &va,
         )
         .map_err(|e| Error::invalid(op, e))?;
         let put = |dst: &mut DeviceBuffer<f32>, src: Vec<f64>| -> Result<()> {
