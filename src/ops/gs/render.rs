@@ -264,12 +264,12 @@ fn check_inputs(op: &'static str, x: &RenderInputs<'_>) -> Result<Sizes> {
     Ok(Sizes { n, m, tiles, n_pix })
 }
 
+/// The reference's inputs: the projected Gaussians, colours, opacities and bins.
+type RefInputs = (Projected, Vec<[f64; 3]>, Vec<f64>, reference::Bins);
+
 /// The reference's inputs from host memory (CPU path): f64 copies; Gaussians referenced by the
 /// bins get radius 1 (so their means and conics are checked, as the device check does).
-fn to_reference(
-    h: Host,
-    x: &RenderInputs<'_>,
-) -> Result<(Projected, Vec<[f64; 3]>, Vec<f64>, reference::Bins)> {
+fn to_reference(h: Host, x: &RenderInputs<'_>) -> Result<RefInputs> {
     let (mean, con) = (h.slice(x.means2d)?, h.slice(x.conics)?);
     let (op, col) = (h.slice(x.opacities)?, h.slice(x.colors)?);
     let (ids, ranges) = (h.slice(x.ids)?, h.slice(x.tile_ranges)?);
