@@ -316,13 +316,18 @@ fn forward_several_batches_per_tile() {
 
 #[test]
 fn empty_scene_renders_the_background() {
-    let mut s = random_scene(3, 20, 48, 40, [1.0, 7.0], [0.1, 0.9]);
-    s.p.radii.iter_mut().for_each(|r| *r = 0);
-    s.bins = reference::bin(&s.p, s.w, s.h);
-    assert!(s.bins.ids.is_empty());
-    for dev in devices() {
-        let u = upload(&dev, &s);
-        let x = inputs(&s, &u);
+    let mut culled = random_scene(3, 20, 48, 40, [1.0, 7.0], [0.1, 0.9]);
+    culled.p.radii.iter_mut().for_each(|r| *r = 0);
+    culled.bins = reference::bin(&culled.p, culled.w, culled.h);
+    // And no Gaussians at all, on a 1-pixel image.
+    let none = random_scene(4, 0, 1, 1, [1.0, 7.0], [0.1, 0.9]);
+    for (s, dev) in [&culled, &none]
+        .into_iter()
+        .flat_map(|s| devices().into_iter().map(move |d| (s, d)))
+    {
+        assert!(s.bins.ids.is_empty());
+        let u = upload(&dev, s);
+        let x = inputs(s, &u);
         for layout in [Layout::Baseline, Layout::Balanced] {
             let r = host(&render::render(&x, layout).unwrap());
             let bg = x.background;
