@@ -342,7 +342,7 @@ fn empty_scene_renders_the_background() {
         let n_pix = (s.w * s.h) as usize;
         let vi = dev.upload(&vec![1f32; 3 * n_pix], "vi").unwrap();
         let va = dev.upload(&vec![1f32; n_pix], "va").unwrap();
-        let g = render::render_backward(&x, &r, &vi, &va).unwrap();
+        let g = render::render_backward(&x, &r, &vi, &va, Layout::Balanced).unwrap();
         for b in [&g.v_means2d, &g.v_conics, &g.v_colors, &g.v_opacities] {
             assert!(b.download().unwrap().iter().all(|&v| v == 0.0));
         }
@@ -390,17 +390,20 @@ fn backward_case(devs: &[Device], s: &Scene, seed: u64, label: &str) -> f64 {
         );
         let vib = dev.upload(&f32s(vi.iter().copied()), "v_image").unwrap();
         let vab = dev.upload(&f32s(va.iter().copied()), "v_alpha").unwrap();
-        let g = render::render_backward(&x, &r, &vib, &vab).unwrap();
-        for (name, got, w) in [
-            ("v_means2d", &g.v_means2d, want.v_means2d.concat()),
-            ("v_conics", &g.v_conics, want.v_conics.concat()),
-            ("v_colors", &g.v_colors, want.v_colors.concat()),
-            ("v_opacities", &g.v_opacities, want.v_opacities.clone()),
-        ] {
-            let e = rel_l2(&got.download().unwrap(), &w);
-            assert!(e <= 1e-5, "{l}: {name} relative L2 {e:e}");
-            assert!(w.iter().any(|&v| v.abs() > 1e-3), "{l}: {name} is trivial");
-            worst = worst.max(e);
+        for layout in [Layout::Baseline, Layout::Balanced] {
+            let g = render::render_backward(&x, &r, &vib, &vab, layout).unwrap();
+            let l = format!("{l} {layout:?}");
+            for (name, got, w) in [
+                ("v_means2d", &g.v_means2d, want.v_means2d.concat()),
+                ("v_conics", &g.v_conics, want.v_conics.concat()),
+                ("v_colors", &g.v_colors, want.v_colors.concat()),
+                ("v_opacities", &g.v_opacities, want.v_opacities.clone()),
+            ] {
+                let e = rel_l2(&got.download().unwrap(), &w);
+                assert!(e <= 1e-5, "{l}: {name} relative L2 {e:e}");
+                assert!(w.iter().any(|&v| v.abs() > 1e-3), "{l}: {name} is trivial");
+                worst = worst.max(e);
+            }
         }
     }
     worst
@@ -538,12 +541,18 @@ fn bad_inputs_are_named() {
         let va = dev.upload(&vec![0.5f32; n_pix], "va").unwrap();
         let vi_short = dev.upload(&vec![0.5f32; n_pix], "vi").unwrap();
         expect_invalid(
-            render::render_backward(&x, &r, &vi_short, &va),
+            render::render_backward(&x, &r, &vi_short, &va, Layout::Baseline),
             bop,
             &["v_image"],
         );
         expect_invalid(
-            render::render_backward(&RenderInputs { width: 0, ..x }, &r, &vi, &va),
+            render::render_backward(
+                &RenderInputs { width: 0, ..x },
+                &r,
+                &vi,
+                &va,
+                Layout::Balanced,
+            ),
             bop,
             &["empty"],
         );
@@ -551,7 +560,7 @@ fn bad_inputs_are_named() {
         vav[17] = f32::NAN;
         let vab = dev.upload(&vav, "va").unwrap();
         expect_invalid(
-            render::render_backward(&x, &r, &vi, &vab),
+            render::render_backward(&x, &r, &vi, &vab, Layout::Baseline),
             bop,
             &["v_alpha[17]"],
         );
@@ -564,10 +573,10 @@ fn bad_inputs_are_named() {
             final_t: dev.upload(&r.final_t.download().unwrap(), "t").unwrap(),
         };
         expect_invalid(
-            render::render_backward(&x, &r2, &vi, &va),
+            render::render_backward(&x, &r2, &vi, &va, Layout::Balanced),
             bop,
             &["n_contrib[0]"],
         );
-        assert!(render::render_backward(&x, &r, &vi, &va).is_ok());
+        assert!(render::render_backward(&x, &r, &vi, &va, Layout::Baseline).is_ok());
     }
 }

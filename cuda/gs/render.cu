@@ -20,7 +20,7 @@
 // n_contrib = INRIA's last_contributor (1-based position in the range of the last blended).
 // A block leaves the batch loop when all its pixels are done (__syncthreads_count).
 //
-// Backward (gs_render_bwd): back to front from final_t and n_contrib, the INRIA recurrence
+// Backward (gs_render_bwd, both layouts like the forward): back to front from final_t and n_contrib, the INRIA recurrence
 // with gsplat's cap rule (a capped alpha passes gradient to the colour only). Every lane of a
 // warp walks the same batch entry at the same step, so the per-Gaussian gradients are summed
 // over the warp with shuffles and added by lane 0: one atomicAdd per warp, value and Gaussian.
@@ -257,11 +257,14 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
 }
 TESSERA_EXPORT_BLOCK(gs_render_fwd, gs::kThreads)
 
-// The backward. Grid (tiles_x, tiles_y), block 256; attributes per Gaussian, read by id. The
-// gradient buffers must hold zeros (or what to add to); they get atomicAdds.
+// The backward. Grid (tiles_x, tiles_y), block 256; the attributes as in gs_render_fwd (per
+// Gaussian at ids[k] with indirect = 1, per sorted entry at k with indirect = 0); ids always
+// gives the Gaussian whose gradients an entry adds to. The gradient buffers must hold zeros (or
+// what to add to); they get atomicAdds.
 TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
     gs_render_bwd(const float* means2d, const float* conics, const float* opacities, const float* colors,
-                  uint32_t n, const uint32_t* ids, uint32_t m, const uint32_t* tile_ranges, uint32_t tiles_x,
+                  uint32_t n, const uint32_t* ids, uint32_t m, uint32_t indirect, const uint32_t* tile_ranges,
+                  uint32_t tiles_x,
                   uint32_t width, uint32_t height, float bg0, float bg1, float bg2, const float* final_t,
                   const uint32_t* n_contrib, const float* v_image, const float* v_alpha, float* v_means2d,
                   float* v_conics, float* v_colors, float* v_opacities, const uint32_t* status) {
@@ -315,8 +318,9 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
     const uint32_t pos_load = bstart + tid;
     if (pos_load < bend) {
       const uint32_t k = start + pos_load;
-      const uint32_t g = ids[k] < n ? ids[k] : 0;
-      s_id[tid] = g;
+      const uint32_t id = ids[k] < n ? ids[k] : 0;
+      const uint32_t g = indirect ? id : k;
+      s_id[tid] = id;
       s_mean[tid][0] = means2d[2 * g];
       s_mean[tid][1] = means2d[2 * g + 1];
       s_conic[tid][0] = conics[3 * g];

@@ -110,6 +110,7 @@ crate::kernels! {
         n: u32,
         ids: &'a DeviceBuffer<u32>,
         m: u32,
+        indirect: u32,
         tile_ranges: &'a DeviceBuffer<u32>,
         tiles_x: u32,
         width: u32,
@@ -372,6 +373,62 @@ fn explain(op: &'static str, status: &DeviceBuffer<u32>, s: &Sizes) -> Result<()
     Ok(())
 }
 
+/// The balanced layout's per-entry arrays (sorted order), or nothing for the baseline.
+struct Staged(Option<[DeviceBuffer<f32>; 4]>);
+
+type Arrays<'a> = (
+    &'a DeviceBuffer<f32>,
+    &'a DeviceBuffer<f32>,
+    &'a DeviceBuffer<f32>,
+    &'a DeviceBuffer<f32>,
+    u32,
+);
+
+impl Staged {
+    /// The arrays the render kernels read and their `indirect` flag.
+    fn arrays<'a>(&'a self, x: &RenderInputs<'a>) -> Arrays<'a> {
+        match &self.0 {
+            None => (x.means2d, x.conics, x.opacities, x.colors, 1),
+            Some([m, c, o, col]) => (m, c, o, col, 0),
+        }
+    }
+}
+
+/// Runs the reorder kernel for [`Layout::Balanced`].
+fn stage(
+    dev: &Device,
+    x: &RenderInputs<'_>,
+    s: &Sizes,
+    layout: Layout,
+    status: &DeviceBuffer<u32>,
+) -> Result<Staged> {
+    if layout == Layout::Baseline {
+        return Ok(Staged(None));
+    }
+    let mut sm = dev.alloc::<f32>(2 * s.m, "gs.render.sorted_means2d")?;
+    let mut sc = dev.alloc::<f32>(3 * s.m, "gs.render.sorted_conics")?;
+    let mut so = dev.alloc::<f32>(s.m, "gs.render.sorted_opacities")?;
+    let mut scol = dev.alloc::<f32>(3 * s.m, "gs.render.sorted_colors")?;
+    if s.m > 0 {
+        ReorderKernel {
+            means2d: x.means2d,
+            conics: x.conics,
+            opacities: x.opacities,
+            colors: x.colors,
+            n: s.n as u32,
+            ids: x.ids,
+            m: s.m as u32,
+            s_means2d: &mut sm,
+            s_conics: &mut sc,
+            s_opacities: &mut so,
+            s_colors: &mut scol,
+            status,
+        }
+        .launch(dev, Grid::linear(linear_blocks(s.m)))?;
+    }
+    Ok(Staged(Some([sm, sc, so, scol])))
+}
+
 /// `gs.render`: renders the `width × height` image of the binned Gaussians front to back, one
 /// thread per pixel, a block per 16×16 tile, in f32 (rules: [`reference::render`]), reading
 /// the Gaussians in `layout`. Returns the image, alpha, contributor count and final T.
@@ -407,35 +464,8 @@ pub fn render(x: &RenderInputs<'_>, layout: Layout) -> Result<Rendered> {
         return Ok(out);
     }
     let status = device_check(&dev, x, &s)?;
-    let staged;
-    let (means2d, conics, opacities, colors, indirect) = match layout {
-        Layout::Baseline => (x.means2d, x.conics, x.opacities, x.colors, 1),
-        Layout::Balanced => {
-            let mut sm = dev.alloc::<f32>(2 * s.m, "gs.render.sorted_means2d")?;
-            let mut sc = dev.alloc::<f32>(3 * s.m, "gs.render.sorted_conics")?;
-            let mut so = dev.alloc::<f32>(s.m, "gs.render.sorted_opacities")?;
-            let mut scol = dev.alloc::<f32>(3 * s.m, "gs.render.sorted_colors")?;
-            if s.m > 0 {
-                ReorderKernel {
-                    means2d: x.means2d,
-                    conics: x.conics,
-                    opacities: x.opacities,
-                    colors: x.colors,
-                    n: s.n as u32,
-                    ids: x.ids,
-                    m: s.m as u32,
-                    s_means2d: &mut sm,
-                    s_conics: &mut sc,
-                    s_opacities: &mut so,
-                    s_colors: &mut scol,
-                    status: &status,
-                }
-                .launch(&dev, Grid::linear(linear_blocks(s.m)))?;
-            }
-            staged = (sm, sc, so, scol);
-            (&staged.0, &staged.1, &staged.2, &staged.3, 0)
-        }
-    };
+    let staged = stage(&dev, x, &s, layout, &status)?;
+    let (means2d, conics, opacities, colors, indirect) = staged.arrays(x);
     let [bg0, bg1, bg2] = x.background;
     ForwardKernel {
         means2d,
@@ -467,8 +497,9 @@ pub fn render(x: &RenderInputs<'_>, layout: Layout) -> Result<Rendered> {
 /// `gs.render_backward`: the gradients of a scalar loss with respect to the means, conics,
 /// colours and opacities, given `v_image = ∂L/∂image` (`[H, W, 3]`), `v_alpha = ∂L/∂alpha`
 /// (`[H, W]`) and the forward's `final_t` and `n_contrib` (`fwd`; its image and alpha are not
-/// read). Back to front per pixel (INRIA's recurrence; a capped α passes gradient to the
-/// colour only, as [`reference::render_backward`]); per-Gaussian sums by warp-reduced atomics,
+/// read), reading the Gaussians in `layout` (as [`render`]). Back to front per pixel (INRIA's
+/// recurrence; a capped α passes gradient to the colour only, as
+/// [`reference::render_backward`]); per-Gaussian sums by warp-reduced atomics,
 /// so the order of the f32 additions, and the last bits, vary from run to run.
 ///
 /// Errors ([`Error::InvalidArgument`] naming `gs.render_backward`): those of [`render`], the
@@ -479,6 +510,7 @@ pub fn render_backward(
     fwd: &Rendered,
     v_image: &DeviceBuffer<f32>,
     v_alpha: &DeviceBuffer<f32>,
+    layout: Layout,
 ) -> Result<RenderGrads> {
     let op = BACKWARD_OP;
     let s = check_inputs(op, x)?;
@@ -564,15 +596,18 @@ pub fn render_backward(
         status: &mut status,
     }
     .launch(&dev, Grid::linear(linear_blocks(s.n_pix)))?;
+    let staged = stage(&dev, x, &s, layout, &status)?;
+    let (means2d, conics, opacities, colors, indirect) = staged.arrays(x);
     let [bg0, bg1, bg2] = x.background;
     BackwardKernel {
-        means2d: x.means2d,
-        conics: x.conics,
-        opacities: x.opacities,
-        colors: x.colors,
+        means2d,
+        conics,
+        opacities,
+        colors,
         n: s.n as u32,
         ids: x.ids,
         m: s.m as u32,
+        indirect,
         tile_ranges: x.tile_ranges,
         tiles_x: x.tiles_x,
         width: x.width,
