@@ -61,6 +61,7 @@ pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
     all.extend(crate::ops::featcache::declarations());
     all.extend(crate::ops::featcache::ring::declarations());
     all.extend(crate::ops::featcache::received::declarations());
+    all.extend(crate::ops::gs::render::declarations());
     all.extend(crate::ops::c2c::unfused::declarations());
     all.extend(crate::ops::attention::duo_causal::declarations());
     all.extend(crate::ops::attention::decode::declarations());
