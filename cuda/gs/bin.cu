@@ -255,11 +255,11 @@ TESSERA_GLOBAL void TESSERA_LAUNCH_BOUNDS(gs::kThreads)
       d = static_cast<uint32_t>(key >> shift) & 0xffu;
     }
     // Lanes of this warp with the same digit (valid lanes only).
-    lanemask_t same = ballot(valid);
+    lanemask_t same = tessera::ballot(valid);
 #pragma unroll
     for (int bit = 0; bit < 8; ++bit) {
       const bool on = (d >> bit) & 1u;
-      const lanemask_t b = ballot(on);
+      const lanemask_t b = tessera::ballot(on);
       same &= on ? b : ~b;
     }
     const uint32_t rank = static_cast<uint32_t>(gs::popc_mask(same & gs::lanes_below()));
