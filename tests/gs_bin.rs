@@ -268,6 +268,14 @@ fn sort_pairs_is_a_stable_sort() {
                 rng.shuffle(&mut ids);
             }
             let want = stable_sort(&keys, &ids);
+            if variant == 0 && m >= 4096 {
+                // The data tells a stable sort from an unstable one.
+                let mut u: Vec<(u64, u32)> =
+                    keys.iter().copied().zip(ids.iter().copied()).collect();
+                u.sort_unstable_by_key(|&(k, _)| std::cmp::Reverse(k));
+                u.reverse();
+                assert_ne!(u.iter().map(|p| p.1).collect::<Vec<_>>(), want.1);
+            }
             for dev in &devs {
                 let got = bin::sort_pairs_host(dev, &keys, &ids)
                     .unwrap_or_else(|e| panic!("m {m} v{variant} on {}: {e}", dev.backend()));
@@ -358,4 +366,49 @@ fn bad_inputs_are_named() {
         16,
     );
     expect_invalid(r, "gs.bin", &["means2d is on another"]);
+}
+
+/// CPU-only timings for docs/gs.md (not GPU performance): `cargo test --release --test gs_bin
+/// timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_cpu_only() {
+    use std::time::Instant;
+    let s = random_scene(0x7131, 20_000, 640, 480);
+    let m = s.reference().keys.len();
+    let cfg = |wave| tessera::SimtConfig {
+        wave,
+        racecheck: false,
+        ..Default::default()
+    };
+    for (name, dev) in [
+        ("cpu path", Device::cpu()),
+        ("simt w32", Device::simt_with(cfg(32)).unwrap()),
+        ("simt w64", Device::simt_with(cfg(64)).unwrap()),
+    ] {
+        let (means, depths, radii) = (
+            dev.upload(&s.means2d, "m").unwrap(),
+            dev.upload(&s.depths, "d").unwrap(),
+            dev.upload(&s.radii, "r").unwrap(),
+        );
+        let _ = bin::bin(&means, &depths, &radii, 640, 480).unwrap();
+        let t = Instant::now();
+        let reps = 3;
+        for _ in 0..reps {
+            let _ = bin::bin(&means, &depths, &radii, 640, 480).unwrap();
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(reps);
+        println!("gs.bin N 20000, 640x480, M {m}: {name} {ms:.1} ms");
+        let mut rng = Rng(9);
+        let keys: Vec<u64> = (0..1_000_000).map(|_| rng.next_u64()).collect();
+        let ids: Vec<u32> = (0..1_000_000).collect();
+        let (k, i) = (
+            dev.upload(&keys, "k").unwrap(),
+            dev.upload(&ids, "i").unwrap(),
+        );
+        let t = Instant::now();
+        let _ = bin::sort_pairs(&k, &i).unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("gs.sort_pairs 1M random u64: {name} {ms:.1} ms");
+    }
 }
