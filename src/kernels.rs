@@ -66,5 +66,6 @@ pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
     all.extend(crate::ops::attention::duo_causal::declarations());
     all.extend(crate::ops::attention::decode::declarations());
     all.extend(crate::ops::gs::project::declarations());
+    all.extend(crate::ops::gs::bin::declarations());
     all
 }

@@ -3,8 +3,11 @@
 //!
 //! - [`project`]: `gs.project`, the EWA projection and its backward, and the SH colours
 //!   (`gs.sh_colors`) and theirs; kernels `cuda/gs/project.cu`.
+//! - [`bin`]: `gs.bin`, tile binning with our own stable device radix sort (`gs.sort_pairs`);
+//!   kernels `cuda/gs/bin.cu`.
 //! - [`render`]: `gs.render` (the forward, baseline and BalanceGS layouts) and
 //!   `gs.render_backward`; kernels `cuda/gs/render.cu`.
 
+pub mod bin;
 pub mod project;
 pub mod render;

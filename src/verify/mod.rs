@@ -6,7 +6,7 @@
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
 //! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`], [`gemm`],
-//! [`c2c`], [`featcache`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
+//! [`c2c`], [`featcache`], [`gs`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
 use serde::Serialize;
@@ -20,6 +20,7 @@ pub mod c2c;
 pub mod codec;
 pub mod featcache;
 pub mod gemm;
+pub mod gs;
 pub mod moe;
 pub mod rexmoe;
 pub mod sequence_parallel;
@@ -179,6 +180,11 @@ pub const FAMILIES: &[Family] = &[
         rows: featcache::rows,
     },
     Family {
+        name: "gs",
+        modules: &["gs/project", "gs/bin", "gs/render"],
+        rows: gs::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -230,6 +236,16 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("moe_combine_", "moe::combine"),
         ("gemm_", "gemm"),
         ("c2c_stage_", "c2c.project"),
+        ("gs_project_backward", "gs.project_backward"),
+        ("gs_project", "gs.project"),
+        ("gs_sh_colors_backward", "gs.sh_colors_backward"),
+        ("gs_sh_colors", "gs.sh_colors"),
+        ("gs_bin_", "gs.bin"),
+        ("gs_scan_", "gs.bin"),
+        ("gs_sort_", "gs.sort_pairs"),
+        ("gs_render_check_bwd", "gs.render_backward"),
+        ("gs_render_bwd", "gs.render_backward"),
+        ("gs_render_", "gs.render"),
         ("featcache_ring_gather", "featcache.gather"),
         ("featcache_ring_scatter", "featcache.scatter"),
         ("featcache_ring_reuse", "featcache.reuse"),
