@@ -214,13 +214,19 @@ fn describe(i: usize, code: i32) -> String {
     format!("Gaussian {i} (the first bad one): {what}")
 }
 
-/// The verdict of the status word `[i·16 + code]` (`i32::MAX`: no problem).
-fn explain(op: &'static str, w: &[i32]) -> Result<()> {
+/// The verdict of the status word `[i·16 + code]` (`i32::MAX`: no problem), the code named by
+/// `describe`.
+fn verdict(op: &'static str, w: &[i32], describe: fn(usize, i32) -> String) -> Result<()> {
     match w {
         [i32::MAX] => Ok(()),
         &[v] if v >= 0 => Err(Error::invalid(op, describe((v / 16) as usize, v % 16))),
         _ => Err(Error::invalid(op, format!("unknown device status {w:?}"))),
     }
+}
+
+/// [`verdict`] of the projection kernels.
+fn explain(op: &'static str, w: &[i32]) -> Result<()> {
+    verdict(op, w, describe)
 }
 
 /// The host version of the kernels' input check (the CPU path): the first bad Gaussian's code.
@@ -501,12 +507,9 @@ fn describe_sh(i: usize, code: i32) -> String {
     format!("Gaussian {i} (the first bad one): {what}")
 }
 
+/// [`verdict`] of the SH kernels.
 fn explain_sh(op: &'static str, w: &[i32]) -> Result<()> {
-    match w {
-        [i32::MAX] => Ok(()),
-        &[v] if v >= 0 => Err(Error::invalid(op, describe_sh((v / 16) as usize, v % 16))),
-        _ => Err(Error::invalid(op, format!("unknown device status {w:?}"))),
-    }
+    verdict(op, w, describe_sh)
 }
 
 fn sh_checks(
