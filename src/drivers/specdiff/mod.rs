@@ -496,26 +496,21 @@ impl Model {
         cfg: Config,
         tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
     ) -> Result<Model> {
-        let get = |name: &str| -> &Vec<f32> {
-            // Every name of tensor_shapes is present: `tensors` was built from it.
-            &tensors
+        // Every name of tensor_shapes is present: `tensors` was built from it.
+        let find = |name: &str| {
+            tensors
                 .iter()
                 .find(|t| t.0 == name)
                 .expect("tensor_shapes lists every name")
-                .2
         };
-        let shape = |name: &str| -> &Vec<usize> {
-            &tensors
-                .iter()
-                .find(|t| t.0 == name)
-                .expect("tensor_shapes lists every name")
-                .1
-        };
-        let host = |w: &str, b: &str| HostLinear {
-            w: get(w).clone(),
-            b: get(b).clone(),
-            out: shape(w)[0],
-            inp: shape(w)[1..].iter().product(),
+        let host = |w: &str, b: &str| {
+            let (wt, bt) = (find(w), find(b));
+            HostLinear {
+                w: wt.2.clone(),
+                b: bt.2.clone(),
+                out: wt.1[0],
+                inp: wt.1[1..].iter().product(),
+            }
         };
         let device = |w: &[f32], b: &[f32], out: usize, inp: usize| -> Result<Linear> {
             let wb: Vec<bf16> = w.iter().map(|&x| bf16::from_f32(x)).collect();
@@ -640,7 +635,7 @@ fn gated_add(x: &[f32], y: &[f32], d: usize, gate: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// FLOPs and the per-step counts of one sampling run.
+/// The FLOPs of one sampling run.
 #[derive(Default)]
 struct Tally {
     flops: f64,
@@ -856,6 +851,10 @@ pub fn sample(model: &Model, noise: &[f32], mode: Mode, warmup: usize) -> Result
     let all: Vec<u32> = (0..n as u32).collect();
     let all_dev = dev.upload(&all, "specdiff.all")?;
     let mut cf = dev.upload(&vec![0u32; n], "specdiff.cf")?;
+    // Each block's update `[N, d]`: on a partial step `reuse` writes the non-C1 rows and
+    // `scatter` the C1 rows, on a full step `scatter` writes all, so one buffer serves every
+    // block of every step.
+    let mut update = dev.alloc::<f32>(n * d, "specdiff.update")?;
     let ones = dev.upload(&vec![1.0f32; n], "specdiff.ones")?;
     let mut his = vec![0.0f32; n];
     let mut v_prev: Vec<f32> = Vec::new();
@@ -902,8 +901,7 @@ pub fn sample(model: &Model, noise: &[f32], mode: Mode, warmup: usize) -> Result
                     let (delta, rec) = model.block(l, &x, &x, n, m, &mut tally)?;
                     if caching {
                         let rows = dev.upload(&delta, "specdiff.rows")?;
-                        let mut dense = dev.alloc::<f32>(n * d, "specdiff.update")?;
-                        featcache::scatter(&rows, &all_dev, t, &mut dense, &mut rings[l])?;
+                        featcache::scatter(&rows, &all_dev, t, &mut update, &mut rings[l])?;
                     }
                     x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
                     his_next.iter_mut().zip(&rec).for_each(|(a, b)| *a += b);
@@ -936,17 +934,16 @@ pub fn sample(model: &Model, noise: &[f32], mode: Mode, warmup: usize) -> Result
                 let n1 = sel.c1.len();
                 for (l, m) in mods.iter().enumerate() {
                     let x_dev = dev.upload(&x, "specdiff.x")?;
-                    let mut dense = dev.alloc::<f32>(n * d, "specdiff.update")?;
-                    featcache::reuse(&sel.class, &rings[l], t, &mut dense)?;
+                    featcache::reuse(&sel.class, &rings[l], t, &mut update)?;
                     if n1 > 0 {
                         let xr = featcache::gather(&x_dev, d, &sel.c1)?.download()?;
                         let (delta, rec) = model.block(l, &x, &xr, n1, m, &mut tally)?;
                         let rows = dev.upload(&delta, "specdiff.rows")?;
-                        featcache::scatter(&rows, &sel.c1, t, &mut dense, &mut rings[l])?;
+                        featcache::scatter(&rows, &sel.c1, t, &mut update, &mut rings[l])?;
                         his_next.iter_mut().zip(&rec).for_each(|(a, b)| *a += b);
                     }
-                    let update = dense.download()?;
-                    x.iter_mut().zip(&update).for_each(|(a, b)| *a += b);
+                    let u = update.download()?;
+                    x.iter_mut().zip(&u).for_each(|(a, b)| *a += b);
                 }
                 featcache::age(&sel.class, &mut cf)?;
                 recomputed.push(n1 as f64 / n as f64);
