@@ -146,6 +146,111 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SpecdiffCmd,
     },
+    /// 3D Gaussian Splatting (BalanceGS): render a .ply, write the synthetic scene, train.
+    Gs {
+        #[command(subcommand)]
+        cmd: GsCmd,
+    },
+}
+
+/// The synthetic scene's size on the command line.
+#[derive(clap::Args, Clone, Copy)]
+struct GsSceneArgs {
+    /// Cameras (every 8th from the first is held out).
+    #[arg(long, default_value_t = 24)]
+    views: usize,
+    /// Image width and height in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Gaussians in the dense cluster.
+    #[arg(long, default_value_t = 400)]
+    dense: usize,
+    /// Gaussians in the sparse background.
+    #[arg(long, default_value_t = 100)]
+    sparse: usize,
+    /// Seed of the scene.
+    #[arg(long, default_value_t = 7)]
+    scene_seed: u64,
+}
+
+impl GsSceneArgs {
+    fn config(self) -> tessera::drivers::gs::scene::SceneConfig {
+        tessera::drivers::gs::scene::SceneConfig {
+            dense: self.dense,
+            sparse: self.sparse,
+            views: self.views,
+            width: self.size,
+            height: self.size,
+            seed: self.scene_seed,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum GsCmd {
+    /// Render one camera of an INRIA cameras.json from a 3DGS .ply to a PNG.
+    Render {
+        /// The .ply (INRIA 3DGS format).
+        scene: std::path::PathBuf,
+        /// INRIA cameras.json.
+        #[arg(long)]
+        camera: std::path::PathBuf,
+        /// Which entry of cameras.json (position in the array).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// The BalanceGS layout (identical image).
+        #[arg(long)]
+        balanced: bool,
+        /// Background colour r,g,b in [0, 1].
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.0, 0.0, 0.0])]
+        background: Vec<f32>,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+    },
+    /// Write the synthetic scene: a PNG per view, cameras.json, the ground truth
+    /// (ground_truth.ply) and the initial points (points.ply).
+    Synth {
+        #[command(flatten)]
+        scene: GsSceneArgs,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+    },
+    /// Train on the synthetic scene (default) or a folder of PNGs + cameras.json; report
+    /// held-out PSNR and time per step.
+    Train {
+        /// A folder with cameras.json and one PNG per entry (and optionally points.ply, the
+        /// initial Gaussians); without it, the synthetic scene is generated in memory.
+        #[arg(long)]
+        scene: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        synth: GsSceneArgs,
+        /// BalanceGS: the reordered layout and similarity merging.
+        #[arg(long)]
+        balanced: bool,
+        /// Train twice, baseline then --balanced, and report both.
+        #[arg(long)]
+        compare: bool,
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        /// Random initial points when the folder has no points.ply.
+        #[arg(long, default_value_t = 2000)]
+        init_points: usize,
+        /// Seed of the view order and the splits.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Background colour r,g,b in [0, 1].
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.0, 0.0, 0.0])]
+        background: Vec<f32>,
+        /// Write the trained Gaussians here (.ply; the last run's with --compare).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -359,6 +464,7 @@ fn main() -> ExitCode {
         Cmd::Topo { cmd } => run_topo(cmd),
         Cmd::Rexmoe { cmd } => run_rexmoe(cmd),
         Cmd::Specdiff { cmd } => run_specdiff(cmd),
+        Cmd::Gs { cmd } => run_gs(cmd),
     }
 }
 
@@ -437,6 +543,188 @@ fn run_specdiff(cmd: SpecdiffCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn read_file(path: &std::path::Path) -> tessera::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| tessera::Error::Io {
+        context: format!("reading {}", path.display()),
+        source: e,
+    })
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> tessera::Result<()> {
+    std::fs::write(path, bytes).map_err(|e| tessera::Error::Io {
+        context: format!("writing {}", path.display()),
+        source: e,
+    })
+}
+
+fn background3(v: &[f32]) -> [f32; 3] {
+    [v[0], v[1], v[2]]
+}
+
+fn run_gs(cmd: GsCmd) -> ExitCode {
+    use tessera::drivers::gs::{cameras, ply, scene, train};
+    use tessera::ops::gs::render::Layout;
+    let r = (|| -> tessera::Result<()> {
+        match cmd {
+            GsCmd::Render {
+                scene,
+                camera,
+                index,
+                output,
+                balanced,
+                background,
+                backend,
+            } => {
+                let dev = pick_device(backend);
+                let splats = ply::read_ply(&read_file(&scene)?)?;
+                let entries = cameras::read_cameras_json(&read_file(&camera)?, 0.01, 1e10)?;
+                let e = entries.get(index).ok_or_else(|| {
+                    tessera::Error::invalid(
+                        "gs.render",
+                        format!(
+                            "--index {index}: {} has {} cameras",
+                            camera.display(),
+                            entries.len()
+                        ),
+                    )
+                })?;
+                let layout = if balanced {
+                    Layout::Balanced
+                } else {
+                    Layout::Baseline
+                };
+                let img =
+                    train::forward(&dev, &splats, &e.camera, background3(&background), layout)?
+                        .image()?;
+                write_file(
+                    &output,
+                    &cameras::encode_png(&img, e.camera.width, e.camera.height)?,
+                )?;
+                eprintln!(
+                    "rendered {} ({}x{}, {} Gaussians) to {}",
+                    e.img_name,
+                    e.camera.width,
+                    e.camera.height,
+                    splats.len(),
+                    output.display()
+                );
+                Ok(())
+            }
+            GsCmd::Synth { scene: sc, output } => {
+                let dev = Device::best();
+                let c = sc.config();
+                let (gt, views) = train::synthetic(&dev, &c, [0.0; 3])?;
+                cameras::save_scene_dir(&output, &views)?;
+                write_file(&output.join("ground_truth.ply"), &ply::write_ply(&gt)?)?;
+                let init = scene::initial_model(&gt, c.seed)?;
+                write_file(&output.join("points.ply"), &ply::write_ply(&init)?)?;
+                eprintln!(
+                    "wrote {} views, cameras.json, ground_truth.ply ({} Gaussians) and points.ply                      ({} points) to {}",
+                    views.len(),
+                    gt.len(),
+                    init.len(),
+                    output.display()
+                );
+                Ok(())
+            }
+            GsCmd::Train {
+                scene: dir,
+                synth,
+                balanced,
+                compare,
+                steps,
+                init_points,
+                seed,
+                background,
+                out,
+                backend,
+                json,
+            } => {
+                let dev = pick_device(backend);
+                let bg = background3(&background);
+                let (views, init) = match &dir {
+                    Some(d) => {
+                        let views = cameras::load_scene_dir(d, 0.01, 1e10)?;
+                        let pts = d.join("points.ply");
+                        let init = if pts.exists() {
+                            ply::read_ply(&read_file(&pts)?)?
+                        } else {
+                            train::random_init(&views, init_points, seed)?
+                        };
+                        (views, init)
+                    }
+                    None => {
+                        let c = synth.config();
+                        let (gt, views) = train::synthetic(&dev, &c, bg)?;
+                        (views, scene::initial_model(&gt, c.seed)?)
+                    }
+                };
+                let (tr, te) = scene::split(views.len());
+                let modes: Vec<bool> = if compare {
+                    vec![false, true]
+                } else {
+                    vec![balanced]
+                };
+                let mut reports = Vec::new();
+                let mut last = None;
+                for b in modes {
+                    let cfg = train::TrainConfig {
+                        balanced: b,
+                        background: bg,
+                        seed,
+                        ..train::TrainConfig::for_steps(steps)
+                    };
+                    let pb = gs_bar(steps as u64, if b { "balanced" } else { "baseline" }, json);
+                    let (rep, s) =
+                        train::train(&dev, &init, &views, &tr, &te, &cfg, |st, l, p, n| {
+                            if let Some(pb) = &pb {
+                                pb.set_position(st as u64);
+                                pb.set_message(format!(
+                                    "loss {l:.4}  PSNR {p:.2} dB  {n} Gaussians"
+                                ));
+                            }
+                        })?;
+                    if let Some(pb) = pb {
+                        pb.finish_and_clear();
+                    }
+                    reports.push(rep);
+                    last = Some(s);
+                }
+                if let (Some(path), Some(s)) = (&out, &last) {
+                    write_file(path, &ply::write_ply(s)?)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&reports).expect("json"));
+                } else {
+                    print!("{}", train::markdown(&reports));
+                }
+                Ok(())
+            }
+        }
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_err(e),
+    }
+}
+
+/// The training progress bar (stderr, terminals only, not with --json).
+fn gs_bar(steps: u64, what: &str, json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(steps);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    Some(pb)
 }
 
 fn rexmoe_config(s: RexmoeShape, r: usize) -> tessera::drivers::rexmoe::Config {
