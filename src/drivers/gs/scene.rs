@@ -316,7 +316,11 @@ mod tests {
         let (hi, lo) = (20f32.to_radians(), (-10f32).to_radians());
         let zbar = 2.5 * (hi.sin() + lo.sin());
         let far = ((5.0 * lo.cos()).powi(2) + (5.0 * lo.sin() - zbar).powi(2)).sqrt();
-        assert!((extent(&cams) - 1.1 * far).abs() < 1e-4, "{}", extent(&cams));
+        assert!(
+            (extent(&cams) - 1.1 * far).abs() < 1e-4,
+            "{}",
+            extent(&cams)
+        );
     }
 
     #[test]
