@@ -151,6 +151,39 @@ enum Cmd {
         #[command(subcommand)]
         cmd: GsCmd,
     },
+    /// DD2: a one-step generator distilled from a Markov-chain teacher through the fused
+    /// Gaussian-mixture score kernel.
+    Dd2 {
+        #[command(subcommand)]
+        cmd: Dd2Cmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dd2Cmd {
+    /// Train the generator and report the KL of its sampled joint from the teacher's, before
+    /// and after.
+    Demo {
+        /// Codebook size V.
+        #[arg(long, default_value_t = 4)]
+        vocab: usize,
+        /// Embedding width d (8..=64).
+        #[arg(long, default_value_t = 8)]
+        dim: usize,
+        /// Sequence length L.
+        #[arg(long, default_value_t = 3)]
+        len: usize,
+        #[arg(long, default_value_t = 600)]
+        steps: usize,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The synthetic scene's size on the command line.
@@ -465,6 +498,7 @@ fn main() -> ExitCode {
         Cmd::Rexmoe { cmd } => run_rexmoe(cmd),
         Cmd::Specdiff { cmd } => run_specdiff(cmd),
         Cmd::Gs { cmd } => run_gs(cmd),
+        Cmd::Dd2 { cmd } => run_dd2(cmd),
     }
 }
 
@@ -709,6 +743,47 @@ fn run_gs(cmd: GsCmd) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_err(e),
     }
+}
+
+fn run_dd2(cmd: Dd2Cmd) -> ExitCode {
+    use tessera::drivers::dd2;
+    let Dd2Cmd::Demo {
+        vocab,
+        dim,
+        len,
+        steps,
+        batch,
+        seed,
+        backend,
+        json,
+    } = cmd;
+    let dev = pick_device(backend);
+    let c = dd2::Config {
+        vocab,
+        dim,
+        len,
+        steps,
+        batch,
+        seed,
+        ..Default::default()
+    };
+    let pb = gs_bar(steps as u64, "dd2", json);
+    let r = dd2::demo(&dev, &c, |st, l| {
+        if let Some(pb) = &pb {
+            pb.set_position(st as u64);
+            pb.set_message(format!("loss {l:.4}"));
+        }
+    })
+    .unwrap_or_else(|e| exit_err(e));
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+    } else {
+        print!("{}", dd2::markdown(&r));
+    }
+    ExitCode::SUCCESS
 }
 
 /// The training progress bar (stderr, terminals only, not with --json).
