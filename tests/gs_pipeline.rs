@@ -7,7 +7,9 @@
 //!   Σ v_alpha·alpha`, for RGB colours and SH coefficients of degrees 1 and 3 (so the SH
 //!   direction's mean gradient is added);
 //! - host SIMT wave32 and wave64 (shuffled) against the CPU path: the image within 1e-4
-//!   absolute, the gradients within the f32 class (relative L2), both layouts;
+//!   absolute, the gradients within the f32 class (relative L2), both layouts, on a fixed
+//!   scene (end to end, an f32 decision at α = 1/255 or T = 1e-4 can flip against the f64 one
+//!   and move a pixel by about T/255: docs/gs.md, "Op table");
 //! - a camera behind every Gaussian renders the background with zero gradients (no error);
 //! - bad inputs are errors naming the op.
 //!
