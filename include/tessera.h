@@ -900,6 +900,131 @@ enum TesseraStatus tessera_featcache_age(const DLTensor *class_,
                                          void *stream);
 
 /**
+ * `gs.project`: 3DGS EWA projection (gsplat's conventions, f32): means2d = (fx·x/z + cx, fy·y/z + cy), view depth z, conic = inverse of J W Σ Wᵀ Jᵀ + 0.3·I, radius = ceil(3·√λ_max); a Gaussian culled (behind near, past far, det <= 0, off the image) has radius 0 and zeros; non-finite inputs, zero quaternions and negative scales are errors naming the first bad Gaussian (Rust: `tessera::ops::gs::project::project`).
+ *
+ * Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`).
+ *
+ * Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed).
+ *
+ * Outputs, allocated by the caller: `means2d` (f32, `[N, 2]`), `depths` (f32, `[N]`), `conics` (f32, `[N, 3]`), `radii` (i32, `[N]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gs_project(const DLTensor *means,
+                                      const DLTensor *quats,
+                                      const DLTensor *scales,
+                                      const DLTensor *viewmat,
+                                      const DLTensor *K,
+                                      uint32_t width,
+                                      uint32_t height,
+                                      float near,
+                                      float far,
+                                      DLTensor *means2d,
+                                      DLTensor *depths,
+                                      DLTensor *conics,
+                                      DLTensor *radii,
+                                      void *stream);
+
+/**
+ * `gs.bin`: 3DGS tile binning: every Gaussian with radius > 0 touches the 16×16 tiles its [mean2d ± radius] box overlaps; the (tile << 32 | depth bits) keys stably sorted by our device radix sort (the keys themselves are u64, not a table dtype, and not returned), the Gaussian id of each and per-tile [start, end) ranges; bit-exact (Rust: `tessera::ops::gs::bin::bin`).
+ *
+ * Inputs: `means2d` (f32, `[N, 2]`), `depths` (f32, `[N]`), `radii` (i32, `[N]`).
+ *
+ * Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1).
+ *
+ * Outputs, allocated by the caller: `ids` (u32, `[intersections(means2d, radii)]`: its size depends on the data; pass a 1-D tensor with room for N * ceil(width / 16) * ceil(height / 16) elements; `ids_len`, when not NULL, receives the number of elements written), `tile_ranges` (u32, `[ceil(height / 16) * ceil(width / 16), 2]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gs_bin(const DLTensor *means2d,
+                                  const DLTensor *depths,
+                                  const DLTensor *radii,
+                                  uint32_t width,
+                                  uint32_t height,
+                                  DLTensor *ids,
+                                  int64_t *ids_len,
+                                  DLTensor *tile_ranges,
+                                  void *stream);
+
+/**
+ * `gs.render`: 3DGS rasterisation as gsplat's rasterization() for one camera: project, SH colours (coeffs), bin, then front-to-back alpha blending per pixel (α = min(0.99, o·exp(power)), skipped below 1/255, stop before T < 1e-4), image = Σ c·α·T + T_final·background, alpha = 1 - T_final; layout balanced stages the attributes per tile (BalanceGS), with outputs identical to baseline (Rust: `tessera::ops::gs::pipeline::rasterize`).
+ *
+ * Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `opacities` (f32, `[N]`), `colors` (f32, `[N, 3]`, optional: may be NULL), `coeffs` (f32, `[N, num_coeffs, 3]`, optional: may be NULL), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`), `background` (f32, `[3]`, optional: may be NULL).
+ *
+ * Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed); `sh_degree` (int32_t, usually -1): SH degree evaluated from coeffs (0..=3, num_coeffs >= (sh_degree + 1)^2); -1: the highest that num_coeffs holds; must be -1 with colors (RGB); `layout` (const char*, one of "baseline", "balanced", NULL = "baseline"): baseline: attributes read by id in sorted order; balanced: BalanceGS's per-tile reordered arrays staged in shared memory (identical outputs).
+ *
+ * Outputs, allocated by the caller: `image` (f32, `[height, width, 3]`), `alpha` (f32, `[height, width]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gs_render(const DLTensor *means,
+                                     const DLTensor *quats,
+                                     const DLTensor *scales,
+                                     const DLTensor *opacities,
+                                     const DLTensor *colors,
+                                     const DLTensor *coeffs,
+                                     const DLTensor *viewmat,
+                                     const DLTensor *K,
+                                     const DLTensor *background,
+                                     uint32_t width,
+                                     uint32_t height,
+                                     float near,
+                                     float far,
+                                     int32_t sh_degree,
+                                     const char *layout,
+                                     DLTensor *image,
+                                     DLTensor *alpha,
+                                     void *stream);
+
+/**
+ * `gs.render_backward`: the gradients of gs.render: runs the forward again, then the render backward (back to front, per-Gaussian atomics: the last bits vary between GPU runs), the projection backward and, for coeffs, the SH backward (its mean gradient added to v_means); v_colors is the gradient of the RGB colours rendered (the SH colours for coeffs); v_coeffs is empty ([0]) for RGB colors (Rust: `tessera::ops::gs::pipeline::rasterize_backward`).
+ *
+ * Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `opacities` (f32, `[N]`), `colors` (f32, `[N, 3]`, optional: may be NULL), `coeffs` (f32, `[N, num_coeffs, 3]`, optional: may be NULL), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`), `background` (f32, `[3]`, optional: may be NULL), `v_image` (f32, `[height, width, 3]`), `v_alpha` (f32, `[height, width]`, optional: may be NULL).
+ *
+ * Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed); `sh_degree` (int32_t, usually -1): SH degree evaluated from coeffs (0..=3, num_coeffs >= (sh_degree + 1)^2); -1: the highest that num_coeffs holds; must be -1 with colors (RGB); `layout` (const char*, one of "baseline", "balanced", NULL = "baseline"): baseline: attributes read by id in sorted order; balanced: BalanceGS's per-tile reordered arrays staged in shared memory (identical outputs).
+ *
+ * Outputs, allocated by the caller: `v_means` (f32, `[N, 3]`), `v_quats` (f32, `[N, 4]`), `v_scales` (f32, `[N, 3]`), `v_opacities` (f32, `[N]`), `v_colors` (f32, `[N, 3]`), `v_coeffs` (f32, `[N, num_coeffs, 3]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gs_render_backward(const DLTensor *means,
+                                              const DLTensor *quats,
+                                              const DLTensor *scales,
+                                              const DLTensor *opacities,
+                                              const DLTensor *colors,
+                                              const DLTensor *coeffs,
+                                              const DLTensor *viewmat,
+                                              const DLTensor *K,
+                                              const DLTensor *background,
+                                              const DLTensor *v_image,
+                                              const DLTensor *v_alpha,
+                                              uint32_t width,
+                                              uint32_t height,
+                                              float near,
+                                              float far,
+                                              int32_t sh_degree,
+                                              const char *layout,
+                                              DLTensor *v_means,
+                                              DLTensor *v_quats,
+                                              DLTensor *v_scales,
+                                              DLTensor *v_opacities,
+                                              DLTensor *v_colors,
+                                              DLTensor *v_coeffs,
+                                              void *stream);
+
+/**
  * `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
  *
  * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).

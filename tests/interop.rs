@@ -1093,6 +1093,237 @@ fn featcache_select_case(n: usize, cr: f64, seed: u64) -> Case {
     }
 }
 
+/// A `gs.*` scene: the verify family's (N Gaussians in front of a 64×48 camera, some culled),
+/// its SH coefficients (`k` per Gaussian, or none) and the inputs of `gs.render`.
+struct GsScene {
+    s: tessera::verify::gs::Scene,
+    coeffs: Vec<f32>,
+    k: usize,
+}
+
+impl GsScene {
+    fn new(n: usize, k: usize, seed: u64) -> GsScene {
+        let s = tessera::verify::gs::Scene::generate(n, seed);
+        let coeffs = Rng(seed ^ 0x5e5e).values_in::<f32>(n * k * 3, 0.5);
+        GsScene { s, coeffs, k }
+    }
+
+    fn n(&self) -> usize {
+        self.s.opacities.len()
+    }
+
+    /// The Rust op's colours argument (on the CPU path) and the table's colour input.
+    fn colors<'a>(
+        &self,
+        rgb: &'a DeviceBuffer<f32>,
+        sh: &'a DeviceBuffer<f32>,
+        sh_degree: Option<u32>,
+    ) -> (
+        tessera::ops::gs::pipeline::Colors<'a>,
+        (&'static str, HostT),
+    ) {
+        use tessera::ops::gs::pipeline::Colors;
+        let n = self.n();
+        match sh_degree {
+            None => (
+                Colors::Rgb(rgb),
+                ("colors", HostT::new(&self.s.colors, &[n, 3])),
+            ),
+            Some(d) => (
+                Colors::Sh {
+                    coeffs: sh,
+                    sh_degree: d,
+                },
+                ("coeffs", HostT::new(&self.coeffs, &[n, self.k, 3])),
+            ),
+        }
+    }
+
+    /// Inputs: the Gaussians (no colours) and the camera.
+    fn inputs(&self) -> Inputs {
+        let n = self.n();
+        vec![
+            ("means", HostT::new(&self.s.means, &[n, 3])),
+            ("quats", HostT::new(&self.s.quats, &[n, 4])),
+            ("scales", HostT::new(&self.s.scales, &[n, 3])),
+            ("viewmat", HostT::new(&self.s.cam.viewmat, &[4, 4])),
+            ("K", HostT::new(&self.s.cam.k, &[3, 3])),
+        ]
+    }
+
+    /// Parameters: the camera's (near left at its default, far given).
+    fn params(&self) -> Params {
+        vec![
+            ("width", int(self.s.cam.width as usize)),
+            ("height", int(self.s.cam.height as usize)),
+            ("far", Scalar::Float(self.s.cam.far as f64)),
+        ]
+    }
+}
+
+/// `gs.project` on a verify scene, against the Rust op on the CPU path (radii bit-exact).
+fn gs_project_case(n: usize, seed: u64) -> Case {
+    use tessera::ops::gs::project;
+    let g = GsScene::new(n, 0, seed);
+    let s = &g.s;
+    let p = project::project(&up(&s.means), &up(&s.quats), &up(&s.scales), &s.cam).unwrap();
+    Case {
+        label: format!("gs.project N={n}"),
+        op: "gs.project",
+        inputs: g.inputs(),
+        params: g.params(),
+        expect: vec![
+            (
+                "means2d",
+                HostT::of(&p.means2d, &[n, 2]),
+                Cmp::Rel(tol::F32),
+            ),
+            ("depths", HostT::of(&p.depths, &[n]), Cmp::Rel(tol::F32)),
+            ("conics", HostT::of(&p.conics, &[n, 3]), Cmp::Rel(tol::F32)),
+            ("radii", HostT::of(&p.radii, &[n]), Cmp::Exact),
+        ],
+    }
+}
+
+/// `gs.bin` of a verify scene's projection (on the CPU path), bit-exact.
+fn gs_bin_case(n: usize, seed: u64) -> Case {
+    use tessera::ops::gs::{bin, project};
+    let g = GsScene::new(n, 0, seed);
+    let s = &g.s;
+    let p = project::project(&up(&s.means), &up(&s.quats), &up(&s.scales), &s.cam).unwrap();
+    let (w, h) = (s.cam.width, s.cam.height);
+    let b = bin::bin(&p.means2d, &p.depths, &p.radii, w, h).unwrap();
+    let (m, tiles) = (b.ids.len(), (b.tiles_x * b.tiles_y) as usize);
+    Case {
+        label: format!("gs.bin N={n}"),
+        op: "gs.bin",
+        inputs: vec![
+            ("means2d", HostT::of(&p.means2d, &[n, 2])),
+            ("depths", HostT::of(&p.depths, &[n])),
+            ("radii", HostT::of(&p.radii, &[n])),
+        ],
+        params: vec![("width", int(w as usize)), ("height", int(h as usize))],
+        expect: vec![
+            ("ids", HostT::of(&b.ids, &[m]), Cmp::Exact),
+            (
+                "tile_ranges",
+                HostT::of(&b.tile_ranges, &[tiles, 2]),
+                Cmp::Exact,
+            ),
+        ],
+    }
+}
+
+/// `gs.render` / `gs.render_backward` on a verify scene with RGB colours (`sh_degree` None)
+/// or SH coefficients, in `layout`, with or without the background (and, backward, `v_alpha`),
+/// against the Rust op on the CPU path.
+fn gs_render_case(
+    op: &'static str,
+    n: usize,
+    sh_degree: Option<u32>,
+    layout: &str,
+    extras: bool,
+    seed: u64,
+) -> Case {
+    use tessera::ops::gs::{pipeline, render::Layout};
+    let g = GsScene::new(n, 16, seed);
+    let s = &g.s;
+    let (w, h) = (s.cam.width as usize, s.cam.height as usize);
+    let (rgb, sh) = (up(&s.colors), up(&g.coeffs));
+    let (colors, color_input) = g.colors(&rgb, &sh, sh_degree);
+    let lay = if layout == "balanced" {
+        Layout::Balanced
+    } else {
+        Layout::Baseline
+    };
+    let bg = if extras { s.background } else { [0.0; 3] };
+    let mut inputs = g.inputs();
+    inputs.push(("opacities", HostT::vec(&s.opacities)));
+    inputs.push(color_input);
+    if extras {
+        inputs.push(("background", HostT::vec(&s.background)));
+    }
+    let mut params = g.params();
+    params.push(("layout", word(layout)));
+    if let Some(d) = sh_degree {
+        params.push(("sh_degree", int(d as usize)));
+    }
+    let (m, q, sc, o) = (up(&s.means), up(&s.quats), up(&s.scales), up(&s.opacities));
+    let label = format!("{op} N={n} sh={sh_degree:?} {layout} extras={extras}");
+    if op == "gs.render" {
+        let r = pipeline::rasterize(&m, &q, &sc, &o, colors, &s.cam, bg, lay).unwrap();
+        return Case {
+            label,
+            op,
+            inputs,
+            params,
+            expect: vec![
+                ("image", HostT::of(&r.image, &[h, w, 3]), Cmp::Rel(tol::F32)),
+                ("alpha", HostT::of(&r.alpha, &[h, w]), Cmp::Rel(tol::F32)),
+            ],
+        };
+    }
+    let mut r = Rng(seed ^ 0xb0c4);
+    let v_image = r.values_in::<f32>(h * w * 3, 1.0);
+    let v_alpha = r.values_in::<f32>(h * w, 1.0);
+    inputs.push(("v_image", HostT::new(&v_image, &[h, w, 3])));
+    if extras {
+        inputs.push(("v_alpha", HostT::new(&v_alpha, &[h, w])));
+    }
+    let va = up(&v_alpha);
+    let gr = pipeline::rasterize_backward(
+        &m,
+        &q,
+        &sc,
+        &o,
+        colors,
+        &s.cam,
+        bg,
+        lay,
+        &up(&v_image),
+        extras.then_some(&va),
+    )
+    .unwrap();
+    let v_coeffs = match &gr.v_coeffs {
+        Some(v) => HostT::of(v, &[n, g.k, 3]),
+        None => HostT::new::<f32>(&[], &[0]),
+    };
+    Case {
+        label,
+        op,
+        inputs,
+        params,
+        expect: vec![
+            (
+                "v_means",
+                HostT::of(&gr.v_means, &[n, 3]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "v_quats",
+                HostT::of(&gr.v_quats, &[n, 4]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "v_scales",
+                HostT::of(&gr.v_scales, &[n, 3]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "v_opacities",
+                HostT::of(&gr.v_opacities, &[n]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "v_colors",
+                HostT::of(&gr.v_colors, &[n, 3]),
+                Cmp::Rel(tol::F32),
+            ),
+            ("v_coeffs", v_coeffs, Cmp::Rel(tol::F32)),
+        ],
+    }
+}
+
 /// The feature-ring state after two steps of a [`RingCase`] (so rings hold 0..=2 features),
 /// and the third step, for the `featcache` ring ops' cases.
 fn ring_state(
@@ -1381,6 +1612,14 @@ fn cases(name: &'static str) -> Vec<Case> {
                 featcache_ring_case(op, 3, 1, 52),
             ]
         }
+        "gs.project" => vec![gs_project_case(150, 0x95), gs_project_case(7, 0x96)],
+        "gs.bin" => vec![gs_bin_case(150, 0x95), gs_bin_case(7, 0x96)],
+        op @ ("gs.render" | "gs.render_backward") => vec![
+            gs_render_case(op, 150, None, "baseline", true, 0x95),
+            gs_render_case(op, 150, None, "balanced", false, 0x95),
+            gs_render_case(op, 60, Some(3), "balanced", true, 0x97),
+            gs_render_case(op, 60, Some(1), "baseline", false, 0x98),
+        ],
         "c2c.fuse" => vec![
             c2c_fuse_case::<bf16>(false, 47),
             c2c_fuse_case::<f16>(true, 48),

@@ -225,7 +225,7 @@ pub fn rust_source() -> String {
     let mut s = String::from(
         "//! Generated from the op table by `capi::codegen::rust_source`; do not edit by hand\n\
          //! (`TESSERA_BLESS=1 cargo test --release --lib capi` regenerates it).\n\n\
-         #![allow(clippy::too_many_arguments)]\n\n\
+         #![allow(clippy::too_many_arguments, non_snake_case)]\n\n\
          use std::ffi::c_void;\n\n\
          use super::dlpack::DLTensor;\n\
          use super::{entry, CArg, Ctx, TesseraStatus};\n\

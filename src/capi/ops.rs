@@ -1,7 +1,7 @@
 //! Generated from the op table by `capi::codegen::rust_source`; do not edit by hand
 //! (`TESSERA_BLESS=1 cargo test --release --lib capi` regenerates it).
 
-#![allow(clippy::too_many_arguments)]
+#![allow(clippy::too_many_arguments, non_snake_case)]
 
 use std::ffi::c_void;
 
@@ -1527,6 +1527,263 @@ pub unsafe extern "C" fn tessera_featcache_age(
     })
 }
 
+/// `gs.project`: 3DGS EWA projection (gsplat's conventions, f32): means2d = (fx·x/z + cx, fy·y/z + cy), view depth z, conic = inverse of J W Σ Wᵀ Jᵀ + 0.3·I, radius = ceil(3·√λ_max); a Gaussian culled (behind near, past far, det <= 0, off the image) has radius 0 and zeros; non-finite inputs, zero quaternions and negative scales are errors naming the first bad Gaussian (Rust: `tessera::ops::gs::project::project`).
+///
+/// Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`).
+///
+/// Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed).
+///
+/// Outputs, allocated by the caller: `means2d` (f32, `[N, 2]`), `depths` (f32, `[N]`), `conics` (f32, `[N, 3]`), `radii` (i32, `[N]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gs_project(
+    means: *const DLTensor,
+    quats: *const DLTensor,
+    scales: *const DLTensor,
+    viewmat: *const DLTensor,
+    K: *const DLTensor,
+    width: u32,
+    height: u32,
+    near: f32,
+    far: f32,
+    means2d: *mut DLTensor,
+    depths: *mut DLTensor,
+    conics: *mut DLTensor,
+    radii: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gs.project", || {
+        let mut c = Ctx::new("gs.project");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("means", means) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("quats", quats) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("scales", scales) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("viewmat", viewmat) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("K", K) }?;
+        c.param("width", ParamValue::U32(width));
+        c.param("height", ParamValue::U32(height));
+        c.param("near", ParamValue::F32(near));
+        c.param("far", ParamValue::F32(far));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("means2d", means2d, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("depths", depths, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("conics", conics, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("radii", radii, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gs.bin`: 3DGS tile binning: every Gaussian with radius > 0 touches the 16×16 tiles its [mean2d ± radius] box overlaps; the (tile << 32 | depth bits) keys stably sorted by our device radix sort (the keys themselves are u64, not a table dtype, and not returned), the Gaussian id of each and per-tile [start, end) ranges; bit-exact (Rust: `tessera::ops::gs::bin::bin`).
+///
+/// Inputs: `means2d` (f32, `[N, 2]`), `depths` (f32, `[N]`), `radii` (i32, `[N]`).
+///
+/// Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1).
+///
+/// Outputs, allocated by the caller: `ids` (u32, `[intersections(means2d, radii)]`: its size depends on the data; pass a 1-D tensor with room for N * ceil(width / 16) * ceil(height / 16) elements; `ids_len`, when not NULL, receives the number of elements written), `tile_ranges` (u32, `[ceil(height / 16) * ceil(width / 16), 2]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gs_bin(
+    means2d: *const DLTensor,
+    depths: *const DLTensor,
+    radii: *const DLTensor,
+    width: u32,
+    height: u32,
+    ids: *mut DLTensor,
+    ids_len: *mut i64,
+    tile_ranges: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gs.bin", || {
+        let mut c = Ctx::new("gs.bin");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("means2d", means2d) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("depths", depths) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("radii", radii) }?;
+        c.param("width", ParamValue::U32(width));
+        c.param("height", ParamValue::U32(height));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("ids", ids, ids_len) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("tile_ranges", tile_ranges, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gs.render`: 3DGS rasterisation as gsplat's rasterization() for one camera: project, SH colours (coeffs), bin, then front-to-back alpha blending per pixel (α = min(0.99, o·exp(power)), skipped below 1/255, stop before T < 1e-4), image = Σ c·α·T + T_final·background, alpha = 1 - T_final; layout balanced stages the attributes per tile (BalanceGS), with outputs identical to baseline (Rust: `tessera::ops::gs::pipeline::rasterize`).
+///
+/// Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `opacities` (f32, `[N]`), `colors` (f32, `[N, 3]`, optional: may be NULL), `coeffs` (f32, `[N, num_coeffs, 3]`, optional: may be NULL), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`), `background` (f32, `[3]`, optional: may be NULL).
+///
+/// Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed); `sh_degree` (int32_t, usually -1): SH degree evaluated from coeffs (0..=3, num_coeffs >= (sh_degree + 1)^2); -1: the highest that num_coeffs holds; must be -1 with colors (RGB); `layout` (const char*, one of "baseline", "balanced", NULL = "baseline"): baseline: attributes read by id in sorted order; balanced: BalanceGS's per-tile reordered arrays staged in shared memory (identical outputs).
+///
+/// Outputs, allocated by the caller: `image` (f32, `[height, width, 3]`), `alpha` (f32, `[height, width]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gs_render(
+    means: *const DLTensor,
+    quats: *const DLTensor,
+    scales: *const DLTensor,
+    opacities: *const DLTensor,
+    colors: *const DLTensor,
+    coeffs: *const DLTensor,
+    viewmat: *const DLTensor,
+    K: *const DLTensor,
+    background: *const DLTensor,
+    width: u32,
+    height: u32,
+    near: f32,
+    far: f32,
+    sh_degree: i32,
+    layout: *const std::ffi::c_char,
+    image: *mut DLTensor,
+    alpha: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gs.render", || {
+        let mut c = Ctx::new("gs.render");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("means", means) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("quats", quats) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("scales", scales) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("opacities", opacities) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("colors", colors) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("coeffs", coeffs) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("viewmat", viewmat) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("K", K) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("background", background) }?;
+        c.param("width", ParamValue::U32(width));
+        c.param("height", ParamValue::U32(height));
+        c.param("near", ParamValue::F32(near));
+        c.param("far", ParamValue::F32(far));
+        c.param("sh_degree", ParamValue::I32(sh_degree));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("layout", layout) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("image", image, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("alpha", alpha, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gs.render_backward`: the gradients of gs.render: runs the forward again, then the render backward (back to front, per-Gaussian atomics: the last bits vary between GPU runs), the projection backward and, for coeffs, the SH backward (its mean gradient added to v_means); v_colors is the gradient of the RGB colours rendered (the SH colours for coeffs); v_coeffs is empty ([0]) for RGB colors (Rust: `tessera::ops::gs::pipeline::rasterize_backward`).
+///
+/// Inputs: `means` (f32, `[N, 3]`), `quats` (f32, `[N, 4]`), `scales` (f32, `[N, 3]`), `opacities` (f32, `[N]`), `colors` (f32, `[N, 3]`, optional: may be NULL), `coeffs` (f32, `[N, num_coeffs, 3]`, optional: may be NULL), `viewmat` (f32, `[4, 4]`), `K` (f32, `[3, 3]`), `background` (f32, `[3]`, optional: may be NULL), `v_image` (f32, `[height, width, 3]`), `v_alpha` (f32, `[height, width]`, optional: may be NULL).
+///
+/// Parameters: `width` (uint32_t): image width in pixels (>= 1); `height` (uint32_t): image height in pixels (>= 1); `near` (float, usually 0.01): near plane: Gaussians with view depth z < near are culled (> 0); `far` (float, usually 1e10): far plane: Gaussians with z > far are culled (> near; inf allowed); `sh_degree` (int32_t, usually -1): SH degree evaluated from coeffs (0..=3, num_coeffs >= (sh_degree + 1)^2); -1: the highest that num_coeffs holds; must be -1 with colors (RGB); `layout` (const char*, one of "baseline", "balanced", NULL = "baseline"): baseline: attributes read by id in sorted order; balanced: BalanceGS's per-tile reordered arrays staged in shared memory (identical outputs).
+///
+/// Outputs, allocated by the caller: `v_means` (f32, `[N, 3]`), `v_quats` (f32, `[N, 4]`), `v_scales` (f32, `[N, 3]`), `v_opacities` (f32, `[N]`), `v_colors` (f32, `[N, 3]`), `v_coeffs` (f32, `[N, num_coeffs, 3]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gs_render_backward(
+    means: *const DLTensor,
+    quats: *const DLTensor,
+    scales: *const DLTensor,
+    opacities: *const DLTensor,
+    colors: *const DLTensor,
+    coeffs: *const DLTensor,
+    viewmat: *const DLTensor,
+    K: *const DLTensor,
+    background: *const DLTensor,
+    v_image: *const DLTensor,
+    v_alpha: *const DLTensor,
+    width: u32,
+    height: u32,
+    near: f32,
+    far: f32,
+    sh_degree: i32,
+    layout: *const std::ffi::c_char,
+    v_means: *mut DLTensor,
+    v_quats: *mut DLTensor,
+    v_scales: *mut DLTensor,
+    v_opacities: *mut DLTensor,
+    v_colors: *mut DLTensor,
+    v_coeffs: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gs.render_backward", || {
+        let mut c = Ctx::new("gs.render_backward");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("means", means) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("quats", quats) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("scales", scales) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("opacities", opacities) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("colors", colors) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("coeffs", coeffs) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("viewmat", viewmat) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("K", K) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("background", background) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v_image", v_image) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("v_alpha", v_alpha) }?;
+        c.param("width", ParamValue::U32(width));
+        c.param("height", ParamValue::U32(height));
+        c.param("near", ParamValue::F32(near));
+        c.param("far", ParamValue::F32(far));
+        c.param("sh_degree", ParamValue::I32(sh_degree));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.param_enum("layout", layout) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_means", v_means, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_quats", v_quats, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_scales", v_scales, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_opacities", v_opacities, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_colors", v_colors, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("v_coeffs", v_coeffs, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
 ///
 /// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
@@ -1964,6 +2221,34 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::Tensor(a1)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_featcache_age(*a0, *a1, stream) })
+            }
+            _ => None,
+        },
+        "gs.project" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::U32(a5), CArg::U32(a6), CArg::F32(a7), CArg::F32(a8), CArg::Out(a9), CArg::Out(a10), CArg::Out(a11), CArg::Out(a12)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gs_project(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, stream) })
+            }
+            _ => None,
+        },
+        "gs.bin" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::U32(a3), CArg::U32(a4), CArg::Out(a5), CArg::Len(a6), CArg::Out(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gs_bin(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
+            }
+            _ => None,
+        },
+        "gs.render" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::U32(a9), CArg::U32(a10), CArg::F32(a11), CArg::F32(a12), CArg::I32(a13), CArg::Str(a14), CArg::Out(a15), CArg::Out(a16)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gs_render(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, stream) })
+            }
+            _ => None,
+        },
+        "gs.render_backward" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::U32(a11), CArg::U32(a12), CArg::F32(a13), CArg::F32(a14), CArg::I32(a15), CArg::Str(a16), CArg::Out(a17), CArg::Out(a18), CArg::Out(a19), CArg::Out(a20), CArg::Out(a21), CArg::Out(a22)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gs_render_backward(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, *a20, *a21, *a22, stream) })
             }
             _ => None,
         },

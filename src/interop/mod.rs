@@ -857,6 +857,13 @@ impl Call {
         }
     }
 
+    pub(crate) fn p_i32(&self, name: &str) -> Result<i32> {
+        match self.param_value(name)? {
+            ParamValue::I32(v) => Ok(*v),
+            other => Err(self.err(format!("internal: parameter `{name}` is {other:?}"))),
+        }
+    }
+
     pub(crate) fn p_usize(&self, name: &str) -> Result<usize> {
         match self.param_value(name)? {
             ParamValue::Usize(v) => Ok(*v),

@@ -10,7 +10,7 @@ use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
 use crate::ops::gemm::{self, Activation, Epilogue};
-use crate::ops::{bitmask, c2c, codec, featcache, moe, tah};
+use crate::ops::{bitmask, c2c, codec, featcache, gs, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
 fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
@@ -925,4 +925,161 @@ pub(crate) fn featcache_reuse(c: &mut Call) -> Result<()> {
 
 pub(crate) fn featcache_age(c: &mut Call) -> Result<()> {
     in_place::<u32>(c, "cf", |c, cf| featcache::age(c.inp::<u8>("class")?, cf))
+}
+
+/// The camera of a `gs.*` call: the inputs `viewmat` `[4,4]` and `K` `[3,3]` (read back to the
+/// host: 25 values) and the parameters `width`, `height`, `near`, `far`.
+fn gs_camera(c: &Call) -> Result<gs::project::Camera> {
+    let viewmat: [f32; 16] = c
+        .inp::<f32>("viewmat")?
+        .download()?
+        .try_into()
+        .map_err(|_| c.err("viewmat must be [4, 4]"))?;
+    let k: [f32; 9] = c
+        .inp::<f32>("K")?
+        .download()?
+        .try_into()
+        .map_err(|_| c.err("K must be [3, 3]"))?;
+    Ok(gs::project::Camera {
+        viewmat,
+        k,
+        width: c.p_u32("width")?,
+        height: c.p_u32("height")?,
+        near: c.p_f32("near")?,
+        far: c.p_f32("far")?,
+    })
+}
+
+pub(crate) fn gs_project(c: &mut Call) -> Result<()> {
+    let cam = gs_camera(c)?;
+    let p = gs::project::project(
+        c.inp::<f32>("means")?,
+        c.inp::<f32>("quats")?,
+        c.inp::<f32>("scales")?,
+        &cam,
+    )?;
+    c.put("means2d", p.means2d)?;
+    c.put("depths", p.depths)?;
+    c.put("conics", p.conics)?;
+    c.put("radii", p.radii)
+}
+
+pub(crate) fn gs_bin(c: &mut Call) -> Result<()> {
+    let b = gs::bin::bin(
+        c.inp::<f32>("means2d")?,
+        c.inp::<f32>("depths")?,
+        c.inp::<i32>("radii")?,
+        c.p_u32("width")?,
+        c.p_u32("height")?,
+    )?;
+    c.put("ids", b.ids)?;
+    c.put("tile_ranges", b.tile_ranges)
+}
+
+/// The highest SH degree `k` coefficients per Gaussian hold (at most 3).
+fn gs_auto_degree(k: usize) -> u32 {
+    (0..=3u32)
+        .rev()
+        .find(|d| (d + 1).pow(2) as usize <= k)
+        .unwrap_or(0)
+}
+
+/// The `gs.render*` inputs and parameters that make the Rust call's arguments: the colours
+/// (`colors`, or `coeffs` with `sh_degree`; -1: the highest degree `coeffs` holds), the camera,
+/// the background (`[0, 0, 0]` when not given) and the layout.
+fn gs_scene(
+    c: &Call,
+) -> Result<(
+    gs::pipeline::Colors<'_>,
+    gs::project::Camera,
+    [f32; 3],
+    gs::render::Layout,
+)> {
+    use gs::pipeline::Colors;
+    let degree = c.p_i32("sh_degree")?;
+    let colors = match (c.opt_inp::<f32>("colors")?, c.opt_inp::<f32>("coeffs")?) {
+        (Some(rgb), None) if degree == -1 => Colors::Rgb(rgb),
+        (Some(_), None) => {
+            return Err(c.err(format!(
+                "sh_degree = {degree} is for SH coefficients (`coeffs`); with RGB `colors` leave \
+                 it at -1"
+            )))
+        }
+        (None, Some(coeffs)) => {
+            let sh_degree = match degree {
+                -1 => {
+                    let k = c.dims.get("num_coeffs").copied().unwrap_or(0) as usize;
+                    if k == 0 {
+                        return Err(c.err("coeffs has no coefficients (num_coeffs = 0)"));
+                    }
+                    gs_auto_degree(k)
+                }
+                d @ 0..=3 => d as u32,
+                d => return Err(c.err(format!("sh_degree = {d}: 0..=3, or -1 (auto)"))),
+            };
+            Colors::Sh { coeffs, sh_degree }
+        }
+        (Some(_), Some(_)) => {
+            return Err(c.err("give `colors` ([N, 3] RGB) or `coeffs` ([N, K, 3] SH), not both"))
+        }
+        (None, None) => {
+            return Err(
+                c.err("missing colours: give `colors` ([N, 3] RGB) or `coeffs` ([N, K, 3] SH)")
+            )
+        }
+    };
+    let background = match c.opt_inp::<f32>("background")? {
+        None => [0.0; 3],
+        Some(b) => b
+            .download()?
+            .try_into()
+            .map_err(|_| c.err("background must be [3]"))?,
+    };
+    let layout = match c.p_enum("layout")? {
+        "balanced" => gs::render::Layout::Balanced,
+        _ => gs::render::Layout::Baseline,
+    };
+    Ok((colors, gs_camera(c)?, background, layout))
+}
+
+pub(crate) fn gs_render(c: &mut Call) -> Result<()> {
+    let (colors, cam, background, layout) = gs_scene(c)?;
+    let r = gs::pipeline::rasterize(
+        c.inp::<f32>("means")?,
+        c.inp::<f32>("quats")?,
+        c.inp::<f32>("scales")?,
+        c.inp::<f32>("opacities")?,
+        colors,
+        &cam,
+        background,
+        layout,
+    )?;
+    c.put("image", r.image)?;
+    c.put("alpha", r.alpha)
+}
+
+pub(crate) fn gs_render_backward(c: &mut Call) -> Result<()> {
+    let (colors, cam, background, layout) = gs_scene(c)?;
+    let g = gs::pipeline::rasterize_backward(
+        c.inp::<f32>("means")?,
+        c.inp::<f32>("quats")?,
+        c.inp::<f32>("scales")?,
+        c.inp::<f32>("opacities")?,
+        colors,
+        &cam,
+        background,
+        layout,
+        c.inp::<f32>("v_image")?,
+        c.opt_inp::<f32>("v_alpha")?,
+    )?;
+    let v_coeffs = match g.v_coeffs {
+        Some(v) => v,
+        None => c.device().alloc::<f32>(0, "gs.v_coeffs")?,
+    };
+    c.put("v_means", g.v_means)?;
+    c.put("v_quats", g.v_quats)?;
+    c.put("v_scales", g.v_scales)?;
+    c.put("v_opacities", g.v_opacities)?;
+    c.put("v_colors", g.v_colors)?;
+    c.put("v_coeffs", v_coeffs)
 }

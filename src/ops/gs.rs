@@ -7,7 +7,10 @@
 //!   kernels `cuda/gs/bin.cu`.
 //! - [`render`]: `gs.render` (the forward, baseline and BalanceGS layouts) and
 //!   `gs.render_backward`; kernels `cuda/gs/render.cu`.
+//! - [`pipeline`]: the whole rasteriser in one call as gsplat's `rasterization()` (project, SH,
+//!   bin, render) and its backward: the op table's `gs.render` and `gs.render_backward`.
 
 pub mod bin;
+pub mod pipeline;
 pub mod project;
 pub mod render;

@@ -850,6 +850,91 @@ pub static OPS: &[OpSpec] = &[
         run: runners::featcache_age,
     },
     OpSpec {
+        name: "gs.project",
+        rust: "ops::gs::project::project",
+        summary: "3DGS EWA projection (gsplat's conventions, f32): means2d = (fx·x/z + cx, fy·y/z \
+                  + cy), view depth z, conic = inverse of J W Σ Wᵀ Jᵀ + 0.3·I, radius = ceil(3·√λ_max); \
+                  a Gaussian culled (behind near, past far, det <= 0, off the image) has radius 0 \
+                  and zeros; non-finite inputs, zero quaternions and negative scales are errors \
+                  naming the first bad Gaussian",
+        inputs: &[
+            t("means", Dtypes::F32, "[N, 3]"),
+            t("quats", Dtypes::F32, "[N, 4]"),
+            t("scales", Dtypes::F32, "[N, 3]"),
+            t("viewmat", Dtypes::F32, "[4, 4]"),
+            t("K", Dtypes::F32, "[3, 3]"),
+        ],
+        params: GS_CAMERA_PARAMS,
+        outputs: &[
+            t("means2d", Dtypes::F32, "[N, 2]"),
+            t("depths", Dtypes::F32, "[N]"),
+            t("conics", Dtypes::F32, "[N, 3]"),
+            t("radii", Dtypes::I32, "[N]"),
+        ],
+        run: runners::gs_project,
+    },
+    OpSpec {
+        name: "gs.bin",
+        rust: "ops::gs::bin::bin",
+        summary: "3DGS tile binning: every Gaussian with radius > 0 touches the 16×16 tiles its \
+                  [mean2d ± radius] box overlaps; the (tile << 32 | depth bits) keys stably sorted \
+                  by our device radix sort (the keys themselves are u64, not a table dtype, and \
+                  not returned), the Gaussian id of each and per-tile [start, end) ranges; \
+                  bit-exact",
+        inputs: &[
+            t("means2d", Dtypes::F32, "[N, 2]"),
+            t("depths", Dtypes::F32, "[N]"),
+            t("radii", Dtypes::I32, "[N]"),
+        ],
+        params: &[GS_CAMERA_PARAMS[0], GS_CAMERA_PARAMS[1]],
+        outputs: &[
+            t("ids", Dtypes::U32, "[intersections(means2d, radii)]")
+                .at_most("N * ceil(width / 16) * ceil(height / 16) elements"),
+            t(
+                "tile_ranges",
+                Dtypes::U32,
+                "[ceil(height / 16) * ceil(width / 16), 2]",
+            ),
+        ],
+        run: runners::gs_bin,
+    },
+    OpSpec {
+        name: "gs.render",
+        rust: "ops::gs::pipeline::rasterize",
+        summary: "3DGS rasterisation as gsplat's rasterization() for one camera: project, SH \
+                  colours (coeffs), bin, then front-to-back alpha blending per pixel (α = \
+                  min(0.99, o·exp(power)), skipped below 1/255, stop before T < 1e-4), image = Σ \
+                  c·α·T + T_final·background, alpha = 1 - T_final; layout balanced stages the \
+                  attributes per tile (BalanceGS), with outputs identical to baseline",
+        inputs: GS_RENDER_INPUTS,
+        params: GS_RENDER_PARAMS,
+        outputs: &[
+            t("image", Dtypes::F32, "[height, width, 3]"),
+            t("alpha", Dtypes::F32, "[height, width]"),
+        ],
+        run: runners::gs_render,
+    },
+    OpSpec {
+        name: "gs.render_backward",
+        rust: "ops::gs::pipeline::rasterize_backward",
+        summary: "the gradients of gs.render: runs the forward again, then the render backward \
+                  (back to front, per-Gaussian atomics: the last bits vary between GPU runs), \
+                  the projection backward and, for coeffs, the SH backward (its mean gradient \
+                  added to v_means); v_colors is the gradient of the RGB colours rendered (the \
+                  SH colours for coeffs); v_coeffs is empty ([0]) for RGB colors",
+        inputs: GS_RENDER_BACKWARD_INPUTS,
+        params: GS_RENDER_PARAMS,
+        outputs: &[
+            t("v_means", Dtypes::F32, "[N, 3]"),
+            t("v_quats", Dtypes::F32, "[N, 4]"),
+            t("v_scales", Dtypes::F32, "[N, 3]"),
+            t("v_opacities", Dtypes::F32, "[N]"),
+            t("v_colors", Dtypes::F32, "[N, 3]"),
+            t("v_coeffs", Dtypes::F32, "[N, num_coeffs, 3]"),
+        ],
+        run: runners::gs_render_backward,
+    },
+    OpSpec {
         name: "gemm.dense",
         rust: "ops::gemm::dense",
         summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
@@ -923,6 +1008,85 @@ pub static OPS: &[OpSpec] = &[
         outputs: &[t("d", Dtypes::F32, "[m, f]")],
         run: runners::gemm_grouped_swiglu,
     },
+];
+
+/// The camera parameters of the `gs.*` ops: the scalar fields of `ops::gs::project::Camera`
+/// (its `viewmat` and `k` are the input tensors `viewmat` and `K`, gsplat's spelling).
+const GS_CAMERA_PARAMS: &[ParamSpec] = &[
+    p(
+        "width",
+        ParamType::U32,
+        None,
+        "image width in pixels (>= 1)",
+    ),
+    p(
+        "height",
+        ParamType::U32,
+        None,
+        "image height in pixels (>= 1)",
+    ),
+    p(
+        "near",
+        ParamType::F32,
+        Some("0.01"),
+        "near plane: Gaussians with view depth z < near are culled (> 0)",
+    ),
+    p(
+        "far",
+        ParamType::F32,
+        Some("1e10"),
+        "far plane: Gaussians with z > far are culled (> near; inf allowed)",
+    ),
+];
+
+/// `gs.render`'s inputs (gsplat's `rasterization()` names; exactly one of `colors`, `coeffs`).
+const GS_RENDER_INPUTS: &[TensorSpec] = &[
+    t("means", Dtypes::F32, "[N, 3]"),
+    t("quats", Dtypes::F32, "[N, 4]"),
+    t("scales", Dtypes::F32, "[N, 3]"),
+    t("opacities", Dtypes::F32, "[N]"),
+    opt("colors", Dtypes::F32, "[N, 3]"),
+    opt("coeffs", Dtypes::F32, "[N, num_coeffs, 3]"),
+    t("viewmat", Dtypes::F32, "[4, 4]"),
+    t("K", Dtypes::F32, "[3, 3]"),
+    opt("background", Dtypes::F32, "[3]"),
+];
+
+/// `gs.render_backward`'s inputs: `gs.render`'s and the output gradients.
+const GS_RENDER_BACKWARD_INPUTS: &[TensorSpec] = &[
+    GS_RENDER_INPUTS[0],
+    GS_RENDER_INPUTS[1],
+    GS_RENDER_INPUTS[2],
+    GS_RENDER_INPUTS[3],
+    GS_RENDER_INPUTS[4],
+    GS_RENDER_INPUTS[5],
+    GS_RENDER_INPUTS[6],
+    GS_RENDER_INPUTS[7],
+    GS_RENDER_INPUTS[8],
+    t("v_image", Dtypes::F32, "[height, width, 3]"),
+    opt("v_alpha", Dtypes::F32, "[height, width]"),
+];
+
+/// `gs.render` and `gs.render_backward`'s parameters.
+const GS_RENDER_PARAMS: &[ParamSpec] = &[
+    GS_CAMERA_PARAMS[0],
+    GS_CAMERA_PARAMS[1],
+    GS_CAMERA_PARAMS[2],
+    GS_CAMERA_PARAMS[3],
+    p(
+        "sh_degree",
+        ParamType::I32,
+        Some("-1"),
+        "SH degree evaluated from coeffs (0..=3, num_coeffs >= (sh_degree + 1)^2); -1: the \
+         highest that num_coeffs holds; must be -1 with colors (RGB)",
+    ),
+    p(
+        "layout",
+        ParamType::Enum(&["baseline", "balanced"]),
+        Some("baseline"),
+        "baseline: attributes read by id in sorted order; balanced: BalanceGS's per-tile \
+         reordered arrays staged in shared memory (identical outputs)",
+    ),
 ];
 
 /// `gemm.dense` and `gemm.grouped`'s parameters.
@@ -1261,6 +1425,63 @@ fn field_checks() {
             gate_logit: _,
         } = w;
     }
+    fn gs(
+        cam: &crate::ops::gs::project::Camera,
+        colors: &crate::ops::gs::pipeline::Colors<'_>,
+        p: &crate::ops::gs::project::Projected,
+        b: &crate::ops::gs::bin::Bins,
+        r: &crate::ops::gs::render::Rendered,
+        g: &crate::ops::gs::pipeline::RasterGrads,
+    ) {
+        use crate::ops::gs::pipeline::Colors;
+        // A `cam` argument: the inputs viewmat and K (field k, gsplat's spelling) and the
+        // parameters width, height, near, far.
+        let crate::ops::gs::project::Camera {
+            viewmat: _,
+            k: _,
+            width: _,
+            height: _,
+            near: _,
+            far: _,
+        } = cam;
+        // A `colors` argument: the input colors (Rgb), or the input coeffs and the parameter
+        // sh_degree (Sh).
+        let (Colors::Rgb(_)
+        | Colors::Sh {
+            coeffs: _,
+            sh_degree: _,
+        }) = colors;
+        let crate::ops::gs::project::Projected {
+            means2d: _,
+            depths: _,
+            conics: _,
+            radii: _,
+        } = p;
+        // gs.bin's outputs: ids and tile_ranges (keys are u64, not a table dtype; tiles_x and
+        // tiles_y follow from width and height).
+        let crate::ops::gs::bin::Bins {
+            keys: _,
+            ids: _,
+            tile_ranges: _,
+            tiles_x: _,
+            tiles_y: _,
+        } = b;
+        // gs.render's outputs: image and alpha (n_contrib and final_t are not returned).
+        let crate::ops::gs::render::Rendered {
+            image: _,
+            alpha: _,
+            n_contrib: _,
+            final_t: _,
+        } = r;
+        let crate::ops::gs::pipeline::RasterGrads {
+            v_means: _,
+            v_quats: _,
+            v_scales: _,
+            v_opacities: _,
+            v_colors: _,
+            v_coeffs: _,
+        } = g;
+    }
     fn codec(p: &crate::ops::codec::Packed, k: &crate::ops::codec::KMeans) {
         let crate::ops::codec::Packed {
             words: _,
@@ -1315,6 +1536,9 @@ mod tests {
                     include_str!("featcache/ring.rs")
                 ),
             ),
+            ("ops::gs::project::", include_str!("gs/project.rs")),
+            ("ops::gs::bin::", include_str!("gs/bin.rs")),
+            ("ops::gs::pipeline::", include_str!("gs/pipeline.rs")),
         ];
         for op in OPS {
             let (prefix, src) = sources
@@ -1425,12 +1649,34 @@ mod tests {
                 }
                 continue;
             }
-            // `packed.words`: field `words` of the argument `packed` (a Rust struct).
+            // `packed.words`: field `words` of the argument `packed` (a Rust struct). The gs
+            // ops take gsplat's names: a `cam` argument (a Camera) is the inputs viewmat and K
+            // and the parameters width, height, near, far; a `colors` argument (Colors) is the
+            // inputs colors or coeffs and the parameter sh_degree (both checked by
+            // `field_checks`).
+            let gs_alias = |n: &'static str| -> &'static str {
+                let has = |a: &str| args.iter().any(|x| x == a);
+                match n {
+                    "viewmat" | "K" | "width" | "height" | "near" | "far"
+                        if op.rust.starts_with("ops::gs::") && has("cam") =>
+                    {
+                        "cam"
+                    }
+                    "coeffs" | "sh_degree" if op.rust.starts_with("ops::gs::") && has("colors") => {
+                        "colors"
+                    }
+                    n => n,
+                }
+            };
             let mut declared: Vec<&str> = op
                 .inputs
                 .iter()
-                .map(|t| t.name.split('.').next().unwrap())
-                .chain(op.params.iter().map(|p| p.name.split('.').next().unwrap()))
+                .map(|t| gs_alias(t.name.split('.').next().unwrap()))
+                .chain(
+                    op.params
+                        .iter()
+                        .map(|p| gs_alias(p.name.split('.').next().unwrap())),
+                )
                 .collect();
             declared.sort_unstable();
             declared.dedup();

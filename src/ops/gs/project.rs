@@ -132,7 +132,7 @@ impl Camera {
     }
 
     /// `Err` naming `op` and the problem when the camera is invalid (see [`Camera`]).
-    fn validate(&self, op: &'static str) -> Result<()> {
+    pub(crate) fn validate(&self, op: &'static str) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid(op, msg));
         if let Some(i) = self.viewmat.iter().position(|v| !v.is_finite()) {
             return bad(format!("cam.viewmat[{i}] is not finite"));
