@@ -1,5 +1,5 @@
 //! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`, `rexmoe`,
-//! `specdiff`.
+//! `specdiff`, `gs`, `dd2`, `spagent`.
 
 use std::process::ExitCode;
 
@@ -156,6 +156,12 @@ enum Cmd {
     Dd2 {
         #[command(subcommand)]
         cmd: Dd2Cmd,
+    },
+    /// SPAgent: load-aware speculative tool calls for search agents (a discrete-event
+    /// simulation; no inference engine runs).
+    Spagent {
+        #[command(subcommand)]
+        cmd: SpagentCmd,
     },
 }
 
@@ -499,6 +505,7 @@ fn main() -> ExitCode {
         Cmd::Specdiff { cmd } => run_specdiff(cmd),
         Cmd::Gs { cmd } => run_gs(cmd),
         Cmd::Dd2 { cmd } => run_dd2(cmd),
+        Cmd::Spagent { cmd } => run_spagent(cmd),
     }
 }
 
@@ -743,6 +750,128 @@ fn run_gs(cmd: GsCmd) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_err(e),
     }
+}
+
+#[derive(Subcommand)]
+enum SpagentCmd {
+    /// Simulate agents × prediction accuracies with and without speculation: end-to-end
+    /// speedup, wasted work and throttle rejections (drivers::spagent; docs/spagent.md).
+    Sim {
+        /// Concurrent agents (load levels), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        agents: Vec<usize>,
+        /// Prediction accuracies q in [0, 1], comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.3,0.6,0.9")]
+        accuracy: Vec<f64>,
+        /// Steps (reasoning + tool call) per episode.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Episodes each agent runs back to back.
+        #[arg(long, default_value_t = 4)]
+        episodes: usize,
+        /// The global throttle: admit a speculation while engine requests in flight < this.
+        #[arg(long, default_value_t = 32)]
+        throttle: usize,
+        /// Engine tokens of one prediction (0: free, taken from the previous step).
+        #[arg(long, default_value_t = 16)]
+        predict_tokens: u32,
+        /// Early steps per episode that may skip verification (0: always verify).
+        #[arg(long, default_value_t = 2)]
+        skip_steps: usize,
+        /// The engine's latency curve, JSON `[[batch, seconds per iteration], ...]`; default: the
+        /// illustrative curve of docs/spagent.md.
+        #[arg(long)]
+        curve: Option<std::path::PathBuf>,
+        /// Seed of every random draw.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run_spagent(cmd: SpagentCmd) -> ExitCode {
+    use tessera::drivers::spagent::{self, LatencyCurve, Policy, SimConfig, Throttle};
+    let SpagentCmd::Sim {
+        agents,
+        accuracy,
+        steps,
+        episodes,
+        throttle,
+        predict_tokens,
+        skip_steps,
+        curve,
+        seed,
+        json,
+    } = cmd;
+    let r = (|| -> tessera::Result<(SimConfig, Vec<spagent::Report>)> {
+        let curve = match curve {
+            Some(path) => {
+                let bytes = std::fs::read(&path).map_err(|e| tessera::Error::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                })?;
+                LatencyCurve::from_json(&bytes).map_err(|e| match e {
+                    tessera::Error::Format { msg, .. } => tessera::Error::Format {
+                        context: format!("spagent latency curve {}", path.display()),
+                        msg,
+                    },
+                    e => e,
+                })?
+            }
+            None => LatencyCurve::illustrative(),
+        };
+        let base = SimConfig {
+            steps,
+            episodes_per_agent: episodes,
+            predict_tokens,
+            curve,
+            throttle: Throttle {
+                max_inflight: throttle,
+            },
+            policy: Policy {
+                skip_verify_steps: skip_steps,
+                ..Policy::default()
+            },
+            seed,
+            ..SimConfig::default()
+        };
+        let reports = spagent::grid(&base, &agents, &accuracy)?;
+        Ok((base, reports))
+    })();
+    let (base, reports) = r.unwrap_or_else(|e| exit_err(e));
+    if json {
+        let out = json!({
+            "kind": "simulation: no inference engine or tool ran",
+            "config": base,
+            "reports": reports,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        println!(
+            "SPAgent simulation (no inference engine or tool ran): {} steps × {} episodes per agent, \
+             throttle {} in-flight requests, {}-token predictions, {} early steps may skip \
+             verification, seed {}",
+            base.steps,
+            base.episodes_per_agent,
+            base.throttle.max_inflight,
+            base.predict_tokens,
+            base.policy.skip_verify_steps,
+            base.seed
+        );
+        let pts: Vec<String> = base
+            .curve
+            .points()
+            .iter()
+            .map(|(b, s)| format!("{b}: {:.1} ms", s * 1e3))
+            .collect();
+        println!(
+            "Engine curve (batch: s per iteration): {}\n",
+            pts.join(", ")
+        );
+        print!("{}", spagent::markdown(&reports));
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_dd2(cmd: Dd2Cmd) -> ExitCode {

@@ -4,5 +4,6 @@ pub mod c2c;
 pub mod dd2;
 pub mod gs;
 pub mod rexmoe;
+pub mod spagent;
 pub mod specdiff;
 pub mod tah;
