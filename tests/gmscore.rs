@@ -237,3 +237,39 @@ fn verify_rows_pass() {
         tessera::verify::assert_rows_pass(&rows);
     }
 }
+
+/// The limit of f32 at tiny σ (docs/dd2.md): x_t at the midpoint of two codewords far apart
+/// compared with σ. The logits are of order −‖δ‖²/(2σ²) ≈ −1e6 and tie exactly; f32 distances
+/// carry a relative rounding error of a few ε, so the logit difference is off by up to about
+/// 4ε·‖δ‖²/(2σ²) (here ≈ 0.1), and the two weights are not exactly equal: w0 − w1 =
+/// score·σ²/δ0 on the first axis. The test bounds that error (the true value is 0) and prints it.
+#[test]
+fn tiny_sigma_midpoint_is_bounded_by_f32_distances() {
+    let d = 8;
+    let mut codebook = vec![0.0f32; 2 * d];
+    codebook[0] = 1.0;
+    codebook[d] = -1.0;
+    for j in 1..d {
+        codebook[j] = 0.25 * j as f32;
+        codebook[d + j] = 0.25 * j as f32;
+    }
+    let x: Vec<f32> = (0..d).map(|j| if j == 0 { 0.0 } else { 0.25 * j as f32 + 1e-3 }).collect();
+    let m = Mixture {
+        codebook: &codebook,
+        p: &[0.5, 0.5],
+        x_t: &x,
+        alpha: &[1.0],
+        sigma: &[1e-3],
+        d,
+    };
+    for dev in devices() {
+        let (score, lse) = gmscore::forward_host(&dev, &m).unwrap();
+        let s2 = 1e-6f64;
+        let gap = score[0] as f64 * s2; // (w0 - w1) · δ0 with δ0 = 1
+        let dist = 1.0 + 7.0 * 1e-6;
+        let bound = 4.0 * f32::EPSILON as f64 * dist / (2.0 * s2);
+        println!("{}: w0 - w1 = {gap:.3e} (bound {bound:.3e}), lse = {}", dev.backend(), lse[0]);
+        assert!(gap.abs() <= bound, "{}: w0 - w1 = {gap}", dev.backend());
+        assert!((lse[0] as f64 + dist / (2.0 * s2)).abs() <= 1.0, "lse {}", lse[0]);
+    }
+}
