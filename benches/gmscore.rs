@@ -23,7 +23,8 @@ use tessera::{Device, Schedule};
 
 fn run(c: &mut Criterion, group: &str, dev: &Device, n: usize, v: usize, d: usize) {
     let mut r = Rng(0x6d5);
-    let mut sym = |k: usize| -> Vec<f32> { (0..k).map(|_| (r.unit() * 2.0 - 1.0) as f32).collect() };
+    let mut sym =
+        |k: usize| -> Vec<f32> { (0..k).map(|_| (r.unit() * 2.0 - 1.0) as f32).collect() };
     let codebook = sym(v * d);
     let x = sym(n * d);
     let s_gen = sym(n * d);

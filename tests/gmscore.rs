@@ -54,7 +54,11 @@ fn verify_cases_match_the_reference() {
 #[test]
 fn tiny_sigma_one_hot_and_peaked() {
     let devs = devices();
-    for (kind, seed) in [(PKind::OneHot, 0x71), (PKind::Peaked, 0x72), (PKind::Sparse, 0x73)] {
+    for (kind, seed) in [
+        (PKind::OneHot, 0x71),
+        (PKind::Peaked, 0x72),
+        (PKind::Sparse, 0x73),
+    ] {
         check(&devs, &Case::generate(45, 80, 32, kind, true, seed));
     }
 }
@@ -67,7 +71,10 @@ fn every_width_from_8_to_64() {
         simt(64, Schedule::Shuffled(0x78), 2),
     ];
     for d in [8, 9, 16, 17, 31, 32, 33, 63, 64] {
-        check(&devs, &Case::generate(35, 40, d, PKind::Dense, false, 0x700 + d as u64));
+        check(
+            &devs,
+            &Case::generate(35, 40, d, PKind::Dense, false, 0x700 + d as u64),
+        );
     }
 }
 
@@ -86,8 +93,14 @@ fn deterministic_across_schedules_and_waves() {
     .map(|dev| gmscore::forward_backward_host(dev, &m, &c.s_gen).expect("run"))
     .collect();
     for r in &runs[1..] {
-        assert!(r.0 == runs[0].0 && r.1 == runs[0].1, "forward differs");
-        assert!(r.2 == runs[0].2 && r.3 == runs[0].3, "backward differs");
+        assert!(
+            r.score == runs[0].score && r.lse == runs[0].lse,
+            "forward differs"
+        );
+        assert!(
+            r.grad_s_gen == runs[0].grad_s_gen && r.grad_x_t == runs[0].grad_x_t,
+            "backward differs"
+        );
     }
 }
 
@@ -170,9 +183,30 @@ fn bad_inputs_are_named() {
             },
             "V = 16385 codewords is outside 1..=16384",
         );
-        both(&dev, &Mixture { p: &c.p[..119], ..m }, "p has 119 elements");
-        both(&dev, &Mixture { alpha: &c.alpha[..5], ..m }, "alpha has 5 elements");
-        both(&dev, &Mixture { x_t: &c.x_t[..47], ..m }, "x_t has 47 elements");
+        both(
+            &dev,
+            &Mixture {
+                p: &c.p[..119],
+                ..m
+            },
+            "p has 119 elements",
+        );
+        both(
+            &dev,
+            &Mixture {
+                alpha: &c.alpha[..5],
+                ..m
+            },
+            "alpha has 5 elements",
+        );
+        both(
+            &dev,
+            &Mixture {
+                x_t: &c.x_t[..47],
+                ..m
+            },
+            "x_t has 47 elements",
+        );
         // Contents: the first bad position and entry, in check order.
         let mut p = c.p.clone();
         p[3 * 20 + 17] = f32::NAN;
@@ -187,12 +221,24 @@ fn bad_inputs_are_named() {
         both(&dev, &Mixture { p: &p, ..m }, "row 5 of p sums to 1.0");
         let mut sigma = c.sigma.clone();
         sigma[2] = 0.0;
-        both(&dev, &Mixture { sigma: &sigma, ..m }, "sigma[2] = 0 is outside [1e-6, 1e6]");
+        both(
+            &dev,
+            &Mixture { sigma: &sigma, ..m },
+            "sigma[2] = 0 is outside [1e-6, 1e6]",
+        );
         sigma[2] = f32::NAN;
-        both(&dev, &Mixture { sigma: &sigma, ..m }, "sigma[2] = NaN is outside");
+        both(
+            &dev,
+            &Mixture { sigma: &sigma, ..m },
+            "sigma[2] = NaN is outside",
+        );
         let mut alpha = c.alpha.clone();
         alpha[1] = f32::NEG_INFINITY;
-        both(&dev, &Mixture { alpha: &alpha, ..m }, "alpha[1] = -inf is not finite");
+        both(
+            &dev,
+            &Mixture { alpha: &alpha, ..m },
+            "alpha[1] = -inf is not finite",
+        );
         // A one-hot row and p with a zero row sum within tolerance pass.
         let mut p = c.p.clone();
         p[..20].fill(0.0);
@@ -229,47 +275,73 @@ fn backward_lengths_are_checked() {
 /// The `tessera verify` rows of the family (printed with `--nocapture`).
 #[test]
 fn verify_rows_pass() {
-    for dev in [simt(32, Schedule::InOrder, 2), simt(64, Schedule::Shuffled(3), 2)] {
+    for dev in [
+        simt(32, Schedule::InOrder, 2),
+        simt(64, Schedule::Shuffled(3), 2),
+    ] {
         let rows = tessera::verify::gmscore::rows(&dev);
         for r in &rows {
-            println!("{} {} [{}] {} {}", r.op, r.executor, r.sizes, r.error, r.pass);
+            println!(
+                "{} {} [{}] {} {}",
+                r.op, r.executor, r.sizes, r.error, r.pass
+            );
         }
         tessera::verify::assert_rows_pass(&rows);
     }
 }
 
-/// The limit of f32 at tiny σ (docs/dd2.md): x_t at the midpoint of two codewords far apart
-/// compared with σ. The logits are of order −‖δ‖²/(2σ²) ≈ −1e6 and tie exactly; f32 distances
-/// carry a relative rounding error of a few ε, so the logit difference is off by up to about
-/// 4ε·‖δ‖²/(2σ²) (here ≈ 0.1), and the two weights are not exactly equal: w0 − w1 =
-/// score·σ²/δ0 on the first axis. The test bounds that error (the true value is 0) and prints it.
+/// The limit of f32 at tiny σ (docs/dd2.md): x_t at the (f32-rounded) midpoint of two random
+/// codewords, far apart compared with σ = 1e-3. Their logits are of order −‖δ‖²/(2σ²) ≈ −1e6
+/// and nearly tie; the f32 distances carry a relative rounding error of a few ε, so the logit
+/// difference is off by up to about 4ε·‖δ‖²/(2σ²), and the split of weight between the two
+/// codewords with it. Measured here as the error of w0 − w1 = (score·σ²)·δ0/‖δ0‖² against the
+/// f64 reference (which sees the same f32 inputs); the test bounds it and prints the largest.
 #[test]
 fn tiny_sigma_midpoint_is_bounded_by_f32_distances() {
+    use tessera::reference::gmscore as reference;
+    use tessera::testing::Rng;
     let d = 8;
-    let mut codebook = vec![0.0f32; 2 * d];
-    codebook[0] = 1.0;
-    codebook[d] = -1.0;
-    for j in 1..d {
-        codebook[j] = 0.25 * j as f32;
-        codebook[d + j] = 0.25 * j as f32;
-    }
-    let x: Vec<f32> = (0..d).map(|j| if j == 0 { 0.0 } else { 0.25 * j as f32 + 1e-3 }).collect();
-    let m = Mixture {
-        codebook: &codebook,
-        p: &[0.5, 0.5],
-        x_t: &x,
-        alpha: &[1.0],
-        sigma: &[1e-3],
-        d,
-    };
-    for dev in devices() {
-        let (score, lse) = gmscore::forward_host(&dev, &m).unwrap();
-        let s2 = 1e-6f64;
-        let gap = score[0] as f64 * s2; // (w0 - w1) · δ0 with δ0 = 1
-        let dist = 1.0 + 7.0 * 1e-6;
+    let s2 = 1e-6f64;
+    let devs = devices();
+    let mut worst = vec![0.0f64; devs.len()];
+    for seed in 0..20u64 {
+        let mut r = Rng(0x3d00 + seed);
+        let codebook: Vec<f32> = (0..2 * d).map(|_| (r.unit() * 2.0 - 1.0) as f32).collect();
+        let x: Vec<f32> = (0..d)
+            .map(|j| 0.5 * (codebook[j] + codebook[d + j]))
+            .collect();
+        let m = Mixture {
+            codebook: &codebook,
+            p: &[0.5, 0.5],
+            x_t: &x,
+            alpha: &[1.0],
+            sigma: &[1e-3],
+            d,
+        };
+        let delta0: Vec<f64> = (0..d).map(|j| codebook[j] as f64 - x[j] as f64).collect();
+        let dist: f64 = delta0.iter().map(|v| v * v).sum();
+        // (w0 - w1) from a score: score·σ² = w0 δ0 + w1 δ1 ≈ (w0 − w1) δ0.
+        let gap = |score: &[f64]| -> f64 {
+            (0..d).map(|j| score[j] * s2 * delta0[j]).sum::<f64>() / dist
+        };
+        let (want, _) = reference::forward(&m).unwrap();
         let bound = 4.0 * f32::EPSILON as f64 * dist / (2.0 * s2);
-        println!("{}: w0 - w1 = {gap:.3e} (bound {bound:.3e}), lse = {}", dev.backend(), lse[0]);
-        assert!(gap.abs() <= bound, "{}: w0 - w1 = {gap}", dev.backend());
-        assert!((lse[0] as f64 + dist / (2.0 * s2)).abs() <= 1.0, "lse {}", lse[0]);
+        for (k, dev) in devs.iter().enumerate() {
+            let (score, _) = gmscore::forward_host(dev, &m).unwrap();
+            let got: Vec<f64> = score.iter().map(|&v| v as f64).collect();
+            let err = (gap(&got) - gap(&want)).abs();
+            assert!(
+                err <= bound,
+                "{} seed {seed}: w0 - w1 off by {err} (bound {bound})",
+                dev.backend()
+            );
+            worst[k] = worst[k].max(err);
+        }
+    }
+    for (dev, w) in devs.iter().zip(&worst) {
+        println!(
+            "{}: largest error of w0 - w1 over 20 midpoints: {w:.2e}",
+            dev.backend()
+        );
     }
 }

@@ -1097,14 +1097,21 @@ fn gmscore_case(op: &'static str, n: usize, v: usize, d: usize, seed: u64) -> Ca
             ("lse", HostT::of(&f.lse, &[n]), Cmp::Rel(tol::F32)),
         ]
     } else {
-        let g = gmscore::backward(&cb, &p, &x, &a, &s, d, &up(&c.s_gen), &f.score, &f.lse)
-            .unwrap();
+        let g = gmscore::backward(&cb, &p, &x, &a, &s, d, &up(&c.s_gen), &f.score, &f.lse).unwrap();
         inputs.push(("s_gen", HostT::new(&c.s_gen, &[n, d])));
         inputs.push(("score", HostT::of(&f.score, &[n, d])));
         inputs.push(("lse", HostT::of(&f.lse, &[n])));
         vec![
-            ("grad_s_gen", HostT::of(&g.grad_s_gen, &[n, d]), Cmp::Rel(tol::F32)),
-            ("grad_x_t", HostT::of(&g.grad_x_t, &[n, d]), Cmp::Rel(tol::F32)),
+            (
+                "grad_s_gen",
+                HostT::of(&g.grad_s_gen, &[n, d]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "grad_x_t",
+                HostT::of(&g.grad_x_t, &[n, d]),
+                Cmp::Rel(tol::F32),
+            ),
         ]
     };
     Case {

@@ -136,8 +136,15 @@ fn validate(
     d: usize,
 ) -> Result<(Device, usize, usize)> {
     let dev = codebook.device().clone();
-    let (n, v) = reference::shape(codebook.len(), p.len(), x_t.len(), alpha.len(), sigma.len(), d)
-        .map_err(|m| Error::invalid(op, m))?;
+    let (n, v) = reference::shape(
+        codebook.len(),
+        p.len(),
+        x_t.len(),
+        alpha.len(),
+        sigma.len(),
+        d,
+    )
+    .map_err(|m| Error::invalid(op, m))?;
     on_device(op, "p", &dev, p)?;
     on_device(op, "x_t", &dev, x_t)?;
     on_device(op, "alpha", &dev, alpha)?;
@@ -389,12 +396,17 @@ pub fn forward_host(dev: &Device, m: &Mixture) -> Result<(Vec<f32>, Vec<f32>)> {
     Ok((s.score.download()?, s.lse.download()?))
 }
 
-/// Run [`forward`] then [`backward`] on `dev`: `(score, lse, grad_s_gen, grad_x_t)`.
-pub fn forward_backward_host(
-    dev: &Device,
-    m: &Mixture,
-    s_gen: &[f32],
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> {
+/// The four outputs of [`forward_backward_host`], downloaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostRun {
+    pub score: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub grad_s_gen: Vec<f32>,
+    pub grad_x_t: Vec<f32>,
+}
+
+/// Run [`forward`] then [`backward`] on `dev` (the backward given the forward's outputs).
+pub fn forward_backward_host(dev: &Device, m: &Mixture, s_gen: &[f32]) -> Result<HostRun> {
     let codebook = dev.upload(m.codebook, "codebook")?;
     let p = dev.upload(m.p, "p")?;
     let x_t = dev.upload(m.x_t, "x_t")?;
@@ -412,10 +424,10 @@ pub fn forward_backward_host(
         &s.score,
         &s.lse,
     )?;
-    Ok((
-        s.score.download()?,
-        s.lse.download()?,
-        g.grad_s_gen.download()?,
-        g.grad_x_t.download()?,
-    ))
+    Ok(HostRun {
+        score: s.score.download()?,
+        lse: s.lse.download()?,
+        grad_s_gen: g.grad_s_gen.download()?,
+        grad_x_t: g.grad_x_t.download()?,
+    })
 }

@@ -1089,12 +1089,7 @@ const GMSCORE_INPUTS: &[TensorSpec] = &[
 ];
 
 /// The gmscore ops' parameter.
-const GMSCORE_PARAMS: &[ParamSpec] = &[p(
-    "d",
-    ParamType::Usize,
-    None,
-    "codeword width, 8..=64",
-)];
+const GMSCORE_PARAMS: &[ParamSpec] = &[p("d", ParamType::Usize, None, "codeword width, 8..=64")];
 
 /// `featcache.received`: the attention problem's tensors (V is part of the problem but not
 /// read: optional here, K stands in when it is absent) and the row LSE.

@@ -246,11 +246,7 @@ pub fn forward(m: &Mixture) -> Result<(Vec<f64>, Vec<f64>), String> {
 /// The gradients of `L = Σ_r ‖s_gen[r] − score[r]‖²`: `(∂L/∂s_gen, ∂L/∂x_t)`, both `[P, d]`
 /// (f64), with `score` the forward's (given, as the op's backward is given it; the weights are
 /// recomputed here in f64).
-pub fn backward(
-    m: &Mixture,
-    s_gen: &[f32],
-    score: &[f64],
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+pub fn backward(m: &Mixture, s_gen: &[f32], score: &[f64]) -> Result<(Vec<f64>, Vec<f64>), String> {
     let (n, v) = m.check()?;
     let d = m.d;
     for (what, len) in [("s_gen", s_gen.len()), ("score", score.len())] {
@@ -375,7 +371,9 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let (v, d, n) = (5usize, 8usize, 3usize);
-        let cb: Vec<f32> = (0..v * d).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.15).collect();
+        let cb: Vec<f32> = (0..v * d)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.15)
+            .collect();
         let mut p = vec![0.0f32; n * v];
         for r in 0..n {
             let raw: Vec<f32> = (0..v).map(|c| 1.0 + ((r * 3 + c) % 4) as f32).collect();
@@ -386,10 +384,14 @@ mod tests {
         }
         p[v + 2] += p[v + 4]; // a zero entry in row 1
         p[v + 4] = 0.0;
-        let x: Vec<f32> = (0..n * d).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
         let alpha = [0.7f32, 0.4, 0.95];
         let sigma = [0.6f32, 0.9, 0.35];
-        let s_gen: Vec<f32> = (0..n * d).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5).collect();
+        let s_gen: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5)
+            .collect();
         let m = mixture(&cb, &p, &x, &alpha, &sigma, d);
         let (score, _) = forward(&m).unwrap();
         let (gs, gx) = backward(&m, &s_gen, &score).unwrap();
@@ -458,9 +460,7 @@ mod tests {
     fn faults_are_named_in_order() {
         let cb = vec![0.5f32; 2 * 8];
         let x = vec![0.0f32; 2 * 8];
-        let ok = |p: &[f32], a: &[f32], s: &[f32]| {
-            mixture(&cb, p, &x, a, s, 8).check().map(|_| ())
-        };
+        let ok = |p: &[f32], a: &[f32], s: &[f32]| mixture(&cb, p, &x, a, s, 8).check().map(|_| ());
         let p = [0.5f32, 0.5, 1.0, 0.0];
         assert_eq!(ok(&p, &[1.0, 1.0], &[1.0, 1.0]), Ok(()));
         assert_eq!(

@@ -46,7 +46,14 @@ pub struct Case {
 
 impl Case {
     /// `n` positions over `v` codewords of width `d`; `tiny_sigma`: every σ = 1e-3.
-    pub fn generate(n: usize, v: usize, d: usize, kind: PKind, tiny_sigma: bool, seed: u64) -> Case {
+    pub fn generate(
+        n: usize,
+        v: usize,
+        d: usize,
+        kind: PKind,
+        tiny_sigma: bool,
+        seed: u64,
+    ) -> Case {
         let mut r = Rng(seed);
         let sym = |r: &mut Rng| (r.unit() * 2.0 - 1.0) as f32;
         let codebook: Vec<f32> = (0..v * d).map(|_| sym(&mut r)).collect();
@@ -152,7 +159,12 @@ impl Case {
         let got = stage(dev, op::FORWARD_OP, || {
             op::forward_backward_host(dev, &m, &self.s_gen)
         });
-        let (score, lse, gs, gx) = match got {
+        let op::HostRun {
+            score,
+            lse,
+            grad_s_gen: gs,
+            grad_x_t: gx,
+        } = match got {
             Ok(v) => v,
             Err(e) => {
                 return [
