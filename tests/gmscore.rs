@@ -267,6 +267,32 @@ fn backward_lengths_are_checked() {
             "gmscore.backward",
             "lse has 3 elements, not 4",
         );
+        // A buffer on another device.
+        let other = if dev.backend().to_string() == "cpu" {
+            simt(32, Schedule::InOrder, 1)
+        } else {
+            Device::cpu()
+        };
+        expect_invalid(
+            gmscore::forward(&cb, &p, &other.upload(m.x_t, "x").unwrap(), &a, &s, 8),
+            "gmscore.forward",
+            "x_t is on",
+        );
+        expect_invalid(
+            gmscore::backward(
+                &cb,
+                &p,
+                &x,
+                &a,
+                &s,
+                8,
+                &sg,
+                &f.score,
+                &other.upload(&[0.0; 4], "l").unwrap(),
+            ),
+            "gmscore.backward",
+            "lse is on",
+        );
         let g = gmscore::backward(&cb, &p, &x, &a, &s, 8, &sg, &f.score, &f.lse).unwrap();
         assert_eq!(g.grad_x_t.len(), 32);
     }
