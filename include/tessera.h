@@ -1025,6 +1025,57 @@ enum TesseraStatus tessera_gs_render_backward(const DLTensor *means,
                                               void *stream);
 
 /**
+ * `gmscore.forward`: DD2's conditional score, streamed over the codebook (online log-sum-exp, the [P, V] weights never materialised): per position, logit_v = ln p_v - |x_t - alpha e_v|^2 / (2 sigma^2), lse = logsumexp_v logit_v, score = (sum_v w_v alpha e_v - x_t) / sigma^2 with w_v = exp(logit_v - lse); rows of p finite, >= 0, summing to 1 within 1e-3; sigma in [1e-6, 1e6]; f32, deterministic (Rust: `tessera::ops::gmscore::forward`).
+ *
+ * Inputs: `codebook` (f32, `[V, d]`), `p` (f32, `[P, V]`), `x_t` (f32, `[P, d]`), `alpha` (f32, `[P]`), `sigma` (f32, `[P]`).
+ *
+ * Parameters: `d` (uint64_t): codeword width, 8..=64.
+ *
+ * Outputs, allocated by the caller: `score` (f32, `[P, d]`), `lse` (f32, `[P]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gmscore_forward(const DLTensor *codebook,
+                                           const DLTensor *p,
+                                           const DLTensor *x_t,
+                                           const DLTensor *alpha,
+                                           const DLTensor *sigma,
+                                           uint64_t d,
+                                           DLTensor *score,
+                                           DLTensor *lse,
+                                           void *stream);
+
+/**
+ * `gmscore.backward`: gradients of L = sum over positions of |s_gen - score|^2 (score and lse: gmscore.forward's for the same inputs): grad_s_gen = 2u, grad_x_t = 2u / sigma^2 - (2 alpha^2 / sigma^4) Cov_w(e) u with u = s_gen - score, the covariance from a second stream over the codebook with the saved lse; f32, deterministic (Rust: `tessera::ops::gmscore::backward`).
+ *
+ * Inputs: `codebook` (f32, `[V, d]`), `p` (f32, `[P, V]`), `x_t` (f32, `[P, d]`), `alpha` (f32, `[P]`), `sigma` (f32, `[P]`), `s_gen` (f32, `[P, d]`), `score` (f32, `[P, d]`), `lse` (f32, `[P]`).
+ *
+ * Parameters: `d` (uint64_t): codeword width, 8..=64.
+ *
+ * Outputs, allocated by the caller: `grad_s_gen` (f32, `[P, d]`), `grad_x_t` (f32, `[P, d]`).
+ *
+ * Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+ *
+ * # Safety
+ * Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+ */
+enum TesseraStatus tessera_gmscore_backward(const DLTensor *codebook,
+                                            const DLTensor *p,
+                                            const DLTensor *x_t,
+                                            const DLTensor *alpha,
+                                            const DLTensor *sigma,
+                                            const DLTensor *s_gen,
+                                            const DLTensor *score,
+                                            const DLTensor *lse,
+                                            uint64_t d,
+                                            DLTensor *grad_s_gen,
+                                            DLTensor *grad_x_t,
+                                            void *stream);
+
+/**
  * `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
  *
  * Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).

@@ -67,5 +67,6 @@ pub fn declarations() -> Vec<crate::device::kernel::KernelDecl> {
     all.extend(crate::ops::attention::decode::declarations());
     all.extend(crate::ops::gs::project::declarations());
     all.extend(crate::ops::gs::bin::declarations());
+    all.extend(crate::ops::gmscore::declarations());
     all
 }

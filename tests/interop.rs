@@ -1071,6 +1071,58 @@ fn featcache_received_case<T: attn::HalfFloat>(mode: MaskMode, per_head: bool, s
     }
 }
 
+/// `gmscore.forward` / `gmscore.backward`: a sparse mixture, against the Rust ops on the CPU path.
+fn gmscore_case(op: &'static str, n: usize, v: usize, d: usize, seed: u64) -> Case {
+    use tessera::ops::gmscore;
+    use tessera::verify::gmscore::{Case as Mix, PKind};
+    let c = Mix::generate(n, v, d, PKind::Sparse, false, seed);
+    let (cb, p, x, a, s) = (
+        up(&c.codebook),
+        up(&c.p),
+        up(&c.x_t),
+        up(&c.alpha),
+        up(&c.sigma),
+    );
+    let f = gmscore::forward(&cb, &p, &x, &a, &s, d).unwrap();
+    let mut inputs = vec![
+        ("codebook", HostT::new(&c.codebook, &[v, d])),
+        ("p", HostT::new(&c.p, &[n, v])),
+        ("x_t", HostT::new(&c.x_t, &[n, d])),
+        ("alpha", HostT::vec(&c.alpha)),
+        ("sigma", HostT::vec(&c.sigma)),
+    ];
+    let expect = if op == "gmscore.forward" {
+        vec![
+            ("score", HostT::of(&f.score, &[n, d]), Cmp::Rel(tol::F32)),
+            ("lse", HostT::of(&f.lse, &[n]), Cmp::Rel(tol::F32)),
+        ]
+    } else {
+        let g = gmscore::backward(&cb, &p, &x, &a, &s, d, &up(&c.s_gen), &f.score, &f.lse).unwrap();
+        inputs.push(("s_gen", HostT::new(&c.s_gen, &[n, d])));
+        inputs.push(("score", HostT::of(&f.score, &[n, d])));
+        inputs.push(("lse", HostT::of(&f.lse, &[n])));
+        vec![
+            (
+                "grad_s_gen",
+                HostT::of(&g.grad_s_gen, &[n, d]),
+                Cmp::Rel(tol::F32),
+            ),
+            (
+                "grad_x_t",
+                HostT::of(&g.grad_x_t, &[n, d]),
+                Cmp::Rel(tol::F32),
+            ),
+        ]
+    };
+    Case {
+        label: format!("{op} P={n} V={v} d={d}"),
+        op,
+        inputs,
+        params: vec![("d", Scalar::Int(d as i64))],
+        expect,
+    }
+}
+
 /// `featcache.select`: ties and a mid ratio, against the Rust op on the CPU path.
 fn featcache_select_case(n: usize, cr: f64, seed: u64) -> Case {
     use tessera::ops::featcache;
@@ -1601,6 +1653,10 @@ fn cases(name: &'static str) -> Vec<Case> {
         "featcache.received" => vec![
             featcache_received_case::<bf16>(MaskMode::Causal, false, 51),
             featcache_received_case::<f16>(MaskMode::DuoCausal, true, 52),
+        ],
+        op @ ("gmscore.forward" | "gmscore.backward") => vec![
+            gmscore_case(op, 40, 70, 24, 53),
+            gmscore_case(op, 3, 5, 64, 54),
         ],
         "featcache.select" => vec![
             featcache_select_case(300, 0.7, 49),

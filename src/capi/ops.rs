@@ -1784,6 +1784,107 @@ pub unsafe extern "C" fn tessera_gs_render_backward(
     })
 }
 
+/// `gmscore.forward`: DD2's conditional score, streamed over the codebook (online log-sum-exp, the [P, V] weights never materialised): per position, logit_v = ln p_v - |x_t - alpha e_v|^2 / (2 sigma^2), lse = logsumexp_v logit_v, score = (sum_v w_v alpha e_v - x_t) / sigma^2 with w_v = exp(logit_v - lse); rows of p finite, >= 0, summing to 1 within 1e-3; sigma in [1e-6, 1e6]; f32, deterministic (Rust: `tessera::ops::gmscore::forward`).
+///
+/// Inputs: `codebook` (f32, `[V, d]`), `p` (f32, `[P, V]`), `x_t` (f32, `[P, d]`), `alpha` (f32, `[P]`), `sigma` (f32, `[P]`).
+///
+/// Parameters: `d` (uint64_t): codeword width, 8..=64.
+///
+/// Outputs, allocated by the caller: `score` (f32, `[P, d]`), `lse` (f32, `[P]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gmscore_forward(
+    codebook: *const DLTensor,
+    p: *const DLTensor,
+    x_t: *const DLTensor,
+    alpha: *const DLTensor,
+    sigma: *const DLTensor,
+    d: u64,
+    score: *mut DLTensor,
+    lse: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gmscore.forward", || {
+        let mut c = Ctx::new("gmscore.forward");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("codebook", codebook) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("p", p) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x_t", x_t) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("alpha", alpha) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("sigma", sigma) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("gmscore.forward", "d", d)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("score", score, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("lse", lse, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
+/// `gmscore.backward`: gradients of L = sum over positions of |s_gen - score|^2 (score and lse: gmscore.forward's for the same inputs): grad_s_gen = 2u, grad_x_t = 2u / sigma^2 - (2 alpha^2 / sigma^4) Cov_w(e) u with u = s_gen - score, the covariance from a second stream over the codebook with the saved lse; f32, deterministic (Rust: `tessera::ops::gmscore::backward`).
+///
+/// Inputs: `codebook` (f32, `[V, d]`), `p` (f32, `[P, V]`), `x_t` (f32, `[P, d]`), `alpha` (f32, `[P]`), `sigma` (f32, `[P]`), `s_gen` (f32, `[P, d]`), `score` (f32, `[P, d]`), `lse` (f32, `[P]`).
+///
+/// Parameters: `d` (uint64_t): codeword width, 8..=64.
+///
+/// Outputs, allocated by the caller: `grad_s_gen` (f32, `[P, d]`), `grad_x_t` (f32, `[P, d]`).
+///
+/// Tensors on a GPU (kDLCUDA, kDLROCM) run there, queued on `stream` (a CUstream or hipStream_t; NULL: the device's default stream); host tensors (kDLCPU) run on the host executor (`tessera_set_host_executor`) and `stream` is ignored.
+///
+/// # Safety
+/// Each tensor pointer is NULL (only where allowed) or points to a valid `DLTensor` whose memory stays valid until the call returns (on a GPU: until the work queued on `stream` has finished), and no output aliases another tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_gmscore_backward(
+    codebook: *const DLTensor,
+    p: *const DLTensor,
+    x_t: *const DLTensor,
+    alpha: *const DLTensor,
+    sigma: *const DLTensor,
+    s_gen: *const DLTensor,
+    score: *const DLTensor,
+    lse: *const DLTensor,
+    d: u64,
+    grad_s_gen: *mut DLTensor,
+    grad_x_t: *mut DLTensor,
+    stream: *mut c_void,
+) -> TesseraStatus {
+    entry("gmscore.backward", || {
+        let mut c = Ctx::new("gmscore.backward");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("codebook", codebook) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("p", p) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("x_t", x_t) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("alpha", alpha) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("sigma", sigma) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("s_gen", s_gen) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("score", score) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.input("lse", lse) }?;
+        c.param("d", ParamValue::Usize(crate::capi::usize_param("gmscore.backward", "d", d)?));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("grad_s_gen", grad_s_gen, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.output("grad_x_t", grad_x_t, std::ptr::null_mut()) }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { c.run(stream) }
+    })
+}
+
 /// `gemm.dense`: d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], activation, × row_scale[m], + residual[m, n], in that order (Rust: `tessera::ops::gemm::dense`).
 ///
 /// Inputs: `a` (f16|bf16, `[m, k]`), `b` (f16|bf16, `[n, k]`), `epi_bias` (f32, `[n]`, optional: may be NULL), `epi_row_scale` (f32, `[m]`, optional: may be NULL), `epi_residual` (f32, `[m, n]`, optional: may be NULL).
@@ -2249,6 +2350,20 @@ pub unsafe extern "C" fn tessera_gemm_grouped_swiglu(
             [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::Tensor(a8), CArg::Tensor(a9), CArg::Tensor(a10), CArg::U32(a11), CArg::U32(a12), CArg::F32(a13), CArg::F32(a14), CArg::I32(a15), CArg::Str(a16), CArg::Out(a17), CArg::Out(a18), CArg::Out(a19), CArg::Out(a20), CArg::Out(a21), CArg::Out(a22)] => {
                              // SAFETY: forwarded from this function's contract.
                              Some(unsafe { tessera_gs_render_backward(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, *a11, *a12, *a13, *a14, *a15, *a16, *a17, *a18, *a19, *a20, *a21, *a22, stream) })
+            }
+            _ => None,
+        },
+        "gmscore.forward" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::U64(a5), CArg::Out(a6), CArg::Out(a7)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gmscore_forward(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, stream) })
+            }
+            _ => None,
+        },
+        "gmscore.backward" => match args {
+            [CArg::Tensor(a0), CArg::Tensor(a1), CArg::Tensor(a2), CArg::Tensor(a3), CArg::Tensor(a4), CArg::Tensor(a5), CArg::Tensor(a6), CArg::Tensor(a7), CArg::U64(a8), CArg::Out(a9), CArg::Out(a10)] => {
+                             // SAFETY: forwarded from this function's contract.
+                             Some(unsafe { tessera_gmscore_backward(*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7, *a8, *a9, *a10, stream) })
             }
             _ => None,
         },

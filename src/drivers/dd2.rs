@@ -42,6 +42,7 @@ use serde::Serialize;
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
 use crate::ops::gemm::{self, Epilogue};
+use crate::ops::gmscore;
 use crate::testing::Rng;
 use half::bf16;
 
@@ -432,48 +433,50 @@ pub fn tv(q: &[f64], p: &[f64]) -> f64 {
     0.5 * q.iter().zip(p).map(|(a, b)| (a - b).abs()).sum::<f64>()
 }
 
-/// The mixture score of every row of `x [rows, d]` under row weights `p [rows, V]`, through
-/// `ops::gmscore`.
-fn scores(
+/// The two scores of one step, `(s_real, ∂L/∂s_gen)` for `L = ‖s_fake − s_real‖²`: two
+/// `gmscore.forward` calls at the same `x [rows, d]` (teacher weights `p_real`, the generator's
+/// `p_fake`), then `gmscore.backward` of the teacher's mixture with `s_gen = s_fake`.
+#[allow(clippy::too_many_arguments)]
+fn score_step(
     dev: &Device,
     x: &[f32],
-    p: &[f32],
+    p_real: &[f32],
+    p_fake: &[f32],
     codebook: &DeviceBuffer<f32>,
     alpha: f32,
     sigma: f32,
-    t: &Teacher,
-) -> Result<Vec<f32>> {
-    // Placeholder until ops::gmscore lands: the same mixture score on the host.
-    let _ = (dev, codebook);
-    let (v, d) = (t.vocab, t.dim);
-    let mut out = vec![0.0f32; x.len()];
-    for (r, xr) in x.chunks_exact(d).enumerate() {
-        let pr = &p[r * v..(r + 1) * v];
-        let logits: Vec<f64> = (0..v)
-            .map(|k| {
-                if pr[k] <= 0.0 {
-                    return f64::NEG_INFINITY;
-                }
-                let e = &t.codebook[k * d..(k + 1) * d];
-                let dist: f64 = xr
-                    .iter()
-                    .zip(e)
-                    .map(|(a, b)| (*a as f64 - alpha as f64 * *b as f64).powi(2))
-                    .sum();
-                (pr[k] as f64).ln() - dist / (2.0 * (sigma as f64).powi(2))
-            })
-            .collect();
-        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-        let s: f64 = w.iter().sum();
-        for j in 0..d {
-            let mean: f64 = (0..v)
-                .map(|k| w[k] / s * alpha as f64 * t.codebook[k * d + j] as f64)
-                .sum();
-            out[r * d + j] = ((mean - xr[j] as f64) / (sigma as f64).powi(2)) as f32;
-        }
-    }
-    Ok(out)
+    d: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let rows = x.len() / d;
+    let xb = dev.upload(x, "dd2.x_t")?;
+    let ab = dev.upload(&vec![alpha; rows], "dd2.alpha")?;
+    let sb = dev.upload(&vec![sigma; rows], "dd2.sigma")?;
+    let pr = dev.upload(p_real, "dd2.p_real")?;
+    let real = gmscore::forward(codebook, &pr, &xb, &ab, &sb, d)?;
+    let fake = gmscore::forward(
+        codebook,
+        &dev.upload(p_fake, "dd2.p_fake")?,
+        &xb,
+        &ab,
+        &sb,
+        d,
+    )?;
+    let g = gmscore::backward(
+        codebook,
+        &pr,
+        &xb,
+        &ab,
+        &sb,
+        d,
+        &fake.score,
+        &real.score,
+        &real.lse,
+    )?;
+    Ok((
+        real.score.download()?,
+        fake.score.download()?,
+        g.grad_s_gen.download()?,
+    ))
 }
 
 /// Adam state for one parameter tensor.
@@ -629,14 +632,11 @@ pub fn demo(dev: &Device, c: &Config, mut progress: impl FnMut(usize, f64)) -> R
                 .zip(&eps)
                 .map(|(x, e)| alpha * x + sigma * e)
                 .collect();
-        let s_real = scores(dev, &xt, &p_real, &codebook, alpha, sigma, &t)?;
-        let s_fake = scores(dev, &xt, &p_fake, &codebook, alpha, sigma, &t)?;
-        let w = alpha * sigma * sigma / b as f32;
-        let gx0: Vec<f32> = s_fake
-            .iter()
-            .zip(&s_real)
-            .map(|(f, s)| w * (f - s))
-            .collect();
+        let (s_real, s_fake, grad_s_gen) =
+            score_step(dev, &xt, &p_real, &p_fake, &codebook, alpha, sigma, c.dim)?;
+        // ∂/∂x_0 = α σ² (s_fake − s_real) / B, from the kernel's ∂L/∂s_gen = 2(s_fake − s_real).
+        let w = 0.5 * alpha * sigma * sigma / b as f32;
+        let gx0: Vec<f32> = grad_s_gen.iter().map(|g| w * g).collect();
         let l: f64 = s_fake
             .iter()
             .zip(&s_real)

@@ -10,7 +10,7 @@ use crate::dtype::DTypeKind;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention, AttentionBuilder, HalfFloat, Path, Positions};
 use crate::ops::gemm::{self, Activation, Epilogue};
-use crate::ops::{bitmask, c2c, codec, featcache, gs, moe, tah};
+use crate::ops::{bitmask, c2c, codec, featcache, gmscore, gs, moe, tah};
 
 /// `Elem::get` of a moved-out tensor, by value.
 fn into_typed<T: Elem>(call: &Call, name: &str, arg: Arg) -> Result<(DeviceBuffer<T>, Vec<u64>)> {
@@ -824,6 +824,35 @@ pub(crate) fn featcache_received(c: &mut Call) -> Result<()> {
         c.put("received", r)
     }
     by_q_dtype!(c, go)
+}
+
+pub(crate) fn gmscore_forward(c: &mut Call) -> Result<()> {
+    let s = gmscore::forward(
+        c.inp::<f32>("codebook")?,
+        c.inp::<f32>("p")?,
+        c.inp::<f32>("x_t")?,
+        c.inp::<f32>("alpha")?,
+        c.inp::<f32>("sigma")?,
+        c.p_usize("d")?,
+    )?;
+    c.put("score", s.score)?;
+    c.put("lse", s.lse)
+}
+
+pub(crate) fn gmscore_backward(c: &mut Call) -> Result<()> {
+    let g = gmscore::backward(
+        c.inp::<f32>("codebook")?,
+        c.inp::<f32>("p")?,
+        c.inp::<f32>("x_t")?,
+        c.inp::<f32>("alpha")?,
+        c.inp::<f32>("sigma")?,
+        c.p_usize("d")?,
+        c.inp::<f32>("s_gen")?,
+        c.inp::<f32>("score")?,
+        c.inp::<f32>("lse")?,
+    )?;
+    c.put("grad_s_gen", g.grad_s_gen)?;
+    c.put("grad_x_t", g.grad_x_t)
 }
 
 pub(crate) fn featcache_select(c: &mut Call) -> Result<()> {

@@ -9,6 +9,7 @@ pub mod c2c;
 pub mod codec;
 pub mod featcache;
 pub mod gemm;
+pub mod gmscore;
 pub mod gs;
 pub mod moe;
 pub mod table;

@@ -935,6 +935,47 @@ pub static OPS: &[OpSpec] = &[
         run: runners::gs_render_backward,
     },
     OpSpec {
+        name: "gmscore.forward",
+        rust: "ops::gmscore::forward",
+        summary: "DD2's conditional score, streamed over the codebook (online log-sum-exp, the \
+                  [P, V] weights never materialised): per position, logit_v = ln p_v - |x_t - \
+                  alpha e_v|^2 / (2 sigma^2), lse = logsumexp_v logit_v, score = (sum_v w_v alpha \
+                  e_v - x_t) / sigma^2 with w_v = exp(logit_v - lse); rows of p finite, >= 0, \
+                  summing to 1 within 1e-3; sigma in [1e-6, 1e6]; f32, deterministic",
+        inputs: GMSCORE_INPUTS,
+        params: GMSCORE_PARAMS,
+        outputs: &[
+            t("score", Dtypes::F32, "[P, d]"),
+            t("lse", Dtypes::F32, "[P]"),
+        ],
+        run: runners::gmscore_forward,
+    },
+    OpSpec {
+        name: "gmscore.backward",
+        rust: "ops::gmscore::backward",
+        summary: "gradients of L = sum over positions of |s_gen - score|^2 (score and lse: \
+                  gmscore.forward's for the same inputs): grad_s_gen = 2u, grad_x_t = 2u / \
+                  sigma^2 - (2 alpha^2 / sigma^4) Cov_w(e) u with u = s_gen - score, the \
+                  covariance from a second stream over the codebook with the saved lse; f32, \
+                  deterministic",
+        inputs: &[
+            t("codebook", Dtypes::F32, "[V, d]"),
+            t("p", Dtypes::F32, "[P, V]"),
+            t("x_t", Dtypes::F32, "[P, d]"),
+            t("alpha", Dtypes::F32, "[P]"),
+            t("sigma", Dtypes::F32, "[P]"),
+            t("s_gen", Dtypes::F32, "[P, d]"),
+            t("score", Dtypes::F32, "[P, d]"),
+            t("lse", Dtypes::F32, "[P]"),
+        ],
+        params: GMSCORE_PARAMS,
+        outputs: &[
+            t("grad_s_gen", Dtypes::F32, "[P, d]"),
+            t("grad_x_t", Dtypes::F32, "[P, d]"),
+        ],
+        run: runners::gmscore_backward,
+    },
+    OpSpec {
         name: "gemm.dense",
         rust: "ops::gemm::dense",
         summary: "d = epilogue(a · bᵀ) on tensor cores, f32 accumulation; epilogue: + bias[n], \
@@ -1201,6 +1242,18 @@ const ATTENTION_PARAMS_SPLITS: &[ParamSpec] = &[
     ATTENTION_PARAMS[7],
     p("splits", ParamType::Usize, None, "key splits per sequence"),
 ];
+
+/// `gmscore.forward`'s inputs (the first five of `gmscore.backward`'s).
+const GMSCORE_INPUTS: &[TensorSpec] = &[
+    t("codebook", Dtypes::F32, "[V, d]"),
+    t("p", Dtypes::F32, "[P, V]"),
+    t("x_t", Dtypes::F32, "[P, d]"),
+    t("alpha", Dtypes::F32, "[P]"),
+    t("sigma", Dtypes::F32, "[P]"),
+];
+
+/// The gmscore ops' parameter.
+const GMSCORE_PARAMS: &[ParamSpec] = &[p("d", ParamType::Usize, None, "codeword width, 8..=64")];
 
 /// `featcache.received`: the attention problem's tensors (V is part of the problem but not
 /// read: optional here, K stands in when it is absent) and the row LSE.
@@ -1529,6 +1582,7 @@ mod tests {
             ),
             ("ops::gemm::", include_str!("gemm.rs")),
             ("ops::c2c::", include_str!("c2c.rs")),
+            ("ops::gmscore::", include_str!("gmscore.rs")),
             (
                 "ops::featcache::",
                 concat!(

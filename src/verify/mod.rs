@@ -6,7 +6,7 @@
 //! own module, as a `Case`-like problem (generate -> reference -> run -> compare) that the family's
 //! integration test in `tests/` runs as well, so the test and the verify rows cannot disagree:
 //! [`bitmask`], [`codec`], [`attention`] (forward, decode, merge), [`tah`], [`moe`], [`gemm`],
-//! [`c2c`], [`featcache`], [`gs`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
+//! [`c2c`], [`featcache`], [`gs`], [`gmscore`], [`sequence_parallel`]. The generators, [`crate::testing::rel_l2`], the tolerances and the
 //! executor lists are in [`crate::testing`].
 
 use serde::Serialize;
@@ -20,6 +20,7 @@ pub mod c2c;
 pub mod codec;
 pub mod featcache;
 pub mod gemm;
+pub mod gmscore;
 pub mod gs;
 pub mod moe;
 pub mod rexmoe;
@@ -185,6 +186,11 @@ pub const FAMILIES: &[Family] = &[
         rows: gs::rows,
     },
     Family {
+        name: "gmscore",
+        modules: &["gmscore/score"],
+        rows: gmscore::rows,
+    },
+    Family {
         name: "sequence_parallel",
         modules: &["attention/duo_causal", "attention/decode"],
         rows: sequence_parallel::rows,
@@ -253,6 +259,8 @@ fn op_of_kernel(kernel: &str) -> Option<&'static str> {
         ("featcache_ring_age", "featcache.age"),
         ("featcache_received", "featcache.received"),
         ("featcache_", "featcache.select"),
+        ("gmscore_backward", "gmscore.backward"),
+        ("gmscore_", "gmscore.forward"),
         ("c2c_fold_", "c2c.project"),
         ("c2c_gather_", "c2c.project"),
         ("c2c_pointwise_", "c2c.project"),
