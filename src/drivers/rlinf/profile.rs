@@ -180,10 +180,12 @@ impl Profile {
                         s.name
                     )))
                 }
-                (None, None) => return Err(bad(format!(
+                (None, None) => {
+                    return Err(bad(format!(
                     "stage {:?}: missing field \"time\" (a table of [gpus, seconds]) or \"amdahl\"",
                     s.name
-                ))),
+                )))
+                }
             };
             stages.push(Stage {
                 name: s.name,
