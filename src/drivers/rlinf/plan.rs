@@ -720,3 +720,58 @@ pub fn markdown(p: &Profile, plan: &Plan) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::rlinf::profile::{Stage, TimeModel};
+
+    fn chain(n: usize) -> Profile {
+        let stages = (0..n)
+            .map(|i| Stage {
+                name: format!("s{i}"),
+                time: TimeModel::Amdahl {
+                    serial_s: 1.0,
+                    parallel_s: 0.0,
+                },
+                memory_gb: 0.0,
+                sharded_memory_gb: 0.0,
+                switch_s: 0.0,
+            })
+            .collect();
+        let ch: Vec<(String, String)> = (1..n)
+            .map(|i| (format!("s{}", i - 1), format!("s{i}")))
+            .collect();
+        Profile::new(stages, &ch, 1.0, 2, None).unwrap()
+    }
+
+    #[test]
+    fn compositions_count_binomials() {
+        for n in 1..8 {
+            for k in 1..=n {
+                let mut c = 0;
+                compositions(n, k, &mut |s| {
+                    assert_eq!(s.iter().sum::<usize>(), n);
+                    assert!(s.iter().all(|&x| x >= 1));
+                    c += 1;
+                    true
+                });
+                assert_eq!(c as f64, binomial(n - 1, k - 1));
+            }
+        }
+        let mut c = 0;
+        compositions(2, 3, &mut |_| {
+            c += 1;
+            true
+        });
+        assert_eq!(c, 0);
+    }
+
+    #[test]
+    fn a_chain_has_prefix_down_sets_and_contiguous_groupings() {
+        let p = chain(4);
+        assert_eq!(down_sets(&p), vec![0b0, 0b1, 0b11, 0b111, 0b1111]);
+        // Contiguous segmentations of 4 stages: 2^3.
+        assert_eq!(cut_groupings(&p).unwrap().len(), 8);
+    }
+}
