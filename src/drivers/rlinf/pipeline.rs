@@ -109,14 +109,8 @@ struct Worker {
     outputs: Vec<SyncSender<usize>>,
 }
 
-fn work(
-    w: Worker,
-    b: usize,
-    shared: &Shared,
-    name: &str,
-) -> Result<(Vec<(Instant, Instant)>, Option<Instant>)> {
+fn work(w: Worker, b: usize, shared: &Shared, name: &str) -> Result<Vec<(Instant, Instant)>> {
     let mut spans = Vec::with_capacity(b);
-    let mut turn_at = None;
     if w.shared_group {
         let (m, c) = &shared.turns[w.group];
         let mut t = m.lock().map_err(|_| lock_err())?;
@@ -127,7 +121,6 @@ fn work(
             t = c.wait(t).map_err(|_| lock_err())?;
         }
         drop(t);
-        turn_at = Some(Instant::now());
         std::thread::sleep(w.switch);
     }
     for i in 0..b {
@@ -163,7 +156,7 @@ fn work(
         *m.lock().map_err(|_| lock_err())? += 1;
         c.notify_all();
     }
-    Ok((spans, turn_at))
+    Ok(spans)
 }
 
 /// Runs one iteration of `micro_batches` under `pl`, each stage's work a sleep of its profiled
@@ -260,7 +253,7 @@ pub fn run(p: &Profile, pl: &Placement, scale: f64) -> Result<RunReport> {
     let mut measured_ms: f64 = 0.0;
     let mut busy_total = 0.0;
     for (s, r) in results.into_iter().enumerate() {
-        let (spans, _turn) = r?;
+        let spans = r?;
         let busy: f64 = spans
             .iter()
             .map(|(a, e)| e.duration_since(*a).as_secs_f64() * 1e3)

@@ -214,17 +214,17 @@ pub fn schedule(p: &Profile, pl: &Placement) -> Result<Schedule> {
             .map_or(0.0, |q| spans[q].last().map_or(0.0, |x: &(f64, f64)| x.1))
             + switch_s[s];
         let mut prev = turn;
-        let mut row = Vec::with_capacity(b);
-        for i in 0..b {
-            let ready = p
-                .preds(s)
-                .iter()
-                .map(|&q| spans[q][i].1)
-                .fold(prev, f64::max);
-            let fin = ready + stage_s[s];
-            row.push((ready, fin));
-            prev = fin;
-        }
+        let row: Vec<(f64, f64)> = (0..b)
+            .map(|i| {
+                let ready = p
+                    .preds(s)
+                    .iter()
+                    .map(|&q| spans[q][i].1)
+                    .fold(prev, f64::max);
+                prev = ready + stage_s[s];
+                (ready, prev)
+            })
+            .collect();
         spans[s] = row;
         last_in_group[gi] = Some(s);
     }

@@ -165,7 +165,7 @@ impl Profile {
     /// Parses and validates a `profile.json` (format in docs/rlinf.md). Every problem is an
     /// [`Error::Format`] with context `"rlinf.profile"`.
     pub fn from_json(bytes: &[u8]) -> Result<Profile> {
-        let raw: RawProfile = serde_json::from_slice(bytes).map_err(|e| bad(e))?;
+        let raw: RawProfile = serde_json::from_slice(bytes).map_err(bad)?;
         let mut stages = Vec::with_capacity(raw.stages.len());
         for s in raw.stages {
             let time = match (s.time, s.amdahl) {
