@@ -65,6 +65,10 @@ fn time_tables_interpolate_and_never_grow() {
     assert_eq!(t.seconds(6), Some(3.0));
     assert_eq!(t.seconds(8), Some(1.0));
     assert_eq!(t.seconds(64), Some(1.0));
+    // O(points) whatever the GPU count.
+    let huge = TimeModel::Table(vec![(1, 2.0), (1 << 40, 1.0)]);
+    assert_eq!(huge.seconds(usize::MAX), Some(1.0));
+    assert!((huge.seconds(1 << 39).unwrap() - 1.5).abs() < 1e-9);
     let a = TimeModel::Amdahl {
         serial_s: 0.5,
         parallel_s: 6.0,
@@ -284,7 +288,7 @@ fn malformed_profiles_are_clear_format_errors() {
         ),
         (
             r#"{"gpu_memory_gb": 80, "micro_batches": 0, "stages": [{"name": "a", "time": [[1, 1]]}]}"#.into(),
-            "micro_batches must be >= 1",
+            "micro_batches must be in 1..=65536, got 0",
         ),
         (
             r#"{"gpu_memory_gb": 80, "gpus": 0, "micro_batches": 1, "stages": [{"name": "a", "time": [[1, 1]]}]}"#.into(),

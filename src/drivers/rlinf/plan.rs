@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 /// The most GPU splits ([`plan`]) or assignments ([`brute_force`]) one call evaluates.
 pub const MAX_EVALUATIONS: usize = 5_000_000;
 
+/// The most stage × micro-batch steps (summed over evaluations) one [`plan`] call takes.
+pub const MAX_WORK: f64 = 2e9;
+
 /// The most distinct groupings [`plan`] enumerates.
 pub const MAX_GROUPINGS: usize = 100_000;
 
@@ -475,10 +478,12 @@ pub fn plan(p: &Profile, gpus: usize) -> Result<Plan> {
         .filter(|g| g.len() <= gpus)
         .map(|g| binomial(gpus - 1, g.len() - 1))
         .sum();
-    if total > MAX_EVALUATIONS as f64 {
+    // Each evaluation is O((S + E)·B): bound the work, not only the count.
+    let unit = ((p.stages().len() + p.channels().len()) * p.micro_batches()) as f64;
+    if total > MAX_EVALUATIONS as f64 || total * unit > MAX_WORK {
         return Err(Error::invalid(
             "rlinf.plan",
-            format!("{total:.0} GPU splits to evaluate (more than {MAX_EVALUATIONS}): use fewer GPUs or stages"),
+            format!("{total:.0} GPU splits of O({unit:.0}) each to evaluate (at most {MAX_EVALUATIONS} splits and {MAX_WORK:.0e} steps): use fewer GPUs, stages or micro-batches"),
         ));
     }
     let mut cands = Vec::with_capacity(groupings.len());

@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 /// The context of every [`Error::Format`] about a profile.
 pub const CONTEXT: &str = "rlinf.profile";
 
+/// The most micro-batches per iteration (the cost model is O(stages × micro-batches)).
+pub const MAX_MICRO_BATCHES: usize = 1 << 16;
+
 /// The most stages a profile may have (the planner works on bit masks of stages).
 pub const MAX_STAGES: usize = 16;
 
@@ -52,9 +55,13 @@ impl TimeModel {
                 if g < p[0].0 {
                     return None;
                 }
+                // The least of a piecewise-linear function over the integers g0..=min(g, last) is
+                // at a breakpoint or at the end: O(points), whatever g is.
                 let last = p[p.len() - 1].0;
-                (p[0].0..=g.min(last))
-                    .map(|x| lerp(p, x))
+                p.iter()
+                    .take_while(|&&(x, _)| x <= g)
+                    .map(|&(_, t)| t)
+                    .chain(std::iter::once(lerp(p, g.min(last))))
                     .min_by(f64::total_cmp)
             }
         }
@@ -231,8 +238,10 @@ impl Profile {
                 "gpu_memory_gb must be a finite number > 0, got {gpu_memory_gb}"
             )));
         }
-        if micro_batches == 0 {
-            return Err(bad("micro_batches must be >= 1"));
+        if micro_batches == 0 || micro_batches > MAX_MICRO_BATCHES {
+            return Err(bad(format!(
+                "micro_batches must be in 1..={MAX_MICRO_BATCHES}, got {micro_batches}"
+            )));
         }
         if gpus == Some(0) {
             return Err(bad("gpus must be >= 1"));
@@ -405,8 +414,10 @@ impl Profile {
 
     /// The same workflow with another micro-batch count (≥ 1).
     pub fn with_micro_batches(&self, micro_batches: usize) -> Result<Profile> {
-        if micro_batches == 0 {
-            return Err(bad("micro_batches must be >= 1"));
+        if micro_batches == 0 || micro_batches > MAX_MICRO_BATCHES {
+            return Err(bad(format!(
+                "micro_batches must be in 1..={MAX_MICRO_BATCHES}, got {micro_batches}"
+            )));
         }
         Ok(Profile {
             micro_batches,
