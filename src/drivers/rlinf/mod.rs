@@ -5,7 +5,7 @@
 //! * [`profile`]: the workflow graph (stages, channels: a DAG) and each stage's profile (seconds
 //!   per micro-batch as a function of GPUs, memory per GPU, the switch cost of time-sharing),
 //!   read from `profile.json`.
-//! * [`plan`]: the cost model ([`plan::schedule`]: a max-plus recurrence over stages and
+//! * [`mod@plan`]: the cost model ([`plan::schedule`]: a max-plus recurrence over stages and
 //!   micro-batches) and the planner ([`plan::plan`]): collocated, disaggregated and hybrid
 //!   placements from the s-t cuts of the graph, each with its best GPU split; the fastest that
 //!   fits in memory wins. [`plan::brute_force`] checks it.
