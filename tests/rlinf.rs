@@ -532,6 +532,27 @@ fn tessera_rlinf_through_the_binary() {
         err.contains("rlinf.profile") && err.contains("cycle") && err.contains("cycle.json"),
         "{err}"
     );
+    // No "gpus" in the profile and no --gpus.
+    let nogpus = dir.join("nogpus.json");
+    std::fs::write(
+        &nogpus,
+        r#"{"gpu_memory_gb": 80, "micro_batches": 2, "stages": [{"name": "a", "time": [[1, 1]]}]}"#,
+    )
+    .unwrap();
+    let o = tessera(&["rlinf", "plan", nogpus.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--gpus"));
+    let o = tessera(&[
+        "rlinf",
+        "plan",
+        nogpus.to_str().unwrap(),
+        "--gpus",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["candidates"][0]["makespan_s"], 2.0);
     let o = tessera(&["rlinf", "plan", dir.join("missing.json").to_str().unwrap()]);
     assert!(!o.status.success());
 
