@@ -196,9 +196,22 @@ enum RlinfCmd {
         /// Scale profile seconds so the predicted makespan lasts this many wall milliseconds.
         #[arg(long, default_value_t = 300.0)]
         target_ms: f64,
+        /// Stage work: sleeps of the profiled time, or tessera GEMMs on the CPU device
+        /// (calibrated to last it when run alone).
+        #[arg(long, value_enum, default_value_t = RlinfWork::Sleep)]
+        work: RlinfWork,
+        /// Square GEMM size with --work gemm.
+        #[arg(long, default_value_t = 64)]
+        gemm_size: usize,
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RlinfWork {
+    Sleep,
+    Gemm,
 }
 
 /// The synthetic scene's size on the command line.
@@ -808,6 +821,8 @@ fn run_rlinf(cmd: RlinfCmd) -> ExitCode {
                 gpus,
                 placement,
                 target_ms,
+                work,
+                gemm_size,
                 json,
             } => {
                 let (p, n) = load(&profile, gpus)?;
@@ -822,7 +837,14 @@ fn run_rlinf(cmd: RlinfCmd) -> ExitCode {
                 };
                 let c = c.ok_or_else(|| no_fit(n, what))?;
                 let scale = pipeline::scale_for(&p, &c.placement, target_ms)?;
-                let rep = pipeline::run(&p, &c.placement, scale)?;
+                let work = match work {
+                    RlinfWork::Sleep => pipeline::Work::Sleep,
+                    RlinfWork::Gemm => pipeline::Work::Gemm {
+                        device: Device::cpu(),
+                        size: gemm_size,
+                    },
+                };
+                let rep = pipeline::run_with(&p, &c.placement, scale, &work)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rep).expect("json"));
                 } else {

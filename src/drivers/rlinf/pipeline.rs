@@ -6,9 +6,10 @@
 //! stages take their turn only after the earlier ones have produced every micro-batch, so the
 //! channels must hold them all). A group of stages that share GPUs has a device lock: a turn
 //! counter under a mutex and condition variable, taken in the profile's topological order; a stage
-//! sleeps its switch cost (the offload/onload) when its turn begins. Stage work is synthetic: the
-//! thread sleeps the stage's profiled time on its group's GPUs, times `scale` (wall seconds per
-//! profile second). Nothing runs on a GPU and no tessera stream is used: the timing is
+//! sleeps its switch cost (the offload/onload) when its turn begins. Stage work ([`Work`]) is
+//! a sleep of the stage's profiled time on its group's GPUs times `scale` (wall seconds per
+//! profile second), or tessera GEMMs on a device calibrated to last that long alone. Nothing runs
+//! on a GPU and no tessera stream or event is used: the timing is
 //! [`std::time::Instant`] around each micro-batch.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -17,9 +18,66 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::plan::{schedule, Placement};
+use super::plan::{schedule, schedule_with, Placement};
 use super::profile::Profile;
 use crate::error::{Error, Result};
+use crate::ops::gemm::{self, Epilogue};
+use crate::{Device, DeviceBuffer};
+
+/// What a stage does for one micro-batch.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Sleep the stage's profiled time × scale.
+    Sleep,
+    /// Run bf16 GEMMs `D [size, size] = A·Bᵀ` (f32 out) with [`crate::ops::gemm::dense`] on
+    /// `device`, as many per micro-batch as last the profiled time × scale when one GEMM runs
+    /// alone (calibrated before the run: the median of 7 timed GEMMs after a warm-up). The
+    /// prediction uses the calibrated time; stages computing at once share the machine's cores,
+    /// which the cost model does not know about.
+    Gemm { device: Device, size: usize },
+}
+
+impl Work {
+    fn describe(&self) -> String {
+        match self {
+            Work::Sleep => "cpu threads, one per stage; stage work: sleeps".into(),
+            Work::Gemm { device, size } => format!(
+                "cpu threads, one per stage; stage work: {size}x{size}x{size} bf16 gemm::dense on {}",
+                device.describe()
+            ),
+        }
+    }
+}
+
+type Operands = (DeviceBuffer<half::bf16>, DeviceBuffer<half::bf16>);
+
+fn gemm_inputs(dev: &Device, size: usize) -> Result<Operands> {
+    let v: Vec<half::bf16> = (0..size * size)
+        .map(|i| half::bf16::from_f32(((i * 7919) % 17) as f32 / 17.0 - 0.5))
+        .collect();
+    Ok((dev.upload(&v, "rlinf.a")?, dev.upload(&v, "rlinf.b")?))
+}
+
+/// Seconds one `size³` GEMM takes alone on `dev` (median of 7 after a warm-up).
+pub fn calibrate_gemm(dev: &Device, size: usize) -> Result<f64> {
+    if size == 0 || size > 4096 {
+        return Err(Error::invalid(
+            "rlinf.run",
+            format!("GEMM size {size} must be in 1..=4096"),
+        ));
+    }
+    let (a, b) = gemm_inputs(dev, size)?;
+    gemm::dense::<half::bf16, f32>(&a, &b, size, size, size, &Epilogue::new())?;
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let s = Instant::now();
+            gemm::dense::<half::bf16, f32>(&a, &b, size, size, size, &Epilogue::new())
+                .map(|_| s.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[3])
+}
 
 /// The longest run [`run`] accepts: predicted makespan times scale, seconds.
 pub const MAX_WALL_S: f64 = 120.0;
@@ -56,7 +114,10 @@ pub struct RunReport {
     pub predicted_overlap: f64,
     pub measured_overlap: f64,
     pub stages: Vec<StageRun>,
-    pub device: &'static str,
+    /// Where and what the stages ran.
+    pub device: String,
+    /// GEMMs per micro-batch per stage (empty with sleeps).
+    pub gemms_per_micro_batch: Vec<usize>,
 }
 
 /// The scale that makes a placement's predicted makespan last `target_ms` of wall time.
@@ -104,13 +165,24 @@ struct Worker {
     turn: usize,
     shared_group: bool,
     work: Duration,
+    gemms: usize,
     switch: Duration,
     inputs: Vec<Receiver<usize>>,
     outputs: Vec<SyncSender<usize>>,
 }
 
-fn work(w: Worker, b: usize, shared: &Shared, name: &str) -> Result<Vec<(Instant, Instant)>> {
+fn work(
+    w: Worker,
+    b: usize,
+    shared: &Shared,
+    name: &str,
+    kind: &Work,
+) -> Result<Vec<(Instant, Instant)>> {
     let mut spans = Vec::with_capacity(b);
+    let inputs = match kind {
+        Work::Gemm { device, size } => Some((gemm_inputs(device, *size)?, *size)),
+        Work::Sleep => None,
+    };
     if w.shared_group {
         let (m, c) = &shared.turns[w.group];
         let mut t = m.lock().map_err(|_| lock_err())?;
@@ -139,7 +211,14 @@ fn work(w: Worker, b: usize, shared: &Shared, name: &str) -> Result<Vec<(Instant
             }
         }
         let a = Instant::now();
-        std::thread::sleep(w.work);
+        match &inputs {
+            None => std::thread::sleep(w.work),
+            Some(((x, y), n)) => {
+                for _ in 0..w.gemms {
+                    gemm::dense::<half::bf16, f32>(x, y, *n, *n, *n, &Epilogue::new())?;
+                }
+            }
+        }
         let e = Instant::now();
         spans.push((a, e));
         for tx in &w.outputs {
@@ -162,13 +241,32 @@ fn work(w: Worker, b: usize, shared: &Shared, name: &str) -> Result<Vec<(Instant
 /// Runs one iteration of `micro_batches` under `pl`, each stage's work a sleep of its profiled
 /// time × `scale`, and reports the measured makespan and overlap against [`schedule`]'s.
 pub fn run(p: &Profile, pl: &Placement, scale: f64) -> Result<RunReport> {
+    run_with(p, pl, scale, &Work::Sleep)
+}
+
+/// [`run`] with the stage work given: sleeps, or GEMMs on a device ([`Work::Gemm`]: the
+/// prediction is [`schedule_with`] the calibrated GEMM time × GEMMs per micro-batch).
+pub fn run_with(p: &Profile, pl: &Placement, scale: f64, kind: &Work) -> Result<RunReport> {
     if !scale.is_finite() || scale <= 0.0 {
         return Err(Error::invalid(
             "rlinf.run",
             format!("scale {scale} must be > 0"),
         ));
     }
-    let sched = schedule(p, pl)?;
+    let profiled = schedule(p, pl)?;
+    let (sched, gemms) = match kind {
+        Work::Sleep => (profiled, vec![]),
+        Work::Gemm { device, size } => {
+            let c = calibrate_gemm(device, *size)?;
+            let gemms: Vec<usize> = profiled
+                .stage_s
+                .iter()
+                .map(|t| ((t * scale / c).round() as usize).max(1))
+                .collect();
+            let t: Vec<f64> = gemms.iter().map(|&g| g as f64 * c / scale).collect();
+            (schedule_with(p, pl, Some(&t))?, gemms)
+        }
+    };
     if sched.makespan_s * scale > MAX_WALL_S {
         return Err(Error::invalid(
             "rlinf.run",
@@ -204,6 +302,7 @@ pub fn run(p: &Profile, pl: &Placement, scale: f64) -> Result<RunReport> {
             turn: turn[s],
             shared_group: pl.groups[group[s]].stages.len() > 1,
             work: secs(sched.stage_s[s]),
+            gemms: gemms.get(s).copied().unwrap_or(0),
             switch: secs(sched.switch_s[s]),
             inputs: ins,
             outputs: outs,
@@ -227,7 +326,7 @@ pub fn run(p: &Profile, pl: &Placement, scale: f64) -> Result<RunReport> {
                 let name = p.stages()[w.stage].name.as_str();
                 sc.spawn(move || {
                     barrier.wait();
-                    let r = work(w, b, shared, name);
+                    let r = work(w, b, shared, name, kind);
                     if r.is_err() {
                         shared.abort();
                     }
@@ -283,7 +382,8 @@ pub fn run(p: &Profile, pl: &Placement, scale: f64) -> Result<RunReport> {
         predicted_overlap: sched.overlap,
         measured_overlap: busy_total / measured_ms,
         stages,
-        device: "cpu (one thread per stage, sleeps for stage work)",
+        device: kind.describe(),
+        gemms_per_micro_batch: gemms,
     })
 }
 
@@ -306,6 +406,9 @@ pub fn markdown(r: &RunReport) -> String {
             st.first_start_ms,
             st.last_finish_ms
         );
+    }
+    if !r.gemms_per_micro_batch.is_empty() {
+        s += &format!("\nGEMMs per micro-batch: {:?}\n", r.gemms_per_micro_batch);
     }
     s += &format!(
         "\nmakespan: predicted {:.1} ms, measured {:.1} ms (x{:.3}); overlap (mean stages busy): predicted {:.2}, measured {:.2}\n",

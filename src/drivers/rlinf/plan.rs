@@ -192,6 +192,20 @@ fn group_fits(p: &Profile, stages: &[usize], g: usize) -> std::result::Result<()
 /// Errors when the placement is malformed or does not fit ([`Error::InvalidArgument`], op
 /// `"rlinf.plan"`).
 pub fn schedule(p: &Profile, pl: &Placement) -> Result<Schedule> {
+    schedule_with(p, pl, None)
+}
+
+/// [`schedule`] with each stage's seconds per micro-batch given instead of profiled (the
+/// pipeline's GEMM work, whose time is calibrated on the device); the fit checks still apply.
+pub fn schedule_with(p: &Profile, pl: &Placement, stage_times: Option<&[f64]>) -> Result<Schedule> {
+    if stage_times.is_some_and(|t| {
+        t.len() != p.stages().len() || t.iter().any(|x| !x.is_finite() || *x < 0.0)
+    }) {
+        return Err(Error::invalid(
+            "rlinf.plan",
+            "stage times: one finite time >= 0 per stage",
+        ));
+    }
     let group = group_of(p, pl)?;
     for g in &pl.groups {
         group_fits(p, &g.stages, g.gpus).map_err(infeasible)?;
@@ -203,7 +217,10 @@ pub fn schedule(p: &Profile, pl: &Placement) -> Result<Schedule> {
     for g in &pl.groups {
         for &s in &g.stages {
             let st = &p.stages()[s];
-            stage_s[s] = st.time.seconds(g.gpus).unwrap_or(f64::INFINITY);
+            stage_s[s] = match stage_times {
+                Some(t) => t[s],
+                None => st.time.seconds(g.gpus).unwrap_or(f64::INFINITY),
+            };
             if g.stages.len() > 1 {
                 switch_s[s] = st.switch_s;
             }
