@@ -10,7 +10,8 @@
 //!   placements from the s-t cuts of the graph, each with its best GPU split; the fastest that
 //!   fits in memory wins. [`plan::brute_force`] checks it.
 //! * [`pipeline`]: the executor: one thread per stage, bounded channels between them, a device
-//!   lock (turns) per GPU group, synthetic stage work of the profiled duration, and the
+//!   lock (turns) per GPU group, stage work of the profiled duration (sleeps, or tessera GEMMs
+//!   calibrated to it), and the
 //!   measured makespan and overlap against the prediction.
 
 pub mod pipeline;
