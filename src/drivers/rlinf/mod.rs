@@ -11,8 +11,7 @@
 //!   fits in memory wins. [`plan::brute_force`] checks it.
 //! * [`pipeline`]: the executor: one thread per stage, bounded channels between them, a device
 //!   lock (turns) per GPU group, stage work of the profiled duration (sleeps, or tessera GEMMs
-//!   calibrated to it), and the
-//!   measured makespan and overlap against the prediction.
+//!   calibrated to it), and the measured makespan and overlap against the prediction.
 
 pub mod pipeline;
 pub mod plan;
