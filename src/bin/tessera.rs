@@ -1,5 +1,5 @@
 //! The `tessera` command line: `info`, `verify`, `bench`, `run`, `ckpt`, `tasp`, `topo`, `rexmoe`,
-//! `specdiff`, `gs`, `dd2`, `spagent`.
+//! `specdiff`, `gs`, `dd2`, `spagent`, `rlinf`.
 
 use std::process::ExitCode;
 
@@ -163,6 +163,67 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SpagentCmd,
     },
+    /// RLinf M2Flow: plan the placement of an RL workflow from a profile, run its pipeline.
+    Rlinf {
+        #[command(subcommand)]
+        cmd: RlinfCmd,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RlinfPlacement {
+    /// The fastest feasible placement.
+    Best,
+    /// The fastest feasible collocated placement.
+    Collocated,
+    /// The fastest feasible disaggregated placement.
+    Disaggregated,
+    /// The fastest feasible hybrid placement.
+    Hybrid,
+}
+
+#[derive(Subcommand)]
+enum RlinfCmd {
+    /// Enumerate collocated, disaggregated and hybrid placements of a workflow profile on N
+    /// GPUs and pick the fastest that fits in memory (docs/rlinf.md).
+    Plan {
+        /// The workflow profile (format: docs/rlinf.md, docs/rlinf-profile.example.json).
+        profile: std::path::PathBuf,
+        /// GPUs to place on (default: the profile's "gpus").
+        #[arg(long)]
+        gpus: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plan, then stream the micro-batches through the chosen placement on CPU threads (stage
+    /// work: sleeps of the profiled time, scaled) and compare the measured makespan with the
+    /// prediction.
+    Run {
+        profile: std::path::PathBuf,
+        #[arg(long)]
+        gpus: Option<usize>,
+        /// Which placement to run.
+        #[arg(long, value_enum, default_value_t = RlinfPlacement::Best)]
+        placement: RlinfPlacement,
+        /// Scale profile seconds so the predicted makespan lasts this many wall milliseconds.
+        #[arg(long, default_value_t = 300.0)]
+        target_ms: f64,
+        /// Stage work: sleeps of the profiled time, or tessera GEMMs on the CPU device
+        /// (calibrated to last it when run alone).
+        #[arg(long, value_enum, default_value_t = RlinfWork::Sleep)]
+        work: RlinfWork,
+        /// Square GEMM size with --work gemm.
+        #[arg(long, default_value_t = 64)]
+        gemm_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RlinfWork {
+    Sleep,
+    Gemm,
 }
 
 #[derive(Subcommand)]
@@ -506,6 +567,7 @@ fn main() -> ExitCode {
         Cmd::Gs { cmd } => run_gs(cmd),
         Cmd::Dd2 { cmd } => run_dd2(cmd),
         Cmd::Spagent { cmd } => run_spagent(cmd),
+        Cmd::Rlinf { cmd } => run_rlinf(cmd),
     }
 }
 
@@ -913,6 +975,93 @@ fn run_dd2(cmd: Dd2Cmd) -> ExitCode {
         print!("{}", dd2::markdown(&r));
     }
     ExitCode::SUCCESS
+}
+
+fn run_rlinf(cmd: RlinfCmd) -> ExitCode {
+    use tessera::drivers::rlinf::{pipeline, plan, Kind, Profile};
+    let load = |path: &std::path::Path, gpus: Option<usize>| -> tessera::Result<(Profile, usize)> {
+        let p = Profile::from_json(&read_file(path)?).map_err(|e| match e {
+            tessera::Error::Format { context, msg } => tessera::Error::Format {
+                context,
+                msg: format!("{}: {msg}", path.display()),
+            },
+            e => e,
+        })?;
+        let n = gpus.or(p.gpus()).ok_or_else(|| {
+            tessera::Error::invalid(
+                "rlinf.plan",
+                "no GPU count: pass --gpus N or give \"gpus\" in the profile",
+            )
+        })?;
+        Ok((p, n))
+    };
+    let no_fit = |n: usize, what: &str| {
+        tessera::Error::invalid(
+            "rlinf.plan",
+            format!("no {what} placement of {n} GPUs fits in memory"),
+        )
+    };
+    let r = (|| -> tessera::Result<()> {
+        match cmd {
+            RlinfCmd::Plan {
+                profile,
+                gpus,
+                json,
+            } => {
+                let (p, n) = load(&profile, gpus)?;
+                let pl = plan::plan(&p, n)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&pl).expect("json"));
+                } else {
+                    print!("{}", plan::markdown(&p, &pl));
+                }
+                if pl.best.is_none() {
+                    return Err(no_fit(n, "such"));
+                }
+                Ok(())
+            }
+            RlinfCmd::Run {
+                profile,
+                gpus,
+                placement,
+                target_ms,
+                work,
+                gemm_size,
+                json,
+            } => {
+                let (p, n) = load(&profile, gpus)?;
+                let pl = plan::plan(&p, n)?;
+                let (c, what) = match placement {
+                    RlinfPlacement::Best => (pl.best(), "such"),
+                    RlinfPlacement::Collocated => (pl.best_of(Kind::Collocated), "collocated"),
+                    RlinfPlacement::Disaggregated => {
+                        (pl.best_of(Kind::Disaggregated), "disaggregated")
+                    }
+                    RlinfPlacement::Hybrid => (pl.best_of(Kind::Hybrid), "hybrid"),
+                };
+                let c = c.ok_or_else(|| no_fit(n, what))?;
+                let scale = pipeline::scale_for(&p, &c.placement, target_ms)?;
+                let work = match work {
+                    RlinfWork::Sleep => pipeline::Work::Sleep,
+                    RlinfWork::Gemm => pipeline::Work::Gemm {
+                        device: Device::cpu(),
+                        size: gemm_size,
+                    },
+                };
+                let rep = pipeline::run_with(&p, &c.placement, scale, &work)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rep).expect("json"));
+                } else {
+                    print!("{}", pipeline::markdown(&rep));
+                }
+                Ok(())
+            }
+        }
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_err(e),
+    }
 }
 
 /// The training progress bar (stderr, terminals only, not with --json).
