@@ -26,7 +26,8 @@
 //! conditional `q̂` (its token frequencies in the batch per position and previous token, +1
 //! smoothing) both give mixture scores at the same `x_t`: `s_real` and `s_fake`, two
 //! `gmscore.forward` calls. The loss is the kernel's `‖s_fake − s_real‖²` and the generator's
-//! gradient is the kernel's `∂/∂s_gen = 2(s_fake − s_real)` applied at `x_t` (score
+//! gradient is the kernel's `∂/∂s_gen = 2(s_fake − s_real)` (`gmscore.backward` of the
+//! teacher's mixture with `s_gen = s_fake`) applied at `x_t` (score
 //! distillation's gradient of `KL(q_t ‖ p_t)`, with the fake score's own Jacobian not
 //! differentiated), weighted by `α_t·σ_t²/2` and averaged over the batch:
 //! `∂/∂x_0 = α_t σ_t² (s_fake − s_real) / B`. By the chain rule of KL over positions this drives
