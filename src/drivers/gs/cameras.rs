@@ -193,6 +193,16 @@ fn camera_from_pose(
         viewmat[r * 4 + 3] = t as f32;
     }
     viewmat[15] = 1.0;
+    centred(viewmat, [fx, fy], (width, height), (near, far))
+}
+
+/// A camera with principal point at the image centre (the only one `cameras.json` can hold).
+fn centred(
+    viewmat: [f32; 16],
+    [fx, fy]: [f32; 2],
+    (width, height): (u32, u32),
+    (near, far): (f32, f32),
+) -> Camera {
     Camera {
         viewmat,
         k: [
@@ -412,24 +422,7 @@ pub fn look_at(
     if viewmat.iter().any(|v| !v.is_finite()) {
         return Err(Error::invalid(OP, "look_at: the view matrix overflows f32"));
     }
-    Ok(Camera {
-        viewmat,
-        k: [
-            fx,
-            0.0,
-            width as f32 / 2.0,
-            0.0,
-            fx,
-            height as f32 / 2.0,
-            0.0,
-            0.0,
-            1.0,
-        ],
-        width,
-        height,
-        near,
-        far,
-    })
+    Ok(centred(viewmat, [fx, fx], (width, height), (near, far)))
 }
 
 /// `w·h·3`, or `Err` naming `op` for a zero size or a wrong length.
