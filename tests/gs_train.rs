@@ -127,7 +127,7 @@ fn driver_gradients_match_finite_differences() {
     let f = train::forward(&dev, &s, &v.camera, [0.0; 3], Layout::Baseline).unwrap();
     let img = f.image().unwrap();
     let l = loss::loss(&img, &v.image, 32, 32, loss::LAMBDA_DSSIM).unwrap();
-    let g = train::backward(&f, &s, &v.camera, &l.grad).unwrap();
+    let g = train::backward(&f, &v.camera, &l.grad).unwrap();
     type Get = fn(&mut Splats) -> &mut [f32];
     let groups: [(&str, Get, &[f32]); 5] = [
         ("means", |s| s.means.as_flattened_mut(), &g.means),

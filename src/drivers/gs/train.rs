@@ -5,10 +5,11 @@
 //!
 //! For one training view (cycled in a seeded shuffled order, reshuffled each epoch):
 //! activations on the host (`scales = exp(log_scales)`, `opacities = sigmoid(logits)`), then on
-//! the device `gs.project` → `gs.sh_colors` → `gs.bin` → `gs.render`; the loss and its image
-//! gradient on the host; then `gs.render_backward` → `gs.project_backward` and
-//! `gs.sh_colors_backward` (its mean gradient added), the activations' chain rule on the host,
-//! and one Adam step per parameter group.
+//! the device `ops::gs::pipeline::rasterize_saved` (`gs.project` → `gs.sh_colors` → `gs.bin` →
+//! `gs.render`); the loss and its image gradient on the host; then `pipeline::backward` of
+//! that render (`gs.render_backward` → `gs.project_backward` and `gs.sh_colors_backward`, its
+//! mean gradient added), the activations' chain rule on the host, and one Adam step per
+//! parameter group.
 //!
 //! # Optimiser (INRIA's groups and learning rates)
 //!
@@ -38,9 +39,9 @@ use super::loss;
 use super::ply::Splats;
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{Error, Result};
-use crate::ops::gs::bin::{self, Bins};
-use crate::ops::gs::project::{self, Camera, Projected};
-use crate::ops::gs::render::{self, Layout, RenderInputs, Rendered};
+use crate::ops::gs::pipeline::{self, Colors, Saved};
+use crate::ops::gs::project::Camera;
+use crate::ops::gs::render::Layout;
 use crate::reference::gs::merge::SimilarityParams;
 use crate::reference::gs::TILE;
 use crate::testing::Rng;
@@ -54,10 +55,8 @@ pub struct Forward {
     scales: DeviceBuffer<f32>,
     opacities: DeviceBuffer<f32>,
     coeffs: DeviceBuffer<f32>,
-    colors: DeviceBuffer<f32>,
-    proj: Projected,
-    bins: Bins,
-    out: Rendered,
+    degree: u32,
+    saved: Saved,
     background: [f32; 3],
     layout: Layout,
 }
@@ -65,33 +64,24 @@ pub struct Forward {
 impl Forward {
     /// The rendered image `[H, W, 3]`.
     pub fn image(&self) -> Result<Vec<f32>> {
-        self.out.image.download()
+        self.saved.rendered().image.download()
     }
 
     /// The contributor balance of this render (per pixel and per tile).
     pub fn balance(&self, cam: &Camera) -> Result<Balance> {
         density::balance(
-            &self.out.n_contrib.download()?,
-            &self.bins.tile_ranges.download()?,
+            &self.saved.rendered().n_contrib.download()?,
+            &self.saved.bins().tile_ranges.download()?,
             cam.width,
             cam.height,
             TILE,
         )
     }
 
-    fn inputs(&self, cam: &Camera) -> RenderInputs<'_> {
-        RenderInputs {
-            means2d: &self.proj.means2d,
-            conics: &self.proj.conics,
-            opacities: &self.opacities,
-            colors: &self.colors,
-            ids: &self.bins.ids,
-            tile_ranges: &self.bins.tile_ranges,
-            tiles_x: self.bins.tiles_x,
-            tiles_y: self.bins.tiles_y,
-            width: cam.width,
-            height: cam.height,
-            background: self.background,
+    fn colors(&self) -> Colors<'_> {
+        Colors::Sh {
+            coeffs: &self.coeffs,
+            sh_degree: self.degree,
         }
     }
 }
@@ -104,7 +94,8 @@ fn flat<const D: usize>(x: &[[f32; D]]) -> &[f32] {
     x.as_flattened()
 }
 
-/// Renders `s` from `cam` on `dev` (the pipeline of the module docs).
+/// Renders `s` from `cam` on `dev` ([`pipeline::rasterize_saved`] on the activated
+/// parameters).
 pub fn forward(
     dev: &Device,
     s: &Splats,
@@ -114,45 +105,26 @@ pub fn forward(
 ) -> Result<Forward> {
     let scales: Vec<f32> = flat(&s.log_scales).iter().map(|v| v.exp()).collect();
     let opac: Vec<f32> = s.opacity_logits.iter().map(|&l| sigmoid(l)).collect();
-    let k = s.sh_coeffs();
     let means = dev.upload(flat(&s.means), "gs.means")?;
     let quats = dev.upload(flat(&s.quats), "gs.quats")?;
     let scales = dev.upload(&scales, "gs.scales")?;
     let opacities = dev.upload(&opac, "gs.opacities")?;
     let coeffs = dev.upload(&s.sh, "gs.sh")?;
-    let proj = project::project(&means, &quats, &scales, cam)?;
-    let colors = project::sh_colors(s.degree, &means, cam, &coeffs, k)?;
-    let bins = bin::bin(
-        &proj.means2d,
-        &proj.depths,
-        &proj.radii,
-        cam.width,
-        cam.height,
-    )?;
-    let x = RenderInputs {
-        means2d: &proj.means2d,
-        conics: &proj.conics,
-        opacities: &opacities,
-        colors: &colors,
-        ids: &bins.ids,
-        tile_ranges: &bins.tile_ranges,
-        tiles_x: bins.tiles_x,
-        tiles_y: bins.tiles_y,
-        width: cam.width,
-        height: cam.height,
-        background,
+    let colors = Colors::Sh {
+        coeffs: &coeffs,
+        sh_degree: s.degree,
     };
-    let out = render::render(&x, layout)?;
+    let saved = pipeline::rasterize_saved(
+        &means, &quats, &scales, &opacities, colors, cam, background, layout,
+    )?;
     Ok(Forward {
         means,
         quats,
         scales,
         opacities,
         coeffs,
-        colors,
-        proj,
-        bins,
-        out,
+        degree: s.degree,
+        saved,
         background,
         layout,
     })
@@ -177,38 +149,30 @@ pub struct Grads {
     pub radii: Vec<i32>,
 }
 
-/// The backward of [`forward`] for `v_image = ∂L/∂image`.
-pub fn backward(f: &Forward, s: &Splats, cam: &Camera, v_image: &[f32]) -> Result<Grads> {
+/// The backward of [`forward`] for `v_image = ∂L/∂image` ([`pipeline::backward`], then the
+/// activations' chain rule).
+pub fn backward(f: &Forward, cam: &Camera, v_image: &[f32]) -> Result<Grads> {
     let dev = f.means.device().clone();
-    let n = s.len();
-    let npix = cam.width as usize * cam.height as usize;
     let v_img = dev.upload(v_image, "gs.v_image")?;
-    let v_alpha = dev.alloc::<f32>(npix, "gs.v_alpha")?;
-    let g = render::render_backward(&f.inputs(cam), &f.out, &v_img, &v_alpha, f.layout)?;
-    let v_depths = dev.alloc::<f32>(n, "gs.v_depths")?;
-    let (v_means, v_quats, v_scales) = project::project_backward(
+    let (g, v_means2d) = pipeline::backward(
+        &f.saved,
         &f.means,
         &f.quats,
         &f.scales,
+        &f.opacities,
+        f.colors(),
         cam,
-        &g.v_means2d,
-        &g.v_conics,
-        &v_depths,
+        f.background,
+        f.layout,
+        &v_img,
+        None,
     )?;
-    let (v_sh, v_means_sh) = project::sh_colors_backward(
-        s.degree,
-        &f.means,
-        cam,
-        &f.coeffs,
-        s.sh_coeffs(),
-        &g.v_colors,
-    )?;
-    let mut means = v_means.download()?;
-    for (m, d) in means.iter_mut().zip(v_means_sh.download()?) {
-        *m += d;
-    }
+    let v_sh = g
+        .v_coeffs
+        .ok_or_else(|| Error::invalid(OP, "internal: no SH gradient"))?;
     let scales = f.scales.download()?;
-    let log_scales = v_scales
+    let log_scales = g
+        .v_scales
         .download()?
         .iter()
         .zip(&scales)
@@ -223,13 +187,13 @@ pub fn backward(f: &Forward, s: &Splats, cam: &Camera, v_image: &[f32]) -> Resul
         .map(|(g, o)| g * o * (1.0 - o))
         .collect();
     Ok(Grads {
-        means,
-        quats: v_quats.download()?,
+        means: g.v_means.download()?,
+        quats: g.v_quats.download()?,
         log_scales,
         opacity_logits,
         sh: v_sh.download()?,
-        means2d: g.v_means2d.download()?,
-        radii: f.proj.radii.download()?,
+        means2d: v_means2d.download()?,
+        radii: f.saved.projected().radii.download()?,
     })
 }
 
@@ -546,7 +510,7 @@ pub fn train(
         let f = forward(dev, &s, &v.camera, c.background, layout)?;
         let img = f.image()?;
         let l = loss::loss(&img, &v.image, w, h, c.lambda_dssim)?;
-        let g = backward(&f, &s, &v.camera, &l.grad)?;
+        let g = backward(&f, &v.camera, &l.grad)?;
         let frac = (step - 1) as f32 / (c.steps.max(2) - 1) as f32;
         let lr_means = c.lr_scale * extent * 1.6e-4 * (1e-2f32).powf(frac);
         let k = s.sh_coeffs();

@@ -1,6 +1,7 @@
 //! The whole rasteriser in one call, as gsplat's `rasterization()`: `gs.render` (project →
 //! SH colours → bin → render) and `gs.render_backward` (the forward again, then render
-//! backward → SH backward → project backward). These are the op table's `gs.render` and
+//! backward → SH backward → project backward); [`rasterize_saved`] and [`backward`] split the
+//! two for a caller that differentiates the render it made (the training driver). These are the op table's `gs.render` and
 //! `gs.render_backward`; the stages are the typed ops of [`super::project`], [`super::bin`]
 //! and [`super::render`], and every error comes from the stage that found it (named by that
 //! stage's op, e.g. `gs.project: Gaussian 3 (the first bad one): ...`), or from here (named
@@ -62,45 +63,72 @@ pub struct RasterGrads {
     pub v_coeffs: Option<DeviceBuffer<f32>>,
 }
 
-/// Everything the forward made (the backward needs it all).
-struct Forward {
+/// Everything a forward made, kept for [`backward`] (the driver's training step renders once
+/// and differentiates that render).
+pub struct Saved {
     projected: Projected,
     /// The SH colours ([`Colors::Sh`]), `None` for RGB.
     sh_rgb: Option<DeviceBuffer<f32>>,
     bins: bin::Bins,
+    rendered: Rendered,
+    /// Gaussians, and SH coefficients per Gaussian (0 for RGB).
+    n: usize,
+    k: usize,
 }
 
-impl Forward {
-    fn inputs<'a>(
-        &'a self,
-        opacities: &'a DeviceBuffer<f32>,
-        colors: &'a Colors<'a>,
-        cam: &Camera,
-        background: [f32; 3],
-    ) -> Result<RenderInputs<'a>> {
-        let colors = match (colors, &self.sh_rgb) {
-            (Colors::Rgb(c), _) => *c,
-            (Colors::Sh { .. }, Some(c)) => c,
-            (Colors::Sh { .. }, None) => {
-                return Err(Error::invalid(
-                    OP,
-                    "internal: the SH colours were not evaluated",
-                ))
-            }
-        };
-        Ok(RenderInputs {
-            means2d: &self.projected.means2d,
-            conics: &self.projected.conics,
-            opacities,
-            colors,
-            ids: &self.bins.ids,
-            tile_ranges: &self.bins.tile_ranges,
-            tiles_x: self.bins.tiles_x,
-            tiles_y: self.bins.tiles_y,
-            width: cam.width,
-            height: cam.height,
-            background,
-        })
+impl Saved {
+    /// The render: image, alpha, contributor counts, final T.
+    pub fn rendered(&self) -> &Rendered {
+        &self.rendered
+    }
+
+    /// The projection (means2d, depths, conics, radii).
+    pub fn projected(&self) -> &Projected {
+        &self.projected
+    }
+
+    /// The tile bins.
+    pub fn bins(&self) -> &bin::Bins {
+        &self.bins
+    }
+}
+
+/// The rasteriser's inputs from the projection, the bins and the colours rendered.
+fn render_inputs<'a>(
+    projected: &'a Projected,
+    bins: &'a bin::Bins,
+    opacities: &'a DeviceBuffer<f32>,
+    colors: &'a DeviceBuffer<f32>,
+    cam: &Camera,
+    background: [f32; 3],
+) -> RenderInputs<'a> {
+    RenderInputs {
+        means2d: &projected.means2d,
+        conics: &projected.conics,
+        opacities,
+        colors,
+        ids: &bins.ids,
+        tile_ranges: &bins.tile_ranges,
+        tiles_x: bins.tiles_x,
+        tiles_y: bins.tiles_y,
+        width: cam.width,
+        height: cam.height,
+        background,
+    }
+}
+
+/// The RGB colours rendered: the input's, or the evaluated SH colours.
+fn rgb<'a>(
+    colors: &Colors<'a>,
+    sh_rgb: &'a Option<DeviceBuffer<f32>>,
+) -> Result<&'a DeviceBuffer<f32>> {
+    match (colors, sh_rgb) {
+        (Colors::Rgb(c), _) => Ok(c),
+        (Colors::Sh { .. }, Some(c)) => Ok(c),
+        (Colors::Sh { .. }, None) => Err(Error::invalid(
+            OP,
+            "internal: the SH colours were not evaluated",
+        )),
     }
 }
 
@@ -173,16 +201,23 @@ fn check(
     }
 }
 
-fn forward(
+/// `gs.render`'s forward, keeping what [`backward`] needs: [`rasterize`] without dropping the
+/// intermediate buffers. Errors: those of [`rasterize`].
+#[allow(clippy::too_many_arguments)]
+pub fn rasterize_saved(
     means: &DeviceBuffer<f32>,
     quats: &DeviceBuffer<f32>,
     scales: &DeviceBuffer<f32>,
-    colors: &Colors<'_>,
+    opacities: &DeviceBuffer<f32>,
+    colors: Colors<'_>,
     cam: &Camera,
-    k: usize,
-) -> Result<Forward> {
+    background: [f32; 3],
+    layout: Layout,
+) -> Result<Saved> {
+    let (n, k) = check(OP, means, opacities, &colors)?;
+    check_background(OP, background)?;
     let projected = project::project(means, quats, scales, cam)?;
-    let sh_rgb = match *colors {
+    let sh_rgb = match colors {
         Colors::Rgb(_) => None,
         Colors::Sh { coeffs, sh_degree } => {
             Some(project::sh_colors(sh_degree, means, cam, coeffs, k)?)
@@ -195,10 +230,22 @@ fn forward(
         cam.width,
         cam.height,
     )?;
-    Ok(Forward {
+    let x = render_inputs(
+        &projected,
+        &bins,
+        opacities,
+        rgb(&colors, &sh_rgb)?,
+        cam,
+        background,
+    );
+    let rendered = render::render(&x, layout)?;
+    Ok(Saved {
         projected,
         sh_rgb,
         bins,
+        rendered,
+        n,
+        k,
     })
 }
 
@@ -234,10 +281,10 @@ pub fn rasterize(
     background: [f32; 3],
     layout: Layout,
 ) -> Result<Rendered> {
-    let (_, k) = check(OP, means, opacities, &colors)?;
-    check_background(OP, background)?;
-    let f = forward(means, quats, scales, &colors, cam, k)?;
-    render::render(&f.inputs(opacities, &colors, cam, background)?, layout)
+    rasterize_saved(
+        means, quats, scales, opacities, colors, cam, background, layout,
+    )
+    .map(|s| s.rendered)
 }
 
 /// `gs.render_backward`: the gradients of a scalar loss `L` with respect to the inputs of
@@ -264,7 +311,7 @@ pub fn rasterize_backward(
     v_alpha: Option<&DeviceBuffer<f32>>,
 ) -> Result<RasterGrads> {
     let op = BACKWARD_OP;
-    let (n, k) = check(op, means, opacities, &colors)?;
+    check(op, means, opacities, &colors)?;
     check_background(op, background)?;
     cam.validate(op)?;
     let dev = means.device().clone();
@@ -296,9 +343,48 @@ pub fn rasterize_backward(
             ));
         }
     }
-    let f = forward(means, quats, scales, &colors, cam, k)?;
-    let x = f.inputs(opacities, &colors, cam, background)?;
-    let rendered = render::render(&x, layout)?;
+    let saved = rasterize_saved(
+        means, quats, scales, opacities, colors, cam, background, layout,
+    )?;
+    backward(
+        &saved, means, quats, scales, opacities, colors, cam, background, layout, v_image, v_alpha,
+    )
+    .map(|(g, _)| g)
+}
+
+/// The backward of a [`rasterize_saved`] forward, which must have had the same inputs:
+/// [`render::render_backward`] (per-Gaussian sums by atomics: the last bits vary from run to
+/// run on a GPU), [`project::project_backward`] (the depths get no gradient) and, for
+/// [`Colors::Sh`], [`project::sh_colors_backward`], whose `v_means` is added to the
+/// projection's. Returns the gradients and `∂L/∂means2d` `[N,2]` in pixels (the statistic
+/// densification uses). `v_alpha`: `None` is zeros.
+///
+/// Errors: those of each backward stage (named by its op).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    saved: &Saved,
+    means: &DeviceBuffer<f32>,
+    quats: &DeviceBuffer<f32>,
+    scales: &DeviceBuffer<f32>,
+    opacities: &DeviceBuffer<f32>,
+    colors: Colors<'_>,
+    cam: &Camera,
+    background: [f32; 3],
+    layout: Layout,
+    v_image: &DeviceBuffer<f32>,
+    v_alpha: Option<&DeviceBuffer<f32>>,
+) -> Result<(RasterGrads, DeviceBuffer<f32>)> {
+    let dev = means.device().clone();
+    let (n, k) = (saved.n, saved.k);
+    let n_pix = cam.width as usize * cam.height as usize;
+    let x = render_inputs(
+        &saved.projected,
+        &saved.bins,
+        opacities,
+        rgb(&colors, &saved.sh_rgb)?,
+        cam,
+        background,
+    );
     let zeros_alpha;
     let v_alpha = match v_alpha {
         Some(a) => a,
@@ -307,7 +393,7 @@ pub fn rasterize_backward(
             &zeros_alpha
         }
     };
-    let g = render::render_backward(&x, &rendered, v_image, v_alpha, layout)?;
+    let g = render::render_backward(&x, &saved.rendered, v_image, v_alpha, layout)?;
     let v_depths = dev.upload(&vec![0f32; n], "gs.v_depths")?;
     let (mut v_means, v_quats, v_scales) = project::project_backward(
         means,
@@ -327,12 +413,15 @@ pub fn rasterize_backward(
             Some(v_coeffs)
         }
     };
-    Ok(RasterGrads {
-        v_means,
-        v_quats,
-        v_scales,
-        v_opacities: g.v_opacities,
-        v_colors: g.v_colors,
-        v_coeffs,
-    })
+    Ok((
+        RasterGrads {
+            v_means,
+            v_quats,
+            v_scales,
+            v_opacities: g.v_opacities,
+            v_colors: g.v_colors,
+            v_coeffs,
+        },
+        g.v_means2d,
+    ))
 }
